@@ -1,0 +1,1 @@
+"""Command-line entry points: leveret-server, leveretctl, leveret-perf."""

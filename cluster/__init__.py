@@ -1,0 +1,1 @@
+"""Replication: Raft groups, peer links, membership, metadata and mirrors."""
