@@ -14,13 +14,24 @@ never starts threads.
 Reads are synchronous and see every batch whose `write` has returned.
 
 Group ids are non-empty strings without NUL; table names are short ASCII
-identifiers; keys and values are bytes.
+identifiers; keys and values are bytes. Table keys and body ids are at most
+`MAX_KEY_BYTES` long (body ids non-empty): LMDB caps key sizes.
+
+A group's log is contiguous: an append may start anywhere in an empty log,
+and otherwise at or before `last_index + 1`; one that would leave a gap is
+refused (ValueError) and, like any failing operation, fails its whole batch.
+`check_operation` is the shape check both stores run before writing.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol, Sequence, runtime_checkable
+
+MAX_KEY_BYTES = 400
+MAX_TABLE_NAME = 64
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,%d}" % MAX_TABLE_NAME)
 
 
 class StoreError(Exception):
@@ -185,6 +196,69 @@ class WriteBatch:
 
     def __len__(self) -> int:
         return len(self.ops)
+
+
+def _check_group(group: object) -> None:
+    if not isinstance(group, str) or not group or "\x00" in group:
+        raise ValueError(f"group id must be a non-empty string without NUL, not {group!r}")
+
+
+def _check_table(table: object, key: object) -> None:
+    if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table):
+        raise ValueError(f"table name must be 1-{MAX_TABLE_NAME} ASCII letters, digits or _.:-, not {table!r}")
+    if not isinstance(key, bytes) or len(key) > MAX_KEY_BYTES:
+        raise ValueError(f"table key must be bytes of at most {MAX_KEY_BYTES} bytes")
+
+
+def _check_body_id(body_id: object) -> None:
+    if not isinstance(body_id, bytes) or not 0 < len(body_id) <= MAX_KEY_BYTES:
+        raise ValueError(f"body id must be 1-{MAX_KEY_BYTES} bytes, not {body_id!r}")
+
+
+def check_operation(op: Operation) -> None:
+    """Raise ValueError if `op` is malformed on its own (regardless of the store's contents)."""
+    match op:
+        case SetHardState(group, state):
+            _check_group(group)
+            if not isinstance(state, HardState):
+                raise ValueError(f"not a HardState: {state!r}")
+        case AppendEntries(group, entries):
+            _check_group(group)
+            if not entries:
+                raise ValueError("an append needs at least one entry")
+            expected = entries[0].index
+            if not isinstance(expected, int) or expected < 1:
+                raise ValueError(f"log indexes start at 1, not {expected!r}")
+            for entry in entries:
+                if entry.index != expected:
+                    raise ValueError(f"appended entries must have consecutive indexes: {entry.index} after {expected - 1}")
+                if not isinstance(entry.data, bytes):
+                    raise ValueError("entry data must be bytes")
+                expected += 1
+        case TruncateSuffix(group, index) | CompactPrefix(group, index):
+            _check_group(group)
+            if not isinstance(index, int):
+                raise ValueError(f"index must be an int, not {index!r}")
+        case PutSnapshot(group, snapshot):
+            _check_group(group)
+            if not isinstance(snapshot, Snapshot) or not isinstance(snapshot.data, bytes) or snapshot.index < 0:
+                raise ValueError(f"not a valid snapshot: {snapshot!r}")
+        case DropGroup(group):
+            _check_group(group)
+        case Put(table, key, value):
+            _check_table(table, key)
+            if not isinstance(value, bytes):
+                raise ValueError("table values must be bytes")
+        case Delete(table, key):
+            _check_table(table, key)
+        case PutBody(body_id, body):
+            _check_body_id(body_id)
+            if not isinstance(body, bytes):
+                raise ValueError("a body must be bytes")
+        case DeleteBody(body_id):
+            _check_body_id(body_id)
+        case _:
+            raise ValueError(f"not a store operation: {op!r}")
 
 
 @runtime_checkable
