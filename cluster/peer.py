@@ -1,0 +1,565 @@
+"""The peer wire: framing, the mutual cookie handshake, peer links and request/reply calls.
+
+Cluster peers and the `leveretctl` control client speak this on the same
+port. A frame is a 4-byte big-endian length followed by that many bytes of
+msgpack. Frames are bounded: while the peer is unauthenticated to
+HANDSHAKE_FRAME_MAX (a stranger cannot make us buffer much), afterwards to the
+link's `max_frame_size`.
+
+Handshake (both sides prove knowledge of the shared cookie; the cookie itself
+never crosses the wire). C connects to A:
+
+    C -> A  hello      {version, name: C, to: A or None, nonce: Nc}
+    A -> C  challenge  {version, name: A, nonce: Na}
+    C -> A  proof      {mac: HMAC(cookie, transcript("connector", C, A, Nc, Na))}
+    A -> C  welcome    {mac: HMAC(cookie, transcript("acceptor",  C, A, Nc, Na))}
+
+Either side answers anything wrong with `refused {reason}` and closes. Fresh
+nonces from both sides defeat replay; the role inside the transcript stops a
+proof from being reflected back as the other side's; and, as in Erlang
+distribution, the connector proves first, so a stranger learns nothing about
+the cookie from the acceptor. The transcript is msgpack-encoded, so its fields
+cannot be shifted into each other. The handshake is a pure state machine
+(`ConnectorHandshake`, `AcceptorHandshake`: frame in, reply frames and maybe an
+outcome out); the trio functions below only move bytes.
+
+After the handshake every frame is an envelope:
+    ["m", obj]                      a message (`PeerLink.send` / `receive`)
+    ["q", id, method, args]         a request (`call`), delivered as `Request`
+    ["r", id, ok, value]            its reply, matched to the waiting caller by id
+Replies are routed by whichever task is reading the link at the time, so a
+`call` works with or without a separate receive loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import secrets
+import struct
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+import msgpack
+import trio
+
+PROTOCOL_VERSION: Final = 1
+HANDSHAKE_FRAME_MAX: Final = 64 * 1024
+DEFAULT_FRAME_MAX: Final = 64 * 1024 * 1024
+NONCE_LEN: Final = 32
+AUTHENTICATION_FAILED: Final = "authentication failed"
+
+_HEADER = struct.Struct(">I")
+_TRANSCRIPT_LABEL = "leveret-peer-v1"
+
+
+class PeerWireError(Exception):
+    """The peer broke the wire protocol; the link is unusable."""
+
+
+class FrameTooLarge(PeerWireError):
+    pass
+
+
+class MalformedFrame(PeerWireError):
+    pass
+
+
+class PeerClosed(Exception):
+    """The peer closed the connection."""
+
+
+class HandshakeFailed(Exception):
+    """`connect_peer` could not authenticate; `.refusal` says why."""
+
+    def __init__(self, refusal: HandshakeRefused) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
+class RemoteError(Exception):
+    """A `call` whose handler failed on the remote side; the message is the remote's text."""
+
+
+# --------------------------------------------------------------------------
+# Framing (pure).
+
+
+def encode_frame(obj: Any, *, max_size: int = DEFAULT_FRAME_MAX) -> bytes:
+    payload = msgpack.packb(obj, use_bin_type=True)
+    if len(payload) > max_size:
+        raise FrameTooLarge(f"frame of {len(payload)} bytes exceeds the limit of {max_size}")
+    return _HEADER.pack(len(payload)) + payload
+
+
+class NeedData:
+    """Sentinel: `FrameDecoder.next_frame` needs more bytes."""
+
+
+NEED_DATA: Final = NeedData()
+
+
+class FrameDecoder:
+    """Bytes in, decoded frames out, one at a time so the size limit can change between frames."""
+
+    __slots__ = ("_buffer", "max_size")
+
+    def __init__(self, max_size: int) -> None:
+        self._buffer = bytearray()
+        self.max_size = max_size
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def next_frame(self) -> Any:
+        """The next decoded frame, or NEED_DATA. Raises FrameTooLarge / MalformedFrame."""
+        if len(self._buffer) < _HEADER.size:
+            return NEED_DATA
+        (length,) = _HEADER.unpack_from(self._buffer)
+        # Refuse on the header, before buffering the body.
+        if length > self.max_size:
+            raise FrameTooLarge(f"peer sent a frame of {length} bytes, the limit is {self.max_size}")
+        end = _HEADER.size + length
+        if len(self._buffer) < end:
+            return NEED_DATA
+        payload = bytes(self._buffer[_HEADER.size : end])
+        del self._buffer[:end]
+        try:
+            return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types for bad input
+            raise MalformedFrame(f"undecodable frame: {exc}") from None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+
+# --------------------------------------------------------------------------
+# Handshake (pure).
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthenticated:
+    peer_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRefused:
+    """A failed handshake, for the caller to log. `by_peer`: the other side refused us."""
+
+    reason: str
+    peer_name: str | None = None
+    by_peer: bool = False
+    peer_address: str | None = None
+
+
+Outcome = PeerAuthenticated | HandshakeRefused
+Frame = dict[str, Any]
+
+
+def _transcript_mac(cookie: str, role: str, connector: str, acceptor: str, nc: bytes, na: bytes) -> bytes:
+    transcript = msgpack.packb([_TRANSCRIPT_LABEL, role, connector, acceptor, nc, na], use_bin_type=True)
+    return hmac.new(cookie.encode("utf-8"), transcript, hashlib.sha256).digest()
+
+
+def _refused_frame(reason: str) -> Frame:
+    return {"type": "refused", "reason": reason}
+
+
+def _field(frame: Any, name: str, kind: type) -> Any:
+    if not isinstance(frame, dict) or not isinstance(frame.get(name), kind):
+        raise MalformedFrame(f"handshake frame without a valid '{name}'")
+    return frame[name]
+
+
+class _Handshake:
+    def __init__(self, cookie: str, local_name: str, nonce: bytes) -> None:
+        assert cookie, "an empty cookie authenticates nobody"
+        assert len(nonce) == NONCE_LEN
+        self._cookie = cookie
+        self._local_name = local_name
+        self._nonce = nonce
+        self._peer_name: str | None = None
+        self.outcome: Outcome | None = None
+
+    @property
+    def peer_name(self) -> str | None:
+        """The name the peer announced, once it has."""
+        return self._peer_name
+
+    def receive(self, frame: Any) -> tuple[list[Frame], Outcome | None]:
+        assert self.outcome is None, "the handshake is already over"
+        try:
+            if isinstance(frame, dict) and frame.get("type") == "refused":
+                reason = frame.get("reason")
+                return self._finish([], HandshakeRefused(str(reason), self._peer_name, by_peer=True))
+            return self._step(frame)
+        except MalformedFrame as exc:
+            return self._refuse(f"malformed handshake frame ({exc})")
+
+    def reject(self, reason: str) -> tuple[list[Frame], HandshakeRefused]:
+        """End the handshake because of something the shell found (an undecodable or oversized frame)."""
+        assert self.outcome is None, "the handshake is already over"
+        replies, outcome = self._refuse(reason)
+        assert isinstance(outcome, HandshakeRefused)
+        return replies, outcome
+
+    def _step(self, frame: Any) -> tuple[list[Frame], Outcome | None]:
+        raise NotImplementedError
+
+    def _finish(self, replies: list[Frame], outcome: Outcome | None) -> tuple[list[Frame], Outcome | None]:
+        self.outcome = outcome
+        return replies, outcome
+
+    def _refuse(self, reason: str, tell_peer: str | None = None) -> tuple[list[Frame], Outcome | None]:
+        return self._finish([_refused_frame(tell_peer or reason)], HandshakeRefused(reason, self._peer_name))
+
+    def _check_version(self, frame: Any) -> str | None:
+        version = _field(frame, "version", int)
+        if version != PROTOCOL_VERSION:
+            return f"unsupported peer protocol version {version} (this node speaks {PROTOCOL_VERSION})"
+        return None
+
+
+class ConnectorHandshake(_Handshake):
+    """The connecting side. Send `start()`, then feed every frame received to `receive`."""
+
+    def __init__(self, *, cookie: str, local_name: str, remote_name: str | None, nonce: bytes) -> None:
+        super().__init__(cookie, local_name, nonce)
+        self._expected = remote_name
+        self._peer_nonce = b""
+        self._state = "start"
+
+    def start(self) -> list[Frame]:
+        assert self._state == "start"
+        self._state = "challenge"
+        hello = {"type": "hello", "version": PROTOCOL_VERSION, "name": self._local_name, "to": self._expected}
+        hello["nonce"] = self._nonce
+        return [hello]
+
+    def _step(self, frame: Any) -> tuple[list[Frame], Outcome | None]:
+        kind = _field(frame, "type", str)
+        if self._state == "challenge" and kind == "challenge":
+            if problem := self._check_version(frame):
+                return self._refuse(problem)
+            self._peer_name = _field(frame, "name", str)
+            self._peer_nonce = _field(frame, "nonce", bytes)
+            if len(self._peer_nonce) != NONCE_LEN:
+                raise MalformedFrame("nonce of the wrong length")
+            if self._expected is not None and self._peer_name != self._expected:
+                return self._refuse(f"connected to node '{self._peer_name}', expected '{self._expected}'")
+            mac = self._mac("connector")
+            self._state = "welcome"
+            return [{"type": "proof", "mac": mac}], None
+        if self._state == "welcome" and kind == "welcome":
+            assert self._peer_name is not None
+            if not hmac.compare_digest(_field(frame, "mac", bytes), self._mac("acceptor")):
+                return self._refuse(f"{AUTHENTICATION_FAILED}: node '{self._peer_name}' could not prove the cookie",
+                                    tell_peer=AUTHENTICATION_FAILED)
+            return self._finish([], PeerAuthenticated(self._peer_name))
+        raise MalformedFrame(f"unexpected '{kind}' while waiting for {self._state}")
+
+    def _mac(self, role: str) -> bytes:
+        assert self._peer_name is not None
+        return _transcript_mac(self._cookie, role, self._local_name, self._peer_name, self._nonce, self._peer_nonce)
+
+
+class AcceptorHandshake(_Handshake):
+    """The accepting side: feed every frame received to `receive`."""
+
+    def __init__(self, *, cookie: str, local_name: str, nonce: bytes) -> None:
+        super().__init__(cookie, local_name, nonce)
+        self._peer_nonce = b""
+        self._state = "hello"
+
+    def _step(self, frame: Any) -> tuple[list[Frame], Outcome | None]:
+        kind = _field(frame, "type", str)
+        if self._state == "hello" and kind == "hello":
+            if problem := self._check_version(frame):
+                return self._refuse(problem)
+            self._peer_name = _field(frame, "name", str)
+            self._peer_nonce = _field(frame, "nonce", bytes)
+            if len(self._peer_nonce) != NONCE_LEN:
+                raise MalformedFrame("nonce of the wrong length")
+            wanted = frame.get("to")
+            if wanted is not None and wanted != self._local_name:
+                return self._refuse(f"peer '{self._peer_name}' wanted node '{wanted}', this is '{self._local_name}'")
+            self._state = "proof"
+            challenge = {"type": "challenge", "version": PROTOCOL_VERSION, "name": self._local_name}
+            challenge["nonce"] = self._nonce
+            return [challenge], None
+        if self._state == "proof" and kind == "proof":
+            assert self._peer_name is not None
+            if not hmac.compare_digest(_field(frame, "mac", bytes), self._mac("connector")):
+                return self._refuse(AUTHENTICATION_FAILED)
+            welcome = {"type": "welcome", "mac": self._mac("acceptor")}
+            return self._finish([welcome], PeerAuthenticated(self._peer_name))
+        raise MalformedFrame(f"unexpected '{kind}' while waiting for {self._state}")
+
+    def _mac(self, role: str) -> bytes:
+        assert self._peer_name is not None
+        return _transcript_mac(self._cookie, role, self._peer_name, self._local_name, self._peer_nonce, self._nonce)
+
+
+# --------------------------------------------------------------------------
+# Links (trio shell).
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A `call` from the peer; answer it with `PeerLink.reply` or `PeerLink.reply_error`."""
+
+    id: int
+    method: str
+    args: Any
+
+
+@dataclass(slots=True)
+class LinkStatistics:
+    frames_sent: int = 0
+    frames_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    calls_waiting: int = 0
+    buffered_messages: int = 0
+
+
+_REPLY = object()
+
+
+@dataclass(eq=False)
+class PeerLink:
+    """An authenticated connection to one peer.
+
+    `send` may be called from several tasks (sends are serialised). Reading is
+    done by whoever calls `receive` or is waiting in `call`; replies go to
+    their callers, messages and requests to `receive`.
+    """
+
+    stream: trio.abc.HalfCloseableStream | trio.abc.Stream
+    peer_name: str
+    local_name: str
+    max_frame_size: int = DEFAULT_FRAME_MAX
+    _decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(DEFAULT_FRAME_MAX))
+    _send_lock: trio.Lock = field(default_factory=trio.Lock)
+    _read_lock: trio.Lock = field(default_factory=trio.Lock)
+    _inbox: deque[Any] = field(default_factory=deque)
+    _pending: set[int] = field(default_factory=set)
+    _replies: dict[int, tuple[bool, Any]] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    _stats: LinkStatistics = field(default_factory=LinkStatistics)
+    _closed: bool = False
+
+    def __post_init__(self) -> None:
+        self._decoder.max_size = self.max_frame_size
+
+    async def send(self, obj: Any) -> None:
+        await self._send_envelope(["m", obj])
+
+    async def receive(self) -> Any:
+        """The next message (or `Request`) from the peer. Raises PeerClosed at end of stream."""
+        while True:
+            if self._inbox:
+                return self._inbox.popleft()
+            async with self._read_lock:
+                if self._inbox:
+                    return self._inbox.popleft()
+                item = self._route(await self._read_envelope())
+            if item is not _REPLY:
+                return item
+
+    async def call(self, method: str, args: Mapping[str, Any] | None = None) -> Any:
+        request_id = next(self._ids)
+        self._pending.add(request_id)
+        try:
+            await self._send_envelope(["q", request_id, method, dict(args or {})])
+            while request_id not in self._replies:
+                # trio.Lock is fair: a reader that routed our reply hands the lock on to us next.
+                async with self._read_lock:
+                    if request_id in self._replies:
+                        break
+                    item = self._route(await self._read_envelope())
+                    if item is not _REPLY:
+                        self._inbox.append(item)
+            ok, value = self._replies.pop(request_id)
+        finally:
+            self._pending.discard(request_id)
+            self._replies.pop(request_id, None)
+        if not ok:
+            raise RemoteError(value)
+        return value
+
+    async def reply(self, request: Request, result: Any) -> None:
+        await self._send_envelope(["r", request.id, True, result])
+
+    async def reply_error(self, request: Request, message: str) -> None:
+        await self._send_envelope(["r", request.id, False, message])
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await self.stream.aclose()
+
+    def statistics(self) -> LinkStatistics:
+        return replace(self._stats, calls_waiting=len(self._pending), buffered_messages=len(self._inbox))
+
+    async def _send_envelope(self, envelope: list[Any]) -> None:
+        data = encode_frame(envelope, max_size=self.max_frame_size)
+        async with self._send_lock:
+            await self.stream.send_all(data)
+        self._stats.frames_sent += 1
+        self._stats.bytes_sent += len(data)
+
+    async def _read_envelope(self) -> Any:
+        while True:
+            try:
+                frame = self._decoder.next_frame()
+            except PeerWireError:
+                await trio.aclose_forcefully(self.stream)
+                raise
+            if frame is not NEED_DATA:
+                self._stats.frames_received += 1
+                return frame
+            if self._closed:
+                raise PeerClosed(f"link to '{self.peer_name}' is closed")
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise PeerClosed(f"peer '{self.peer_name}' closed the connection")
+            self._stats.bytes_received += len(data)
+            self._decoder.feed(data)
+
+    def _route(self, envelope: Any) -> Any:
+        match envelope:
+            case ["m", obj]:
+                return obj
+            case ["q", int(request_id), str(method), args]:
+                return Request(request_id, method, args)
+            case ["r", int(request_id), bool(ok), value]:
+                if request_id in self._pending:
+                    self._replies[request_id] = (ok, value)
+                # else: the caller was cancelled; drop the late reply.
+                return _REPLY
+        raise MalformedFrame(f"not a peer envelope: {envelope!r:.80}")
+
+
+async def call(link: PeerLink, method: str, args: Mapping[str, Any] | None = None) -> Any:
+    """Send a request and wait for its reply (raises RemoteError if the handler failed)."""
+    return await link.call(method, args)
+
+
+async def _drive_handshake(
+    stream: trio.abc.Stream, machine: _Handshake, decoder: FrameDecoder, first: list[Frame]
+) -> Outcome:
+    for frame in first:
+        await stream.send_all(encode_frame(frame, max_size=HANDSHAKE_FRAME_MAX))
+    while True:
+        try:
+            frame = decoder.next_frame()
+        except PeerWireError as exc:
+            replies, outcome = machine.reject(f"malformed handshake frame ({exc})")
+            for reply in replies:
+                await stream.send_all(encode_frame(reply, max_size=HANDSHAKE_FRAME_MAX))
+            return outcome
+        if frame is NEED_DATA:
+            data = await stream.receive_some(HANDSHAKE_FRAME_MAX)
+            if not data:
+                return HandshakeRefused("connection closed during the handshake", machine.peer_name, by_peer=True)
+            decoder.feed(data)
+            continue
+        replies, outcome = machine.receive(frame)
+        for reply in replies:
+            await stream.send_all(encode_frame(reply, max_size=HANDSHAKE_FRAME_MAX))
+        if outcome is not None:
+            return outcome
+
+
+async def open_peer_link(
+    stream: trio.abc.Stream,
+    *,
+    cookie: str,
+    local_name: str,
+    remote_name: str | None,
+    timeout: float = 10.0,
+    max_frame_size: int = DEFAULT_FRAME_MAX,
+) -> PeerLink:
+    """Run the connector side of the handshake on an open stream. Raises HandshakeFailed."""
+    machine = ConnectorHandshake(
+        cookie=cookie, local_name=local_name, remote_name=remote_name, nonce=secrets.token_bytes(NONCE_LEN)
+    )
+    decoder = FrameDecoder(HANDSHAKE_FRAME_MAX)
+    try:
+        with trio.move_on_after(timeout) as scope:
+            outcome = await _drive_handshake(stream, machine, decoder, machine.start())
+        if scope.cancelled_caught:
+            outcome = HandshakeRefused("handshake timed out", machine.peer_name)
+    except trio.BrokenResourceError:
+        outcome = HandshakeRefused("connection lost during the handshake", machine.peer_name, by_peer=True)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    if isinstance(outcome, HandshakeRefused):
+        await trio.aclose_forcefully(stream)
+        raise HandshakeFailed(outcome)
+    return PeerLink(stream, outcome.peer_name, local_name, max_frame_size, decoder)
+
+
+async def connect_peer(
+    host: str,
+    port: int,
+    *,
+    cookie: str,
+    local_name: str,
+    remote_name: str | None,
+    timeout: float = 10.0,
+    max_frame_size: int = DEFAULT_FRAME_MAX,
+) -> PeerLink:
+    """Open TCP to a peer and authenticate. Raises OSError (unreachable), trio.TooSlowError
+    (no TCP connection within `timeout`) or HandshakeFailed."""
+    with trio.fail_after(timeout):
+        stream = await trio.open_tcp_stream(host, port)
+    return await open_peer_link(
+        stream,
+        cookie=cookie,
+        local_name=local_name,
+        remote_name=remote_name,
+        timeout=timeout,
+        max_frame_size=max_frame_size,
+    )
+
+
+def _address_of(stream: trio.abc.Stream) -> str | None:
+    try:
+        host, port, *_ = stream.socket.getpeername()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):
+        return None
+    return f"{host}:{port}"
+
+
+async def accept_peer(
+    stream: trio.abc.Stream,
+    *,
+    cookie: str,
+    local_name: str,
+    timeout: float = 10.0,
+    max_frame_size: int = DEFAULT_FRAME_MAX,
+) -> PeerLink | HandshakeRefused:
+    """Run the acceptor side. On refusal the stream is closed and the refusal returned for logging."""
+    machine = AcceptorHandshake(cookie=cookie, local_name=local_name, nonce=secrets.token_bytes(NONCE_LEN))
+    decoder = FrameDecoder(HANDSHAKE_FRAME_MAX)
+    try:
+        with trio.move_on_after(timeout) as scope:
+            outcome = await _drive_handshake(stream, machine, decoder, [])
+        if scope.cancelled_caught:
+            outcome = HandshakeRefused("handshake timed out", machine.peer_name)
+    except trio.BrokenResourceError:
+        outcome = HandshakeRefused("connection lost during the handshake", machine.peer_name, by_peer=True)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    if isinstance(outcome, HandshakeRefused):
+        address = _address_of(stream)
+        await trio.aclose_forcefully(stream)
+        return replace(outcome, peer_address=address)
+    return PeerLink(stream, outcome.peer_name, local_name, max_frame_size, decoder)

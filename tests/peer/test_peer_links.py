@@ -1,0 +1,258 @@
+"""Peer links over in-memory streams and real loopback TCP: handshake, messages, calls, limits."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import trio
+import trio.testing
+
+from cluster import peer
+from cluster.peer import HandshakeFailed, HandshakeRefused, PeerLink, Request
+
+COOKIE = "ABCDEFGHIJKLMNOPQRST"
+
+
+class RecordingStream(trio.abc.Stream):
+    """Passes everything through and keeps a copy of every byte sent."""
+
+    def __init__(self, inner: trio.abc.Stream, log: bytearray) -> None:
+        self.inner, self.log = inner, log
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.log += data
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def link_pair(
+    connector_cookie: str = COOKIE, acceptor_cookie: str = COOKIE, max_frame_size: int = peer.DEFAULT_FRAME_MAX
+) -> tuple[PeerLink | BaseException, PeerLink | HandshakeRefused, bytearray]:
+    left, right = trio.testing.memory_stream_pair()
+    wire = bytearray()
+    left, right = RecordingStream(left, wire), RecordingStream(right, wire)
+    results: dict[str, object] = {}
+
+    async def connect() -> None:
+        try:
+            results["c"] = await peer.open_peer_link(
+                left, cookie=connector_cookie, local_name="c@h", remote_name="a@h", max_frame_size=max_frame_size
+            )
+        except HandshakeFailed as exc:
+            results["c"] = exc
+
+    async def accept() -> None:
+        results["a"] = await peer.accept_peer(right, cookie=acceptor_cookie, local_name="a@h", max_frame_size=max_frame_size)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connect)
+        nursery.start_soon(accept)
+    return results["c"], results["a"], wire  # type: ignore[return-value]
+
+
+async def test_handshake_and_messages_both_ways() -> None:
+    c, a, _ = await link_pair()
+    assert isinstance(c, PeerLink) and isinstance(a, PeerLink)
+    assert c.peer_name == "a@h" and a.peer_name == "c@h"
+    await c.send({"hello": [1, 2, 3], "body": b"\x00\xff"})
+    assert await a.receive() == {"hello": [1, 2, 3], "body": b"\x00\xff"}
+    await a.send("back")
+    assert await c.receive() == "back"
+    stats = c.statistics()
+    assert stats.frames_sent == 1 and stats.frames_received == 1
+
+
+async def test_wrong_cookie_refused_and_closed() -> None:
+    c, a, _ = await link_pair(connector_cookie="ZZZZZZZZZZZZZZZZZZZZ")
+    assert isinstance(a, HandshakeRefused)
+    assert a.reason == "authentication failed" and a.peer_name == "c@h" and not a.by_peer
+    assert isinstance(c, HandshakeFailed)
+    assert c.refusal.reason == "authentication failed" and c.refusal.by_peer
+
+
+@pytest.mark.parametrize("connector_cookie", [COOKIE, "WRONGCOOKIEWRONGCOOK"])
+async def test_cookie_never_on_the_wire(connector_cookie: str) -> None:
+    c, a, wire = await link_pair(connector_cookie=connector_cookie)
+    if isinstance(c, PeerLink):
+        await c.send("payload")
+        await a.receive()  # type: ignore[union-attr]
+    assert len(wire) > 0
+    for secret in {COOKIE, connector_cookie}:
+        assert secret.encode() not in wire
+        assert secret.encode().hex().encode() not in wire
+
+
+async def test_call_reply_matching_out_of_order() -> None:
+    c, a, _ = await link_pair()
+    assert isinstance(c, PeerLink) and isinstance(a, PeerLink)
+    results: dict[int, object] = {}
+
+    async def server() -> None:
+        held = []
+        for _ in range(3):
+            req = await a.receive()
+            assert isinstance(req, Request)
+            held.append(req)
+        for req in reversed(held):  # answer in the opposite order
+            await a.reply(req, {"echo": req.args["n"], "method": req.method})
+
+    async def client(n: int) -> None:
+        results[n] = await peer.call(c, "echo", {"n": n})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        for n in range(3):
+            nursery.start_soon(client, n)
+    assert results == {n: {"echo": n, "method": "echo"} for n in range(3)}
+
+
+async def test_call_while_another_task_is_receiving_messages() -> None:
+    c, a, _ = await link_pair()
+    assert isinstance(c, PeerLink) and isinstance(a, PeerLink)
+    got: list[object] = []
+
+    async def c_receiver() -> None:
+        got.append(await c.receive())
+
+    async def a_server() -> None:
+        req = await a.receive()
+        assert isinstance(req, Request)
+        await a.reply(req, "pong")
+        await a.send("a message")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(c_receiver)
+        nursery.start_soon(a_server)
+        await trio.testing.wait_all_tasks_blocked()
+        assert await c.call("ping") == "pong"
+    assert got == ["a message"]
+
+
+async def test_remote_error_and_late_reply_after_cancel(autojump_clock: trio.testing.MockClock) -> None:
+    c, a, _ = await link_pair()
+    assert isinstance(c, PeerLink) and isinstance(a, PeerLink)
+    with trio.move_on_after(1):
+        await c.call("slow", {})
+    slow = await a.receive()
+    assert isinstance(slow, Request) and slow.method == "slow"
+    await a.reply(slow, "too late")  # nobody waits for it any more
+
+    async def server() -> None:
+        req = await a.receive()
+        await a.reply_error(req, "no such command: bogus")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server)
+        with pytest.raises(peer.RemoteError, match="no such command"):
+            await c.call("bogus", {})
+    assert c.statistics().calls_waiting == 0
+
+
+async def test_oversize_frame_after_handshake_refused() -> None:
+    c, a, _ = await link_pair(max_frame_size=1024)
+    assert isinstance(c, PeerLink) and isinstance(a, PeerLink)
+    with pytest.raises(peer.FrameTooLarge):
+        await c.send(b"x" * 2000)  # refused before anything is sent
+    # a misbehaving peer announcing a huge frame is cut off on the header
+    await c.stream.send_all(struct.pack(">I", 10_000_000))
+    with pytest.raises(peer.FrameTooLarge):
+        await a.receive()
+
+
+async def test_oversize_frame_during_handshake() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(left.send_all, struct.pack(">I", peer.HANDSHAKE_FRAME_MAX + 1))
+        outcome = await peer.accept_peer(right, cookie=COOKIE, local_name="a@h")
+    assert isinstance(outcome, HandshakeRefused) and "limit" in outcome.reason
+
+
+async def test_handshake_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    left, right = trio.testing.memory_stream_pair()
+    outcome = await peer.accept_peer(right, cookie=COOKIE, local_name="a@h", timeout=5)
+    assert outcome == HandshakeRefused("handshake timed out")
+    await left.aclose()
+
+
+async def test_peer_closing_mid_handshake() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    await left.aclose()
+    outcome = await peer.accept_peer(right, cookie=COOKIE, local_name="a@h")
+    assert isinstance(outcome, HandshakeRefused) and outcome.by_peer
+
+
+async def test_message_pipelined_with_welcome_is_not_lost() -> None:
+    left, right = trio.testing.memory_stream_pair()
+
+    async def eager_acceptor() -> None:
+        link = await peer.accept_peer(right, cookie=COOKIE, local_name="a@h")
+        assert isinstance(link, PeerLink)
+        await link.send("first")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(eager_acceptor)
+        c = await peer.open_peer_link(left, cookie=COOKIE, local_name="c@h", remote_name="a@h")
+        assert await c.receive() == "first"
+
+
+async def test_receive_after_peer_close_raises() -> None:
+    c, a, _ = await link_pair()
+    assert isinstance(c, PeerLink) and isinstance(a, PeerLink)
+    await a.aclose()
+    with pytest.raises(peer.PeerClosed):
+        await c.receive()
+
+
+async def serve_one_peer(cookie: str, outcomes: list[object], task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        link = await peer.accept_peer(stream, cookie=cookie, local_name="a@h")
+        outcomes.append(link)
+        if isinstance(link, PeerLink):
+            while True:
+                try:
+                    req = await link.receive()
+                except peer.PeerClosed:
+                    return
+                await link.reply(req, {"method": req.method, "args": req.args})
+
+    await trio.serve_tcp(handler, 0, host="127.0.0.1", task_status=task_status)
+
+
+async def test_over_real_loopback_tcp() -> None:
+    outcomes: list[object] = []
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(serve_one_peer, COOKIE, outcomes)
+        port = listeners[0].socket.getsockname()[1]
+
+        link = await peer.connect_peer("127.0.0.1", port, cookie=COOKIE, local_name="ctl@h", remote_name="a@h", timeout=5)
+        assert link.peer_name == "a@h"
+        assert await peer.call(link, "cluster_status", {"x": 1}) == {"method": "cluster_status", "args": {"x": 1}}
+        await link.aclose()
+
+        with pytest.raises(HandshakeFailed, match="authentication failed"):
+            await peer.connect_peer(
+                "127.0.0.1", port, cookie="NOPENOPENOPENOPENOPE", local_name="ctl@h", remote_name="a@h", timeout=5
+            )
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert isinstance(outcomes[0], PeerLink) and outcomes[0].peer_name == "ctl@h"
+    refused = outcomes[1]
+    assert isinstance(refused, HandshakeRefused) and refused.reason == "authentication failed"
+    assert refused.peer_name == "ctl@h" and refused.peer_address and refused.peer_address.startswith("127.0.0.1:")
+
+
+async def test_connect_to_closed_port_raises_oserror() -> None:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    await listener.aclose()
+    with pytest.raises(OSError):
+        await peer.connect_peer("127.0.0.1", port, cookie=COOKIE, local_name="c@h", remote_name=None, timeout=5)
