@@ -47,8 +47,9 @@ from typing import Any, Callable, Mapping
 
 from broker.amqp.spec import ACCESS_REFUSED, PRECONDITION_FAILED, reply_text
 
-# rabbit_misc: ?MAX_EXPIRY_TIMER, the largest timer Erlang accepts (2^32 - 1 ms).
-MAX_EXPIRY_MS = 4294967295
+# rabbit_misc:check_expiry/1 in RabbitMQ 3.10: ten years in milliseconds (measured
+# against 3.10.8: 315360000000 is accepted, one more is {value_too_large,_}).
+MAX_EXPIRY_MS = 315_360_000_000
 MAX_SUPPORTED_PRIORITY = 255
 
 OVERFLOW_DROP_HEAD = "drop-head"
@@ -95,9 +96,12 @@ def amqp_type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int):
-        return "long"
-    if isinstance(value, (str, bytes, bytearray)):
+        # Clients (pika, RabbitMQ's own writer, our codec) send 'I' when it fits, else 'l'.
+        return "signedint" if -(2**31) <= value < 2**31 else "long"
+    if isinstance(value, str):
         return "longstr"
+    if isinstance(value, (bytes, bytearray)):
+        return "binary"
     if isinstance(value, float):
         return "double"
     if isinstance(value, decimal.Decimal):
@@ -118,11 +122,9 @@ def _is_int(value: Any) -> bool:
 
 
 def _as_text(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", "replace")
-    return None
+    """A longstr argument's text; the codec gives longstr as str ('x' byte arrays are bytes,
+    which RabbitMQ refuses where it wants a string)."""
+    return value if isinstance(value, str) else None
 
 
 def queue_resource(queue: str, vhost: str) -> str:
@@ -150,7 +152,7 @@ def _check_non_neg_int(value: Any, args: Mapping[str, Any]) -> Any:
 
 def _check_expiry(value: int) -> Any:
     if value > MAX_EXPIRY_MS:
-        return (_Atom("value_too_big"), value)
+        return (_Atom("value_too_large"), value)
     if value < 0:
         return (_Atom("value_negative"), value)
     return None
@@ -254,6 +256,10 @@ CONSUME_CHECKS: tuple[tuple[str, _Check], ...] = (
 )
 
 
+def _refuse(detail: str) -> Refusal:
+    return Refusal(PRECONDITION_FAILED, reply_text(PRECONDITION_FAILED, detail))
+
+
 def _check_arguments(
     queue: str, vhost: str, arguments: Mapping[str, Any] | None, checks: tuple[tuple[str, _Check], ...]
 ) -> Refusal | None:
@@ -264,13 +270,25 @@ def _check_arguments(
             continue
         error = check(arguments[key], arguments)
         if error is not None:
-            detail = f"invalid arg '{key}' for {queue_resource(queue, vhost)}: {_erl(error)}"
-            return Refusal(PRECONDITION_FAILED, reply_text(PRECONDITION_FAILED, detail))
+            return _refuse(f"invalid arg '{key}' for {queue_resource(queue, vhost)}: {_erl(error)}")
     return None
 
 
 def check_declare_arguments(queue: str, vhost: str, arguments: Mapping[str, Any] | None) -> Refusal | None:
-    """None if `queue.declare` may use these arguments, else RabbitMQ's 406 refusal."""
+    """None if `queue.declare` may use these arguments, else RabbitMQ's 406 refusal.
+
+    rabbit_channel resolves x-dead-letter-exchange as an exchange name before the
+    queue checks run, so a non-string one fails first, with the channel's wording.
+    (The channel also needs read permission on the queue and write permission on
+    that exchange; that is the channel's business.)
+    """
+    if arguments and "x-dead-letter-exchange" in arguments:
+        dlx = arguments["x-dead-letter-exchange"]
+        if not isinstance(dlx, str):
+            return _refuse(
+                f"invalid type '{amqp_type_name(dlx)}' for arg 'x-dead-letter-exchange' "
+                f"in {queue_resource(queue, vhost)}"
+            )
     return _check_arguments(queue, vhost, arguments, DECLARE_CHECKS)
 
 
@@ -319,7 +337,7 @@ def parse_expiration(expiration: str | bytes | None) -> int | None | Refusal:
         if error is None:
             return value
     detail = f"invalid expiration '{text}': {_erl(error)}"
-    return Refusal(PRECONDITION_FAILED, reply_text(PRECONDITION_FAILED, detail))
+    return _refuse(detail)
 
 
 # --- effective settings -------------------------------------------------------------------

@@ -4,12 +4,14 @@ exchange, with its `x-death` history, and the cycle rule that drops it instead.
 Pure: a message, a reason, the source queue and a time in; a new `Message` and the
 routing keys to route it with out. Follows RabbitMQ 3.10 `rabbit_dead_letter.erl`:
 
-* `x-death` is a list of tables, most recent first, one per (queue, reason). A
-  death for a pair already present increments that entry's `count` and moves it
+* `x-death` is a list of tables, one per (queue, reason), the latest death first.
+  A death for a pair already present increments that entry's `count` and moves it
   to the front; its other fields (time, exchange, routing-keys) keep the values of
-  the first death for that pair. A new pair is prepended with count 1. (RabbitMQ's
-  legacy-grouping fold reverses the order of the other entries when there are
-  two or more; Leveret keeps the documented "most recent first" order instead.)
+  the first death for that pair. A new pair is prepended with count 1. Before
+  that, RabbitMQ regroups the existing entries with a fold that reverses their
+  order whenever there are two or more (checked against RabbitMQ 3.10.8: after
+  deaths a, b, c, d the header reads d, b, a, c); Leveret reproduces it, since
+  clients and the cycle rule below see that order.
 * each entry: `count`, `reason`, `queue`, `time` (seconds, an AMQP timestamp),
   `exchange`, `routing-keys` (the publish routing key then the CC keys) and
   `original-expiration` when the message had a per-message TTL, which is then
@@ -78,22 +80,27 @@ def _death_key(entry: Any) -> tuple[str | None, str | None] | None:
 
 
 def _grouped(deaths: list[Any]) -> list[Any]:
-    """One entry per (queue, reason), first occurrence kept (x-death written before RabbitMQ #78)."""
-    seen: dict[tuple[str | None, str | None], int] = {}
-    out: list[Any] = []
-    for entry in deaths:
-        key = _death_key(entry)
-        if key is None:
-            out.append(entry)
-            continue
-        if key in seen:
-            continue
-        seen[key] = len(out)
-        duplicates = sum(1 for e in deaths if _death_key(e) == key)
-        if "count" not in entry:
-            entry = {"count": duplicates, **entry}
-        out.append(entry)
-    return out
+    """rabbit_dead_letter:group_by_queue_and_reason/1, fold and all: one entry per
+    (queue, reason), a missing count set to the number of duplicates. The fold
+    prepends, so with two or more entries their order comes out reversed; RabbitMQ
+    3.10.8 does exactly this (measured), and clients see it, so Leveret does too."""
+    if len(deaths) <= 1:
+        return deaths
+    tables = [d for d in deaths if isinstance(d, Mapping)]
+    seen: set[tuple[str | None, str | None]] = set()
+    grouped: list[Any] = []
+    for table in tables:
+        key = _death_key(table)
+        matches = [t for t in tables if _death_key(t) == key]
+        first = matches[0]
+        if "count" not in first:
+            first = {"count": len(matches), **first}
+        if not grouped:
+            grouped = [first]
+        elif key not in seen:
+            grouped.insert(0, first)
+        seen.add(key)
+    return grouped
 
 
 def dead_letter(
