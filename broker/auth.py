@@ -43,30 +43,35 @@ from functools import lru_cache
 from typing import Protocol
 
 # --------------------------------------------------------------------------
-# Records we read (written by cluster/metadata.py); duck-typed.
+# The records we read: cluster/metadata.py's UserRecord, Permission, TopicPermission
+# (or anything shaped like them); only the fields used here.
 
 
 class UserLike(Protocol):
-    name: str
-    password_hash: str
-    hashing_algorithm: str | None
-    tags: object  # tuple/list of tag names, or RabbitMQ's comma-separated string
+    @property
+    def name(self) -> str: ...
+    @property
+    def password_hash(self) -> str: ...
+    @property
+    def hashing_algorithm(self) -> str | None: ...
+    @property
+    def tags(self) -> object: ...  # names, or RabbitMQ's comma-separated string
 
 
 class PermissionLike(Protocol):
-    vhost: str
-    user: str
-    configure: str
-    write: str
-    read: str
+    @property
+    def configure(self) -> str: ...
+    @property
+    def write(self) -> str: ...
+    @property
+    def read(self) -> str: ...
 
 
 class TopicPermissionLike(Protocol):
-    vhost: str
-    user: str
-    exchange: str
-    write: str
-    read: str
+    @property
+    def write(self) -> str: ...
+    @property
+    def read(self) -> str: ...
 
 
 # --------------------------------------------------------------------------

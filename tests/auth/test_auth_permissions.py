@@ -218,3 +218,18 @@ def test_publish_checks_every_routing_key() -> None:
     assert auth.check_publish_topics("u", tp, routing_keys=["ok.1", "ok.2"], **kw) is None
     r = auth.check_publish_topics("u", tp, routing_keys=["ok.1", "cc.bad"], **kw)
     assert r is not None and "topic 'cc.bad'" in r.reply_text
+
+
+def test_works_with_the_metadata_records() -> None:
+    from cluster import metadata
+
+    user = metadata.UserRecord("ops", auth.hash_password("pw"), tags=("management",))
+    out = auth.authenticate(user, "ops", "pw", mechanism="PLAIN", local_address="::1", loopback_users=["guest"])
+    assert out == auth.Authenticated("ops", ("management",))
+    perm = metadata.Permission("/", "ops", "^ops\\.", ".*", "^$")
+    assert auth.check_all("ops", perm, auth.checks_for_queue_declare("/", "ops.q", passive=False, creates=True)) is None
+    assert auth.check_all("ops", perm, auth.checks_for_consume("/", "ops.q")) is not None
+    tp = metadata.TopicPermission("/", "ops", "events", "^{username}\\.", ".*")
+    assert auth.check_publish_topics(
+        "ops", tp, vhost="/", exchange="events", exchange_type="topic", routing_keys=["ops.created"]
+    ) is None
