@@ -170,9 +170,10 @@ def _refused_frame(reason: str) -> Frame:
 
 
 def _field(frame: Any, name: str, kind: type) -> Any:
-    if not isinstance(frame, dict) or not isinstance(frame.get(name), kind):
+    value = frame.get(name) if isinstance(frame, dict) else None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise MalformedFrame(f"handshake frame without a valid '{name}'")
-    return frame[name]
+    return value
 
 
 class _Handshake:
