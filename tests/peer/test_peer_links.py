@@ -256,3 +256,16 @@ async def test_connect_to_closed_port_raises_oserror() -> None:
     await listener.aclose()
     with pytest.raises(OSError):
         await peer.connect_peer("127.0.0.1", port, cookie=COOKIE, local_name="c@h", remote_name=None, timeout=5)
+
+
+async def test_send_batch_delivers_in_order_and_refuses_oversize_whole() -> None:
+    c, a, _ = await link_pair(max_frame_size=1024)
+    assert isinstance(c, PeerLink) and isinstance(a, PeerLink)
+    await c.send_batch([{"n": i} for i in range(5)])
+    assert [await a.receive() for _ in range(5)] == [{"n": i} for i in range(5)]
+    before = c.statistics().bytes_sent
+    with pytest.raises(peer.FrameTooLarge):
+        await c.send_batch(["small", b"x" * 2000])
+    assert c.statistics().bytes_sent == before  # nothing of the batch went out
+    await c.send_batch([])
+    assert c.statistics().frames_sent == 5
