@@ -87,6 +87,18 @@ class AMQPFrameError(Exception):
         self.class_id = class_id
         self.method_id = method_id
 
+    # Errors are values: two reports of the same fault compare equal.
+    def _key(self) -> tuple[int, str, int, int, int]:
+        return (self.code, self.text, self.channel, self.class_id, self.method_id)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AMQPFrameError):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
     def __repr__(self) -> str:
         return (
             f"AMQPFrameError(code={self.code}, text={self.text!r}, channel={self.channel}, "
