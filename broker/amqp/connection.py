@@ -255,7 +255,9 @@ class Connection:
 
         # Clock bookkeeping, all driven by tick(now).
         self._received = False
-        self._sent = False
+        # Octets drained by data_to_send, and how many of them tick() has accounted for.
+        self._sent_total = 0
+        self._sent_seen = 0
         self._started_at: float | None = None
         self._last_recv: float | None = None
         self._last_send: float | None = None
@@ -293,7 +295,7 @@ class Connection:
             return b""
         data = bytes(self._out)
         self._out.clear()
-        self._sent = True
+        self._sent_total += len(data)
         return data
 
     def tick(self, now: float) -> list[Event]:
@@ -324,8 +326,8 @@ class Connection:
         if self._received or self._last_recv is None:
             self._received = False
             self._last_recv = now
-        if self._sent or self._last_send is None:
-            self._sent = False
+        if self._sent_total != self._sent_seen or self._last_send is None:
+            self._sent_seen = self._sent_total
             self._last_send = now
         if self.blocked:
             # RabbitMQ pauses the receive monitor while it is not reading the socket.
@@ -334,8 +336,10 @@ class Connection:
             self._finish(0, f"missed heartbeats from client, timeout: {interval}s", False, events)
             self._set_state(S.CLOSED)
             return events
-        if now - self._last_send >= interval / 2:
+        if now - self._last_send >= interval / 2 and not self._out:
             self._out += codec.HEARTBEAT
+            # Our own heartbeat is not traffic that postpones the next one.
+            self._sent_seen += len(codec.HEARTBEAT)
             self._last_send = now
         return events
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from pamqp import commands as pc
 
 from broker.amqp import codec, spec
@@ -267,6 +268,7 @@ def test_qos_prefetch_size_is_not_implemented() -> None:
     assert (close.reply_code, close.reply_text) == (540, "NOT_IMPLEMENTED - prefetch_size!=0 (1024)")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pamqp flags recover-async
 def test_recover_requeues_everything_unacked() -> None:
     peer = opened()
     tag = consume(peer)
