@@ -100,10 +100,11 @@ class ProtocolError(Exception):
 
 def clip_reply_text(text: str) -> str:
     """reply-text is a shortstr: RabbitMQ cuts it to 252 bytes plus "..." (rabbit_binary_generator)."""
-    raw = text.encode()
+    # surrogateescape: names the client sent as invalid UTF-8 go back as the octets it sent.
+    raw = text.encode("utf-8", "surrogateescape")
     if len(raw) <= 255:
         return text
-    return raw[:252].decode(errors="ignore") + "..."
+    return raw[:252].decode("utf-8", "ignore") + "..."
 
 
 # --- events -----------------------------------------------------------------------------
