@@ -339,22 +339,27 @@ class Channel:
     # --- frames from the client -----------------------------------------------------------
 
     def on_method(self, method: spec.Method, events: list[Any]) -> None:
-        if self._expect != _EXPECT_METHOD:
-            self._unexpected_in_content()
-        if self.state is not ChannelState.OPEN:
-            self._on_method_closing(method, events)
+        if self._expect or self.state is not _OPEN or self.tx is _COMMITTING:
+            self._on_method_unusual(method, events)
             return
-        if self.tx is TxState.COMMITTING:
-            raise ProtocolError.of(
-                spec.CHANNEL_ERROR, "unexpected command while processing 'tx.commit'", method
-            )
         cls = type(method)
-        if cls is spec.BasicPublish:
+        if cls is _BasicPublish:
             if method.immediate:  # type: ignore[attr-defined]
                 raise ProtocolError.of(spec.NOT_IMPLEMENTED, "immediate=true", method)
             self._publish = method  # type: ignore[assignment]
             self._expect = _EXPECT_HEADER
             return
+        self._dispatch(cls, method, events)
+
+    def _on_method_unusual(self, method: spec.Method, events: list[Any]) -> None:
+        if self._expect != _EXPECT_METHOD:
+            self._unexpected_in_content()
+        if self.state is not ChannelState.OPEN:
+            self._on_method_closing(method, events)
+            return
+        raise ProtocolError.of(spec.CHANNEL_ERROR, "unexpected command while processing 'tx.commit'", method)
+
+    def _dispatch(self, cls: type[spec.Method], method: spec.Method, events: list[Any]) -> None:
         if cls is spec.BasicAck:
             self._settle(spec.BasicAck, method.delivery_tag, method.multiple, None, events)  # type: ignore[attr-defined]
             return
@@ -367,7 +372,7 @@ class Channel:
             raise ProtocolError.of(spec.COMMAND_INVALID, "unimplemented method", method)
 
     def on_header(self, frame: Any, events: list[Any]) -> None:
-        if self._expect != _EXPECT_HEADER:
+        if self._expect != 1:  # _EXPECT_HEADER
             self._unexpected_content_frame()
         publish = self._publish
         assert publish is not None
@@ -390,7 +395,7 @@ class Channel:
             self._expect = _EXPECT_BODY
 
     def on_body(self, payload: bytes, events: list[Any]) -> None:
-        if self._expect != _EXPECT_BODY:
+        if self._expect != 2:  # _EXPECT_BODY
             if self._expect == _EXPECT_HEADER:
                 raise ProtocolError.of(
                     spec.UNEXPECTED_FRAME,
@@ -429,10 +434,10 @@ class Channel:
     def _complete(self, body: bytes, events: list[Any]) -> None:
         publish = self._publish
         header = self._header
-        self._expect = _EXPECT_METHOD
+        self._expect = 0  # _EXPECT_METHOD
         self._publish = None
         self._header = None
-        if self.state is not ChannelState.OPEN:
+        if self.state is not _OPEN:
             return  # assembled only to stay in step with the frame stream
         if len(body) > self._max_message_size:
             raise ProtocolError.of(
@@ -447,7 +452,7 @@ class Channel:
         else:
             seq = None
         event = PublishReceived(self.number, publish, header.properties, header.raw_properties, body, seq)  # type: ignore[arg-type]
-        if self.tx is TxState.NONE:
+        if self.tx is _NO_TX:
             events.append(event)
         else:
             self._tx_publishes.append(event)
@@ -805,6 +810,12 @@ class Channel:
         event = self.release()
         self.state = ChannelState.CLOSING
         return event
+
+
+_OPEN = ChannelState.OPEN
+_COMMITTING = TxState.COMMITTING
+_NO_TX = TxState.NONE
+_BasicPublish = spec.BasicPublish
 
 
 def _encode_nack(channel: int, seq: int, multiple: bool) -> bytes:

@@ -247,6 +247,7 @@ class Connection:
         self.capabilities: dict[str, Any] = {}
 
         self.blocked = False
+        self._blocked_reason = ""
         self._blocked_sent = False
         # True when the connection ended because the handshake failed (RabbitMQ
         # waits ?SILENT_CLOSE_DELAY = 3 s before dropping such a client).
@@ -489,6 +490,7 @@ class Connection:
         if self.blocked:
             return
         self.blocked = True
+        self._blocked_reason = reason
         if self.state is S.OPEN and self.capabilities.get("connection.blocked"):
             self._out += codec.encode_method(0, spec.ConnectionBlocked(reason=reason))
             self._blocked_sent = True
@@ -644,7 +646,7 @@ class Connection:
             ConnectionOpened(self.username, vhost, self.client_properties, self.channel_max, self.frame_max, self.heartbeat)
         )
         if self.blocked and self.capabilities.get("connection.blocked"):
-            self._out += codec.encode_method(0, spec.ConnectionBlocked(reason="low on resources"))
+            self._out += codec.encode_method(0, spec.ConnectionBlocked(reason=self._blocked_reason))
             self._blocked_sent = True
 
     def _on_update_secret(self, method: spec.ConnectionUpdateSecret, events: list[Event]) -> None:
@@ -657,37 +659,43 @@ class Connection:
     # --- frames -----------------------------------------------------------------------------
 
     def _handle_frames(self, frames: list[Any], events: list[Event]) -> None:
+        # The publish path: a few local lookups per frame, one channel call.
         channels = self._channels
+        OPEN, CLOSING, CLOSED = S.OPEN, ChannelState.CLOSING, ChannelState.CLOSED
         MethodFrame, HeaderFrame, BodyFrame = codec.MethodFrame, codec.HeaderFrame, codec.BodyFrame
+        ChannelCloseOk = spec.ChannelCloseOk
         for frame in frames:
-            if self.state is not S.OPEN:
+            if self.state is not OPEN:
                 # Handshake or closing: the rare path, one frame at a time.
                 self._handle_frame_slow(frame, events)
                 if self.state is S.CLOSED:
                     return
                 continue
             number = frame.channel
-            if number == 0:
-                self._handle_channel0(frame, events)
-                continue
             ch = channels.get(number)
-            try:
-                if ch is None:
-                    self._on_new_channel(frame, events)
+            if ch is None:
+                if number == 0:
+                    self._handle_channel0(frame, events)
                     continue
-                t = type(frame)
-                if t is MethodFrame:
+                try:
+                    self._on_new_channel(frame, events)
+                except ProtocolError as error:
+                    self._fail(error, number, events)
+                continue
+            t = type(frame)
+            try:
+                if t is BodyFrame:
+                    ch.on_body(frame.payload, events)
+                elif t is MethodFrame:
                     method = frame.method
-                    if type(method) is spec.ChannelCloseOk and ch.state is ChannelState.CLOSING:
+                    if type(method) is ChannelCloseOk and ch.state is CLOSING:
                         del channels[number]
                         self._confirm_dirty.discard(ch)
                         continue
                     ch.on_method(method, events)
-                    if ch.state is ChannelState.CLOSED:
+                    if ch.state is CLOSED:
                         del channels[number]
                         self._confirm_dirty.discard(ch)
-                elif t is BodyFrame:
-                    ch.on_body(frame.payload, events)
                 elif t is HeaderFrame:
                     ch.on_header(frame, events)
                 else:
