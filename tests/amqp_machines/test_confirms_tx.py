@@ -236,3 +236,15 @@ def test_close_in_tx_returns_uncommitted_acks_as_unacked() -> None:
     peer.send(pc.Basic.Ack(delivery_tag=2), channel=1)
     events: list[Any] = peer.send(pc.Channel.Close(reply_code=200, reply_text="", class_id=0, method_id=0), channel=1)
     assert events == [ChannelClosed(1, ("h1", "h2", "h3"), ("c",))]
+
+
+def test_basic_return_goes_out_before_the_confirm() -> None:
+    # RabbitMQ: "basic.returns must be sent before confirms" for a mandatory unroutable publish.
+    peer = confirming()
+    (event,) = peer.send_raw(publish_frames(1, b"lost", mandatory=True))
+    peer.conn.confirm(1, event.seq)
+    peer.conn.send_content(
+        1, spec.BasicReturn(reply_code=312, reply_text="NO_ROUTE", exchange="", routing_key="q"), RAW, b"lost"
+    )
+    names = [type(f).__name__ for _, f in peer.received()]
+    assert names == ["Return", "ContentHeader", "ContentBody", "Ack"]

@@ -423,3 +423,28 @@ def test_connection_lost_ends_everything_once() -> None:
     assert events[-1].code == 0
     assert peer.conn.connection_lost() == []
     assert peer.conn.state is ConnectionState.CLOSED
+
+
+def test_server_close_during_handshake_just_drops() -> None:
+    peer = Peer()
+    peer.header()
+    (closed,) = peer.conn.close()
+    assert closed.code == 320 and peer.conn.state is ConnectionState.CLOSED
+    assert peer.conn.data_to_send() == b""
+
+
+def test_server_closes_one_channel_with_its_own_text() -> None:
+    from .peer import opened
+
+    peer = opened()
+    (event,) = peer.conn.close_channel(1, 406, "PRECONDITION_FAILED - delivery acknowledgement timed out", 60, 80)
+    assert event.channel == 1
+    _, close = peer.one()
+    assert (close.reply_code, close.reply_text, close.class_id, close.method_id) == (
+        406,
+        "PRECONDITION_FAILED - delivery acknowledgement timed out",
+        60,
+        80,
+    )
+    assert peer.conn.close_channel(1, 406, "again") == []
+    assert peer.conn.deliver(1, "c", "h", "", "q", b"\x00\x00", b"") is None
