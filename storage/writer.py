@@ -134,6 +134,7 @@ class GroupCommitWriter:
         task_status.started()
         try:
             while True:
+                await trio.lowlevel.checkpoint_if_cancelled()
                 if not self._pending:
                     if self._closing:
                         return
