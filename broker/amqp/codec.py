@@ -512,6 +512,7 @@ def encode_method(channel: int, method: Method) -> bytes:
 # --- content properties --------------------------------------------------------------------
 
 _PROPERTY_FIELDS = spec.BASIC_PROPERTIES
+assert tuple(BasicProperties.__dataclass_fields__) == tuple(name for name, _, _ in _PROPERTY_FIELDS)
 
 
 def decode_properties(raw: bytes | bytearray | memoryview) -> BasicProperties:
@@ -529,6 +530,22 @@ def decode_properties(raw: bytes | bytearray | memoryview) -> BasicProperties:
         ) from None
 
 
+# Property kinds as small ints: cheaper to compare than domain names in the hot loop.
+_P_SHORTSTR, _P_OCTET, _P_TABLE, _P_LONGLONG = 0, 1, 2, 3
+_P_KIND = {"shortstr": _P_SHORTSTR, "octet": _P_OCTET, "table": _P_TABLE, "longlong": _P_LONGLONG}
+# flags word → ((index in BasicProperties, kind), ...) for the properties present.
+# Publishers reuse a handful of flag patterns, so this stays tiny.
+_PROPERTY_PLANS: dict[int, tuple[tuple[int, int], ...]] = {}
+
+
+def _property_plan(flags: int) -> tuple[tuple[int, int], ...]:
+    plan = tuple(
+        (index, _P_KIND[domain]) for index, (_name, domain, bit) in enumerate(_PROPERTY_FIELDS) if flags & bit
+    )
+    _PROPERTY_PLANS[flags] = plan
+    return plan
+
+
 def _decode_properties(raw: Any) -> BasicProperties:
     end = len(raw)
     flags = _U16.unpack_from(raw, 0)[0]
@@ -539,33 +556,30 @@ def _decode_properties(raw: Any) -> BasicProperties:
     while word & 1:
         word = _U16.unpack_from(raw, pos)[0]
         pos += 2
-    props = BasicProperties()
-    if not flags & 0xFFFC:
-        if pos != end:
-            raise IndexError
-        return props
-    for name, domain, bit in _PROPERTY_FIELDS:
-        if not flags & bit:
-            continue
-        if domain == "shortstr":
+    flags &= 0xFFFC
+    plan = _PROPERTY_PLANS.get(flags)
+    if plan is None:
+        plan = _property_plan(flags)
+    values: list[Any] = [None] * 14
+    for index, kind in plan:
+        if kind == 0:
             length = raw[pos]
             start = pos + 1
             pos = start + length
             if pos > end:
                 raise IndexError
-            value: Any = str(raw[start:pos], "utf-8", "surrogateescape")
-        elif domain == "octet":
-            value = raw[pos]
+            values[index] = str(raw[start:pos], "utf-8", "surrogateescape")
+        elif kind == 1:
+            values[index] = raw[pos]
             pos += 1
-        elif domain == "table":
-            value, pos = _table_at(raw, pos, end)
-        else:  # longlong timestamp
-            value = _U64.unpack_from(raw, pos)[0]
+        elif kind == 2:
+            values[index], pos = _table_at(raw, pos, end)
+        else:
+            values[index] = _U64.unpack_from(raw, pos)[0]
             pos += 8
-        setattr(props, name, value)
     if pos != end:
         raise IndexError("property octets left over")
-    return props
+    return BasicProperties(*values)
 
 
 def encode_properties(props: BasicProperties) -> bytes:
@@ -675,6 +689,21 @@ def _content_frames(
     return b"".join(out)
 
 
+# One precompiled struct per (consumer tag, exchange, routing key, property list) length
+# packs the whole method frame and header frame, plus the head of a single body
+# frame, in one call. Consumers see few distinct lengths, so the cache stays small.
+_DELIVER_LAYOUTS: dict[tuple[int, int, int, int], struct.Struct] = {}
+_DELIVER_LAYOUTS_MAX = 1024
+
+
+def _deliver_layout(key: tuple[int, int, int, int]) -> struct.Struct:
+    if len(_DELIVER_LAYOUTS) >= _DELIVER_LAYOUTS_MAX:
+        _DELIVER_LAYOUTS.clear()
+    ct, ex, rk, raw = key
+    layout = _DELIVER_LAYOUTS[key] = struct.Struct(f">BHIHH{ct}sQB{ex}s{rk}sBBHIHHQ{raw}sBBHI")
+    return layout
+
+
 def encode_deliver(
     channel: int,
     consumer_tag: str,
@@ -687,14 +716,28 @@ def encode_deliver(
     frame_max: int,
 ) -> bytes:
     """basic.deliver method frame + content header + body frames, as one bytes."""
-    args = b"".join(
-        (
-            _shortstr(consumer_tag),
-            _QB.pack(delivery_tag, 1 if redelivered else 0),
-            _shortstr(exchange),
-            _shortstr(routing_key),
-        )
-    )
+    ct = _shortstr(consumer_tag)
+    ex = _shortstr(exchange)
+    rk = _shortstr(routing_key)
+    size = len(body)
+    if size and (not frame_max or size <= frame_max - spec.FRAME_OVERHEAD):
+        key = (len(ct), len(ex), len(rk), len(raw_properties))
+        layout = _DELIVER_LAYOUTS.get(key)
+        if layout is None:
+            layout = _deliver_layout(key)
+        try:
+            head = layout.pack(
+                # method frame: basic.deliver
+                1, channel, 13 + key[0] + key[1] + key[2], 60, 60, ct, delivery_tag, 1 if redelivered else 0, ex, rk, 0xCE,
+                # content header frame
+                2, channel, 12 + key[3], 60, 0, size, raw_properties, 0xCE,
+                # the head of the one body frame
+                3, channel, size,
+            )  # fmt: skip
+        except struct.error as exc:
+            raise ValueError(f"basic.deliver: {exc}") from None
+        return b"".join((head, body, _FRAME_END_BYTE))
+    args = b"".join((ct, _QB.pack(delivery_tag, 1 if redelivered else 0), ex, rk))
     return _content_frames(channel, args, 60, raw_properties, body, frame_max)
 
 
@@ -737,18 +780,58 @@ def encode_basic_nack(channel: int, delivery_tag: int, multiple: bool, requeue: 
 # --- the decoder ---------------------------------------------------------------------------
 
 
+# Frame records are frozen dataclasses; their generated __init__ goes through
+# object.__setattr__ per field, which costs more than the rest of decoding a small
+# frame. The decoder fills the slots directly instead (same objects, same equality).
+_new = object.__new__
+_set_method_channel = MethodFrame.channel.__set__  # type: ignore[attr-defined]
+_set_method_method = MethodFrame.method.__set__  # type: ignore[attr-defined]
+_set_body_channel = BodyFrame.channel.__set__  # type: ignore[attr-defined]
+_set_body_payload = BodyFrame.payload.__set__  # type: ignore[attr-defined]
+_set_header_channel = HeaderFrame.channel.__set__  # type: ignore[attr-defined]
+_set_header_class_id = HeaderFrame.class_id.__set__  # type: ignore[attr-defined]
+_set_header_body_size = HeaderFrame.body_size.__set__  # type: ignore[attr-defined]
+_set_header_properties = HeaderFrame.properties.__set__  # type: ignore[attr-defined]
+_set_header_raw = HeaderFrame.raw_properties.__set__  # type: ignore[attr-defined]
+_BasicProperties = BasicProperties
+_BasicPublish = spec.BasicPublish
+
+# A publisher sends the same property octets for message after message (content
+# type, delivery mode); remembering their decoded values skips the property
+# decoder. Each frame still gets its own BasicProperties object. Bounded, and
+# property lists with headers (a mutable dict) are never remembered.
+_PROPERTIES_SEEN: dict[bytes, tuple[Any, ...]] = {}
+_PROPERTIES_SEEN_MAX = 256
+_PROPERTY_NAMES = tuple(name for name, _, _ in spec.BASIC_PROPERTIES)
+
+
+def _properties_values(props: BasicProperties) -> tuple[Any, ...]:
+    return tuple(getattr(props, name) for name in _PROPERTY_NAMES)
+_BasicAck = spec.BasicAck
+
+
 class FrameDecoder:
     """Incremental frame parser: feed it received bytes, get back complete frames.
 
     `frame_max` (0 = unlimited) may be changed after connection.tune-ok; it
     applies to frames not yet parsed.
+
+    Buffering: the octets of an incomplete frame are kept in a bytearray and only
+    grown (not re-parsed) until the frame they start is complete, so a large frame
+    arriving in many pieces costs linear time. Parsing then walks one immutable
+    `bytes` with offsets: frame payloads are sliced out of it once each, and no
+    per-frame copy of the remaining buffer is ever made. (Slicing `bytes` and
+    decoding the slice is about twice as fast as doing the same through a
+    memoryview, which is why the loop does not run over one.)
     """
 
-    __slots__ = ("frame_max", "_tail", "_error")
+    __slots__ = ("frame_max", "_tail", "_need", "_error")
 
     def __init__(self, frame_max: int) -> None:
         self.frame_max = frame_max
         self._tail = bytearray()
+        # Octets the buffered frame needs before parsing can make progress.
+        self._need = 0
         self._error: AMQPFrameError | None = None
 
     @property
@@ -768,61 +851,86 @@ class FrameDecoder:
         """
         if self._error is not None:
             return [], self._error
-        if self._tail:
-            self._tail += data
-            buf: Any = self._tail
-        else:
+        tail = self._tail
+        if tail:
+            tail += data
+            if len(tail) < self._need:
+                return [], None
+            buf = bytes(tail)
+        elif type(data) is bytes:
             buf = data
+        else:
+            buf = bytes(data)
         frames: list[Frame] = []
-        with memoryview(buf) as view:
-            pos, error = self._parse(view, frames)
-            rest = len(view) - pos
-            if rest:
-                tail = bytearray(view[pos:]) if buf is not self._tail else None
+        pos, need, error = self._parse(buf, frames)
         if error is not None:
             self._error = error
             self._tail = bytearray()
-        elif buf is self._tail:
-            del self._tail[:pos]
-        elif rest:
-            self._tail = tail  # type: ignore[assignment]
+        elif pos < len(buf):
+            with memoryview(buf) as view:
+                self._tail = bytearray(view[pos:])
+            self._need = need
+        elif tail:
+            self._tail = bytearray()
         return frames, error
 
-    def _parse(self, view: memoryview, frames: list[Frame]) -> tuple[int, AMQPFrameError | None]:
+    def _parse(self, buf: bytes, frames: list[Frame]) -> tuple[int, int, AMQPFrameError | None]:
+        """Parse frames from buf[0:]; returns (offset of the first unparsed octet, octets
+        that the frame starting there needs in all, error or None)."""
         append = frames.append
-        size_all = len(view)
+        total = len(buf)
         frame_max = self.frame_max
         head_unpack = _FRAME_HEAD.unpack_from
         u32_unpack = _U32.unpack_from
+        u16_unpack = _U16.unpack_from
+        qb_unpack = _QB.unpack_from
+        new = _new
         pos = 0
-        while size_all - pos >= 7:
-            frame_type, channel, size = head_unpack(view, pos)
+        while True:
+            if total - pos < 7:
+                return pos, 7, None
+            frame_type, channel, size = head_unpack(buf, pos)
             if frame_max and size > frame_max:
-                return pos, _frame_error(
+                return pos, 0, _frame_error(
                     frame_type, channel, b"", f"{{frame_too_large,{size},{frame_max - spec.FRAME_OVERHEAD}}}"
                 )
             start = pos + 7
             end = start + size
-            if end >= size_all:
-                break
-            if view[end] != _FRAME_END:
-                return pos, _frame_error(
-                    frame_type, channel, bytes(view[start:end]), f"{{invalid_frame_end_marker,{view[end]}}}"
+            if end >= total:
+                return pos, size + 8, None
+            if buf[end] != 0xCE:
+                return pos, 0, _frame_error(
+                    frame_type, channel, buf[start:end], f"{{invalid_frame_end_marker,{buf[end]}}}"
                 )
             if frame_type == 1:
                 if size < 4:
-                    return pos, _frame_error(frame_type, channel, bytes(view[start:end]), "unknown_frame")
-                key = u32_unpack(view, start)[0]
+                    return pos, 0, _frame_error(frame_type, channel, buf[start:end], "unknown_frame")
+                key = u32_unpack(buf, start)[0]
                 try:
                     if key == _METHOD_KEY_PUBLISH:
-                        method: Method = _decode_publish(view, start + 4, end)
+                        # ticket short | exchange shortstr | routing-key shortstr | mandatory, immediate bits
+                        p = start + 6
+                        length = buf[p]
+                        p += 1
+                        exchange = buf[p : p + length].decode("utf-8", "surrogateescape")
+                        p += length
+                        length = buf[p]
+                        p += 1
+                        routing_key = buf[p : p + length].decode("utf-8", "surrogateescape")
+                        p += length
+                        bits = buf[p]
+                        if p + 1 != end:
+                            raise IndexError("basic.publish arguments do not fill the frame")
+                        method: Method = _BasicPublish(
+                            u16_unpack(buf, start + 4)[0], exchange, routing_key, bits & 1 != 0, bits & 2 != 0
+                        )
                     elif key == _METHOD_KEY_ACK and size == 13:
-                        tag, bits = _QB.unpack_from(view, start + 4)
-                        method = spec.BasicAck(tag, bool(bits & 1))
+                        tag, bits = qb_unpack(buf, start + 4)
+                        method = _BasicAck(tag, bits & 1 != 0)
                     else:
                         cls = spec.METHODS.get((key >> 16, key & 0xFFFF))
                         if cls is None:
-                            return pos, AMQPFrameError(
+                            return pos, 0, AMQPFrameError(
                                 spec.NOT_IMPLEMENTED,
                                 spec.reply_text(
                                     spec.NOT_IMPLEMENTED,
@@ -832,64 +940,63 @@ class FrameDecoder:
                                 key >> 16,
                                 key & 0xFFFF,
                             )
-                        method = _decode_arguments(cls, view, start + 4, end)
+                        method = _decode_arguments(cls, buf, start + 4, end)
                 except _Malformed as exc:
-                    return pos, AMQPFrameError(
+                    return pos, 0, AMQPFrameError(
                         exc.code, spec.reply_text(exc.code, exc.detail), channel, key >> 16, key & 0xFFFF
                     )
                 except (IndexError, struct.error):
-                    return pos, AMQPFrameError(
+                    return pos, 0, AMQPFrameError(
                         spec.FRAME_ERROR,
-                        spec.reply_text(spec.FRAME_ERROR, f"cannot decode {_erlang_binary(bytes(view[start + 4 : end]))}"),
+                        spec.reply_text(spec.FRAME_ERROR, f"cannot decode {_erlang_binary(buf[start + 4 : end])}"),
                         channel,
                         key >> 16,
                         key & 0xFFFF,
                     )
-                append(MethodFrame(channel, method))
+                frame: Frame = new(MethodFrame)
+                _set_method_channel(frame, channel)
+                _set_method_method(frame, method)
+                append(frame)
             elif frame_type == 3:
-                append(BodyFrame(channel, bytes(view[start:end])))
+                frame = new(BodyFrame)
+                _set_body_channel(frame, channel)
+                _set_body_payload(frame, buf[start:end])
+                append(frame)
             elif frame_type == 2:
                 if size < 14:
                     # class + weight + body size (12) + the mandatory first flag word (2).
-                    return pos, _frame_error(frame_type, channel, bytes(view[start:end]), "unknown_frame")
-                class_id, _weight, body_size = _HEADER_PAYLOAD.unpack_from(view, start)
-                raw = bytes(view[start + 12 : end])
-                if raw == b"\x00\x00":
-                    props = BasicProperties()
+                    return pos, 0, _frame_error(frame_type, channel, buf[start:end], "unknown_frame")
+                class_id, _weight, body_size = _HEADER_PAYLOAD.unpack_from(buf, start)
+                raw = buf[start + 12 : end]
+                cached = _PROPERTIES_SEEN.get(raw)
+                if cached is not None:
+                    props = _BasicProperties(*cached)
                 else:
                     try:
                         props = _decode_properties(raw)
+                        if props.headers is None:
+                            # Without headers every value is immutable, so the values can be shared.
+                            if len(_PROPERTIES_SEEN) >= _PROPERTIES_SEEN_MAX:
+                                _PROPERTIES_SEEN.clear()
+                            _PROPERTIES_SEEN[raw] = _properties_values(props)
                     except _Malformed as exc:
-                        return pos, AMQPFrameError(exc.code, spec.reply_text(exc.code, exc.detail), channel, class_id)
+                        return pos, 0, AMQPFrameError(exc.code, spec.reply_text(exc.code, exc.detail), channel, class_id)
                     except (IndexError, struct.error):
-                        return pos, AMQPFrameError(
+                        return pos, 0, AMQPFrameError(
                             spec.SYNTAX_ERROR,
                             spec.reply_text(spec.SYNTAX_ERROR, f"malformed content properties {_erlang_binary(raw[:16])}"),
                             channel,
                             class_id,
                         )
-                append(HeaderFrame(channel, class_id, body_size, props, raw))
+                frame = new(HeaderFrame)
+                _set_header_channel(frame, channel)
+                _set_header_class_id(frame, class_id)
+                _set_header_body_size(frame, body_size)
+                _set_header_properties(frame, props)
+                _set_header_raw(frame, raw)
+                append(frame)
             elif frame_type == 8 and size == 0:
                 append(HeartbeatFrame(channel))
             else:
-                return pos, _frame_error(frame_type, channel, bytes(view[start:end]), "unknown_frame")
+                return pos, 0, _frame_error(frame_type, channel, buf[start:end], "unknown_frame")
             pos = end + 1
-        return pos, None
-
-
-def _decode_publish(view: memoryview, pos: int, end: int) -> spec.BasicPublish:
-    # ticket short | exchange shortstr | routing-key shortstr | mandatory, immediate bits
-    ticket = _U16.unpack_from(view, pos)[0]
-    pos += 2
-    length = view[pos]
-    start = pos + 1
-    pos = start + length
-    exchange = str(view[start:pos], "utf-8", "surrogateescape")
-    length = view[pos]
-    start = pos + 1
-    pos = start + length
-    routing_key = str(view[start:pos], "utf-8", "surrogateescape")
-    bits = view[pos]
-    if pos + 1 != end:
-        raise IndexError("basic.publish arguments do not fill the frame")
-    return spec.BasicPublish(ticket, exchange, routing_key, bool(bits & 1), bool(bits & 2))

@@ -117,3 +117,24 @@ def test_absent_and_empty_are_distinct() -> None:
     raw = encode_properties(spec.BasicProperties(content_type="", headers={}))
     assert decode_properties(raw) == spec.BasicProperties(content_type="", headers={})
     assert list(itertools.islice(raw, 2)) == [0xA0, 0x00]
+
+
+def test_repeated_property_lists_give_separate_objects() -> None:
+    # The decoder remembers property octets it has seen; frames must still not share state.
+    raw = encode_properties(spec.BasicProperties(content_type="text/plain", delivery_mode=2))
+    data = encode_content(1, 60, raw, b"", 0) * 3
+    frames, error = FrameDecoder(0).feed(data)
+    assert error is None and len(frames) == 3
+    assert frames[0].properties == frames[1].properties == frames[2].properties
+    assert frames[0].properties is not frames[1].properties
+    frames[0].properties.priority = 5
+    assert frames[1].properties.priority is None
+    again, _ = FrameDecoder(0).feed(data[: len(data) // 3])
+    assert again[0].properties.priority is None
+
+
+def test_headers_are_never_shared() -> None:
+    raw = encode_properties(spec.BasicProperties(headers={"a": 1}))
+    frames, _ = FrameDecoder(0).feed(encode_content(1, 60, raw, b"", 0) * 2)
+    assert frames[0].properties.headers == frames[1].properties.headers == {"a": 1}
+    assert frames[0].properties.headers is not frames[1].properties.headers
