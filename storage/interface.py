@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, Sequence, runtime_checkable
 
 MAX_KEY_BYTES = 400
 MAX_TABLE_NAME = 64
@@ -199,66 +199,114 @@ class WriteBatch:
 
 
 def _check_group(group: object) -> None:
-    if not isinstance(group, str) or not group or "\x00" in group:
+    if type(group) is not str or not group or "\x00" in group:
         raise ValueError(f"group id must be a non-empty string without NUL, not {group!r}")
 
 
 def _check_table(table: object, key: object) -> None:
-    if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table):
+    if type(table) is not str or not _TABLE_NAME.fullmatch(table):
         raise ValueError(f"table name must be 1-{MAX_TABLE_NAME} ASCII letters, digits or _.:-, not {table!r}")
-    if not isinstance(key, bytes) or len(key) > MAX_KEY_BYTES:
+    if type(key) is not bytes or len(key) > MAX_KEY_BYTES:
         raise ValueError(f"table key must be bytes of at most {MAX_KEY_BYTES} bytes")
 
 
 def _check_body_id(body_id: object) -> None:
-    if not isinstance(body_id, bytes) or not 0 < len(body_id) <= MAX_KEY_BYTES:
+    if type(body_id) is not bytes or not 0 < len(body_id) <= MAX_KEY_BYTES:
         raise ValueError(f"body id must be 1-{MAX_KEY_BYTES} bytes, not {body_id!r}")
 
 
+def _check_index(index: object) -> None:
+    if type(index) is not int:
+        raise ValueError(f"index must be an int, not {index!r}")
+
+
+def _check_set_hard_state(op: SetHardState) -> None:
+    _check_group(op.group)
+    if type(op.state) is not HardState:
+        raise ValueError(f"not a HardState: {op.state!r}")
+
+
+def _check_append(op: AppendEntries) -> None:
+    _check_group(op.group)
+    entries = op.entries
+    if not entries:
+        raise ValueError("an append needs at least one entry")
+    expected = entries[0].index
+    if type(expected) is not int or expected < 1:
+        raise ValueError(f"log indexes start at 1, not {expected!r}")
+    for entry in entries:
+        if entry.index != expected:
+            raise ValueError(f"appended entries must have consecutive indexes: {entry.index} after {expected - 1}")
+        if type(entry.data) is not bytes:
+            raise ValueError("entry data must be bytes")
+        expected += 1
+
+
+def _check_truncate(op: TruncateSuffix) -> None:
+    _check_group(op.group)
+    _check_index(op.from_index)
+
+
+def _check_compact(op: CompactPrefix) -> None:
+    _check_group(op.group)
+    _check_index(op.through_index)
+
+
+def _check_put_snapshot(op: PutSnapshot) -> None:
+    _check_group(op.group)
+    snap = op.snapshot
+    if type(snap) is not Snapshot or type(snap.data) is not bytes or type(snap.index) is not int or snap.index < 0:
+        raise ValueError(f"not a valid snapshot: {snap!r}")
+
+
+def _check_drop(op: DropGroup) -> None:
+    _check_group(op.group)
+
+
+def _check_put(op: Put) -> None:
+    _check_table(op.table, op.key)
+    if type(op.value) is not bytes:
+        raise ValueError("table values must be bytes")
+
+
+def _check_delete(op: Delete) -> None:
+    _check_table(op.table, op.key)
+
+
+def _check_put_body(op: PutBody) -> None:
+    _check_body_id(op.body_id)
+    if type(op.body) is not bytes:
+        raise ValueError("a body must be bytes")
+
+
+def _check_delete_body(op: DeleteBody) -> None:
+    _check_body_id(op.body_id)
+
+
+_CHECKS: dict[type, Callable[[Any], None]] = {
+    SetHardState: _check_set_hard_state,
+    AppendEntries: _check_append,
+    TruncateSuffix: _check_truncate,
+    CompactPrefix: _check_compact,
+    PutSnapshot: _check_put_snapshot,
+    DropGroup: _check_drop,
+    Put: _check_put,
+    Delete: _check_delete,
+    PutBody: _check_put_body,
+    DeleteBody: _check_delete_body,
+}
+
+
 def check_operation(op: Operation) -> None:
-    """Raise ValueError if `op` is malformed on its own (regardless of the store's contents)."""
-    match op:
-        case SetHardState(group, state):
-            _check_group(group)
-            if not isinstance(state, HardState):
-                raise ValueError(f"not a HardState: {state!r}")
-        case AppendEntries(group, entries):
-            _check_group(group)
-            if not entries:
-                raise ValueError("an append needs at least one entry")
-            expected = entries[0].index
-            if not isinstance(expected, int) or expected < 1:
-                raise ValueError(f"log indexes start at 1, not {expected!r}")
-            for entry in entries:
-                if entry.index != expected:
-                    raise ValueError(f"appended entries must have consecutive indexes: {entry.index} after {expected - 1}")
-                if not isinstance(entry.data, bytes):
-                    raise ValueError("entry data must be bytes")
-                expected += 1
-        case TruncateSuffix(group, index) | CompactPrefix(group, index):
-            _check_group(group)
-            if not isinstance(index, int):
-                raise ValueError(f"index must be an int, not {index!r}")
-        case PutSnapshot(group, snapshot):
-            _check_group(group)
-            if not isinstance(snapshot, Snapshot) or not isinstance(snapshot.data, bytes) or snapshot.index < 0:
-                raise ValueError(f"not a valid snapshot: {snapshot!r}")
-        case DropGroup(group):
-            _check_group(group)
-        case Put(table, key, value):
-            _check_table(table, key)
-            if not isinstance(value, bytes):
-                raise ValueError("table values must be bytes")
-        case Delete(table, key):
-            _check_table(table, key)
-        case PutBody(body_id, body):
-            _check_body_id(body_id)
-            if not isinstance(body, bytes):
-                raise ValueError("a body must be bytes")
-        case DeleteBody(body_id):
-            _check_body_id(body_id)
-        case _:
-            raise ValueError(f"not a store operation: {op!r}")
+    """Raise ValueError if `op` is malformed on its own (regardless of the store's contents).
+
+    Values must be exactly bytes (not bytearray or memoryview): both stores
+    keep them as given.
+    """
+    check = _CHECKS.get(type(op))
+    if check is None:
+        raise ValueError(f"not a store operation: {op!r}")
+    check(op)
 
 
 @runtime_checkable

@@ -119,13 +119,19 @@ class _Transaction:
     after the commit; a cursor per sub-database is opened once per batch.
     """
 
-    __slots__ = ("store", "txn", "staged", "next_gid", "_cursors")
+    __slots__ = ("store", "txn", "staged", "next_gid", "pack", "log", "kv", "bodies", "_cursors")
 
     def __init__(self, store: "LmdbStore", txn: lmdb.Transaction) -> None:
         self.store = store
         self.txn = txn
         self.staged: dict[str, _Group | None] = {}  # None: dropped by this batch
         self.next_gid = store._next_gid
+        self.pack = store._packer.pack
+        dbs = store._dbs
+        # The hot sub-databases get their cursor up front, the others on use.
+        self.log = txn.cursor(db=dbs["log"])
+        self.kv = txn.cursor(db=dbs["kv"])
+        self.bodies = txn.cursor(db=dbs["bodies"])
         self._cursors: dict[str, lmdb.Cursor] = {}
 
     def cursor(self, db: str) -> lmdb.Cursor:
@@ -156,7 +162,7 @@ class _Transaction:
 
     def delete_entries(self, group: _Group, lo: int, hi: int) -> None:
         """Delete entries lo..hi inclusive, all of which exist (the log is contiguous)."""
-        cur = self.cursor("log")
+        cur = self.log
         found = cur.set_key(_LOG_KEY.pack(group.gid, lo))
         assert found, (group.gid, lo, hi)
         delete = cur.delete
@@ -169,7 +175,7 @@ class _Transaction:
         group = self.mutable(op.group, create=True)
         assert group is not None
         state = op.state
-        self.cursor("hard").put(group.prefix, _pack((state.term, state.vote, state.commit)))
+        self.cursor("hard").put(group.prefix, self.pack((state.term, state.vote, state.commit)))
         group.hard = state
 
     def append(self, op: AppendEntries) -> None:
@@ -177,7 +183,11 @@ class _Transaction:
         assert group is not None
         entries = op.entries
         start, end = entries[0].index, entries[-1].index
-        if group.first is not None:
+        gid, pack = group.gid, self.pack
+        if group.last is not None and start == group.last + 1:
+            # The common case: extending the log, nothing to delete.
+            group.last = end
+        elif group.first is not None:
             assert group.last is not None
             if start > group.first and start > group.last + 1:
                 raise ValueError(
@@ -191,11 +201,15 @@ class _Transaction:
                 self.delete_entries(group, stale_from, group.last)
             if start < group.first:
                 group.first = start
+            group.last = end
         else:
-            group.first = start
-        group.last = end
-        gid, key, pack = group.gid, _LOG_KEY.pack, _pack
-        self.cursor("log").putmulti([(key(gid, e.index), pack((e.term, e.data))) for e in entries])
+            group.first, group.last = start, end
+        if len(entries) == 1:
+            entry = entries[0]
+            self.log.put(_LOG_KEY.pack(gid, start), pack((entry.term, entry.data)))
+        else:
+            key = _LOG_KEY.pack
+            self.log.putmulti([(key(gid, e.index), pack((e.term, e.data))) for e in entries])
 
     def truncate_suffix(self, op: TruncateSuffix) -> None:
         current = self.lookup(op.group)
@@ -242,13 +256,13 @@ class _Transaction:
         self.staged[op.group] = None
 
     def put(self, op: Put) -> None:
-        self.cursor("kv").put(_table_key(op.table, op.key), op.value)
+        self.kv.put(_table_key(op.table, op.key), op.value)
 
     def delete(self, op: Delete) -> None:
         self.txn.delete(_table_key(op.table, op.key), db=self.store._dbs["kv"])
 
     def put_body(self, op: PutBody) -> None:
-        self.cursor("bodies").put(op.body_id, op.body)
+        self.bodies.put(op.body_id, op.body)
 
     def delete_body(self, op: DeleteBody) -> None:
         self.txn.delete(op.body_id, db=self.store._dbs["bodies"])
@@ -286,6 +300,9 @@ class LmdbStore:
         self.path = Path(path)
         self._on_close = on_close
         self._map_lock = threading.Lock()
+        # One writer at a time (LMDB would serialise them anyway); it owns the packer.
+        self._write_lock = threading.Lock()
+        self._packer = msgpack.Packer()
         self._failed: BaseException | None = None
         self._closed = False
         self.map_growths = 0
@@ -375,6 +392,10 @@ class LmdbStore:
         ops = batch.ops
         for op in ops:
             check_operation(op)
+        with self._write_lock:
+            self._write_locked(ops, sync)
+
+    def _write_locked(self, ops: list[Operation], sync: bool) -> None:
         while True:
             try:
                 with self._env.begin(write=True) as txn:
