@@ -175,13 +175,16 @@ _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 # --- Erlang-style rendering for RabbitMQ's error texts -------------------------------------
 
 
-def _erlang_binary(data: bytes) -> str:
-    """Render octets as Erlang's ~tp does: <<"text">> when printable, else <<1,2,3>>."""
+_ERLANG_ESCAPES = {8: "\\b", 9: "\\t", 10: "\\n", 11: "\\v", 12: "\\f", 13: "\\r", 27: "\\e", 34: '\\"', 92: "\\\\"}
+
+
+def _erlang_binary(data: bytes, printable: bool = True) -> str:
+    """Render octets as Erlang does: ~tp shows <<"text">> when the octets are printable
+    ASCII (with escapes), else <<1,2,3>>; ~w (printable=False) always lists the octets."""
     if not data:
         return "<<>>"
-    if all(32 <= b < 127 for b in data):
-        text = data.decode("ascii").replace("\\", "\\\\").replace('"', '\\"')
-        return f'<<"{text}">>'
+    if printable and all(32 <= b < 127 or b in _ERLANG_ESCAPES for b in data):
+        return '<<"' + "".join(_ERLANG_ESCAPES.get(b) or chr(b) for b in data) + '">>'
     return "<<" + ",".join(str(b) for b in data) + ">>"
 
 
@@ -286,6 +289,11 @@ def _field_value(buf: Any, offset: int, limit: int) -> tuple[Any, int]:
     raise _Malformed(spec.SYNTAX_ERROR, f"unknown field type {kind!r} ({chr(kind)!r}) in field table")
 
 
+# Tables nest by recursion; a peer nesting them hundreds deep (a few octets per level)
+# would exhaust Python's stack, so that is reported as a syntax error instead.
+_TOO_DEEP = "field tables nested too deeply"
+
+
 def _table_at(buf: Any, offset: int, limit: int) -> tuple[dict[str, Any], int]:
     length = _U32.unpack_from(buf, offset)[0]
     pos = offset + 4
@@ -318,6 +326,8 @@ def decode_table(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[
         raise AMQPFrameError(
             spec.SYNTAX_ERROR, spec.reply_text(spec.SYNTAX_ERROR, "truncated field table")
         ) from None
+    except RecursionError:
+        raise AMQPFrameError(spec.SYNTAX_ERROR, spec.reply_text(spec.SYNTAX_ERROR, _TOO_DEEP)) from None
 
 
 def _encode_value(value: Any, out: list[bytes]) -> None:
@@ -442,6 +452,8 @@ def _decode_arguments(cls: type[Method], buf: Any, pos: int, end: int) -> Method
                 table, pos = _table_at(buf, pos, end)
             except (IndexError, struct.error):
                 raise _Malformed(spec.SYNTAX_ERROR, "truncated field value in field table") from None
+            except RecursionError:
+                raise _Malformed(spec.SYNTAX_ERROR, _TOO_DEEP) from None
             values.append(table)
         elif domain == "longstr":
             length = _U32.unpack_from(buf, pos)[0]
@@ -573,7 +585,10 @@ def _decode_properties(raw: Any) -> BasicProperties:
             values[index] = raw[pos]
             pos += 1
         elif kind == 2:
-            values[index], pos = _table_at(raw, pos, end)
+            try:
+                values[index], pos = _table_at(raw, pos, end)
+            except RecursionError:
+                raise _Malformed(spec.SYNTAX_ERROR, _TOO_DEEP) from None
         else:
             values[index] = _U64.unpack_from(raw, pos)[0]
             pos += 8
@@ -948,7 +963,7 @@ class FrameDecoder:
                 except (IndexError, struct.error):
                     return pos, 0, AMQPFrameError(
                         spec.FRAME_ERROR,
-                        spec.reply_text(spec.FRAME_ERROR, f"cannot decode {_erlang_binary(buf[start + 4 : end])}"),
+                        spec.reply_text(spec.FRAME_ERROR, f"cannot decode {_erlang_binary(buf[start + 4 : end], printable=False)}"),
                         channel,
                         key >> 16,
                         key & 0xFFFF,

@@ -241,3 +241,12 @@ def test_mutated_streams_only_give_frames_or_frame_errors(data: bytes, cuts: lis
     assert error is None or error.code in (spec.FRAME_ERROR, spec.SYNTAX_ERROR, spec.NOT_IMPLEMENTED)
     assert error is None or error.text.startswith(spec.REPLY_NAMES[error.code] + " - ")
     assert feed_in_pieces_4096(data, cuts) == (frames, error)
+
+
+def test_error_texts_render_octets_like_erlang() -> None:
+    # ~tp: printable octets as a string with escapes.
+    error = expect_error(frame(7, 0, b'a"\\\n'))
+    assert error.text == 'FRAME_ERROR - type 7, all octets = <<"a\\"\\\\\\n">>: unknown_frame'
+    # "cannot decode ~w": always the octet list, even when printable.
+    error = expect_error(frame(1, 1, struct.pack(">HH", 60, 30) + b"\x05abc"))
+    assert error.text == "FRAME_ERROR - cannot decode <<5,97,98,99>>"

@@ -150,3 +150,25 @@ def test_encode_rejects_unrepresentable_values() -> None:
         encode_table({"k" * 256: 1})
     with pytest.raises(TypeError):
         encode_table({"k": object()})
+
+
+def test_absurd_nesting_is_a_syntax_error_not_a_crash() -> None:
+    # Each level is a table holding one entry (empty name, 'F') whose value is the next level.
+    nested = struct.pack(">I", 0)
+    for _ in range(5000):
+        body = b"\x00F" + nested
+        nested = struct.pack(">I", len(body)) + body
+    with pytest.raises(AMQPFrameError) as info:
+        decode_table(nested)
+    assert info.value.code == spec.SYNTAX_ERROR
+    # Inside a method frame, through the decoder, it is a value, not an exception.
+    from broker.amqp.codec import FrameDecoder
+
+    payload = struct.pack(">HH", 50, 10) + b"\x00\x00\x01q\x00" + nested
+    data = struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce"
+    frames, error = FrameDecoder(0).feed(data)
+    assert frames == [] and error is not None and error.code == spec.SYNTAX_ERROR
+    props = struct.pack(">H", 0x2000) + nested
+    header = struct.pack(">HHQ", 60, 0, 0) + props
+    frames, error = FrameDecoder(0).feed(struct.pack(">BHI", 2, 1, len(header)) + header + b"\xce")
+    assert frames == [] and error is not None and error.code == spec.SYNTAX_ERROR
