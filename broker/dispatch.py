@@ -41,6 +41,9 @@ class Consumer:
     ack_required: bool = True
     # Order of registration, set by `ConsumerSet.add` (single active consumer uses it).
     registered: int = field(default=0, compare=False)
+    # The name queue commands use for this consumer (`Deliver.consumer`): plain text,
+    # so it can travel through a replicated log.
+    name: str = ""
 
     @property
     def key(self) -> tuple[Hashable, str]:

@@ -72,6 +72,8 @@ class Enqueue:
     now_ms: int
     deliver_to: str | None = None
     ack_required: bool = True
+    # A message recovered from disk after a restart: it may have been delivered before.
+    redelivered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,8 +207,8 @@ Effect = Union[Enqueued, PublisherRejected, Delivered, DeadLetter, Dropped, Purg
 
 def command_to_wire(cmd: Command) -> list[Any]:
     match cmd:
-        case Enqueue(message, now_ms, deliver_to, ack_required):
-            return ["enq", message.id, now_ms, deliver_to, ack_required]
+        case Enqueue(message, now_ms, deliver_to, ack_required, redelivered):
+            return ["enq", message.id, now_ms, deliver_to, ack_required, redelivered]
         case Deliver(now_ms, consumer, ack_required):
             return ["dlv", now_ms, consumer, ack_required]
         case Settle(seqs):
@@ -232,7 +234,7 @@ def command_from_wire(data: list[Any], message_by_id: Callable[[int], Message]) 
     """Decode `command_to_wire` output; `message_by_id` finds an enqueued message's record."""
     tag = data[0]
     if tag == "enq":
-        return Enqueue(message_by_id(data[1]), data[2], data[3], data[4])
+        return Enqueue(message_by_id(data[1]), data[2], data[3], data[4], data[5])
     if tag == "dlv":
         return Deliver(data[1], data[2], data[3])
     if tag == "ack":
@@ -404,6 +406,8 @@ class QueueState:
         seq = self._next_seq
         self._next_seq += 1
         entry = _Entry(seq, message, self._expiry_of(message, cmd.now_ms))
+        if cmd.redelivered:
+            entry.deliveries = 1
         effects.append(Enqueued(seq, message))
         if cmd.deliver_to is not None and self._ready_count == 0:
             self._hand_out(entry, cmd.deliver_to, cmd.ack_required, effects)

@@ -286,6 +286,11 @@ class Connection:
             self._internal_error(exc, events)
         return events
 
+    @property
+    def pending_output(self) -> int:
+        """Octets queued for the client and not yet drained: the node's delivery back-pressure."""
+        return len(self._out)
+
     def data_to_send(self) -> bytes:
         """Drain everything queued for the client (publisher confirms coalesced here)."""
         if self._confirm_dirty:

@@ -1,0 +1,330 @@
+"""`Node`: composes one Leveret node — store, metadata log, queues, listeners.
+
+Start-up, in order:
+
+1. open the data directory (refusing one held by a running node, a corrupt one,
+   or another node's) and start the group-commit writer;
+2. start the Raft driver hosting the metadata group. A single node is a
+   cluster of one: the metadata group has one voter, elects itself, and every
+   change still goes through the log (append, fsync, commit, apply), so
+   clustering adds voters rather than a second code path. Committed entries
+   are replayed into `MetadataState`, which drives the router and the queue
+   leaders through its change records;
+3. commit `DropTransient` (transient queues and exchanges did not survive the
+   restart); once it is applied, everything before it has been too;
+4. on first start, create the default vhost, user and permissions;
+5. recover the persisted messages of durable queues;
+6. listen for AMQP clients.
+
+Time is read here (the shell), never in the pure cores: `now_ms` is passed in.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import msgpack
+import psutil
+import trio
+
+from broker import __version__, auth
+from broker.amqp.connection import default_server_properties
+from broker.arguments import QueueSettings
+from broker.config import Settings
+from broker.deadletter import dead_letter, without_cycles
+from broker.message import Message
+from broker.queue import DeadLetter
+from broker.queue_leader import MESSAGES_TABLE, QueueLeader, decode_persisted, queue_key_prefix
+from broker.routing import Router
+from broker.session import Session
+from cluster import metadata as md
+from cluster.raft.driver import Applied, MemoryNetwork, RaftDriver
+from cluster.raft.group import RaftConfig
+from cluster.raft.node import RaftNode
+from storage.datadir import open_data_dir
+from storage.interface import Store, WriteBatch
+from storage.writer import GroupCommitWriter
+
+log = logging.getLogger("leveret.node")
+
+METADATA_GROUP = "metadata"
+
+
+def encode_command(cmd: md.Command) -> bytes:
+    return md._pack(cmd.to_wire())
+
+
+def decode_command(data: bytes) -> md.Command:
+    return md.command_from_wire(md._unpack(data))
+
+
+class _MetadataMachine:
+    """The metadata group's state machine: applies commands and fans out their changes."""
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+
+    def apply(self, index: int, data: bytes) -> md.Applied:
+        applied = self.node.metadata.apply(decode_command(data))
+        if applied.changes:
+            self.node.on_metadata_changes(applied.changes)
+        return applied
+
+    def snapshot(self) -> bytes:
+        return self.node.metadata.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self.node.restore_metadata(md.MetadataState.restore(data))
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.name = settings.node_name
+        self.metadata = md.MetadataState()
+        self.router = Router()
+        self.leaders: dict[tuple[str, str], QueueLeader] = {}
+        self.sessions: dict[str, Session] = {}  # open connections, by id
+        self.all_sessions: set[Session] = set()  # including those still in the handshake
+        self.server_properties = default_server_properties(version=__version__)
+        self.server_properties["cluster_name"] = self.name
+        self.store: Store | None = None
+        self.writer: GroupCommitWriter | None = None
+        self.driver: RaftDriver | None = None
+        self.started = trio.Event()
+        self.listeners: list[tuple[str, str, int]] = []
+        self._message_ids = 0
+        self._connections = 0
+        self._expiring: set[QueueLeader] = set()
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ clocks and ids
+
+    @staticmethod
+    def now_ms() -> int:
+        return int(time.time() * 1000)
+
+    def next_message_id(self) -> int:
+        self._message_ids += 1
+        return self._message_ids
+
+    def next_connection_id(self, peer: tuple[str, int]) -> str:
+        self._connections += 1
+        return f"<{self.name}.{self._connections}> {peer[0]}:{peer[1]}"
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        from broker.server import serve_amqp
+
+        settings = self.settings
+        store = self.store = open_data_dir(settings.data_dir, self.name)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.writer = GroupCommitWriter(store)
+                await nursery.start(self.writer.run)
+                raft = RaftNode(self.name, RaftConfig(), incarnation=int(time.time()))
+                transport = MemoryNetwork().transport(self.name)
+                self.driver = RaftDriver(raft, store, transport, write=self.writer.write)
+                self.driver.add_group(METADATA_GROUP, _MetadataMachine(self), voters=(self.name,))
+                await nursery.start(self.driver.run)
+                await self._await_leadership()
+                first_start = not self.metadata.users() and not self.metadata.vhosts()
+                await self.propose_metadata(md.DropTransient(self.name, exchanges=True))
+                if first_start:
+                    await self._bootstrap()
+                self._recover_messages()
+                host = settings.node_ip_address
+                port = await nursery.start(serve_amqp, self, host, settings.node_port)
+                self.listeners.append(("amqp", host or "::", port))
+                nursery.start_soon(self._tick_connections)
+                nursery.start_soon(self._expire_messages)
+                self.started.set()
+                task_status.started()
+        finally:
+            self._nursery = None
+            store.close()
+
+    async def _await_leadership(self) -> None:
+        assert self.driver is not None
+        raft = self.driver.node
+        with trio.fail_after(30):
+            while not raft.is_leader(METADATA_GROUP):
+                raft.campaign(METADATA_GROUP)
+                self.driver._kick.set()
+                await trio.sleep(0.01)
+
+    async def _bootstrap(self) -> None:
+        s = self.settings
+        log.info("creating user '%s', vhost '%s' and granting full permissions", s.default_user, s.default_vhost)
+        await self.propose_metadata(md.AddVhost(s.default_vhost, "Default virtual host"))
+        await self.propose_metadata(md.AddUser(s.default_user, auth.hash_password(s.default_pass),
+                                               tags=("administrator",)))
+        await self.propose_metadata(md.SetPermissions(s.default_vhost, s.default_user, ".*", ".*", ".*"))
+
+    def _recover_messages(self) -> None:
+        assert self.store is not None
+        now = self.now_ms()
+        recovered = 0
+        stale = WriteBatch()
+        by_prefix = {queue_key_prefix(v, n): leader for (v, n), leader in self.leaders.items()}
+        for key, value in self.store.items(MESSAGES_TABLE):
+            leader = by_prefix.get(key[:-8])
+            if leader is None or not leader.durable:
+                stale.delete(MESSAGES_TABLE, key)
+                continue
+            exchange, routing_key, raw, body = decode_persisted(value)
+            from broker.amqp import codec
+
+            props = codec.decode_properties(raw)
+            message = Message(exchange, routing_key, props, body, persistent=True,
+                              priority=props.priority or 0, expiration_ms=None,
+                              raw_properties=raw, id=self.next_message_id())
+            leader.recover(message, now, key)
+            recovered += 1
+        if stale.ops:
+            self.submit_write(stale)
+        if recovered:
+            log.info("recovered %d persistent messages", recovered)
+
+    # ------------------------------------------------------------------ metadata
+
+    async def propose_metadata(self, cmd: md.Command) -> Any:
+        """Commit a metadata command; its result (a value or a `Refusal`)."""
+        assert self.driver is not None
+        outcome = await self.driver.propose(METADATA_GROUP, encode_command(cmd))
+        if isinstance(outcome, Applied):
+            return outcome.result.result
+        return md.Refusal(541, f"INTERNAL_ERROR - metadata change not committed: {outcome!r}")
+
+    def on_metadata_changes(self, changes: tuple[md.Change, ...]) -> None:
+        self.router.apply(changes)
+        now = self.now_ms()
+        for c in changes:
+            t = type(c)
+            if t is md.QueueAdded:
+                self._queue_added(c.record, now)
+            elif t is md.QueueRemoved:
+                self._queue_removed(c.record)
+            elif t is md.PolicyApplied and c.kind == "queue":
+                leader = self.leaders.get((c.vhost, c.name))
+                q = self.metadata.queue(c.vhost, c.name)
+                if leader is not None and q is not None:
+                    leader.reconfigure(self._settings_for(q, c.policy), now)
+                    self._track_expiry(leader)
+            elif t is md.VhostRemoved:
+                for session in list(self.sessions.values()):
+                    if session.vhost == c.name:
+                        session.force_close(320, "CONNECTION_FORCED - vhost '%s' is deleted" % c.name)
+
+    def restore_metadata(self, state: md.MetadataState) -> None:
+        self.metadata = state
+        self.router = Router.from_metadata(state)
+        now = self.now_ms()
+        for vhost in state.vhosts():
+            for q in state.queues(vhost.name):
+                if (q.vhost, q.name) not in self.leaders:
+                    self._queue_added(q, now)
+
+    def _settings_for(self, q: md.QueueRecord, policy: md.PolicyRecord | None = None) -> QueueSettings:
+        if policy is None:
+            policy = self.metadata.effective_policy(q.vhost, q.name, "queue")
+        return QueueSettings.effective(q.arguments, policy.definition if policy else None)
+
+    def _queue_added(self, q: md.QueueRecord, now: int) -> None:
+        if q.node != self.name:
+            return
+        leader = QueueLeader(self, q.vhost, q.name, q.durable, self._settings_for(q), now)
+        self.leaders[(q.vhost, q.name)] = leader
+        self._track_expiry(leader)
+
+    def _queue_removed(self, q: md.QueueRecord) -> None:
+        leader = self.leaders.pop((q.vhost, q.name), None)
+        if leader is None:
+            return
+        self._expiring.discard(leader)
+        for ref in leader.delete():
+            ref.session.cancel_consumer(ref.channel, ref.tag)
+
+    def _track_expiry(self, leader: QueueLeader) -> None:
+        # Every queue is watched: per-message expiration needs no queue setting.
+        self._expiring.add(leader)
+
+    def leader(self, vhost: str, name: str) -> QueueLeader | None:
+        return self.leaders.get((vhost, name))
+
+    def maybe_auto_delete(self, leader: QueueLeader) -> None:
+        """An auto-delete queue goes when its last consumer does (RabbitMQ's rule)."""
+        q = self.metadata.queue(leader.vhost, leader.name)
+        if q is None or not q.auto_delete or not leader.had_consumers or leader.consumer_count():
+            return
+        if self._nursery is not None:
+            self._nursery.start_soon(self.propose_metadata, md.DeleteQueue(leader.vhost, leader.name, None))
+
+    # ------------------------------------------------------------------ messages
+
+    def submit_write(self, batch: WriteBatch, on_done: Callable[[BaseException | None], None] | None = None) -> None:
+        assert self.writer is not None
+        self.writer.submit(batch, on_done or _ignore)
+
+    def dead_letter(self, vhost: str, queue: str, e: DeadLetter, now_ms: int) -> None:
+        copy = dead_letter(e.message, e.reason, queue, e.exchange, e.routing_key, now_ms,
+                           message_id=self.next_message_id())
+        routed: set[str] = set()
+        for key in copy.routing_keys:
+            routed |= self.router.route(vhost, e.exchange, key, copy.message.properties.headers).queues
+        for name in without_cycles(e.reason, copy.message, sorted(routed)):
+            leader = self.leaders.get((vhost, name))
+            if leader is not None:
+                leader.publish(copy.message, now_ms, None)
+
+    async def _expire_messages(self) -> None:
+        """Applies TTL expiry and x-expires deletion; both are commands with `now_ms`."""
+        while True:
+            await trio.sleep(0.05)
+            now = self.now_ms()
+            for leader in list(self._expiring):
+                if leader.deleted:
+                    self._expiring.discard(leader)
+                    continue
+                due = leader.state.next_expiry(now)
+                if due is not None and due <= now:
+                    leader.expire(now)
+                    leader.dispatch(now)
+                expires_at = leader.state.expires_at
+                if expires_at is not None and expires_at <= now and not leader.consumer_count():
+                    self._expiring.discard(leader)
+                    await self.propose_metadata(md.DeleteQueue(leader.vhost, leader.name, None))
+
+    # ------------------------------------------------------------------ connections
+
+    def register(self, session: Session) -> None:
+        self.sessions[session.id] = session
+
+    def unregister(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        if self._nursery is not None and any(
+            q.exclusive_owner == session.id for v in self.metadata.vhosts() for q in self.metadata.queues(v.name)
+        ):
+            self._nursery.start_soon(self.propose_metadata, md.DeleteQueuesOwnedBy(session.id))
+
+    async def _tick_connections(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            now = trio.current_time()
+            for session in list(self.all_sessions):
+                session.tick(now)
+
+    def close_all_connections(self, text: str) -> None:
+        for session in list(self.all_sessions):
+            session.force_close(320, text)
+
+    def memory_bytes(self) -> int:
+        return psutil.Process().memory_info().rss
+
+
+def _ignore(_exc: BaseException | None) -> None:
+    pass

@@ -1,0 +1,116 @@
+"""The AMQP listener: per client connection one reader task and one writer task.
+
+The reader feeds whatever one `receive_some` returned to the connection
+machine (which parses every frame of it in one loop) and handles the events
+before reading again, so a client that publishes faster than the node can
+take its messages is slowed by TCP itself: nothing unbounded sits between a
+socket and the queues. The writer drains the machine's coalesced output with
+one `send_all` per wake-up, however many deliveries, confirms and replies
+were queued since the last one.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import trio
+
+from broker.amqp.connection import ConnectionState
+from broker.session import Session
+
+log = logging.getLogger("leveret.connection")
+
+RECEIVE_SIZE = 256 * 1024
+
+
+class _Wakeup:
+    """A level-triggered flag a task can wait on; setting it twice is one wake-up."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+        self._event = trio.Event()
+
+
+async def serve_amqp(node: "Node", host: str, port: int,  # type: ignore[name-defined]  # noqa: F821
+                     *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    bound = listeners[0].socket.getsockname()[1]
+    task_status.started(bound)
+    await trio.serve_listeners(partial(_serve_connection, node), listeners)
+
+
+async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  # type: ignore[name-defined]  # noqa: F821
+    sock = stream.socket
+    try:
+        peer = sock.getpeername()[:2]
+        local = sock.getsockname()[:2]
+    except OSError:
+        return
+    session = Session(node, node.next_connection_id(peer), peer, local)
+    node.all_sessions.add(session)
+    wakeup = _Wakeup()
+    session.on_output = wakeup.set
+    conn = session.conn
+    try:
+        writer_done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_write, session, stream, wakeup, writer_done)
+            await _read(session, stream)
+            # The peer is gone or the machine closed: let the writer flush (close-ok,
+            # connection.close) and finish, then stop.
+            wakeup.set()
+            with trio.move_on_after(5):
+                await writer_done.wait()
+            nursery.cancel_scope.cancel()
+    finally:
+        node.all_sessions.discard(session)
+        if not session.closed:
+            session.handle_sync(conn.connection_lost())
+        with trio.CancelScope(shield=True):
+            with trio.move_on_after(1):
+                await stream.aclose()
+
+
+async def _read(session: Session, stream: trio.SocketStream) -> None:
+    conn = session.conn
+    while conn.state is not ConnectionState.CLOSED:
+        try:
+            data = await stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            data = b""
+        if not data:
+            session.handle_sync(conn.connection_lost())
+            return
+        try:
+            await session.handle(conn.receive_data(data))
+        except Exception:
+            log.exception("connection %s: internal error", session.id)
+            session.force_close(541, "INTERNAL_ERROR - internal error")
+            return
+
+
+async def _write(session: Session, stream: trio.SocketStream, wakeup: _Wakeup, done: trio.Event) -> None:
+    conn = session.conn
+    try:
+        while True:
+            await wakeup.wait()
+            data = conn.data_to_send()
+            if data:
+                await stream.send_all(data)
+                # Room in the socket again: queues may push more deliveries.
+                session.output_drained()
+            if conn.state is ConnectionState.CLOSED and not conn.pending_output:
+                return
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return
+    finally:
+        done.set()

@@ -1,0 +1,632 @@
+"""`Session`: one client connection as the node sees it.
+
+It owns the connection's `broker.amqp.connection.Connection` machine and turns
+its events into node operations: metadata changes (declare, bind, delete) go
+through the node's metadata log and are answered after commit; publishes are
+routed on the local metadata view and handed to queue leaders; acks, rejects,
+cancels and closes settle or return deliveries.
+
+Events of one connection are handled in order (AMQP requires replies in order
+per channel); only metadata changes wait, and while they do the reader does
+not read, which is also the flow control for a client flooding declares.
+Deliveries arrive from queue leaders at any time and are appended to the
+machine's output; `wake_writer` tells the shell's writer task to drain it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Callable
+
+from broker import auth
+from broker.amqp import codec, spec
+from broker.amqp.connection import (
+    Acked,
+    ChannelClosed,
+    ChannelOpened,
+    Connection,
+    ConnectionClosed,
+    ConnectionOpened,
+    ConsumerCancelled,
+    MethodReceived,
+    PublishReceived,
+    QosChanged,
+    Rejected,
+    TxCommitted,
+)
+from broker.arguments import check_consume_arguments, check_declare_arguments, parse_expiration
+from broker.message import Message
+from broker.queue_leader import ConsumerRef, QueueLeader
+from cluster import metadata as md
+
+if TYPE_CHECKING:
+    from broker.node import Node
+
+log = logging.getLogger("leveret.connection")
+
+# Output queued for a client beyond which no more deliveries are pushed to it
+# until its writer drains: the bound between queues and a slow socket.
+OUTPUT_HIGH_WATER = 1 << 20
+
+_DEFAULT_EXCHANGE_NAME = "amq.default"
+
+
+def _server_named_queue() -> str:
+    return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
+
+
+class Session:
+    def __init__(self, node: "Node", conn_id: str, peer: tuple[str, int], local: tuple[str, int]) -> None:
+        self.node = node
+        self.id = conn_id
+        self.peer = peer
+        self.local = local
+        self.username: str | None = None
+        self.vhost: str = "/"
+        self.conn = Connection(
+            self._authenticate,
+            self._open_vhost,
+            server_properties=node.server_properties,
+            channel_max=node.settings.channel_max,
+            frame_max=node.settings.frame_max,
+            heartbeat=node.settings.heartbeat,
+        )
+        self.on_output: Callable[[], None] = lambda: None
+        self.opened = False
+        self.closed = False
+        # channel -> consumer tag -> leader (to detach consumers when the channel goes)
+        self.consumers: dict[int, dict[str, QueueLeader]] = defaultdict(dict)
+        self.publishing = False
+        self.connected_at = node.now_ms()
+        self._write_checks_ok: set[str] = set()
+        self._throttled = False
+
+    # ------------------------------------------------------------------ machine callbacks
+
+    def _authenticate(self, username: str, password: str) -> str | None:
+        user = self.node.metadata.user(username)
+        outcome = auth.authenticate(
+            user, username, password,
+            mechanism=self.conn.mechanism or "PLAIN",
+            local_address=self.peer[0],
+            loopback_users=self.node.settings.loopback_users,
+        )
+        if isinstance(outcome, auth.LoginRefused):
+            log.warning("connection %s (%s:%s): %s", self.id, self.peer[0], self.peer[1], outcome.log_message)
+            return outcome.log_message
+        self.username = outcome.username
+        return None
+
+    def _open_vhost(self, username: str, vhost: str) -> str | None:
+        meta = self.node.metadata
+        if meta.vhost(vhost) is None:
+            return f"vhost {vhost} not found"
+        refused = auth.check_vhost_access(username, vhost, vhost_exists=True,
+                                          permission=meta.permission(vhost, username))
+        if refused is not None:
+            return f"access to vhost '{vhost}' refused for user '{username}'"
+        return None
+
+    # ------------------------------------------------------------------ node-facing
+
+    def can_deliver(self, channel: int, tag: str) -> bool:
+        if self.conn.pending_output >= OUTPUT_HIGH_WATER:
+            self._throttled = True
+            return False
+        return self.conn.can_deliver(channel, tag)
+
+    def output_drained(self) -> None:
+        """The writer emptied the output: queues held back by `can_deliver` may push again."""
+        if self._throttled:
+            self._throttled = False
+            now = self.node.now_ms()
+            for leaders in list(self.consumers.values()):
+                for leader in set(leaders.values()):
+                    leader.dispatch(now)
+
+    def deliver(self, channel: int, tag: str, handle: Any, m: Message, redelivered: bool) -> int | None:
+        raw = m.raw_properties
+        if raw is None:
+            raw = m.raw_properties = codec.encode_properties(m.properties)
+        dtag = self.conn.deliver(channel, tag, handle, m.exchange, m.routing_key, raw, m.body, redelivered)
+        if dtag is not None:
+            self.on_output()
+        return dtag
+
+    def cancel_consumer(self, channel: int, tag: str) -> None:
+        """The queue went away: tell the client (basic.cancel) and forget the consumer."""
+        self.consumers.get(channel, {}).pop(tag, None)
+        self.conn.cancel_consumer(channel, tag)
+        self.on_output()
+
+    def tick(self, now: float) -> None:
+        self.handle_sync(self.conn.tick(now))
+        self.on_output()
+
+    def force_close(self, code: int, text: str) -> None:
+        self.handle_sync(self.conn.close(code, text))
+        self.on_output()
+
+    # ------------------------------------------------------------------ events
+
+    async def handle(self, events: list[Any]) -> None:
+        for ev in events:
+            t = type(ev)
+            if t is PublishReceived:
+                self._publish(ev)
+            elif t is Acked:
+                self._settle(ev.handles)
+            elif t is MethodReceived:
+                await self._method(ev.channel, ev.method)
+            else:
+                await self._other(ev)
+        self.on_output()
+
+    def handle_sync(self, events: list[Any]) -> None:
+        """Events produced outside the reader (closes forced by the node, timeouts)."""
+        for ev in events:
+            t = type(ev)
+            if t is ChannelClosed:
+                self._channel_closed(ev)
+            elif t is ConnectionClosed:
+                self._connection_closed(ev)
+            elif t is Rejected:
+                self._rejected(ev)
+
+    async def _other(self, ev: Any) -> None:
+        t = type(ev)
+        if t is Rejected:
+            self._rejected(ev)
+        elif t is ConsumerCancelled:
+            self._consumer_cancelled(ev.channel, ev.consumer_tag)
+        elif t is QosChanged:
+            for leader in set(self.consumers.get(ev.channel, {}).values()):
+                leader.dispatch(self.node.now_ms())
+        elif t is ChannelClosed:
+            self._channel_closed(ev)
+        elif t is ConnectionOpened:
+            self.opened = True
+            self.vhost = ev.vhost
+            self.username = ev.username
+            self.node.register(self)
+            log.info("connection %s (%s:%s -> %s:%s): user '%s' authenticated and granted access to vhost '%s'",
+                     self.id, self.peer[0], self.peer[1], self.local[0], self.local[1], ev.username, ev.vhost)
+        elif t is ConnectionClosed:
+            self._connection_closed(ev)
+        elif t is TxCommitted:
+            for p in ev.publishes:
+                self._publish(p)
+            for s in ev.settlements:
+                if type(s) is Acked:
+                    self._settle(s.handles)
+                else:
+                    self._rejected(s)
+            self.conn.tx_commit_ok(ev.channel)
+        elif t is ChannelOpened:
+            pass
+
+    # ------------------------------------------------------------------ failures
+
+    def _fail(self, channel: int, refusal: Any, method: spec.Method) -> None:
+        if isinstance(refusal, auth.AccessRefused):
+            code, text = refusal.reply_code, refusal.reply_text
+        else:
+            code, text = refusal.code, refusal.text
+        if code in spec.HARD_ERRORS:
+            self.handle_sync(self.conn.close(code, text, method.CLASS_ID, method.METHOD_ID))
+        else:
+            self.handle_sync(self.conn.close_channel(channel, code, text, method.CLASS_ID, method.METHOD_ID))
+
+    def _refuse(self, channel: int, code: int, detail: str, method: spec.Method) -> None:
+        self._fail(channel, md.Refusal(code, spec.reply_text(code, detail)), method)
+
+    def _check(self, channel: int, checks: tuple[Any, ...], method: spec.Method) -> bool:
+        assert self.username is not None
+        refused = auth.check_all(self.username, self.node.metadata.permission(self.vhost, self.username), checks)
+        if refused is not None:
+            self._fail(channel, refused, method)
+            return False
+        return True
+
+    # ------------------------------------------------------------------ publish
+
+    def _publish(self, ev: PublishReceived) -> None:
+        node = self.node
+        method = ev.method
+        exchange = method.exchange
+        vhost = self.vhost
+        channel = ev.channel
+        if exchange not in self._write_checks_ok:
+            if not self._check(channel, auth.checks_for_publish(vhost, exchange), method):
+                return
+            if exchange and not node.router.has_exchange(vhost, exchange):
+                self._refuse(channel, spec.NOT_FOUND, f"no exchange '{exchange}' in vhost '{vhost}'", method)
+                return
+            if node.router.is_internal(vhost, exchange):
+                self._refuse(channel, spec.ACCESS_REFUSED,
+                             f"cannot publish to internal exchange '{exchange}' in vhost '{vhost}'", method)
+                return
+            self._write_checks_ok.add(exchange)
+        elif exchange and not node.router.has_exchange(vhost, exchange):
+            self._write_checks_ok.discard(exchange)
+            self._refuse(channel, spec.NOT_FOUND, f"no exchange '{exchange}' in vhost '{vhost}'", method)
+            return
+        if method.immediate:
+            self._refuse(channel, spec.NOT_IMPLEMENTED, "immediate=true", method)
+            return
+        props = ev.properties
+        expiration_ms = None
+        if props.expiration is not None:
+            parsed = parse_expiration(props.expiration)
+            if isinstance(parsed, md.Refusal) or hasattr(parsed, "code"):
+                self._fail(channel, parsed, method)
+                return
+            expiration_ms = parsed
+        headers = props.headers
+        extra_keys: tuple[str, ...] = ()
+        if headers and ("CC" in headers or "BCC" in headers):
+            extra_keys = tuple(_routing_keys(headers.get("CC"))) + tuple(_routing_keys(headers.get("BCC")))
+            if "BCC" in headers:
+                headers = dict(headers)
+                del headers["BCC"]
+                props = _replace_headers(props, headers)
+        routed = node.router.route(vhost, exchange, method.routing_key, headers, extra_keys)
+        message = Message(
+            exchange, method.routing_key, props, ev.body,
+            persistent=props.delivery_mode == 2,
+            priority=props.priority or 0,
+            expiration_ms=expiration_ms,
+            raw_properties=ev.raw_properties if props is ev.properties else None,
+            id=node.next_message_id(),
+        )
+        self.publishing = True
+        seq = ev.seq
+        if not routed:
+            if method.mandatory:
+                self.conn.send_content(
+                    channel,
+                    spec.BasicReturn(reply_code=spec.NO_ROUTE, reply_text="NO_ROUTE",
+                                     exchange=exchange, routing_key=method.routing_key),
+                    message.raw_properties if message.raw_properties is not None
+                    else codec.encode_properties(props),
+                    ev.body,
+                )
+            if seq is not None:
+                self.conn.confirm(channel, seq)
+            return
+        now = node.now_ms()
+        if seq is None:
+            for q in routed.queues:
+                leader = node.leader(vhost, q)
+                if leader is not None:
+                    leader.publish(message, now, None)
+            return
+        tracker = _ConfirmTracker(self, channel, seq, len(routed.queues))
+        for q in routed.queues:
+            leader = node.leader(vhost, q)
+            if leader is None:
+                tracker(True)
+            else:
+                leader.publish(message, now, tracker)
+
+    # ------------------------------------------------------------------ settlement
+
+    def _settle(self, handles: tuple[Any, ...]) -> None:
+        now = self.node.now_ms()
+        for leader, seqs in _by_leader(handles).items():
+            leader.settle(seqs, now)
+
+    def _rejected(self, ev: Rejected) -> None:
+        now = self.node.now_ms()
+        for leader, seqs in _by_leader(ev.handles).items():
+            if ev.requeue:
+                leader.requeue(seqs, now)
+            else:
+                leader.reject(seqs, now)
+
+    def _consumer_cancelled(self, channel: int, tag: str) -> None:
+        leader = self.consumers.get(channel, {}).pop(tag, None)
+        if leader is not None:
+            leader.remove_consumer(self, channel, tag, self.node.now_ms())
+            self.node.maybe_auto_delete(leader)
+
+    def _channel_closed(self, ev: ChannelClosed) -> None:
+        now = self.node.now_ms()
+        leaders = self.consumers.pop(ev.channel, {})
+        for leader in set(leaders.values()):
+            leader.remove_channel(self, ev.channel)
+        for leader, seqs in _by_leader(ev.unacked).items():
+            leader.requeue(seqs, now)
+        for leader in set(leaders.values()):
+            leader.dispatch(now)
+            self.node.maybe_auto_delete(leader)
+
+    def _connection_closed(self, ev: ConnectionClosed) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for channel in list(self.consumers):
+            self._channel_closed(ChannelClosed(channel, (), ()))
+        if self.opened:
+            self.node.unregister(self)
+            if ev.code and not ev.by_client:
+                log.info("closing connection %s: %s", self.id, ev.text)
+
+    # ------------------------------------------------------------------ methods
+
+    async def _method(self, channel: int, m: spec.Method) -> None:
+        handler = _METHODS.get(type(m))
+        if handler is None:
+            self._refuse(channel, spec.NOT_IMPLEMENTED, f"{m.NAME} is not implemented", m)
+            return
+        await handler(self, channel, m)
+
+    async def _propose(self, channel: int, cmd: md.Command, method: spec.Method) -> Any:
+        """Commit a metadata change; None if it was refused (the channel is then closed)."""
+        result = await self.node.propose_metadata(cmd)
+        if isinstance(result, md.Refusal):
+            self._fail(channel, result, method)
+            return None
+        return result
+
+    def _reply(self, channel: int, nowait: bool, method: spec.Method) -> None:
+        if not nowait:
+            self.conn.send_method(channel, method)
+
+    async def _exchange_declare(self, channel: int, m: spec.ExchangeDeclare) -> None:
+        vhost = self.vhost
+        if m.passive:
+            if m.exchange and self.node.metadata.exchange(vhost, m.exchange) is None:
+                self._refuse(channel, spec.NOT_FOUND, f"no exchange '{m.exchange}' in vhost '{vhost}'", m)
+                return
+            self._reply(channel, m.nowait, spec.ExchangeDeclareOk())
+            return
+        ae = (m.arguments or {}).get("alternate-exchange")
+        refused = auth.default_exchange_refusal(m.exchange)
+        if refused is not None:
+            self._fail(channel, refused, m)
+            return
+        checks = auth.checks_for_exchange_declare(
+            vhost, m.exchange, passive=False,
+            creates=self.node.metadata.exchange(vhost, m.exchange) is None,
+            alternate_exchange=ae if isinstance(ae, str) else None)
+        if not self._check(channel, checks, m):
+            return
+        cmd = md.DeclareExchange(vhost, m.exchange, m.type, m.durable, m.auto_delete, m.internal,
+                                 dict(m.arguments or {}))
+        if await self._propose(channel, cmd, m) is not None:
+            self._reply(channel, m.nowait, spec.ExchangeDeclareOk())
+
+    async def _exchange_delete(self, channel: int, m: spec.ExchangeDelete) -> None:
+        vhost = self.vhost
+        if not self._check(channel, auth.checks_for_exchange_delete(vhost, m.exchange), m):
+            return
+        if await self._propose(channel, md.DeleteExchange(vhost, m.exchange, m.if_unused), m) is not None:
+            self._write_checks_ok.discard(m.exchange)
+            self._reply(channel, m.nowait, spec.ExchangeDeleteOk())
+
+    async def _exchange_bind(self, channel: int, m: Any) -> None:
+        unbind = isinstance(m, spec.ExchangeUnbind)
+        vhost = self.vhost
+        if not self._check(channel, auth.checks_for_bind(vhost, m.source, auth.Kind.EXCHANGE, m.destination), m):
+            return
+        cls = md.Unbind if unbind else md.Bind
+        cmd = cls(vhost, m.source, m.destination, "exchange", m.routing_key, dict(m.arguments or {}), self.id)
+        if await self._propose(channel, cmd, m) is not None:
+            self._reply(channel, m.nowait, spec.ExchangeUnbindOk() if unbind else spec.ExchangeBindOk())
+
+    def _owned_check(self, channel: int, q: md.QueueRecord, m: spec.Method) -> bool:
+        if q.exclusive_owner is not None and q.exclusive_owner != self.id:
+            self._refuse(channel, spec.RESOURCE_LOCKED,
+                         f"cannot obtain exclusive access to locked queue '{q.name}' in vhost '{q.vhost}'. "
+                         "It could be originally declared on another connection or the exclusive property "
+                         "value does not match that of the original declaration.", m)
+            return False
+        return True
+
+    async def _queue_declare(self, channel: int, m: spec.QueueDeclare) -> None:
+        vhost = self.vhost
+        node = self.node
+        name = m.queue
+        if m.passive:
+            q = node.metadata.queue(vhost, name)
+            if q is None:
+                self._refuse(channel, spec.NOT_FOUND, f"no queue '{name}' in vhost '{vhost}'", m)
+                return
+            if not self._owned_check(channel, q, m):
+                return
+            leader = node.leader(vhost, name)
+            self._reply(channel, m.nowait, spec.QueueDeclareOk(
+                queue=name,
+                message_count=leader.message_count() if leader else 0,
+                consumer_count=leader.consumer_count() if leader else 0))
+            return
+        server_named = not name
+        if server_named:
+            name = _server_named_queue()
+        refusal = check_declare_arguments(name, vhost, m.arguments)
+        if refusal is not None:
+            self._fail(channel, refusal, m)
+            return
+        dlx = (m.arguments or {}).get("x-dead-letter-exchange")
+        checks = auth.checks_for_queue_declare(
+            vhost, name, passive=False, creates=node.metadata.queue(vhost, name) is None,
+            dead_letter_exchange=dlx if isinstance(dlx, str) else None)
+        if not self._check(channel, checks, m):
+            return
+        cmd = md.DeclareQueue(vhost, name, m.durable, m.auto_delete, self.id if m.exclusive else None,
+                              dict(m.arguments or {}), node.name, "classic", server_named)
+        if await self._propose(channel, cmd, m) is None:
+            return
+        leader = node.leader(vhost, name)
+        if leader is not None:
+            leader.touch(node.now_ms())
+        self._reply(channel, m.nowait, spec.QueueDeclareOk(
+            queue=name,
+            message_count=leader.message_count() if leader else 0,
+            consumer_count=leader.consumer_count() if leader else 0))
+
+    async def _queue_bind(self, channel: int, m: Any) -> None:
+        unbind = isinstance(m, spec.QueueUnbind)
+        vhost = self.vhost
+        queue = m.queue
+        if not self._check(channel, auth.checks_for_bind(vhost, m.exchange, auth.Kind.QUEUE, queue), m):
+            return
+        cls = md.Unbind if unbind else md.Bind
+        cmd = cls(vhost, m.exchange, queue, "queue", m.routing_key, dict(m.arguments or {}), self.id)
+        if await self._propose(channel, cmd, m) is not None:
+            if unbind:
+                self.conn.send_method(channel, spec.QueueUnbindOk())
+            else:
+                self._reply(channel, m.nowait, spec.QueueBindOk())
+
+    def _queue_for(self, channel: int, name: str, m: spec.Method) -> QueueLeader | None:
+        vhost = self.vhost
+        q = self.node.metadata.queue(vhost, name)
+        leader = self.node.leader(vhost, name) if q is not None else None
+        if q is None or leader is None:
+            self._refuse(channel, spec.NOT_FOUND, f"no queue '{name}' in vhost '{vhost}'", m)
+            return None
+        if not self._owned_check(channel, q, m):
+            return None
+        return leader
+
+    async def _queue_purge(self, channel: int, m: spec.QueuePurge) -> None:
+        if not self._check(channel, auth.checks_for_queue_purge(self.vhost, m.queue), m):
+            return
+        leader = self._queue_for(channel, m.queue, m)
+        if leader is None:
+            return
+        count = leader.purge(self.node.now_ms())
+        self._reply(channel, m.nowait, spec.QueuePurgeOk(message_count=count))
+
+    async def _queue_delete(self, channel: int, m: spec.QueueDelete) -> None:
+        vhost = self.vhost
+        if not self._check(channel, auth.checks_for_queue_delete(vhost, m.queue), m):
+            return
+        q = self.node.metadata.queue(vhost, m.queue)
+        if q is None:
+            # Idempotent, as RabbitMQ 3.x: deleting a missing queue succeeds with 0 messages.
+            self._reply(channel, m.nowait, spec.QueueDeleteOk(message_count=0))
+            return
+        if not self._owned_check(channel, q, m):
+            return
+        leader = self.node.leader(vhost, m.queue)
+        if leader is not None:
+            if m.if_unused and leader.consumer_count():
+                self._refuse(channel, spec.PRECONDITION_FAILED, f"queue '{m.queue}' in vhost '{vhost}' in use", m)
+                return
+            if m.if_empty and leader.state.messages:
+                self._refuse(channel, spec.PRECONDITION_FAILED,
+                             f"queue '{m.queue}' in vhost '{vhost}' not empty", m)
+                return
+        count = leader.message_count() if leader is not None else 0
+        if await self._propose(channel, md.DeleteQueue(vhost, m.queue, self.id), m) is not None:
+            self._reply(channel, m.nowait, spec.QueueDeleteOk(message_count=count))
+
+    async def _basic_consume(self, channel: int, m: spec.BasicConsume) -> None:
+        vhost = self.vhost
+        tag = m.consumer_tag
+        if not self._check(channel, auth.checks_for_consume(vhost, m.queue), m):
+            return
+        leader = self._queue_for(channel, m.queue, m)
+        if leader is None:
+            return
+        refusal = check_consume_arguments(m.queue, vhost, m.arguments) or leader.check_consume(m.exclusive)
+        if refusal is not None:
+            self._fail(channel, refusal, m)
+            return
+        priority = (m.arguments or {}).get("x-priority", 0)
+        ref = ConsumerRef(self, channel, tag, m.no_ack)
+        refusal = leader.add_consumer(ref, priority if isinstance(priority, int) else 0, m.exclusive)
+        if refusal is not None:
+            self._fail(channel, refusal, m)
+            return
+        self.consumers[channel][tag] = leader
+        self._reply(channel, m.nowait, spec.BasicConsumeOk(consumer_tag=tag))
+        leader.dispatch(self.node.now_ms())
+
+    async def _basic_get(self, channel: int, m: spec.BasicGet) -> None:
+        if not self._check(channel, auth.checks_for_consume(self.vhost, m.queue), m):
+            return
+        leader = self._queue_for(channel, m.queue, m)
+        if leader is None:
+            return
+        got = leader.get(self.node.now_ms(), m.no_ack)
+        if got is None:
+            self.conn.send_method(channel, spec.BasicGetEmpty())
+            return
+        msg = got.message
+        raw = msg.raw_properties
+        if raw is None:
+            raw = msg.raw_properties = codec.encode_properties(msg.properties)
+        tag = self.conn.get_ok(channel, None if m.no_ack else (leader, got.seq), m.no_ack, msg.exchange,
+                               msg.routing_key, got.remaining, raw, msg.body, got.redelivered)
+        if tag is None and not m.no_ack:
+            leader.requeue((got.seq,), self.node.now_ms())
+
+
+def _by_leader(handles: tuple[Any, ...]) -> dict[QueueLeader, tuple[int, ...]]:
+    grouped: dict[QueueLeader, list[int]] = {}
+    for h in handles:
+        if h is None:
+            continue
+        leader, seq = h
+        if leader.deleted:
+            continue
+        grouped.setdefault(leader, []).append(seq)
+    return {leader: tuple(seqs) for leader, seqs in grouped.items()}
+
+
+def _routing_keys(value: Any) -> list[str]:
+    if isinstance(value, (list, tuple)):
+        return [v.decode() if isinstance(v, bytes) else v for v in value if isinstance(v, (str, bytes))]
+    return []
+
+
+def _replace_headers(props: spec.BasicProperties, headers: dict[str, Any]) -> spec.BasicProperties:
+    import dataclasses
+
+    return dataclasses.replace(props, headers=headers)
+
+
+class _ConfirmTracker:
+    """Confirms one publish once every queue it was routed to accepted it (nack if any refused)."""
+
+    __slots__ = ("session", "channel", "seq", "waiting", "ok")
+
+    def __init__(self, session: Session, channel: int, seq: int, waiting: int) -> None:
+        self.session = session
+        self.channel = channel
+        self.seq = seq
+        self.waiting = waiting
+        self.ok = True
+
+    def __call__(self, accepted: bool) -> None:
+        self.ok = self.ok and accepted
+        self.waiting -= 1
+        if self.waiting == 0:
+            conn = self.session.conn
+            if self.ok:
+                conn.confirm(self.channel, self.seq)
+            else:
+                conn.reject(self.channel, self.seq)
+            self.session.on_output()
+
+
+_METHODS: dict[type, Callable[..., Any]] = {
+    spec.ExchangeDeclare: Session._exchange_declare,
+    spec.ExchangeDelete: Session._exchange_delete,
+    spec.ExchangeBind: Session._exchange_bind,
+    spec.ExchangeUnbind: Session._exchange_bind,
+    spec.QueueDeclare: Session._queue_declare,
+    spec.QueueBind: Session._queue_bind,
+    spec.QueueUnbind: Session._queue_bind,
+    spec.QueuePurge: Session._queue_purge,
+    spec.QueueDelete: Session._queue_delete,
+    spec.BasicConsume: Session._basic_consume,
+    spec.BasicGet: Session._basic_get,
+}
