@@ -20,3 +20,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def node():
+    """One real leveret-server shared by a test session (guest/guest on a free loopback port)."""
+    from tests.support.node_process import NodeProcess
+
+    proc = NodeProcess(name="shared@localhost").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def fresh_node():
+    """A leveret-server of a test's own, stopped afterwards."""
+    from tests.support.node_process import NodeProcess
+
+    proc = NodeProcess(name="fresh@localhost").start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
