@@ -602,7 +602,9 @@ class RaftGroup:
     def step(self, m: Message) -> None:
         if self.quiescent and not (isinstance(m, Heartbeat) and m.quiesce):
             if self.role == LEADER:
-                if m.src in self.conf.members:
+                # Replies to our own last heartbeat do not end quiescence; anything else
+                # from a member (a restarted follower's pre-vote, a rejection) does.
+                if m.src in self.conf.members and not isinstance(m, HeartbeatReply):
                     self.wake()
             else:
                 self.wake()
