@@ -88,6 +88,8 @@ class Node:
         self.leaders: dict[tuple[str, str], QueueLeader] = {}
         self.sessions: dict[str, Session] = {}  # open connections, by id
         self.all_sessions: set[Session] = set()  # including those still in the handshake
+        # direct reply-to token -> (session, channel, consumer tag)
+        self.reply_consumers: dict[str, tuple[Session, int, str]] = {}
         self.server_properties = default_server_properties(version=__version__)
         self.server_properties["cluster_name"] = self.name
         self.store: Store | None = None

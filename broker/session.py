@@ -16,6 +16,7 @@ machine's output; `wake_writer` tells the shell's writer task to drain it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 from collections import defaultdict
@@ -51,7 +52,9 @@ log = logging.getLogger("leveret.connection")
 # until its writer drains: the bound between queues and a slow socket.
 OUTPUT_HIGH_WATER = 1 << 20
 
-_DEFAULT_EXCHANGE_NAME = "amq.default"
+# Direct reply-to (RabbitMQ's pseudo-queue): replies go straight to the requester's channel.
+REPLY_TO = "amq.rabbitmq.reply-to"
+REPLY_TO_PREFIX = REPLY_TO + "."
 
 
 def _server_named_queue() -> str:
@@ -83,6 +86,8 @@ class Session:
         self.connected_at = node.now_ms()
         self._write_checks_ok: set[str] = set()
         self._throttled = False
+        # channel -> (token, consumer tag) of its direct reply-to consumer
+        self.reply_consumers: dict[int, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ machine callbacks
 
@@ -273,6 +278,15 @@ class Session:
                 headers = dict(headers)
                 del headers["BCC"]
                 props = _replace_headers(props, headers)
+        if props.reply_to == REPLY_TO:
+            reply = self.reply_consumers.get(channel)
+            if reply is None:
+                self._refuse(channel, spec.PRECONDITION_FAILED, "fast reply consumer does not exist", method)
+                return
+            props = _replace_reply_to(props, f"{REPLY_TO}.{reply[0]}")
+        if not exchange and method.routing_key.startswith(REPLY_TO_PREFIX):
+            self._publish_reply(ev, props, expiration_ms)
+            return
         routed = node.router.route(vhost, exchange, method.routing_key, headers, extra_keys)
         message = Message(
             exchange, method.routing_key, props, ev.body,
@@ -312,6 +326,32 @@ class Session:
             else:
                 leader.publish(message, now, tracker)
 
+    def _publish_reply(self, ev: PublishReceived, props: spec.BasicProperties, expiration_ms: int | None) -> None:
+        """Direct reply-to: straight to the requester's reply consumer, never through a queue.
+        A requester that is gone means the reply is dropped (or returned if mandatory)."""
+        method = ev.method
+        target = self.node.reply_consumers.get(method.routing_key[len(REPLY_TO_PREFIX):])
+        message = Message(
+            "", method.routing_key, props, ev.body,
+            persistent=props.delivery_mode == 2, priority=props.priority or 0, expiration_ms=expiration_ms,
+            raw_properties=ev.raw_properties if props is ev.properties else None,
+            id=self.node.next_message_id(),
+        )
+        delivered = False
+        if target is not None:
+            session, channel, tag = target
+            delivered = session.deliver(channel, tag, None, message, False) is not None
+        if not delivered and method.mandatory:
+            self.conn.send_content(
+                ev.channel,
+                spec.BasicReturn(reply_code=spec.NO_ROUTE, reply_text="NO_ROUTE",
+                                 exchange="", routing_key=method.routing_key),
+                message.raw_properties if message.raw_properties is not None else codec.encode_properties(props),
+                ev.body,
+            )
+        if ev.seq is not None:
+            self.conn.confirm(ev.channel, ev.seq)
+
     # ------------------------------------------------------------------ settlement
 
     def _settle(self, handles: tuple[Any, ...]) -> None:
@@ -327,13 +367,21 @@ class Session:
             else:
                 leader.reject(seqs, now)
 
+    def _drop_reply_consumer(self, channel: int, tag: str | None = None) -> None:
+        reply = self.reply_consumers.get(channel)
+        if reply is not None and (tag is None or reply[1] == tag):
+            del self.reply_consumers[channel]
+            self.node.reply_consumers.pop(reply[0], None)
+
     def _consumer_cancelled(self, channel: int, tag: str) -> None:
+        self._drop_reply_consumer(channel, tag)
         leader = self.consumers.get(channel, {}).pop(tag, None)
         if leader is not None:
             leader.remove_consumer(self, channel, tag, self.node.now_ms())
             self.node.maybe_auto_delete(leader)
 
     def _channel_closed(self, ev: ChannelClosed) -> None:
+        self._drop_reply_consumer(ev.channel)
         now = self.node.now_ms()
         leaders = self.consumers.pop(ev.channel, {})
         for leader in set(leaders.values()):
@@ -431,6 +479,9 @@ class Session:
         vhost = self.vhost
         node = self.node
         name = m.queue
+        if m.passive and name == REPLY_TO:
+            self._reply(channel, m.nowait, spec.QueueDeclareOk(queue=name, message_count=0, consumer_count=0))
+            return
         if m.passive:
             q = node.metadata.queue(vhost, name)
             if q is None:
@@ -530,6 +581,18 @@ class Session:
     async def _basic_consume(self, channel: int, m: spec.BasicConsume) -> None:
         vhost = self.vhost
         tag = m.consumer_tag
+        if m.queue == REPLY_TO:
+            if not m.no_ack:
+                self._refuse(channel, spec.PRECONDITION_FAILED, "reply consumer cannot acknowledge", m)
+                return
+            if channel in self.reply_consumers:
+                self._refuse(channel, spec.PRECONDITION_FAILED, "reply consumer already set", m)
+                return
+            token = base64.urlsafe_b64encode(os.urandom(18)).decode()
+            self.reply_consumers[channel] = (token, tag)
+            self.node.reply_consumers[token] = (self, channel, tag)
+            self._reply(channel, m.nowait, spec.BasicConsumeOk(consumer_tag=tag))
+            return
         if not self._check(channel, auth.checks_for_consume(vhost, m.queue), m):
             return
         leader = self._queue_for(channel, m.queue, m)
@@ -588,9 +651,11 @@ def _routing_keys(value: Any) -> list[str]:
 
 
 def _replace_headers(props: spec.BasicProperties, headers: dict[str, Any]) -> spec.BasicProperties:
-    import dataclasses
-
     return dataclasses.replace(props, headers=headers)
+
+
+def _replace_reply_to(props: spec.BasicProperties, reply_to: str) -> spec.BasicProperties:
+    return dataclasses.replace(props, reply_to=reply_to)
 
 
 class _ConfirmTracker:
