@@ -11,7 +11,8 @@ peer, so the error is sticky: every later `feed` returns `([], same_error)`. The
 codes and texts follow RabbitMQ (`rabbit_reader.erl`, `rabbit_framing`):
 
 - unknown frame type, a method frame shorter than its class/method ids, a header
-  frame shorter than 12 octets, a heartbeat with a payload →
+  frame shorter than 14 octets (class, weight, body size, first flag word), a
+  heartbeat with a payload →
   501 "FRAME_ERROR - type T, all octets = <<...>>: unknown_frame"
 - frame-end octet not 0xCE →
   501 "FRAME_ERROR - type T, all octets = <<...>>: {invalid_frame_end_marker,E}"
@@ -38,6 +39,12 @@ the value fits one, else to `Timestamp`, an int that encodes back as 'T'. Short
 and long strings decode as UTF-8 with surrogateescape, so any octets round-trip
 exactly and decoding never fails on bad UTF-8 (RabbitMQ treats them as binaries).
 The `timestamp` content property stays a plain int (seconds), like RabbitMQ.
+Other pamqp differences the tests work around: pamqp reads "longlong" arguments
+(delivery tags) as signed, and treats an empty-string property as absent.
+
+`raw_properties` on a HeaderFrame are the received octets, so a delivery reuses
+them verbatim; `encode_deliver` and friends take those octets, never a
+BasicProperties, on the hot path.
 """
 
 from __future__ import annotations
@@ -160,7 +167,6 @@ _METHOD_HEAD = struct.Struct(">BHIHH")  # frame head + class id + method id
 _CONTENT_HEAD = struct.Struct(">BHIHHQ")  # frame head + class id + weight + body size
 _HEADER_PAYLOAD = struct.Struct(">HHQ")
 _QB = struct.Struct(">QB")
-_QBB = struct.Struct(">QBB")
 
 _FRAME_END = spec.FRAME_END
 _FRAME_END_BYTE = b"\xce"
@@ -779,8 +785,8 @@ def encode_get_ok(
     return _content_frames(channel, args, 71, raw_properties, body, frame_max)
 
 
-_ACK_FRAME = struct.Struct(">BHIHHQBB")  # whole basic.ack frame, frame-end included
-_NACK_FRAME = struct.Struct(">BHIHHQBB")
+# A whole basic.ack / basic.nack frame, frame-end included: head, ids, delivery tag, bits.
+_ACK_FRAME = _NACK_FRAME = struct.Struct(">BHIHHQBB")
 
 
 def encode_basic_ack(channel: int, delivery_tag: int, multiple: bool) -> bytes:
