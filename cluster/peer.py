@@ -337,7 +337,8 @@ class PeerLink:
 
     `send` may be called from several tasks (sends are serialised). Reading is
     done by whoever calls `receive` or is waiting in `call`; replies go to
-    their callers, messages and requests to `receive`.
+    their callers, messages and requests to `receive`. A send that is cancelled
+    or fails closes the link, since part of a frame may have gone out.
     """
 
     stream: trio.abc.HalfCloseableStream | trio.abc.Stream
@@ -365,17 +366,16 @@ class PeerLink:
         frames = [encode_frame(["m", obj], max_size=self.max_frame_size) for obj in objs]
         if not frames:
             return
-        data = b"".join(frames)
-        async with self._send_lock:
-            await self.stream.send_all(data)
-        self._stats.frames_sent += len(frames)
-        self._stats.bytes_sent += len(data)
+        await self._write(b"".join(frames), len(frames))
 
     async def receive(self) -> Any:
         """The next message (or `Request`) from the peer. Raises PeerClosed at end of stream."""
         while True:
             if self._inbox:
-                return self._inbox.popleft()
+                await trio.lowlevel.checkpoint()
+                if self._inbox:
+                    return self._inbox.popleft()
+                continue
             async with self._read_lock:
                 if self._inbox:
                     return self._inbox.popleft()
@@ -418,10 +418,19 @@ class PeerLink:
         return replace(self._stats, calls_waiting=len(self._pending), buffered_messages=len(self._inbox))
 
     async def _send_envelope(self, envelope: list[Any]) -> None:
-        data = encode_frame(envelope, max_size=self.max_frame_size)
+        await self._write(encode_frame(envelope, max_size=self.max_frame_size), 1)
+
+    async def _write(self, data: bytes, frames: int) -> None:
         async with self._send_lock:
-            await self.stream.send_all(data)
-        self._stats.frames_sent += 1
+            try:
+                await self.stream.send_all(data)
+            except BaseException:
+                # A write cut short (cancelled, or the peer went away) may have sent part of a
+                # frame; nothing after it could be framed correctly, so the link is over.
+                self._closed = True
+                await trio.aclose_forcefully(self.stream)
+                raise
+        self._stats.frames_sent += frames
         self._stats.bytes_sent += len(data)
 
     async def _read_envelope(self) -> Any:

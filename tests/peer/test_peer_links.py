@@ -269,3 +269,21 @@ async def test_send_batch_delivers_in_order_and_refuses_oversize_whole() -> None
     assert c.statistics().bytes_sent == before  # nothing of the batch went out
     await c.send_batch([])
     assert c.statistics().frames_sent == 5
+
+
+async def test_send_cut_short_closes_the_link() -> None:
+    send_stream, _receive_stream = trio.testing.memory_stream_one_way_pair()
+    link = PeerLink(trio.StapledStream(send_stream, trio.testing.MemoryReceiveStream()), "a@h", "c@h")
+    stalled = trio.Event()
+
+    async def stall() -> None:  # the bytes are handed over but the write never completes
+        stalled.set()
+        await trio.sleep_forever()
+
+    send_stream.send_all_hook = stall
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.send, "x")
+        await stalled.wait()
+        nursery.cancel_scope.cancel()
+    with pytest.raises(trio.ClosedResourceError):
+        await link.send("y")
