@@ -729,6 +729,10 @@ def _args_inequivalent(kind: str, vhost: str, name: str, current: Mapping[str, A
         # Classic queues need not carry x-queue-type (rabbitmq-common#341).
         if key == "x-queue-type" and (old is _MISSING and new == "classic" or new is _MISSING and old == "classic"):
             continue
+        if old is not _MISSING and new is not _MISSING:
+            # Both present: RabbitMQ 3.10 falls through to assert_field_equivalence,
+            # whose text carries the bare values, not their types.
+            return _field_inequivalent(kind, vhost, name, key, old, new)
         return Refusal(PRECONDITION_FAILED,
                        f"PRECONDITION_FAILED - inequivalent arg '{key}' for {_rs(kind, vhost, name)}: "
                        f"received {_arg_text(new)} but current is {_arg_text(old)}")

@@ -222,8 +222,7 @@ def test_declare_queue_and_equivalence(state: MetadataState) -> None:
     refused(state, queue(auto_delete=True, args={"x-max-length": 10}), PRECONDITION_FAILED,
             f"{pre} 'auto_delete' for queue 'q' in vhost '/': received 'true' but current is 'false'")
     refused(state, queue(args={"x-max-length": 20}), PRECONDITION_FAILED,
-            f"{pre} 'x-max-length' for queue 'q' in vhost '/': received the value '20' of type "
-            "'signedint' but current is the value '10' of type 'signedint'")
+            f"{pre} 'x-max-length' for queue 'q' in vhost '/': received '20' but current is '10'")
     refused(state, queue(args={}), PRECONDITION_FAILED,
             f"{pre} 'x-max-length' for queue 'q' in vhost '/': received none but current is "
             "the value '10' of type 'signedint'")
@@ -235,8 +234,10 @@ def test_declare_queue_and_equivalence(state: MetadataState) -> None:
     ok(state, queue("big", args={"x-max-length-bytes": 2 ** 40}))
     ok(state, queue("small", args={"x-max-priority": 5}))
     refused(state, queue("small", args={"x-max-priority": 5.0}), PRECONDITION_FAILED,
-            f"{pre} 'x-max-priority' for queue 'small' in vhost '/': received the value '5.0' of type "
-            "'double' but current is the value '5' of type 'signedint'")
+            f"{pre} 'x-max-priority' for queue 'small' in vhost '/': received '5.0' but current is '5'")
+    # Both present with other types: the bare values too (RabbitMQ 3.10.8, checked with py-amqp).
+    refused(state, queue("small", args={"x-max-priority": "x"}), PRECONDITION_FAILED,
+            f"{pre} 'x-max-priority' for queue 'small' in vhost '/': received 'x' but current is '5'")
 
 
 def test_queue_type_classic_is_the_default(state: MetadataState) -> None:
