@@ -1,0 +1,263 @@
+"""py-amqp (the `amqp` package, kombu's transport) against a real node.
+
+Declares, publishing with publisher confirms (`confirm_publish=True` makes
+`basic_publish` wait for the broker's ack), consuming with acks, basic.get,
+and error replies surfacing as py-amqp's exception classes with RabbitMQ's
+reply codes and texts.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import amqp
+import amqp.exceptions as ae
+import pytest
+
+from tests.clients.common import BrokerAddress, unique
+
+
+def open_connection(broker: BrokerAddress, **kwargs: Any) -> amqp.Connection:
+    kwargs.setdefault("userid", "guest")
+    kwargs.setdefault("password", "guest")
+    kwargs.setdefault("connect_timeout", 5)
+    c = amqp.Connection(host=broker.hostport, **kwargs)
+    c.connect()
+    return c
+
+
+@pytest.fixture
+def conn(broker: BrokerAddress) -> Iterator[amqp.Connection]:
+    c = open_connection(broker, confirm_publish=True)
+    try:
+        yield c
+    finally:
+        try:
+            c.close()
+        except Exception:
+            c.collect()
+
+
+def drain_until(conn: amqp.Connection, done: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        left = deadline - time.monotonic()
+        assert left > 0, "no delivery within the time limit"
+        try:
+            conn.drain_events(timeout=min(left, 0.5))
+        except socket.timeout:
+            pass
+
+
+def test_declare_publish_confirm_get(conn: amqp.Connection) -> None:
+    ch = conn.channel()
+    q = unique("pyamqp-get")
+    name, count, consumers = ch.queue_declare(q, durable=False, auto_delete=False)
+    assert (name, count, consumers) == (q, 0, 0)
+    for i in range(3):
+        # Returns only once the node's basic.ack for this publish arrived.
+        ch.basic_publish(amqp.Message(f"m{i}".encode(), content_type="text/plain",
+                                      application_headers={"n": i}), exchange="", routing_key=q)
+    assert ch.queue_declare(q, passive=True).message_count == 3
+    m = ch.basic_get(q, no_ack=False)
+    assert m.body == b"m0"
+    assert m.content_type == "text/plain"
+    assert m.headers == {"n": 0}
+    assert m.delivery_info["message_count"] == 2
+    assert m.delivery_info["redelivered"] is False
+    ch.basic_ack(m.delivery_tag)
+    m = ch.basic_get(q, no_ack=True)
+    assert m.body == b"m1"
+    # Rejected with requeue: it comes back, flagged redelivered, ahead of m2.
+    m = ch.basic_get(q)
+    assert m.body == b"m2"
+    ch.basic_reject(m.delivery_tag, requeue=True)
+    m = ch.basic_get(q)
+    assert (m.body, m.delivery_info["redelivered"]) == (b"m2", True)
+    ch.basic_ack(m.delivery_tag)
+    assert ch.basic_get(q) is None
+    assert ch.queue_delete(q) == 0
+
+
+def test_consume_ack_and_cancel(conn: amqp.Connection) -> None:
+    ch = conn.channel()
+    q = unique("pyamqp-consume")
+    ch.queue_declare(q, auto_delete=False)
+    ch.basic_qos(0, 2, False)
+    got: list[amqp.Message] = []
+    tag = ch.basic_consume(q, callback=got.append)
+    pub = conn.channel()
+    for i in range(10):
+        pub.basic_publish(amqp.Message(str(i).encode(), delivery_mode=2), routing_key=q)
+    drain_until(conn, lambda: len(got) >= 2)
+    # prefetch 2: nothing more until an ack.
+    with pytest.raises(socket.timeout):
+        conn.drain_events(timeout=0.3)
+    assert len(got) == 2
+    while len(got) < 10:
+        before = len(got)
+        ch.basic_ack(got[-1].delivery_tag, multiple=True)
+        drain_until(conn, lambda: len(got) > before)
+    ch.basic_ack(got[-1].delivery_tag, multiple=True)
+    assert [m.body for m in got] == [str(i).encode() for i in range(10)]
+    assert [m.delivery_info["delivery_tag"] for m in got] == list(range(1, 11))
+    assert all(m.delivery_info["routing_key"] == q and m.delivery_info["exchange"] == "" for m in got)
+    assert all(m.properties["delivery_mode"] == 2 for m in got)
+    assert ch.basic_cancel(tag) == tag
+    assert ch.queue_declare(q, passive=True)[1:] == (0, 0)
+    ch.queue_delete(q)
+
+
+def test_unacked_deliveries_return_when_channel_closes(conn: amqp.Connection) -> None:
+    q = unique("pyamqp-return")
+    ch = conn.channel()
+    ch.queue_declare(q, auto_delete=False)
+    for body in (b"a", b"b"):
+        ch.basic_publish(amqp.Message(body), routing_key=q)
+    got: list[amqp.Message] = []
+    consumer = conn.channel()
+    consumer.basic_consume(q, callback=got.append)
+    drain_until(conn, lambda: len(got) == 2)
+    consumer.close()
+    m = ch.basic_get(q, no_ack=True)
+    assert (m.body, m.delivery_info["redelivered"]) == (b"a", True)
+    ch.queue_delete(q)
+
+
+def test_exchanges_bindings_and_mandatory_return(conn: amqp.Connection) -> None:
+    ch = conn.channel()
+    ex = unique("pyamqp-topic")
+    q = unique("pyamqp-bound")
+    ch.exchange_declare(ex, "topic", durable=False, auto_delete=False)
+    ch.queue_declare(q, auto_delete=False)
+    ch.queue_bind(q, ex, routing_key="stock.*.nyse")
+    returned: list[tuple[Any, ...]] = []
+    ch.events["basic_return"].add(lambda *args: returned.append(args))
+    ch.basic_publish(amqp.Message(b"hit"), exchange=ex, routing_key="stock.ibm.nyse")
+    # Unroutable and mandatory: basic.return first, then the confirm.
+    ch.basic_publish(amqp.Message(b"miss"), exchange=ex, routing_key="bond.x.nyse", mandatory=True)
+    assert len(returned) == 1
+    exc, exchange, routing_key, message = returned[0]
+    assert (exc.reply_code, exchange, routing_key, message.body) == (312, ex, "bond.x.nyse", b"miss")
+    assert "NO_ROUTE" in exc.reply_text
+    assert ch.basic_get(q, no_ack=True).body == b"hit"
+    ch.queue_unbind(q, ex, routing_key="stock.*.nyse")
+    ch.basic_publish(amqp.Message(b"after unbind"), exchange=ex, routing_key="stock.ibm.nyse")
+    assert ch.basic_get(q, no_ack=True) is None
+    ch.exchange_delete(ex)
+    ch.queue_delete(q)
+
+
+def test_transactions(broker: BrokerAddress) -> None:
+    # Without confirm_publish: py-amqp puts every channel of such a connection in
+    # confirm mode, and a channel in confirm mode cannot become transactional.
+    conn = open_connection(broker)
+    q = unique("pyamqp-tx")
+    ch = conn.channel()
+    ch.queue_declare(q, auto_delete=False)
+    ch.tx_select()
+    ch.basic_publish(amqp.Message(b"t1"), routing_key=q)
+    ch.tx_rollback()
+    ch.basic_publish(amqp.Message(b"t2"), routing_key=q)
+    assert ch.queue_declare(q, passive=True).message_count == 0
+    ch.tx_commit()
+    assert ch.basic_get(q, no_ack=True).body == b"t2"
+    ch.queue_delete(q)
+    conn.close()
+
+
+def test_confirm_channel_cannot_become_transactional(conn: amqp.Connection) -> None:
+    ch = conn.channel()
+    # py-amqp selects confirm mode on a channel's first publish.
+    ch.basic_publish(amqp.Message(b"x"), routing_key=unique("pyamqp-nowhere"))
+    with pytest.raises(ae.PreconditionFailed) as info:
+        ch.tx_select()
+    assert info.value.reply_text == "PRECONDITION_FAILED - cannot switch from confirm to tx mode"
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_passive_declare_of_missing_queue_is_not_found(conn: amqp.Connection) -> None:
+    ch = conn.channel()
+    q = unique("pyamqp-missing")
+    with pytest.raises(ae.NotFound) as info:
+        ch.queue_declare(q, passive=True)
+    assert info.value.reply_code == 404
+    assert info.value.reply_text == f"NOT_FOUND - no queue '{q}' in vhost '/'"
+    assert info.value.method_sig == (50, 10)
+    # The connection survives a channel error.
+    assert conn.channel().queue_declare(unique("pyamqp-after"), exclusive=True).message_count == 0
+
+
+def test_redeclare_with_other_arguments_is_precondition_failed(conn: amqp.Connection) -> None:
+    q = unique("pyamqp-args")
+    ch = conn.channel()
+    ch.queue_declare(q, auto_delete=False, arguments={"x-max-length": 10})
+    with pytest.raises(ae.PreconditionFailed) as info:
+        ch.queue_declare(q, auto_delete=False, arguments={"x-max-length": 20})
+    assert info.value.reply_code == 406
+    assert info.value.reply_text == (
+        f"PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue '{q}' in vhost '/': "
+        "received '20' but current is '10'")
+    conn.channel().queue_delete(q)
+
+
+def test_publish_to_missing_exchange_with_confirms_raises_not_found(conn: amqp.Connection) -> None:
+    ch = conn.channel()
+    ex = unique("pyamqp-nox")
+    with pytest.raises(ae.NotFound) as info:
+        ch.basic_publish(amqp.Message(b"x"), exchange=ex, routing_key="k")
+    assert info.value.reply_code == 404
+    assert info.value.reply_text == f"NOT_FOUND - no exchange '{ex}' in vhost '/'"
+    assert info.value.method_sig == (60, 40)
+
+
+def test_exclusive_queue_of_another_connection_is_resource_locked(conn: amqp.Connection,
+                                                                  broker: BrokerAddress) -> None:
+    q = unique("pyamqp-excl")
+    conn.channel().queue_declare(q, exclusive=True)
+    other = open_connection(broker)
+    try:
+        with pytest.raises(ae.ResourceLocked) as info:
+            other.channel().basic_consume(q, callback=lambda m: None)
+        assert info.value.reply_code == 405
+        assert info.value.reply_text.startswith(f"RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{q}'")
+    finally:
+        other.close()
+
+
+def test_unknown_delivery_tag_is_precondition_failed(conn: amqp.Connection) -> None:
+    ch = conn.channel()
+    ch.basic_ack(99)
+    with pytest.raises(ae.PreconditionFailed) as info:
+        # The channel.close arrives asynchronously; the next synchronous call sees it.
+        ch.queue_declare(unique("pyamqp-x"), exclusive=True)
+    assert info.value.reply_code == 406
+    assert info.value.reply_text == "PRECONDITION_FAILED - unknown delivery tag 99"
+
+
+def test_invalid_exchange_type_closes_the_connection(conn: amqp.Connection) -> None:
+    ch = conn.channel()
+    with pytest.raises(ae.InvalidCommand) as info:
+        ch.exchange_declare(unique("pyamqp-bad"), "no-such-type")
+    assert info.value.reply_code == 503
+    assert info.value.reply_text == "COMMAND_INVALID - unknown exchange type 'no-such-type'"
+    assert not conn.connected
+
+
+def test_wrong_password_is_access_refused(broker: BrokerAddress) -> None:
+    with pytest.raises(ae.AccessRefused) as info:
+        open_connection(broker, password="not-the-password")
+    assert info.value.reply_code == 403
+    assert "ACCESS_REFUSED - Login was refused using authentication mechanism" in info.value.reply_text
+
+
+def test_unknown_vhost_is_not_allowed(broker: BrokerAddress) -> None:
+    with pytest.raises(ae.NotAllowed) as info:
+        open_connection(broker, virtual_host=unique("nohost"))
+    assert info.value.reply_code == 530
+    assert info.value.reply_text.startswith("NOT_ALLOWED - vhost ")
