@@ -75,6 +75,7 @@ ACCESS_REFUSED = 403
 NOT_FOUND = 404
 RESOURCE_LOCKED = 405
 PRECONDITION_FAILED = 406
+COMMAND_INVALID = 503
 
 EXCHANGE_TYPES = frozenset({"direct", "fanout", "topic", "headers"})
 
@@ -921,7 +922,8 @@ class MetadataState:
     def _declare_exchange(self, cmd: DeclareExchange, changes: list[Change]) -> Any:
         vhost, name = cmd.vhost, cmd.name
         if cmd.type not in EXCHANGE_TYPES:
-            return Refusal(PRECONDITION_FAILED, f"PRECONDITION_FAILED - unknown exchange type '{cmd.type}'")
+            # RabbitMQ (rabbit_exchange:check_type) makes this a connection error.
+            return Refusal(COMMAND_INVALID, f"COMMAND_INVALID - unknown exchange type '{cmd.type}'")
         if name == "":
             return Refusal(ACCESS_REFUSED, "ACCESS_REFUSED - operation not permitted on the default exchange")
         exchanges = self._exchanges.get(vhost)

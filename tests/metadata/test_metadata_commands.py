@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cluster.metadata import (
-    ACCESS_REFUSED, NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED,
+    ACCESS_REFUSED, COMMAND_INVALID, NOT_FOUND, PRECONDITION_FAILED, RESOURCE_LOCKED,
     AddUser, AddVhost, Bind, BindingAdded, BindingRemoved, ChangePassword, ClearPermissions,
     ClearPolicy, ClearTopicPermissions, DeclareExchange, DeclareQueue, DeleteExchange,
     DeleteQueue, DeleteQueuesOwnedBy, DeleteUser, DeleteVhost, DropTransient, ExchangeAdded,
@@ -159,8 +159,8 @@ def test_declare_exchange_and_equivalence(state: MetadataState) -> None:
 
 
 def test_declare_exchange_refusals(state: MetadataState) -> None:
-    refused(state, DeclareExchange("/", "x", "bogus"), PRECONDITION_FAILED,
-            "PRECONDITION_FAILED - unknown exchange type 'bogus'")
+    refused(state, DeclareExchange("/", "x", "bogus"), COMMAND_INVALID,
+            "COMMAND_INVALID - unknown exchange type 'bogus'")
     refused(state, DeclareExchange("/", "", "direct"), ACCESS_REFUSED,
             "ACCESS_REFUSED - operation not permitted on the default exchange")
     refused(state, DeclareExchange("/", "amq.foo", "direct"), ACCESS_REFUSED,
