@@ -23,6 +23,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any, Callable
 
 from broker import auth
+from broker.alarms import block_reason
 from broker.amqp import codec, spec
 from broker.amqp.connection import (
     Acked,
@@ -161,6 +162,8 @@ class Session:
         for ev in events:
             t = type(ev)
             if t is PublishReceived:
+                if self.node.alarms:
+                    await self._held_by_alarm()
                 self._publish(ev)
             elif t is Acked:
                 self._settle(ev.handles)
@@ -169,6 +172,15 @@ class Session:
             else:
                 await self._other(ev)
         self.on_output()
+
+    async def _held_by_alarm(self) -> None:
+        """A publish while a resource alarm is raised: tell the client (connection.blocked)
+        and take nothing more from it until the alarm clears, as RabbitMQ does."""
+        self.publishing = True
+        while self.node.alarms:
+            self.conn.block(block_reason(self.node.alarms))
+            self.on_output()
+            await self.node.alarms_cleared.wait()
 
     def handle_sync(self, events: list[Any]) -> None:
         """Events produced outside the reader (closes forced by the node, timeouts)."""
@@ -426,17 +438,17 @@ class Session:
 
     async def _exchange_declare(self, channel: int, m: spec.ExchangeDeclare) -> None:
         vhost = self.vhost
+        refused = auth.default_exchange_refusal(m.exchange)
+        if refused is not None:
+            self._fail(channel, refused, m)
+            return
         if m.passive:
-            if m.exchange and self.node.metadata.exchange(vhost, m.exchange) is None:
+            if self.node.metadata.exchange(vhost, m.exchange) is None:
                 self._refuse(channel, spec.NOT_FOUND, f"no exchange '{m.exchange}' in vhost '{vhost}'", m)
                 return
             self._reply(channel, m.nowait, spec.ExchangeDeclareOk())
             return
         ae = (m.arguments or {}).get("alternate-exchange")
-        refused = auth.default_exchange_refusal(m.exchange)
-        if refused is not None:
-            self._fail(channel, refused, m)
-            return
         checks = auth.checks_for_exchange_declare(
             vhost, m.exchange, passive=False,
             creates=self.node.metadata.exchange(vhost, m.exchange) is None,
