@@ -22,6 +22,7 @@ Time is read here (the shell), never in the pure cores: `now_ms` is passed in.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from typing import Any, Callable
 
@@ -30,6 +31,7 @@ import psutil
 import trio
 
 from broker import __version__, auth
+from broker.alarms import ResourceLimits, block_reason
 from broker.amqp.connection import default_server_properties
 from broker.arguments import QueueSettings
 from broker.config import Settings
@@ -90,6 +92,8 @@ class Node:
         self.all_sessions: set[Session] = set()  # including those still in the handshake
         # direct reply-to token -> (session, channel, consumer tag)
         self.reply_consumers: dict[str, tuple[Session, int, str]] = {}
+        self.alarms: frozenset[str] = frozenset()
+        self.alarms_cleared = trio.Event()
         self.server_properties = default_server_properties(version=__version__)
         self.server_properties["cluster_name"] = self.name
         self.store: Store | None = None
@@ -143,6 +147,7 @@ class Node:
                 port = await nursery.start(serve_amqp, self, host, settings.node_port)
                 self.listeners.append(("amqp", host or "::", port))
                 nursery.start_soon(self._tick_connections)
+                nursery.start_soon(self._watch_resources)
                 nursery.start_soon(self._expire_messages)
                 self.started.set()
                 task_status.started()
@@ -312,6 +317,41 @@ class Node:
             q.exclusive_owner == session.id for v in self.metadata.vhosts() for q in self.metadata.queues(v.name)
         ):
             self._nursery.start_soon(self.propose_metadata, md.DeleteQueuesOwnedBy(session.id))
+
+    async def _watch_resources(self) -> None:
+        """Samples memory and free disk once a second and raises or clears alarms."""
+        limits = ResourceLimits.from_settings(self.settings.vm_memory_high_watermark,
+                                              self.settings.disk_free_limit, psutil.virtual_memory().total)
+        log.info("memory high watermark set to %d MiB, free disk space limit %d MB",
+                 limits.memory_bytes >> 20, limits.disk_free_bytes // 1_000_000)
+        while True:
+            try:
+                disk_free = shutil.disk_usage(self.settings.data_dir).free
+            except OSError:
+                disk_free = limits.disk_free_bytes  # unknown: do not alarm on a failed probe
+            self.set_alarms(limits.alarms(self.memory_bytes(), disk_free))
+            await trio.sleep(1.0)
+
+    def set_alarms(self, alarms: frozenset[str]) -> None:
+        if alarms == self.alarms:
+            return
+        for alarm in alarms - self.alarms:
+            log.warning("%s resource limit alarm set on node %s; publishers will be blocked", alarm, self.name)
+        for alarm in self.alarms - alarms:
+            log.warning("%s resource limit alarm cleared on node %s", alarm, self.name)
+        self.alarms = alarms
+        if alarms:
+            reason = block_reason(alarms)
+            for session in list(self.sessions.values()):
+                if session.publishing:  # the others are told when they publish
+                    session.conn.block(reason)
+                    session.on_output()
+        else:
+            cleared, self.alarms_cleared = self.alarms_cleared, trio.Event()
+            for session in list(self.sessions.values()):
+                session.conn.unblock()
+                session.on_output()
+            cleared.set()
 
     async def _tick_connections(self) -> None:
         while True:

@@ -82,7 +82,13 @@ async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  #
 
 async def _read(session: Session, stream: trio.SocketStream) -> None:
     conn = session.conn
+    node = session.node
     while conn.state is not ConnectionState.CLOSED:
+        if node.alarms and session.publishing:
+            # A resource alarm: stop reading from publishers until it clears (RabbitMQ's
+            # flow control); the connection machine pauses its heartbeat monitor meanwhile.
+            await node.alarms_cleared.wait()
+            continue
         try:
             data = await stream.receive_some(RECEIVE_SIZE)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):

@@ -46,6 +46,8 @@ class NodeProcess:
     cookie: str = "TESTCOOKIEABCDEFGHIJ"
     extra_env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    # Settings written to a YAML file passed with --config (e.g. {"heartbeat": 5}).
+    config: dict | None = None
     proc: subprocess.Popen | None = None
 
     @property
@@ -68,7 +70,14 @@ class NodeProcess:
         return env
 
     def command(self) -> list[str]:
-        return [sys.executable, "-c", "from cli.server import main; main()"]
+        cmd = [sys.executable, "-c", "from cli.server import main; main()"]
+        if self.config is not None:
+            import yaml
+
+            path = self.data_dir.parent / f"{self.data_dir.name}.yaml"
+            path.write_text(yaml.safe_dump(self.config))
+            cmd += ["--config", str(path)]
+        return cmd
 
     def start(self, timeout: float = 30.0) -> "NodeProcess":
         if self.log_path is None:
