@@ -138,6 +138,7 @@ class ReceiveTally:
         "duplicates",
         "foreign",
         "last_ns",
+        "subscribed_ns",
         "latencies_ns",
         "keep_latencies",
         "_seen",
@@ -152,6 +153,8 @@ class ReceiveTally:
         # Deliveries whose body is not a message of this run (garbled, or left over).
         self.foreign = 0
         self.last_ns = 0
+        # When the consumer asked for deliveries (a backlog starts flowing then).
+        self.subscribed_ns = 0
         self.latencies_ns: list[int] = []
         self.keep_latencies = keep_latencies
         # publisher id → bitmap of sequences seen.

@@ -422,8 +422,7 @@ async def backlog(url: str, options: Options) -> Measurement:
     publish_seconds = ((pub.settled_ns or pub.last_ns) - pub.first_ns) / 1e9
     m.metrics["publish_per_s"] = pub.acked / publish_seconds if publish_seconds > 0 else math.nan
     receiver = drained.receivers[0]
-    assert drained.window is not None
-    drain_seconds = (receiver.last_ns - drained.window.start_ns) / 1e9
+    drain_seconds = (receiver.last_ns - receiver.subscribed_ns) / 1e9
     m.metrics["drain_per_s"] = result.delivered / drain_seconds if drain_seconds > 0 and result.delivered else 0.0
     m.totals.update(publish_ms=int(publish_seconds * 1000), drain_ms=int(max(0.0, drain_seconds) * 1000))
     return m

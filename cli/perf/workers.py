@@ -53,6 +53,18 @@ async def _run_made(made: list[Publisher | Consumer], window: Window) -> RolesOu
     outcome = RolesOutcome(window=window)
     results: list[Any] = [None] * len(made)
 
+    publishers = [role for role in made if isinstance(role, Publisher)]
+
+    def expected() -> int | None:
+        if not all(p.done for p in publishers):
+            return None
+        return sum(p.tally.sent for p in publishers)
+
+    if publishers:
+        for role in made:
+            if isinstance(role, Consumer):
+                role.expected = expected
+
     async def one(i: int) -> None:
         results[i] = await made[i].run(window)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import trio
 
@@ -100,6 +101,7 @@ class Publisher:
         self.conn: Connection | None = None
         self._space = trio.Event()
         self.error: str | None = None
+        self.done = False
 
     async def setup(self) -> None:
         conn = self.conn = await Connection.open(self.url)
@@ -204,6 +206,9 @@ class Consumer:
         self.tally = ReceiveTally(role.queue, 0, workload.keep_latencies)
         self.conn: Connection | None = None
         self.error: str | None = None
+        # Set by an in-process runner: the total the publishers sent once all are
+        # done (None before), so the consumer can stop as soon as it has them all.
+        self.expected: Callable[[], int | None] = lambda: None
 
     async def setup(self) -> None:
         conn = self.conn = await Connection.open(self.url)
@@ -211,6 +216,7 @@ class Consumer:
         w = self.workload
         if w.prefetch:
             await conn.call(1, spec.BasicQos(0, w.prefetch, False), spec.BasicQosOk)
+        self.tally.subscribed_ns = _monotonic_ns()
         await conn.call(
             1,
             spec.BasicConsume(0, self.role.queue, f"perf-{self.role.index}", False, w.auto_ack, False, False, {}),
@@ -234,8 +240,12 @@ class Consumer:
                 now = _monotonic_ns()
                 if now >= window.drain_until_ns or (stop_after and tally.unique >= stop_after):
                     break
-                if now >= window.end_ns and now - max(tally.last_ns, window.end_ns) >= idle_ns:
-                    break
+                if now >= window.end_ns:
+                    if now - max(tally.last_ns, window.end_ns) >= idle_ns:
+                        break
+                    expected = self.expected()
+                    if expected is not None and tally.unique >= expected:
+                        break
                 frames = None
                 with trio.move_on_after(0.2):
                     frames = await receive()
