@@ -411,7 +411,7 @@ async def backlog(url: str, options: Options) -> Measurement:
                            max_messages=total)
         filled = await run_roles(url, publish, [Role("publish", 1)], options.phase_limit, options.drain, 1)
         pub = filled.publishers[0]
-        drain = Workload(routing_key=queue, auto_ack=False, prefetch=1024, stop_after=pub.sent, idle=10.0)
+        drain = Workload(routing_key=queue, auto_ack=False, prefetch=1024, stop_after=pub.sent, idle=min(10.0, options.drain))
         drained = await run_roles(url, drain, [Role("consume", 1, queue)], 0.0, options.phase_limit, 1)
     finally:
         await _cleanup(url, [queue], [])
