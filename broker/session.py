@@ -502,6 +502,9 @@ class Session:
             if not self._owned_check(channel, q, m):
                 return
             leader = node.leader(vhost, name)
+            if leader is not None:
+                # A passive declare is a use too: it renews x-expires (RabbitMQ's queue stat call).
+                leader.touch(node.now_ms())
             self._reply(channel, m.nowait, spec.QueueDeclareOk(
                 queue=name,
                 message_count=leader.message_count() if leader else 0,
