@@ -1,0 +1,784 @@
+"""The node side of `leveretctl`: one method per control operation.
+
+Each takes the request's args (a msgpack map) and returns plain msgpack-able
+data (dicts, lists, strings, numbers), reading the node through its metadata
+view, queue leaders and sessions, and changing it only by proposing metadata
+commands (so a change is committed through the metadata log like one made by
+a client). Refusals are `ControlError`s carrying the text `rabbitmqctl` prints
+and its exit code; both were taken from RabbitMQ 3.10.8, including their
+inconsistencies (`User "u" does not exist` from delete_user but `User u does
+not exist` from set_permissions; 65 for an unknown vhost in delete_vhost, 69
+in set_permissions).
+
+Rows of `list_*` are dicts with every info item the command knows; the CLI
+picks the columns the operator asked for. Argument tables travel as
+[key, AMQP type, value] triples, the shape rabbitmqctl's JSON shows, so the
+CLI can print either `[{"x-max-length",10}]` or the JSON.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import decimal
+import json
+import logging
+import os
+import platform
+import re
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+
+import psutil
+import trio
+
+from broker import __version__, auth
+from cluster import metadata as md
+from cluster.control import (
+    EX_DATAERR,
+    EX_NOUSER,
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    ControlError,
+)
+from cluster.policy import parse_definition, pcre_error, validate_definition, validate_policy
+
+if TYPE_CHECKING:
+    from broker.node import Node
+    from broker.queue_leader import QueueLeader
+    from broker.session import Session
+
+log = logging.getLogger("leveret.control")
+
+APP_NOT_RUNNING = ("this command requires the 'rabbit' app to be running on the target node. "
+                   "Start it with 'rabbitmqctl start_app'.")
+
+# Operations that work while the app is stopped (they manage the node itself).
+_WITHOUT_APP = frozenset({"ping", "status", "environment", "stop", "stop_app", "start_app", "await_startup"})
+
+_STARTED_AT = time.monotonic()
+
+
+def plain(value: Any) -> Any:
+    """A field-table value made msgpack- and JSON-friendly (RabbitMQ's CLI shows the same)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, _dt.datetime):
+        return int(value.timestamp())
+    return value
+
+
+def typed_table(table: Mapping[str, Any] | None) -> list[list[Any]]:
+    """A field table as [key, AMQP type, value] triples (rabbitmqctl's JSON shape)."""
+    rows = []
+    for key, value in (table or {}).items():
+        kind = md.amqp_type(value)
+        rows.append([key, kind, typed_table(value) if kind == "table" else plain(value)])
+    return rows
+
+
+def _connection_pid(session: "Session") -> str:
+    return session.id.split(" ", 1)[0]
+
+
+def _connection_name(session: "Session") -> str:
+    return f"{session.peer[0]}:{session.peer[1]} -> {session.local[0]}:{session.local[1]}"
+
+
+def _check_regexes(patterns: list[str], user: str, vhost: str) -> None:
+    for pattern in patterns:
+        error = pcre_error(pattern)
+        if error is not None:
+            log.warning("Failed to set permissions for '%s' in virtual host '%s': regular expression '%s' "
+                        "is invalid", user, vhost, pattern)
+            raise ControlError(f"{{:invalid_regexp, '{pattern}', {{'{error[0]}', {error[1]}}}}}", EX_UNAVAILABLE)
+
+
+def _no_such_vhost(vhost: str) -> ControlError:
+    return ControlError(f"Virtual host '{vhost}' does not exist", EX_DATAERR)
+
+
+class ControlHandlers:
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self._methods: dict[str, Callable[[Mapping[str, Any]], Awaitable[Any]]] = {
+            name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")
+        }
+
+    async def handle(self, method: str, args: Mapping[str, Any]) -> Any:
+        op = self._methods.get(method)
+        if op is None:
+            raise ControlError(f"Command '{method}' not found.", EX_USAGE)
+        if method not in _WITHOUT_APP and not self.node.app_running:
+            raise ControlError(APP_NOT_RUNNING, EX_USAGE)
+        return await op(args)
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _propose(self, cmd: md.Command, exit_code: int = EX_SOFTWARE) -> Any:
+        result = await self.node.propose_metadata(cmd)
+        if isinstance(result, md.Refusal):
+            raise ControlError(result.text, exit_code)
+        return result
+
+    def _vhost(self, args: Mapping[str, Any]) -> str:
+        return str(args.get("vhost") or "/")
+
+    def _require_vhost(self, vhost: str, error: ControlError | None = None) -> None:
+        if self.node.metadata.vhost(vhost) is None:
+            raise error or _no_such_vhost(vhost)
+
+    # ------------------------------------------------------------------ node
+
+    async def op_ping(self, args: Mapping[str, Any]) -> Any:
+        return "pong"
+
+    async def op_status(self, args: Mapping[str, Any]) -> Any:
+        node = self.node
+        s = node.settings
+        proc = psutil.Process()
+        try:
+            disk_free = psutil.disk_usage(str(Path(s.data_dir).resolve())).free
+        except OSError:
+            disk_free = None
+        meta = node.metadata
+        return {
+            "pid": os.getpid(),
+            "os": platform.system(),
+            "uptime": int(time.monotonic() - _STARTED_AT),
+            "product_name": "Leveret",
+            "product_version": __version__,
+            "node_name": node.name,
+            "runtime": f"Python {platform.python_version()} ({sys.implementation.name})",
+            "app_running": node.app_running,
+            "data_directory": str(Path(s.data_dir).resolve()),
+            "config_files": [s.config_file] if s.config_file else [],
+            "alarms": list(self._alarms()),
+            "memory_used": proc.memory_info().rss,
+            "memory_calculation_strategy": "rss",
+            "vm_memory_high_watermark": (
+                {"relative": s.vm_memory_high_watermark.relative}
+                if s.vm_memory_high_watermark.relative is not None
+                else {"absolute": s.vm_memory_high_watermark.absolute}),
+            "disk_free_limit": s.disk_free_limit.absolute,
+            "disk_free": disk_free,
+            "file_descriptors": proc.num_fds() if hasattr(proc, "num_fds") else None,
+            "connection_count": len(node.sessions),
+            "queue_count": sum(len(meta.queues(v.name)) for v in meta.vhosts()),
+            "virtual_host_count": len(meta.vhosts()),
+            "listeners": [
+                {"node": node.name, "protocol": proto, "interface": host, "port": port,
+                 "purpose": "inter-node and CLI tool communication" if proto == "clustering"
+                 else "AMQP 0-9-1"}
+                for proto, host, port in node.listeners
+                if proto != "amqp" or node.app_running
+            ],
+        }
+
+    def _alarms(self) -> list[str]:
+        alarms = getattr(self.node, "alarms", None)
+        if not alarms:
+            return []
+        return sorted(str(a) for a in alarms)
+
+    async def op_environment(self, args: Mapping[str, Any]) -> Any:
+        s = self.node.settings
+        env = {}
+        for name in type(s).__dataclass_fields__:
+            if name == "cookie":
+                continue  # never shown, like Erlang's cookie
+            value = getattr(s, name)
+            if hasattr(value, "__dataclass_fields__"):
+                value = {k: getattr(value, k) for k in type(value).__dataclass_fields__}
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            env[name] = value
+        return {"leveret": env}
+
+    async def op_report(self, args: Mapping[str, Any]) -> Any:
+        report: dict[str, Any] = {
+            "status": await self.op_status(args),
+            "connections": await self.op_list_connections(args),
+            "channels": await self.op_list_channels(args),
+            "vhosts": [],
+        }
+        for vhost in self.node.metadata.vhosts():
+            per = {"vhost": vhost.name}
+            for name, op in (("queues", self.op_list_queues), ("exchanges", self.op_list_exchanges),
+                             ("bindings", self.op_list_bindings), ("consumers", self.op_list_consumers),
+                             ("permissions", self.op_list_permissions), ("policies", self.op_list_policies)):
+                per[name] = await op({"vhost": vhost.name})
+            report["vhosts"].append(per)
+        return report
+
+    async def op_stop(self, args: Mapping[str, Any]) -> Any:
+        # Answer first, then stop the way SIGTERM does (connections closed with 320 first).
+        async def stop_soon() -> None:
+            await trio.sleep(0.1)
+            log.info("stop requested by %s", args.get("by", "leveretctl"))
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        assert self.node._nursery is not None
+        self.node._nursery.start_soon(stop_soon)
+        return os.getpid()
+
+    async def op_stop_app(self, args: Mapping[str, Any]) -> Any:
+        log.info("stopping the AMQP application on request of leveretctl")
+        await self.node.stop_app()
+        return None
+
+    async def op_start_app(self, args: Mapping[str, Any]) -> Any:
+        log.info("starting the AMQP application on request of leveretctl")
+        await self.node.start_app()
+        return None
+
+    async def op_await_startup(self, args: Mapping[str, Any]) -> Any:
+        timeout = float(args.get("timeout") or 300)
+        with trio.move_on_after(timeout):
+            await self.node.started.wait()
+            while not self.node.app_running:
+                await trio.sleep(0.05)
+            return None
+        raise ControlError(f"Error: operation await_startup on node {self.node.name} timed out. "
+                           f"Timeout value used: {int(timeout * 1000)}", EX_TEMPFAIL)
+
+    # ------------------------------------------------------------------ users
+
+    def _user_exists(self, name: str, *, quoted: bool = True) -> md.UserRecord:
+        user = self.node.metadata.user(name)
+        if user is None:
+            raise ControlError(f'User "{name}" does not exist' if quoted else f"User {name} does not exist",
+                               EX_NOUSER)
+        return user
+
+    async def op_add_user(self, args: Mapping[str, Any]) -> Any:
+        name, password = str(args["name"]), str(args["password"])
+        if self.node.metadata.user(name) is not None:
+            raise ControlError(f'User "{name}" already exists', EX_SOFTWARE)
+        await self._propose(md.AddUser(name, auth.hash_password(password) if password else "",
+                                       tags=tuple(args.get("tags") or ())))
+        return None
+
+    async def op_delete_user(self, args: Mapping[str, Any]) -> Any:
+        name = str(args["name"])
+        self._user_exists(name)
+        await self._propose(md.DeleteUser(name), EX_NOUSER)
+        return None
+
+    async def op_change_password(self, args: Mapping[str, Any]) -> Any:
+        name = str(args["name"])
+        self._user_exists(name)
+        await self._propose(md.ChangePassword(name, auth.hash_password(str(args["password"]))), EX_NOUSER)
+        return None
+
+    async def op_clear_password(self, args: Mapping[str, Any]) -> Any:
+        name = str(args["name"])
+        self._user_exists(name)
+        # An empty hash matches no password: the user can no longer log in with one.
+        await self._propose(md.ChangePassword(name, ""), EX_NOUSER)
+        return None
+
+    async def op_authenticate_user(self, args: Mapping[str, Any]) -> Any:
+        name, password = str(args["name"]), str(args["password"])
+        user = self.node.metadata.user(name)
+        if password == "" or user is None or not auth.check_password(
+                user.password_hash, user.hashing_algorithm, password):
+            raise ControlError(f'Error: failed to authenticate user "{name}"\nuser \'{name}\' - invalid credentials',
+                               EX_DATAERR)
+        return {"user": name, "tags": list(auth.user_tags(user))}
+
+    async def op_set_user_tags(self, args: Mapping[str, Any]) -> Any:
+        name = str(args["name"])
+        self._user_exists(name)
+        await self._propose(md.SetUserTags(name, tuple(str(t) for t in args.get("tags") or ())), EX_NOUSER)
+        return None
+
+    async def op_list_users(self, args: Mapping[str, Any]) -> Any:
+        return [{"user": u.name, "tags": list(auth.user_tags(u))} for u in self.node.metadata.users()]
+
+    # ------------------------------------------------------------------ vhosts
+
+    async def op_add_vhost(self, args: Mapping[str, Any]) -> Any:
+        name = str(args["name"])
+        await self._propose(md.AddVhost(name, str(args.get("description") or ""),
+                                        tuple(args.get("tags") or ()), args.get("default_queue_type")))
+        return None
+
+    async def op_delete_vhost(self, args: Mapping[str, Any]) -> Any:
+        name = str(args["name"])
+        self._require_vhost(name)
+        await self._propose(md.DeleteVhost(name), EX_DATAERR)
+        return None
+
+    async def op_list_vhosts(self, args: Mapping[str, Any]) -> Any:
+        return [{
+            "name": v.name,
+            "description": v.description,
+            "tags": list(v.tags),
+            "default_queue_type": v.default_queue_type or "undefined",
+            "cluster_state": {self.node.name: "running"},
+            "tracing": False,
+        } for v in self.node.metadata.vhosts()]
+
+    # ------------------------------------------------------------------ permissions
+
+    def _user_then_vhost(self, user: str, vhost: str) -> None:
+        # set_permissions' texts: no quotes, vhost 69, user 67.
+        self._user_exists(user, quoted=False)
+        self._require_vhost(vhost, ControlError(f"Virtual host {vhost} does not exist", EX_UNAVAILABLE))
+
+    async def op_set_permissions(self, args: Mapping[str, Any]) -> Any:
+        vhost, user = self._vhost(args), str(args["user"])
+        self._user_then_vhost(user, vhost)
+        regexes = [str(args["configure"]), str(args["write"]), str(args["read"])]
+        _check_regexes(regexes, user, vhost)
+        await self._propose(md.SetPermissions(vhost, user, *regexes), EX_UNAVAILABLE)
+        return None
+
+    async def op_clear_permissions(self, args: Mapping[str, Any]) -> Any:
+        vhost, user = self._vhost(args), str(args["user"])
+        self._user_then_vhost(user, vhost)
+        await self._propose(md.ClearPermissions(vhost, user), EX_UNAVAILABLE)
+        return None
+
+    async def op_list_permissions(self, args: Mapping[str, Any]) -> Any:
+        vhost = self._vhost(args)
+        self._require_vhost(vhost)
+        return [{"user": p.user, "configure": p.configure, "write": p.write, "read": p.read}
+                for p in self.node.metadata.permissions(vhost=vhost)]
+
+    async def op_list_user_permissions(self, args: Mapping[str, Any]) -> Any:
+        user = str(args["user"])
+        if self.node.metadata.user(user) is None:
+            raise ControlError(f'{{:no_such_user, "{user}"}}', EX_UNAVAILABLE)
+        return [{"vhost": p.vhost, "configure": p.configure, "write": p.write, "read": p.read}
+                for p in self.node.metadata.permissions(user=user)]
+
+    async def op_set_topic_permissions(self, args: Mapping[str, Any]) -> Any:
+        vhost, user = self._vhost(args), str(args["user"])
+        self._user_then_vhost(user, vhost)
+        regexes = [str(args["write"]), str(args["read"])]
+        _check_regexes(regexes, user, vhost)
+        await self._propose(md.SetTopicPermissions(vhost, user, str(args["exchange"]), *regexes), EX_UNAVAILABLE)
+        return None
+
+    async def op_clear_topic_permissions(self, args: Mapping[str, Any]) -> Any:
+        vhost, user = self._vhost(args), str(args["user"])
+        self._user_then_vhost(user, vhost)
+        exchange = args.get("exchange")
+        await self._propose(md.ClearTopicPermissions(vhost, user, str(exchange) if exchange else None),
+                            EX_UNAVAILABLE)
+        return None
+
+    async def op_list_topic_permissions(self, args: Mapping[str, Any]) -> Any:
+        vhost = self._vhost(args)
+        self._require_vhost(vhost)
+        return [{"user": p.user, "exchange": p.exchange, "write": p.write, "read": p.read}
+                for p in self.node.metadata.topic_permissions(vhost=vhost)]
+
+    async def op_list_user_topic_permissions(self, args: Mapping[str, Any]) -> Any:
+        user = str(args["user"])
+        if self.node.metadata.user(user) is None:
+            raise ControlError(f'{{:no_such_user, "{user}"}}', EX_UNAVAILABLE)
+        return [{"vhost": p.vhost, "exchange": p.exchange, "write": p.write, "read": p.read}
+                for p in self.node.metadata.topic_permissions(user=user)]
+
+    # ------------------------------------------------------------------ policies
+
+    async def op_set_policy(self, args: Mapping[str, Any]) -> Any:
+        vhost = self._vhost(args)
+        parsed = parse_definition(str(args["definition"]))
+        if not isinstance(parsed, dict) and not parsed.validation:
+            raise ControlError(parsed.message(), EX_UNAVAILABLE)
+        self._require_vhost(vhost)
+        apply_to = str(args.get("apply_to") or "all")
+        pattern = str(args["pattern"])
+        invalid = validate_policy(pattern, apply_to, json.loads(str(args["definition"])))
+        if invalid is not None:
+            raise ControlError(invalid.message(), EX_UNAVAILABLE)
+        assert isinstance(parsed, dict)
+        await self._propose(md.SetPolicy(vhost, str(args["name"]), pattern, apply_to, parsed,
+                                         int(args.get("priority") or 0)), EX_UNAVAILABLE)
+        return None
+
+    async def op_clear_policy(self, args: Mapping[str, Any]) -> Any:
+        vhost = self._vhost(args)
+        name = str(args["name"])
+        if self.node.metadata.policy(vhost, name) is None:
+            raise ControlError("Parameter does not exist", EX_UNAVAILABLE)
+        await self._propose(md.ClearPolicy(vhost, name), EX_UNAVAILABLE)
+        return None
+
+    async def op_list_policies(self, args: Mapping[str, Any]) -> Any:
+        vhost = self._vhost(args)
+        self._require_vhost(vhost)
+        return [self._policy_row(p) for p in self.node.metadata.policies(vhost)]
+
+    @staticmethod
+    def _policy_row(p: md.PolicyRecord) -> dict[str, Any]:
+        return {"vhost": p.vhost, "name": p.name, "pattern": p.pattern, "apply-to": p.apply_to,
+                "definition": json.dumps(plain(p.definition), sort_keys=True, separators=(",", ":")),
+                "priority": p.priority}
+
+    # ------------------------------------------------------------------ inspection
+
+    async def op_list_queues(self, args: Mapping[str, Any]) -> Any:
+        vhost = self._vhost(args)
+        meta = self.node.metadata
+        rows = []
+        for q in meta.queues(vhost):
+            leader = self.node.leaders.get((q.vhost, q.name))
+            policy = meta.effective_policy(q.vhost, q.name, "queue")
+            rows.append(self._queue_row(q, leader, policy))
+        return rows
+
+    def _queue_row(self, q: md.QueueRecord, leader: "QueueLeader | None", policy: md.PolicyRecord | None) -> dict:
+        stats = leader.state.statistics() if leader is not None else {}
+        ready = stats.get("messages_ready", 0)
+        unacked = stats.get("messages_unacknowledged", 0)
+        bytes_ready = stats.get("message_bytes_ready", 0)
+        bytes_unacked = stats.get("message_bytes_unacknowledged", 0)
+        active = leader.consumers.active() if leader is not None else None
+        exclusive_consumer = None
+        if leader is not None:
+            exclusive_consumer = next((c for c in leader.consumers if c.exclusive), None)
+        owner = None
+        if q.exclusive_owner is not None:
+            owner = q.exclusive_owner.split(" ", 1)[0]
+        return {
+            "name": q.name,
+            "durable": q.durable,
+            "auto_delete": q.auto_delete,
+            "exclusive": q.exclusive_owner is not None,
+            "arguments": typed_table(q.arguments),
+            "policy": policy.name if policy else "",
+            "messages": ready + unacked,
+            "messages_ready": ready,
+            "messages_unacknowledged": unacked,
+            "message_bytes": bytes_ready + bytes_unacked,
+            "message_bytes_ready": bytes_ready,
+            "message_bytes_unacknowledged": bytes_unacked,
+            "messages_persistent": 0 if leader is None else len(leader._persisted),
+            "consumers": leader.consumer_count() if leader is not None else 0,
+            "consumer_utilisation": "",
+            # Payload plus a per-message bookkeeping estimate: Python has no per-queue heap.
+            "memory": 2048 + bytes_ready + bytes_unacked + 256 * (ready + unacked),
+            "state": "running" if leader is not None else "down",
+            "node": q.node,
+            "leader": q.node,
+            "members": [q.node],
+            "type": q.type,
+            "pid": f"<{q.node}.{q.vhost}.{q.name}>",
+            "owner_pid": owner or "",
+            "exclusive_consumer_tag": exclusive_consumer.tag if exclusive_consumer else "",
+            "single_active_consumer_tag": active.tag if active else "",
+            "online": leader is not None,
+        }
+
+    async def op_list_exchanges(self, args: Mapping[str, Any]) -> Any:
+        vhost = self._vhost(args)
+        meta = self.node.metadata
+        rows = []
+        for x in meta.exchanges(vhost):
+            policy = meta.effective_policy(x.vhost, x.name, "exchange")
+            rows.append({"name": x.name, "type": x.type, "durable": x.durable, "auto_delete": x.auto_delete,
+                         "internal": x.internal, "arguments": typed_table(x.arguments),
+                         "policy": policy.name if policy else ""})
+        return rows
+
+    async def op_list_bindings(self, args: Mapping[str, Any]) -> Any:
+        vhost = self._vhost(args)
+        meta = self.node.metadata
+        rows = []
+        # The default exchange's implicit bindings come first, as RabbitMQ lists them.
+        for q in meta.queues(vhost):
+            rows.append({"source_name": "", "source_kind": "exchange", "destination_name": q.name,
+                         "destination_kind": "queue", "routing_key": q.name, "arguments": []})
+        for b in meta.bindings(vhost):
+            rows.append({"source_name": b.source, "source_kind": "exchange", "destination_name": b.destination,
+                         "destination_kind": b.destination_kind, "routing_key": b.routing_key,
+                         "arguments": typed_table(b.arguments)})
+        return rows
+
+    def _open_sessions(self) -> list["Session"]:
+        return [s for s in self.node.sessions.values() if not s.closed]
+
+    async def op_list_connections(self, args: Mapping[str, Any]) -> Any:
+        rows = []
+        for s in self._open_sessions():
+            conn = s.conn
+            rows.append({
+                "pid": _connection_pid(s),
+                "name": _connection_name(s),
+                "port": s.local[1],
+                "host": s.local[0],
+                "peer_port": s.peer[1],
+                "peer_host": s.peer[0],
+                "ssl": False,
+                "protocol": "AMQP 0-9-1",
+                "auth_mechanism": conn.mechanism or "",
+                "user": s.username or "",
+                "vhost": s.vhost,
+                "timeout": conn.heartbeat,
+                "frame_max": conn.frame_max,
+                "channel_max": conn.channel_max,
+                "client_properties": typed_table(conn.client_properties),
+                "connected_at": s.connected_at,
+                "state": "blocked" if conn.blocked else "running",
+                "channels": len(conn.channels),
+                "send_pend": conn.pending_output,
+            })
+        return rows
+
+    async def op_list_channels(self, args: Mapping[str, Any]) -> Any:
+        rows = []
+        for s in self._open_sessions():
+            for number, ch in s.conn.channels.items():
+                rows.append({
+                    "pid": f"{_connection_pid(s)[:-1]}.{number}>",
+                    "connection": _connection_pid(s),
+                    "name": f"{_connection_name(s)} ({number})",
+                    "number": number,
+                    "user": s.username or "",
+                    "vhost": s.vhost,
+                    "transactional": ch.tx.name != "NONE",
+                    "confirm": ch.confirm_mode,
+                    "consumer_count": len(ch.consumers),
+                    "messages_unacknowledged": len(ch.unacked),
+                    "messages_unconfirmed": 0,
+                    "messages_uncommitted": 0,
+                    "acks_uncommitted": 0,
+                    "prefetch_count": ch.consumer_prefetch,
+                    "global_prefetch_count": ch.channel_prefetch,
+                })
+        return rows
+
+    async def op_list_consumers(self, args: Mapping[str, Any]) -> Any:
+        vhost = self._vhost(args)
+        rows = []
+        for q in self.node.metadata.queues(vhost):
+            leader = self.node.leaders.get((q.vhost, q.name))
+            if leader is None:
+                continue
+            active = leader.consumers.active()
+            for c in leader.consumers:
+                ref = leader.refs.get(c.name)
+                if ref is None:
+                    continue
+                ch = ref.session.conn.channel(ref.channel)
+                is_active = active is None or active is c
+                rows.append({
+                    "queue_name": q.name,
+                    "channel_pid": f"{_connection_pid(ref.session)[:-1]}.{ref.channel}>",
+                    "consumer_tag": c.tag,
+                    "ack_required": not ref.no_ack,
+                    "prefetch_count": ch.consumer_prefetch if ch is not None else 0,
+                    "active": is_active,
+                    "activity_status": ("single_active" if active is not None else "up") if is_active
+                    else "waiting",
+                    "arguments": typed_table({"x-priority": c.priority} if c.priority else {}),
+                })
+        return rows
+
+    # ------------------------------------------------------------------ operations
+
+    async def op_purge_queue(self, args: Mapping[str, Any]) -> Any:
+        vhost, name = self._vhost(args), str(args["name"])
+        leader = self.node.leaders.get((vhost, name))
+        if self.node.metadata.queue(vhost, name) is None or leader is None:
+            raise ControlError("not_found", EX_UNAVAILABLE)
+        return leader.purge(self.node.now_ms())
+
+    async def op_delete_queue(self, args: Mapping[str, Any]) -> Any:
+        vhost, name = self._vhost(args), str(args["name"])
+        q = self.node.metadata.queue(vhost, name)
+        if q is None:
+            raise ControlError("Queue not found", EX_USAGE)
+        leader = self.node.leaders.get((vhost, name))
+        ready = leader.message_count() if leader is not None else 0
+        if args.get("if_empty") and leader is not None and leader.state.messages:
+            raise ControlError(f"Queue '{name}' in vhost '{vhost}' is not empty", EX_USAGE)
+        if args.get("if_unused") and leader is not None and leader.consumer_count():
+            raise ControlError(f"Queue '{name}' in vhost '{vhost}' is in use", EX_USAGE)
+        await self._propose(md.DeleteQueue(vhost, name, None))
+        return ready
+
+    def _find_connection(self, ident: str) -> "Session | None":
+        for s in self._open_sessions():
+            if ident in (_connection_pid(s), _connection_name(s), s.id):
+                return s
+        return None
+
+    async def op_close_connection(self, args: Mapping[str, Any]) -> Any:
+        ident, reason = str(args["connection"]), str(args.get("reason") or "")
+        session = self._find_connection(ident)
+        if session is None:
+            raise ControlError(f'{{:invalid_pid_syntax, "{ident}"}}' if not re.fullmatch(r"<[^>]+>", ident)
+                               else f"Connection {ident} not found", EX_UNAVAILABLE)
+        log.info("closing connection %s on request of leveretctl: %s", session.id, reason)
+        session.force_close(320, f"CONNECTION_FORCED - {reason}")
+        return None
+
+    async def op_close_all_connections(self, args: Mapping[str, Any]) -> Any:
+        reason = str(args.get("reason") or "")
+        vhost = args.get("vhost")
+        limit = args.get("limit")
+        closed = 0
+        for s in self._open_sessions():
+            if vhost is not None and s.vhost != vhost:
+                continue
+            if limit is not None and closed >= int(limit):
+                break
+            s.force_close(320, f"CONNECTION_FORCED - {reason}")
+            closed += 1
+        return closed
+
+    # ------------------------------------------------------------------ definitions
+
+    async def op_export_definitions(self, args: Mapping[str, Any]) -> Any:
+        meta = self.node.metadata
+        vhosts = meta.vhosts()
+        return {
+            "rabbit_version": __version__,
+            "leveret_version": __version__,
+            "users": [{"name": u.name, "password_hash": u.password_hash, "hashing_algorithm": u.hashing_algorithm,
+                       "tags": list(auth.user_tags(u)), "limits": {}} for u in meta.users()],
+            "vhosts": [{"name": v.name, "limits": [],
+                        "metadata": {"description": v.description, "tags": list(v.tags)}} for v in vhosts],
+            "permissions": [{"user": p.user, "vhost": p.vhost, "configure": p.configure, "write": p.write,
+                             "read": p.read} for p in meta.permissions()],
+            "topic_permissions": [{"user": p.user, "vhost": p.vhost, "exchange": p.exchange, "write": p.write,
+                                   "read": p.read} for p in meta.topic_permissions()],
+            "parameters": [],
+            "global_parameters": [],
+            "policies": [{"vhost": p.vhost, "name": p.name, "pattern": p.pattern, "apply-to": p.apply_to,
+                          "definition": plain(p.definition), "priority": p.priority} for p in meta.policies()],
+            # Exclusive queues belong to a connection and are not definitions (rabbit_definitions).
+            "queues": [{"name": q.name, "vhost": q.vhost, "durable": q.durable, "auto_delete": q.auto_delete,
+                        "type": q.type, "arguments": plain(q.arguments)}
+                       for v in vhosts for q in meta.queues(v.name) if q.exclusive_owner is None],
+            "exchanges": [{"name": x.name, "vhost": x.vhost, "type": x.type, "durable": x.durable,
+                           "auto_delete": x.auto_delete, "internal": x.internal, "arguments": plain(x.arguments)}
+                          for v in vhosts for x in meta.exchanges(v.name)
+                          if x.name and not x.name.startswith("amq.")],
+            "bindings": [{"source": b.source, "vhost": b.vhost, "destination": b.destination,
+                          "destination_type": b.destination_kind, "routing_key": b.routing_key,
+                          "arguments": plain(b.arguments)}
+                         for v in vhosts for b in meta.bindings(v.name)],
+        }
+
+    async def op_import_definitions(self, args: Mapping[str, Any]) -> Any:
+        defs = args.get("definitions")
+        if not isinstance(defs, Mapping):
+            raise ControlError("Failed to import definitions: not a JSON object", EX_DATAERR)
+        try:
+            commands = import_commands(defs, self.node.name, self.node.metadata)
+        except ValueError as exc:
+            raise ControlError(f"Failed to import definitions: {exc}", EX_DATAERR) from None
+        counts: dict[str, int] = {}
+        for kind, cmd in commands:
+            result = await self.node.propose_metadata(cmd)
+            if isinstance(result, md.Refusal):
+                raise ControlError(f"Failed to import definitions: {kind}: {result.text}", EX_DATAERR)
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+
+# --------------------------------------------------------------------------- definitions import
+
+
+def _tags(value: Any) -> tuple[str, ...]:
+    # RabbitMQ < 3.10 exported tags as "a,b"; an empty vhost tag list is exported as "".
+    if isinstance(value, str):
+        return tuple(t.strip() for t in value.split(",") if t.strip())
+    return tuple(str(t) for t in value or ())
+
+
+def _need(item: Mapping[str, Any], kind: str, *keys: str) -> None:
+    for key in keys:
+        if key not in item:
+            raise ValueError(f"{kind} {json.dumps(plain(dict(item)))[:200]} has no '{key}'")
+
+
+def import_commands(defs: Mapping[str, Any], node_name: str,
+                    meta: md.MetadataState) -> list[tuple[str, md.Command]]:
+    """The metadata commands that import a RabbitMQ definitions document, in RabbitMQ's
+    order (rabbit_definitions: users, vhosts, permissions, topic permissions, policies,
+    queues, exchanges, bindings). Existing users are updated; the rest is idempotent.
+    Raises ValueError for a malformed document."""
+    out: list[tuple[str, md.Command]] = []
+    for u in defs.get("users") or []:
+        _need(u, "user", "name")
+        name = str(u["name"])
+        if "password_hash" in u:
+            password_hash = str(u["password_hash"])
+            algorithm = str(u.get("hashing_algorithm") or "rabbit_password_hashing_md5")
+        else:
+            password_hash = auth.hash_password(str(u.get("password") or ""))
+            algorithm = "rabbit_password_hashing_sha256"
+        if not auth.is_known_hashing_algorithm(algorithm):
+            raise ValueError(f"user '{name}' has unknown hashing algorithm '{algorithm}'")
+        if meta.user(name) is None:
+            out.append(("users", md.AddUser(name, password_hash, algorithm, _tags(u.get("tags")))))
+        else:
+            out.append(("users", md.ChangePassword(name, password_hash, algorithm)))
+            out.append(("users", md.SetUserTags(name, _tags(u.get("tags")))))
+    for v in defs.get("vhosts") or []:
+        _need(v, "vhost", "name")
+        metadata = v.get("metadata") or {}
+        out.append(("vhosts", md.AddVhost(str(v["name"]), str(metadata.get("description") or v.get("description") or ""),
+                                          _tags(metadata.get("tags", v.get("tags"))),
+                                          metadata.get("default_queue_type"))))
+    for p in defs.get("permissions") or []:
+        _need(p, "permission", "user", "vhost", "configure", "write", "read")
+        for pattern in (p["configure"], p["write"], p["read"]):
+            if pcre_error(str(pattern)):
+                raise ValueError(f"permission regex '{pattern}' is invalid")
+        out.append(("permissions", md.SetPermissions(str(p["vhost"]), str(p["user"]), str(p["configure"]),
+                                                     str(p["write"]), str(p["read"]))))
+    for p in defs.get("topic_permissions") or []:
+        _need(p, "topic permission", "user", "vhost", "exchange", "write", "read")
+        out.append(("topic_permissions", md.SetTopicPermissions(str(p["vhost"]), str(p["user"]), str(p["exchange"]),
+                                                                str(p["write"]), str(p["read"]))))
+    for p in defs.get("policies") or []:
+        _need(p, "policy", "vhost", "name", "pattern", "definition")
+        apply_to = str(p.get("apply-to") or "all")
+        invalid = validate_policy(str(p["pattern"]), apply_to, p["definition"])
+        if invalid is not None:
+            raise ValueError(f"policy '{p['name']}' in vhost '{p['vhost']}': {invalid.text}")
+        out.append(("policies", md.SetPolicy(str(p["vhost"]), str(p["name"]), str(p["pattern"]), apply_to,
+                                             dict(p["definition"]), int(p.get("priority") or 0))))
+    for q in defs.get("queues") or []:
+        _need(q, "queue", "name", "vhost")
+        arguments = dict(q.get("arguments") or {})
+        queue_type = str(q.get("type") or arguments.get("x-queue-type") or "classic")
+        out.append(("queues", md.DeclareQueue(str(q["vhost"]), str(q["name"]), bool(q.get("durable", True)),
+                                              bool(q.get("auto_delete", False)), None, arguments, node_name,
+                                              queue_type)))
+    for x in defs.get("exchanges") or []:
+        _need(x, "exchange", "name", "vhost", "type")
+        name = str(x["name"])
+        if not name or name.startswith("amq."):
+            continue  # every vhost has these already
+        out.append(("exchanges", md.DeclareExchange(str(x["vhost"]), name, str(x["type"]),
+                                                    bool(x.get("durable", True)), bool(x.get("auto_delete", False)),
+                                                    bool(x.get("internal", False)), dict(x.get("arguments") or {}))))
+    for b in defs.get("bindings") or []:
+        _need(b, "binding", "source", "vhost", "destination", "destination_type")
+        out.append(("bindings", md.Bind(str(b["vhost"]), str(b["source"]), str(b["destination"]),
+                                        str(b["destination_type"]), str(b.get("routing_key") or ""),
+                                        dict(b.get("arguments") or {}))))
+    return out

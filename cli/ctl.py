@@ -1,0 +1,357 @@
+"""`leveretctl`: rabbitmqctl's commands, arguments, output shapes and exit codes, for Leveret.
+
+    leveretctl [-n NODE] [--port PORT] [-q] [-s] [-t SECONDS] [-p VHOST]
+               [--formatter table|json] [--no-table-headers] COMMAND [ARGS...]
+
+Options may come before or after the command, as with rabbitmqctl. The node
+is `-n` (default $LEVERET_NODENAME, else leveret@<short hostname>); it is
+reached at the host part of its name, on `--port` (default
+$LEVERET_DIST_PORT, else 25672), and the cookie is $LEVERET_COOKIE or
+~/.leveret.cookie. Each command is one authenticated control request
+(`cluster.control`); the node answers with data or with RabbitMQ's error text
+and the exit code rabbitmqctl uses (64 usage, 65 data, 67 no such user, 69
+unavailable, 70 software, 75 timeout).
+
+The command table is `cli.ctl_commands`; cell and JSON rendering is
+`cli.ctl_format`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import trio
+
+from cluster.control import (
+    EX_SOFTWARE,
+    EX_TEMPFAIL,
+    EX_UNAVAILABLE,
+    EX_USAGE,
+    client_name,
+    control_call,
+)
+from cluster.cookie import CookieError, cookie_hash, load_cookie
+from cluster.peer import HandshakeFailed, RemoteError
+
+DEFAULT_DIST_PORT = 25672
+EX_CONFIG = 78
+GLOBAL_USAGE = "leveretctl [--node <node>] [--longnames] [--quiet]"
+
+
+class Exit(Exception):
+    """Stop with this exit code (whatever had to be printed has been)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@dataclass
+class Options:
+    node: str
+    port: int
+    quiet: bool = False
+    silent: bool = False
+    timeout: float | None = None
+    vhost: str = "/"
+    vhost_given: bool = False
+    formatter: str = "table"
+    headers: bool = True
+    cookie: str | None = None
+    command_options: dict[str, Any] = field(default_factory=dict)
+
+
+def default_node() -> str:
+    return os.environ.get("LEVERET_NODENAME") or f"leveret@{socket.gethostname().split('.')[0]}"
+
+
+def default_port() -> int:
+    value = os.environ.get("LEVERET_DIST_PORT", "")
+    return int(value) if value.isdigit() else DEFAULT_DIST_PORT
+
+
+class Context:
+    """What a command sees: the parsed options, output helpers and `call`."""
+
+    def __init__(self, options: Options, command: str, argv: list[str]) -> None:
+        self.options = options
+        self.command = command
+        self.argv = argv
+
+    # ------------------------------------------------------------------ output
+
+    def info(self, text: str) -> None:
+        """An informational line, suppressed by -q / -s."""
+        # rabbitmqctl's JSON formatter prints nothing but the document.
+        if not (self.options.quiet or self.options.silent or self.options.formatter == "json"):
+            print(text, flush=True)
+
+    def out(self, text: str) -> None:
+        print(text, flush=True)
+
+    def error(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def usage_error(self, problem: str, code: int = EX_USAGE) -> NoReturn:
+        from cli.ctl_commands import COMMANDS
+
+        self.error(f"Error (argument validation): {problem}")
+        self._usage_tail(COMMANDS[self.command].usage if self.command in COMMANDS else "<command>")
+        raise Exit(code)
+
+    def _usage_tail(self, usage: str) -> None:
+        self.error("Arguments given:\n\t" + " ".join(self.argv) + "\n\nUsage\n")
+        self.error(f"{GLOBAL_USAGE} {usage}")
+
+    # ------------------------------------------------------------------ calls
+
+    @property
+    def host(self) -> str:
+        return self.options.node.split("@", 1)[1] if "@" in self.options.node else "localhost"
+
+    def call(self, method: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+        """One control request; the result, or (printing rabbitmqctl's error) Exit."""
+        opts = self.options
+        cookie = opts.cookie or self._cookie()
+        limit = timeout if timeout is not None else opts.timeout
+
+        async def run() -> Any:
+            if limit is None:
+                return await control_call(self.host, opts.port, opts.node, method, args or {}, cookie=cookie)
+            with trio.move_on_after(limit):
+                return await control_call(self.host, opts.port, opts.node, method, args or {}, cookie=cookie,
+                                          connect_timeout=max(limit, 0.001))
+            return _TIMED_OUT
+
+        try:
+            reply = trio.run(run)
+        except HandshakeFailed as exc:
+            self._diagnostics(cookie, f"TCP connection to {self.host}:{opts.port} succeeded but authentication "
+                                      f"failed: {exc.refusal.reason}", [
+                "check if the cookie is identical for all server nodes and CLI tools",
+                "check if all server nodes and CLI tools use consistent hostnames when addressing each other",
+            ])
+        except trio.TooSlowError:
+            self._diagnostics(cookie, f"no TCP connection to {self.host}:{opts.port} within the timeout",
+                              ["check the node's address, port and firewall"])
+        except OSError as exc:
+            self._diagnostics(cookie, f"TCP connection to {self.host}:{opts.port} failed: "
+                                      f"{exc.strerror or exc}", ["start the node"])
+        except RemoteError as exc:
+            self.error(f"Error:\nInternal error on node {opts.node}: {exc}")
+            raise Exit(EX_SOFTWARE) from None
+        if reply is _TIMED_OUT:
+            shown = int((limit or 0) * 1000) if limit else 0
+            self.error(f"Error: operation {self.command} on node {opts.node} timed out. Timeout value used: {shown}")
+            raise Exit(EX_TEMPFAIL)
+        if reply.get("ok"):
+            return reply.get("result")
+        self._refused(str(reply.get("error")), int(reply.get("exit_code") or EX_SOFTWARE))
+
+    def _refused(self, text: str, code: int) -> NoReturn:
+        from cli.ctl_commands import COMMANDS
+
+        if text.startswith("this command requires"):
+            self.error(f"Error: {text}")
+            self._usage_tail(COMMANDS[self.command].usage)
+        elif text.startswith(("Error: operation", "Virtual host '")):
+            self.error(text)
+        else:
+            self.error(f"Error:\n{text}")
+        raise Exit(code)
+
+    def _cookie(self) -> str:
+        try:
+            return load_cookie(os.environ, Path.home())
+        except CookieError as exc:
+            self.error(f"Error: {exc}")
+            raise Exit(EX_CONFIG) from None
+
+    def _diagnostics(self, cookie: str, what: str, suggestions: list[str]) -> NoReturn:
+        node = self.options.node
+        lines = [
+            f"Error: unable to perform an operation on node '{node}'. "
+            "Please see diagnostics information and suggestions below.",
+            "",
+            "Most common reasons for this are:",
+            "",
+            " * Target node is unreachable (e.g. due to hostname resolution, TCP connection or firewall issues)",
+            " * CLI tool fails to authenticate with the server (e.g. due to CLI tool's cookie not matching "
+            "that of the server)",
+            " * Target node is not running",
+            "",
+            "In addition to the diagnostics info below:",
+            "",
+            " * See docs/cli.md to learn more",
+            f" * Consult server logs on node {node}",
+            "",
+            "DIAGNOSTICS",
+            "===========",
+            "",
+            f"attempted to contact: [{node}]",
+            "",
+            f"{node}:",
+            f"  * {what}",
+            *[f"  * suggestion: {s}" for s in suggestions],
+            "",
+            "Current node details:",
+            f" * node name: '{client_name()}'",
+            f" * effective user's home directory: {Path.home()}",
+            f" * Cookie hash: {cookie_hash(cookie)}",
+            "",
+        ]
+        self.error("\n".join(lines))
+        raise Exit(EX_UNAVAILABLE)
+
+
+_TIMED_OUT: Any = object()
+
+# Global options: name -> (attribute, takes a value).
+_GLOBAL = {
+    "-n": ("node", True), "--node": ("node", True),
+    "--port": ("port", True),
+    "-q": ("quiet", False), "--quiet": ("quiet", False),
+    "-s": ("silent", False), "--silent": ("silent", False),
+    "-t": ("timeout", True), "--timeout": ("timeout", True),
+    "-p": ("vhost", True), "--vhost": ("vhost", True),
+    "--formatter": ("formatter", True),
+    "--no-table-headers": ("no_headers", False),
+    "-l": ("longnames", False), "--longnames": ("longnames", False),
+    "--cookie": ("cookie", True), "--erlang-cookie": ("cookie", True),
+}
+
+
+def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
+    """(command, positional args, options, problems). Options may appear anywhere."""
+    from cli.ctl_commands import COMMANDS
+
+    opts = Options(node=default_node(), port=default_port())
+    positional: list[str] = []
+    problems: list[str] = []
+    command: str | None = None
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if token == "--":
+            positional += argv[i:]
+            break
+        if not token.startswith("-") or token == "-" or len(token) == 1:
+            if command is None:
+                command = token
+            else:
+                positional.append(token)
+            continue
+        name, eq, inline = token.partition("=")
+        spec = COMMANDS.get(command or "")
+        cmd_options = spec.options if spec else {}
+        if name in cmd_options:
+            kind = cmd_options[name]
+            key = name.lstrip("-").replace("-", "_")
+            if kind == "flag":
+                opts.command_options[key] = True
+                continue
+            if not eq:
+                if i >= len(argv):
+                    problems.append(f"option {name} requires a value")
+                    break
+                inline = argv[i]
+                i += 1
+            if kind == "int":
+                try:
+                    opts.command_options[key] = int(inline)
+                except ValueError:
+                    problems.append(f"Invalid options for this command:\n{name} : {inline}")
+                continue
+            opts.command_options[key] = inline
+            continue
+        if name not in _GLOBAL:
+            problems.append(f"Invalid options for this command:\n{name} : true")
+            continue
+        attr, takes_value = _GLOBAL[name]
+        if not takes_value:
+            if attr == "no_headers":
+                opts.headers = False
+            elif attr != "longnames":
+                setattr(opts, attr, True)
+            continue
+        if not eq:
+            if i >= len(argv):
+                problems.append(f"option {name} requires a value")
+                break
+            inline = argv[i]
+            i += 1
+        if attr == "port":
+            if not inline.isdigit():
+                problems.append(f"Invalid options for this command:\n{name} : {inline}")
+            else:
+                opts.port = int(inline)
+        elif attr == "timeout":
+            try:
+                opts.timeout = float(inline)
+            except ValueError:
+                problems.append(f"Invalid options for this command:\n{name} : {inline}")
+        elif attr == "vhost":
+            opts.vhost, opts.vhost_given = inline, True
+        elif attr == "formatter":
+            if inline not in ("table", "json"):
+                problems.append(f"Invalid options for this command:\n--formatter : {inline} "
+                                "(supported: table, json)")
+            opts.formatter = inline
+        else:
+            setattr(opts, attr, inline)
+    return command, positional, opts, problems
+
+
+def _print_commands() -> None:
+    from cli.ctl_commands import COMMANDS
+
+    print(f"\nUsage\n\n{GLOBAL_USAGE} <command> [<command options>]\n\nAvailable commands:\n", file=sys.stderr)
+    for name in sorted(COMMANDS):
+        print(f"   {name:<30}{COMMANDS[name].summary}", file=sys.stderr)
+
+
+def run(argv: list[str]) -> int:
+    from cli.ctl_commands import COMMANDS
+
+    command, positional, opts, problems = parse(argv)
+    shown_argv = ["-n", opts.node, *argv] if "-n" not in argv and "--node" not in argv else list(argv)
+    if command in (None, "help", "-?", "--help"):
+        if command == "help" and positional and positional[0] in COMMANDS:
+            spec = COMMANDS[positional[0]]
+            print(f"Usage\n\n{GLOBAL_USAGE} {spec.usage}\n\n{spec.summary}")
+            return 0
+        _print_commands()
+        return EX_USAGE if command is None else 0
+    spec = COMMANDS.get(command)
+    if spec is None:
+        print(f"\nCommand '{command}' not found. ", file=sys.stderr)
+        _print_commands()
+        return EX_USAGE
+    ctx = Context(opts, command, shown_argv)
+    try:
+        if problems:
+            ctx.usage_error(problems[0])
+        if len(positional) < len(spec.args):
+            ctx.usage_error("not enough arguments.")
+        if not spec.rest and len(positional) > len(spec.args) + len(spec.optional):
+            ctx.usage_error("too many arguments.")
+        spec.run(ctx, positional)
+    except Exit as exc:
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,563 @@
+"""The `leveretctl` commands: arguments, the lines they print, and the request each sends.
+
+Every banner ("Adding user \"u\" ...") and column list was copied from
+rabbitmqctl 3.10.8; where rabbitmqctl is inconsistent (list_bindings has no
+space before "...", list_user_topic_permissions prints no header row) Leveret
+is too, so scripts written against rabbitmqctl keep parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cli.ctl import Context, Exit
+from cli.ctl_format import json_rows, json_value, table_lines
+from cluster.control import EX_DATAERR, EX_TEMPFAIL
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    usage: str
+    summary: str
+    run: Callable[[Context, list[str]], None]
+    args: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    rest: bool = False  # takes any number of further arguments (info items, tags)
+    options: Mapping[str, str] = field(default_factory=dict)  # "--priority": "int" | "str" | "flag"
+
+
+COMMANDS: dict[str, CommandSpec] = {}
+
+
+def command(usage: str, summary: str, *, args: Sequence[str] = (), optional: Sequence[str] = (),
+            rest: bool = False, options: Mapping[str, str] | None = None
+            ) -> Callable[[Callable[[Context, list[str]], None]], Callable[[Context, list[str]], None]]:
+    def register(fn: Callable[[Context, list[str]], None]) -> Callable[[Context, list[str]], None]:
+        name = fn.__name__.removeprefix("cmd_")
+        COMMANDS[name] = CommandSpec(name, f"{name} {usage}".rstrip(), summary, fn, tuple(args),
+                                     tuple(optional), rest, dict(options or {}))
+        return fn
+    return register
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def _items(ctx: Context, given: list[str], allowed: Sequence[str], default: Sequence[str]) -> list[str]:
+    if not given:
+        return list(default)
+    # rabbitmqctl accepts "name,messages" as well as "name messages".
+    items = [i for arg in given for i in arg.split(",") if i]
+    unknown = [i for i in items if i not in allowed]
+    if unknown:
+        ctx.usage_error(f"Info key(s) {','.join(unknown)} are not supported")
+    return items
+
+
+def _show_rows(ctx: Context, rows: list[dict[str, Any]], columns: Sequence[str], *, headers: bool = True) -> None:
+    opts = ctx.options
+    if opts.formatter == "json":
+        ctx.out(json_rows(rows, columns))
+        return
+    for line in table_lines(rows, columns, headers and opts.headers and not opts.silent):
+        ctx.out(line)
+
+
+def _listing(name: str, banner: Callable[[Context], str], method: str, allowed: Sequence[str],
+             default: Sequence[str], summary: str, *, vhost: bool = True, timeout_line: bool = False) -> None:
+    def run(ctx: Context, given: list[str]) -> None:
+        columns = _items(ctx, given, allowed, default)
+        if timeout_line:
+            ctx.info(f"Timeout: {ctx.options.timeout if ctx.options.timeout is not None else 60.0} seconds ...")
+        ctx.info(banner(ctx))
+        rows = ctx.call(method, {"vhost": ctx.options.vhost} if vhost else {})
+        _show_rows(ctx, rows, columns)
+
+    usage = ("[--vhost <vhost>] " if vhost else "") + "[--no-table-headers] [<column> ...] [--timeout <timeout>]"
+    COMMANDS[name] = CommandSpec(name, f"{name} {usage}", summary + f"\n\nColumns: {', '.join(allowed)}", run,
+                                 rest=True)
+
+
+QUEUE_ITEMS = ("name", "durable", "auto_delete", "exclusive", "arguments", "policy", "messages", "messages_ready",
+               "messages_unacknowledged", "message_bytes", "message_bytes_ready", "message_bytes_unacknowledged",
+               "messages_persistent", "consumers", "consumer_utilisation", "memory", "state", "node", "leader",
+               "members", "type", "pid", "owner_pid", "exclusive_consumer_tag", "single_active_consumer_tag",
+               "online")
+_listing("list_queues", lambda c: f"Listing queues for vhost {c.options.vhost} ...", "list_queues",
+         QUEUE_ITEMS, ("name", "messages"), "Lists queues and their properties", timeout_line=True)
+_listing("list_exchanges", lambda c: f"Listing exchanges for vhost {c.options.vhost} ...", "list_exchanges",
+         ("name", "type", "durable", "auto_delete", "internal", "arguments", "policy"), ("name", "type"),
+         "Lists exchanges")
+BINDING_ITEMS = ("source_name", "source_kind", "destination_name", "destination_kind", "routing_key", "arguments")
+_listing("list_bindings", lambda c: f"Listing bindings for vhost {c.options.vhost}...", "list_bindings",
+         BINDING_ITEMS, BINDING_ITEMS, "Lists all bindings on a vhost")
+_listing("list_connections", lambda c: "Listing connections ...", "list_connections",
+         ("pid", "name", "port", "host", "peer_port", "peer_host", "ssl", "protocol", "auth_mechanism", "user",
+          "vhost", "timeout", "frame_max", "channel_max", "client_properties", "connected_at", "state", "channels",
+          "send_pend"),
+         ("user", "peer_host", "peer_port", "state"), "Lists AMQP 0.9.1 connections for the node", vhost=False)
+_listing("list_channels", lambda c: "Listing channels ...", "list_channels",
+         ("pid", "connection", "name", "number", "user", "vhost", "transactional", "confirm", "consumer_count",
+          "messages_unacknowledged", "messages_unconfirmed", "messages_uncommitted", "acks_uncommitted",
+          "prefetch_count", "global_prefetch_count"),
+         ("pid", "user", "consumer_count", "messages_unacknowledged"), "Lists all channels in the node",
+         vhost=False)
+CONSUMER_ITEMS = ("queue_name", "channel_pid", "consumer_tag", "ack_required", "prefetch_count", "active",
+                  "activity_status", "arguments")
+_listing("list_consumers", lambda c: f"Listing consumers in vhost {c.options.vhost} ...", "list_consumers",
+         CONSUMER_ITEMS, ("queue_name", "channel_pid", "consumer_tag", "ack_required", "prefetch_count", "active",
+                          "arguments"), "Lists all consumers for a vhost")
+_listing("list_vhosts", lambda c: "Listing vhosts ...", "list_vhosts",
+         ("name", "description", "tags", "default_queue_type", "cluster_state", "tracing"), ("name",),
+         "Lists virtual hosts", vhost=False)
+
+
+# --------------------------------------------------------------------------- node
+
+
+@command("", "Checks that the node OS process is up and CLI tools can authenticate with it")
+def cmd_ping(ctx: Context, args: list[str]) -> None:
+    timeout = ctx.options.timeout if ctx.options.timeout is not None else 60.0
+    ctx.info(f"Will ping {ctx.options.node}. This only checks if the OS process is running and the CLI tool can "
+             f"authenticate with it. Timeout: {int(timeout * 1000)} ms.")
+    ctx.call("ping", timeout=timeout)
+    ctx.out("Ping succeeded")
+
+
+def _gb(n: int | None) -> str:
+    return "unknown" if n is None else f"{round(n / 1e9, 4)} gb"
+
+
+def _status_lines(s: Mapping[str, Any]) -> list[str]:
+    wm = s["vm_memory_high_watermark"]
+    watermark = (f"{wm['relative']} of available memory" if "relative" in wm else f"{wm['absolute']} bytes")
+    lines = [
+        "Runtime", "",
+        f"OS PID: {s['pid']}",
+        f"OS: {s['os']}",
+        f"Uptime (seconds): {s['uptime']}",
+        f"Is under maintenance?: false",
+        f"Leveret version: {s['product_version']}",
+        f"Node name: {s['node_name']}",
+        f"Runtime: {s['runtime']}",
+        f"Application running: {'true' if s['app_running'] else 'false'}",
+        "", "Data directory", "",
+        f"Node data directory: {s['data_directory']}",
+        "", "Config files", "",
+        *([f" * {f}" for f in s["config_files"]] or ["(none)"]),
+        "", "Alarms", "",
+        *([f" * {a}" for a in s["alarms"]] or ["(none)"]),
+        "", "Memory", "",
+        f"Total memory used: {_gb(s['memory_used'])}",
+        f"Calculation strategy: {s['memory_calculation_strategy']}",
+        f"Memory high watermark setting: {watermark}",
+        "", "Free Disk Space", "",
+        f"Low free disk space watermark: {_gb(s['disk_free_limit'])}",
+        f"Free disk space: {_gb(s['disk_free'])}",
+        "", "File Descriptors", "",
+        f"Total: {s['file_descriptors']}",
+        "", "Totals", "",
+        f"Connection count: {s['connection_count']}",
+        f"Queue count: {s['queue_count']}",
+        f"Virtual host count: {s['virtual_host_count']}",
+        "", "Listeners", "",
+    ]
+    for listener in s["listeners"]:
+        lines.append(f"Interface: {listener['interface']}, port: {listener['port']}, "
+                     f"protocol: {listener['protocol']}, purpose: {listener['purpose']}")
+    return lines
+
+
+@command("", "Displays status of a node")
+def cmd_status(ctx: Context, args: list[str]) -> None:
+    ctx.info(f"Status of node {ctx.options.node} ...")
+    status = ctx.call("status")
+    if ctx.options.formatter == "json":
+        ctx.out(json_value(status))
+        return
+    ctx.out("\n".join(_status_lines(status)))
+
+
+def _erlang_term(value: Any, indent: int = 0) -> str:
+    if isinstance(value, Mapping):
+        pad = " " * (indent + 1)
+        inner = (",\n" + pad).join(f"{{{k},{_erlang_term(v, indent + len(str(k)) + 3)}}}" for k, v in value.items())
+        return "[" + inner + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "undefined"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_erlang_term(v, indent) for v in value) + "]"
+    return str(value)
+
+
+@command("", "Displays the name and value of each setting of the node")
+def cmd_environment(ctx: Context, args: list[str]) -> None:
+    ctx.info(f"Application environment of node {ctx.options.node} ...")
+    env = ctx.call("environment")
+    ctx.out(json_value(env) if ctx.options.formatter == "json" else _erlang_term(env))
+
+
+@command("", "Generate a server status report containing a concatenation of all server status information")
+def cmd_report(ctx: Context, args: list[str]) -> None:
+    ctx.info(f"Reporting server status of node {ctx.options.node} ...")
+    report = ctx.call("report")
+    if ctx.options.formatter == "json":
+        ctx.out(json_value(report))
+        return
+    out = [f"Status of node {ctx.options.node} ...", *_status_lines(report["status"]), ""]
+    out.append("Connections:")
+    out += table_lines(report["connections"], ("pid", "name", "user", "vhost", "state", "channels"), True)
+    out += ["", "Channels:"]
+    out += table_lines(report["channels"], ("pid", "name", "user", "vhost", "consumer_count",
+                                            "messages_unacknowledged", "prefetch_count"), True)
+    for v in report["vhosts"]:
+        name = v["vhost"]
+        out += ["", f"Queues on {name}:"]
+        out += table_lines(v["queues"], ("name", "durable", "auto_delete", "arguments", "policy", "messages",
+                                         "messages_ready", "messages_unacknowledged", "consumers", "state"), True)
+        out += ["", f"Exchanges on {name}:"]
+        out += table_lines(v["exchanges"], ("name", "type", "durable", "auto_delete", "internal", "arguments",
+                                            "policy"), True)
+        out += ["", f"Bindings on {name}:"]
+        out += table_lines(v["bindings"], BINDING_ITEMS, True)
+        out += ["", f"Consumers on {name}:"]
+        out += table_lines(v["consumers"], CONSUMER_ITEMS, True)
+        out += ["", f"Permissions on {name}:"]
+        out += table_lines(v["permissions"], ("user", "configure", "write", "read"), True)
+        out += ["", f"Policies on {name}:"]
+        out += table_lines(v["policies"], ("vhost", "name", "pattern", "apply-to", "definition", "priority"), True)
+    ctx.out("\n".join(out))
+
+
+@command("[--idempotent]", "Stops the node process (stops Leveret and exits)", options={"--idempotent": "flag"})
+def cmd_stop(ctx: Context, args: list[str]) -> None:
+    ctx.info(f"Stopping and halting node {ctx.options.node} ...")
+    ctx.call("stop")
+    # Like rabbitmqctl stop: return once the node is gone (its control port closes).
+    import socket
+
+    deadline = time.monotonic() + (ctx.options.timeout if ctx.options.timeout is not None else 60.0)
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((ctx.host, ctx.options.port), timeout=0.5):
+                pass
+        except OSError:
+            return
+        time.sleep(0.1)
+    ctx.error(f"Error: operation stop on node {ctx.options.node} timed out.")
+    raise Exit(EX_TEMPFAIL)
+
+
+@command("", "Stops the Leveret application (AMQP listener and client connections), leaving the node running")
+def cmd_stop_app(ctx: Context, args: list[str]) -> None:
+    ctx.info(f"Stopping leveret application on node {ctx.options.node} ...")
+    ctx.call("stop_app")
+
+
+@command("", "Starts the Leveret application on a node whose application was stopped")
+def cmd_start_app(ctx: Context, args: list[str]) -> None:
+    ctx.info(f"Starting node {ctx.options.node} ...")
+    ctx.call("start_app")
+
+
+@command("[--timeout <timeout>]", "Waits for the Leveret application to start on the target node")
+def cmd_await_startup(ctx: Context, args: list[str]) -> None:
+    import socket
+
+    timeout = ctx.options.timeout if ctx.options.timeout is not None else 300.0
+    deadline = time.monotonic() + timeout
+    # The node may not be listening yet: wait for its control port first.
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((ctx.host, ctx.options.port), timeout=0.5):
+                break
+        except OSError:
+            time.sleep(0.1)
+    remaining = max(deadline - time.monotonic(), 0.001)
+    ctx.call("await_startup", {"timeout": remaining}, timeout=remaining + 1)
+
+
+# --------------------------------------------------------------------------- users
+
+
+@command("<username> <password>", "Creates a new user in the internal database", args=("username", "password"))
+def cmd_add_user(ctx: Context, args: list[str]) -> None:
+    name, password = args
+    ctx.info(f'Adding user "{name}" ...')
+    ctx.call("add_user", {"name": name, "password": password})
+    ctx.info("Done. Don't forget to grant the user permissions to some virtual hosts! "
+             "See 'leveretctl help set_permissions' to learn more.")
+
+
+@command("<username>", "Removes a user from the internal database", args=("username",))
+def cmd_delete_user(ctx: Context, args: list[str]) -> None:
+    ctx.info(f'Deleting user "{args[0]}" ...')
+    ctx.call("delete_user", {"name": args[0]})
+
+
+@command("<username> <password>", "Changes the user password", args=("username", "password"))
+def cmd_change_password(ctx: Context, args: list[str]) -> None:
+    ctx.info(f'Changing password for user "{args[0]}" ...')
+    ctx.call("change_password", {"name": args[0], "password": args[1]})
+
+
+@command("<username>", "Clears (resets) password and disables password login for a user", args=("username",))
+def cmd_clear_password(ctx: Context, args: list[str]) -> None:
+    ctx.info(f'Clearing password for user "{args[0]}" ...')
+    ctx.call("clear_password", {"name": args[0]})
+
+
+@command("<username> <password>", "Attempts to authenticate a user. Exits with a non-zero code if it fails",
+         args=("username", "password"))
+def cmd_authenticate_user(ctx: Context, args: list[str]) -> None:
+    ctx.info(f'Authenticating user "{args[0]}" ...')
+    ctx.call("authenticate_user", {"name": args[0], "password": args[1]})
+    ctx.out("Success")
+
+
+@command("<username> <tag> [...]", "Sets user tags", args=("username",), rest=True)
+def cmd_set_user_tags(ctx: Context, args: list[str]) -> None:
+    name, tags = args[0], args[1:]
+    ctx.info(f'Setting tags for user "{name}" to [{", ".join(tags)}] ...')
+    ctx.call("set_user_tags", {"name": name, "tags": tags})
+
+
+@command("[--no-table-headers] [--timeout <timeout>]", "List user names and tags")
+def cmd_list_users(ctx: Context, args: list[str]) -> None:
+    ctx.info("Listing users ...")
+    _show_rows(ctx, ctx.call("list_users"), ("user", "tags"))
+
+
+# --------------------------------------------------------------------------- vhosts
+
+
+@command("<vhost> [--description <description> --tags \"<tag1>,<tag2>,<...>\" "
+         "--default-queue-type <quorum|classic>]", "Creates a virtual host", args=("vhost",),
+         options={"--description": "str", "--tags": "str", "--default-queue-type": "str"})
+def cmd_add_vhost(ctx: Context, args: list[str]) -> None:
+    o = ctx.options.command_options
+    ctx.info(f'Adding vhost "{args[0]}" ...')
+    ctx.call("add_vhost", {"name": args[0], "description": o.get("description", ""),
+                           "tags": [t.strip() for t in o.get("tags", "").split(",") if t.strip()],
+                           "default_queue_type": o.get("default_queue_type")})
+
+
+@command("<vhost>", "Deletes a virtual host", args=("vhost",))
+def cmd_delete_vhost(ctx: Context, args: list[str]) -> None:
+    ctx.info(f'Deleting vhost "{args[0]}" ...')
+    ctx.call("delete_vhost", {"name": args[0]})
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+@command("[--vhost <vhost>] <username> <conf> <write> <read>", "Sets user permissions for a vhost",
+         args=("username", "conf", "write", "read"))
+def cmd_set_permissions(ctx: Context, args: list[str]) -> None:
+    user, conf, write, read = args
+    vhost = ctx.options.vhost
+    ctx.info(f'Setting permissions for user "{user}" in vhost "{vhost}" ...')
+    ctx.call("set_permissions", {"vhost": vhost, "user": user, "configure": conf, "write": write, "read": read})
+
+
+@command("[--vhost <vhost>] <username>", "Revokes user permissions for a vhost", args=("username",))
+def cmd_clear_permissions(ctx: Context, args: list[str]) -> None:
+    vhost = ctx.options.vhost
+    ctx.info(f'Clearing permissions for user "{args[0]}" in vhost "{vhost}" ...')
+    ctx.call("clear_permissions", {"vhost": vhost, "user": args[0]})
+
+
+@command("[--vhost <vhost>] [--no-table-headers] [--timeout <timeout>]", "Lists user permissions in a virtual host")
+def cmd_list_permissions(ctx: Context, args: list[str]) -> None:
+    vhost = ctx.options.vhost
+    ctx.info(f'Listing permissions for vhost "{vhost}" ...')
+    _show_rows(ctx, ctx.call("list_permissions", {"vhost": vhost}), ("user", "configure", "write", "read"))
+
+
+@command("[--no-table-headers] <username> [--timeout <timeout>]",
+         "Lists permissions of a user across all virtual hosts", args=("username",))
+def cmd_list_user_permissions(ctx: Context, args: list[str]) -> None:
+    ctx.info(f'Listing permissions for user "{args[0]}" ...')
+    _show_rows(ctx, ctx.call("list_user_permissions", {"user": args[0]}), ("vhost", "configure", "write", "read"))
+
+
+@command("[--vhost <vhost>] <username> <exchange> <write> <read>", "Sets user topic permissions for an exchange",
+         args=("username", "exchange", "write", "read"))
+def cmd_set_topic_permissions(ctx: Context, args: list[str]) -> None:
+    user, exchange, write, read = args
+    vhost = ctx.options.vhost
+    ctx.info(f'Setting topic permissions on "{exchange}" for user "{user}" in vhost "{vhost}" ...')
+    ctx.call("set_topic_permissions", {"vhost": vhost, "user": user, "exchange": exchange, "write": write,
+                                       "read": read})
+
+
+@command("[--vhost <vhost>] <username> [<exchange>]", "Clears user topic permissions for a vhost or exchange",
+         args=("username",), optional=("exchange",))
+def cmd_clear_topic_permissions(ctx: Context, args: list[str]) -> None:
+    vhost = ctx.options.vhost
+    if len(args) > 1:
+        ctx.info(f'Clearing topic permissions on "{args[1]}" for user "{args[0]}" in vhost "{vhost}" ...')
+    else:
+        ctx.info(f'Clearing topic permissions for user "{args[0]}" in vhost "{vhost}" ...')
+    ctx.call("clear_topic_permissions", {"vhost": vhost, "user": args[0],
+                                         "exchange": args[1] if len(args) > 1 else None})
+
+
+@command("[--vhost <vhost>] [--no-table-headers] [--timeout <timeout>]", "Lists topic permissions in a virtual host")
+def cmd_list_topic_permissions(ctx: Context, args: list[str]) -> None:
+    vhost = ctx.options.vhost
+    ctx.info(f'Listing topic permissions for vhost "{vhost}" ...')
+    _show_rows(ctx, ctx.call("list_topic_permissions", {"vhost": vhost}), ("user", "exchange", "write", "read"))
+
+
+@command("[--no-table-headers] <username> [--timeout <timeout>]", "Lists user topic permissions",
+         args=("username",))
+def cmd_list_user_topic_permissions(ctx: Context, args: list[str]) -> None:
+    ctx.info(f'Listing topic permissions for user "{args[0]}" ...')
+    # rabbitmqctl 3.10 prints no header row here.
+    _show_rows(ctx, ctx.call("list_user_topic_permissions", {"user": args[0]}),
+               ("vhost", "exchange", "write", "read"), headers=False)
+
+
+# --------------------------------------------------------------------------- policies
+
+
+@command("[--vhost <vhost>] [--priority <priority>] [--apply-to <apply-to>] <name> <pattern> <definition>",
+         "Sets or updates a policy", args=("name", "pattern", "definition"),
+         options={"--priority": "int", "--apply-to": "str"})
+def cmd_set_policy(ctx: Context, args: list[str]) -> None:
+    name, pattern, definition = args
+    o = ctx.options.command_options
+    priority = o.get("priority", 0)
+    vhost = ctx.options.vhost
+    ctx.info(f'Setting policy "{name}" for pattern "{pattern}" to "{definition}" with priority "{priority}" '
+             f'for vhost "{vhost}" ...')
+    ctx.call("set_policy", {"vhost": vhost, "name": name, "pattern": pattern, "definition": definition,
+                            "priority": priority, "apply_to": o.get("apply_to", "all")})
+
+
+@command("[--vhost <vhost>] <name>", "Clears (removes) a policy", args=("name",))
+def cmd_clear_policy(ctx: Context, args: list[str]) -> None:
+    vhost = ctx.options.vhost
+    ctx.info(f'Clearing policy "{args[0]}" on vhost "{vhost}" ...')
+    ctx.call("clear_policy", {"vhost": vhost, "name": args[0]})
+
+
+@command("[--vhost <vhost>] [--no-table-headers] [--timeout <timeout>]", "Lists all policies in a virtual host")
+def cmd_list_policies(ctx: Context, args: list[str]) -> None:
+    vhost = ctx.options.vhost
+    ctx.info(f'Listing policies for vhost "{vhost}" ...')
+    _show_rows(ctx, ctx.call("list_policies", {"vhost": vhost}),
+               ("vhost", "name", "pattern", "apply-to", "definition", "priority"))
+
+
+# --------------------------------------------------------------------------- operations
+
+
+@command("[--vhost <vhost>] <queue>", "Purges a queue (removes all messages in it)", args=("queue",))
+def cmd_purge_queue(ctx: Context, args: list[str]) -> None:
+    vhost = ctx.options.vhost
+    ctx.info(f"Purging queue '{args[0]}' in vhost '{vhost}' ...")
+    ctx.call("purge_queue", {"vhost": vhost, "name": args[0]})
+
+
+@command("[--vhost <vhost>] <queue_name> [--if-empty|-e] [--if-unused|-u]", "Deletes a queue", args=("queue",),
+         options={"--if-empty": "flag", "-e": "flag", "--if-unused": "flag", "-u": "flag"})
+def cmd_delete_queue(ctx: Context, args: list[str]) -> None:
+    o = ctx.options.command_options
+    if_empty = bool(o.get("if_empty") or o.get("e"))
+    if_unused = bool(o.get("if_unused") or o.get("u"))
+    vhost = ctx.options.vhost
+    condition = ""
+    if if_empty and if_unused:
+        condition = " if queue is empty and if queue is unused"
+    elif if_empty:
+        condition = " if queue is empty"
+    elif if_unused:
+        condition = " if queue is unused"
+    ctx.info(f"Deleting queue '{args[0]}' on vhost '{vhost}'{condition} ...")
+    count = ctx.call("delete_queue", {"vhost": vhost, "name": args[0], "if_empty": if_empty,
+                                      "if_unused": if_unused})
+    ctx.out(f"Queue was successfully deleted with {count} ready messages")
+
+
+@command("<connection pid> <explanation>", "Instructs the broker to close the connection with this pid (or name)",
+         args=("connection", "explanation"))
+def cmd_close_connection(ctx: Context, args: list[str]) -> None:
+    ctx.info(f"Closing connection {args[0]}, reason: {args[1]}...")
+    ctx.call("close_connection", {"connection": args[0], "reason": args[1]})
+
+
+@command("[-p <vhost> --limit <limit>] [-n <node> --global] [--per-connection-delay <delay>] <explanation>",
+         "Instructs the broker to close all connections for the specified vhost or the entire node",
+         args=("explanation",), options={"--global": "flag", "--limit": "int", "--per-connection-delay": "int"})
+def cmd_close_all_connections(ctx: Context, args: list[str]) -> None:
+    o = ctx.options.command_options
+    reason = args[0]
+    request: dict[str, Any] = {"reason": reason, "limit": o.get("limit")}
+    if o.get("global"):
+        ctx.info(f"Closing all connections to node {ctx.options.node} (across all vhosts), reason: {reason}...")
+    else:
+        request["vhost"] = ctx.options.vhost
+        ctx.info(f"Closing all connections in vhost {ctx.options.vhost}, reason: {reason}...")
+    closed = ctx.call("close_all_connections", request)
+    ctx.out(f"Closed {closed} connections")
+
+
+# --------------------------------------------------------------------------- definitions
+
+
+@command("<file_path | \"-\"> [--format <json>] [--timeout <timeout>]",
+         "Exports definitions in JSON", args=("path",), options={"--format": "str"})
+def cmd_export_definitions(ctx: Context, args: list[str]) -> None:
+    path = args[0]
+    if ctx.options.command_options.get("format", "json") != "json":
+        ctx.usage_error("Format should be either 'json' (only JSON is supported)")
+    if path != "-":
+        directory = Path(path).parent
+        if not directory.is_dir():
+            ctx.usage_error(f"Bad argument: Directory {directory} does not exist", EX_DATAERR)
+        ctx.info(f'Exporting definitions in JSON to a file at "{path}" ...')
+    definitions = ctx.call("export_definitions")
+    text = json.dumps(definitions, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    if path == "-":
+        ctx.out(text)
+        return
+    Path(path).write_text(text, encoding="utf-8")
+
+
+@command("<file_path | \"-\"> [--format <json>] [--timeout <timeout>]",
+         "Imports definitions in JSON (as exported by RabbitMQ or Leveret)", args=("path",),
+         options={"--format": "str", "--skip-if-unchanged": "flag"})
+def cmd_import_definitions(ctx: Context, args: list[str]) -> None:
+    path = args[0]
+    if path == "-":
+        text = sys.stdin.read()
+        ctx.info("Importing definitions in JSON from standard input ...")
+    else:
+        if not Path(path).is_file():
+            ctx.usage_error(f"Bad argument: File {path} does not exist", EX_DATAERR)
+        ctx.info(f'Importing definitions in JSON from a file at "{path}" ...')
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    try:
+        definitions = json.loads(text)
+    except ValueError as exc:
+        ctx.error(f"Error:\nFailed to deserialise input (format: JSON) (error: {exc})")
+        raise Exit(EX_DATAERR) from None
+    if not isinstance(definitions, dict):
+        ctx.error("Error:\nFailed to deserialise input (format: JSON) (error: not a JSON object)")
+        raise Exit(EX_DATAERR)
+    counts = ctx.call("import_definitions", {"definitions": definitions})
+    summary = ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing"
+    ctx.info(f"Successfully imported definitions ({summary}).")

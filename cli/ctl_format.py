@@ -1,0 +1,74 @@
+"""How `leveretctl` prints values: rabbitmqctl's table cells and its JSON formatter.
+
+Table cells follow rabbitmqctl 3.10: booleans as true/false, lists as
+`[a, b]`, argument tables as Erlang proplists `[{"x-max-length",10}]`, maps as
+`[{node, running}]`. The JSON formatter prints one object per line between
+`[` and `]`, each line after the first starting with a comma, exactly as
+rabbitmqctl does; argument tables stay [key, type, value] triples.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _erlang_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None:
+        return "undefined"
+    if isinstance(value, list):
+        return "[" + ",".join(_erlang_value(v) for v in value) + "]"
+    return str(value)
+
+
+def is_typed_table(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(t, list) and len(t) == 3 and isinstance(t[0], str) and isinstance(t[1], str) for t in value)
+
+
+def typed_table_cell(rows: list[list[Any]]) -> str:
+    """[[key, type, value]] as rabbitmqctl's table shows an argument table: [{"k",v}]."""
+    parts = []
+    for key, kind, value in rows:
+        shown = typed_table_cell(value) if kind == "table" else _erlang_value(value)
+        parts.append(f"{{{json.dumps(key, ensure_ascii=False)},{shown}}}")
+    return "[" + ",".join(parts) + "]"
+
+
+def cell(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if key in ("arguments", "client_properties") and is_typed_table(value):
+        return typed_table_cell(value)
+    if isinstance(value, Mapping):
+        return "[" + ", ".join(f"{{{k}, {v}}}" for k, v in value.items()) + "]"
+    if isinstance(value, list):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+def table_lines(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], headers: bool) -> list[str]:
+    if not rows:
+        return []
+    lines = ["\t".join(columns)] if headers else []
+    lines += ["\t".join(cell(c, row.get(c)) for c in columns) for row in rows]
+    return lines
+
+
+def json_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    if not rows:
+        return "[]"
+    encoded = [json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False, separators=(",", ":"))
+               for row in rows]
+    return "[\n" + "\n,".join(encoded) + "\n]"
+
+
+def json_value(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,136 @@
+"""The control RPC `leveretctl` speaks: served on the node's peer port, behind the cookie.
+
+A control client is a peer like any other: it connects to the peer port,
+both sides prove the cookie (`cluster.peer`'s HMAC challenge with fresh nonces;
+the cookie never crosses the wire), then it sends requests (`PeerLink.call`)
+whose method names a control operation and whose args are a msgpack map. A
+wrong cookie gets the handshake's refusal, one log line on the node, and a
+closed socket: no request is ever read from an unauthenticated link.
+
+Replies are maps, so an operator error carries the exit code rabbitmqctl
+would use alongside RabbitMQ's text:
+
+    {"ok": True,  "result": ...}
+    {"ok": False, "error": text, "exit_code": n}
+
+A handler that fails unexpectedly is answered with the link's error reply
+(`RemoteError` on the client side), which the CLI reports as an internal error.
+
+This module knows nothing of what the operations do (cluster never imports
+broker): the node hands `serve_control` an async `handle(method, args)`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
+from typing import Any, Final
+
+import trio
+
+from cluster.peer import HandshakeRefused, PeerClosed, PeerWireError, Request, accept_peer, connect_peer
+
+log = logging.getLogger("leveret.control")
+
+HANDSHAKE_TIMEOUT: Final = 10.0
+
+# rabbitmqctl's exit codes (sysexits.h).
+EX_USAGE: Final = 64
+EX_DATAERR: Final = 65
+EX_NOUSER: Final = 67
+EX_UNAVAILABLE: Final = 69
+EX_SOFTWARE: Final = 70
+EX_TEMPFAIL: Final = 75
+
+Handle = Callable[[str, Mapping[str, Any]], Awaitable[Any]]
+
+
+class ControlError(Exception):
+    """An operator-facing refusal: RabbitMQ's text and rabbitmqctl's exit code."""
+
+    def __init__(self, text: str, exit_code: int = EX_SOFTWARE) -> None:
+        super().__init__(text)
+        self.text = text
+        self.exit_code = exit_code
+
+
+async def serve_control(
+    handle: Handle,
+    *,
+    cookie: str,
+    node_name: str,
+    host: str,
+    port: int,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on the peer port and serve control requests; reports the bound port."""
+    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    task_status.started(listeners[0].socket.getsockname()[1])
+    await trio.serve_listeners(partial(_serve_link, handle, cookie, node_name), listeners)
+
+
+async def _serve_link(handle: Handle, cookie: str, node_name: str, stream: trio.SocketStream) -> None:
+    outcome = await accept_peer(stream, cookie=cookie, local_name=node_name, timeout=HANDSHAKE_TIMEOUT)
+    if isinstance(outcome, HandshakeRefused):
+        if outcome.peer_name is None and outcome.by_peer:
+            # Closed before saying hello: a port probe, not an authentication attempt.
+            log.debug("peer port connection from %s closed before the handshake", outcome.peer_address)
+        else:
+            log.warning("connection attempt from node '%s' (%s) rejected: %s",
+                        outcome.peer_name, outcome.peer_address, outcome.reason)
+        return
+    link = outcome
+    try:
+        while True:
+            item = await link.receive()
+            if not isinstance(item, Request):
+                continue
+            try:
+                result = await handle(item.method, item.args if isinstance(item.args, Mapping) else {})
+                reply: dict[str, Any] = {"ok": True, "result": result}
+            except ControlError as exc:
+                reply = {"ok": False, "error": exc.text, "exit_code": exc.exit_code}
+            except Exception as exc:
+                log.exception("control request %s failed", item.method)
+                await link.reply_error(item, f"{type(exc).__name__}: {exc}")
+                continue
+            await link.reply(item, reply)
+    except (PeerClosed, PeerWireError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(link.stream)
+
+
+# --------------------------------------------------------------------------- client
+
+
+def client_name() -> str:
+    """How a control client introduces itself (rabbitmqctl uses rabbitmqcli-<pid>-rabbit@host)."""
+    return f"leveretctl-{os.getpid()}@{socket.gethostname().split('.')[0]}"
+
+
+async def control_call(
+    host: str,
+    port: int,
+    node_name: str,
+    method: str,
+    args: Mapping[str, Any],
+    *,
+    cookie: str,
+    connect_timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Connect, authenticate, send one request; the reply map. Raises OSError,
+    trio.TooSlowError, HandshakeFailed (see `cluster.peer.connect_peer`) or RemoteError."""
+    link = await connect_peer(host, port, cookie=cookie, local_name=client_name(),
+                              remote_name=node_name, timeout=connect_timeout)
+    try:
+        reply = await link.call(method, args)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(link.stream)
+    assert isinstance(reply, dict), reply
+    return reply
