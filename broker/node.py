@@ -22,8 +22,10 @@ Time is read here (the shell), never in the pure cores: `now_ms` is passed in.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import msgpack
@@ -42,6 +44,8 @@ from broker.queue_leader import MESSAGES_TABLE, QueueLeader, decode_persisted, q
 from broker.routing import Router
 from broker.session import Session
 from cluster import metadata as md
+from cluster.control import serve_control
+from cluster.cookie import load_cookie
 from cluster.raft.driver import Applied, MemoryNetwork, RaftDriver
 from cluster.raft.group import RaftConfig
 from cluster.raft.node import RaftNode
@@ -105,6 +109,7 @@ class Node:
         self._connections = 0
         self._expiring: set[QueueLeader] = set()
         self._nursery: trio.Nursery | None = None
+        self._app_scope: trio.CancelScope | None = None  # the AMQP listener, while the app runs
 
     # ------------------------------------------------------------------ clocks and ids
 
@@ -126,6 +131,8 @@ class Node:
         from broker.server import serve_amqp
 
         settings = self.settings
+        # Refuse a bad cookie (say, a world-readable cookie file) before touching anything.
+        cookie = settings.cookie or load_cookie(os.environ, Path.home())
         store = self.store = open_data_dir(settings.data_dir, self.name)
         try:
             async with trio.open_nursery() as nursery:
@@ -144,8 +151,10 @@ class Node:
                     await self._bootstrap()
                 self._recover_messages()
                 host = settings.node_ip_address
-                port = await nursery.start(serve_amqp, self, host, settings.node_port)
+                port = await nursery.start(self._serve_app, host, settings.node_port)
                 self.listeners.append(("amqp", host or "::", port))
+                dist_port = await nursery.start(self._serve_control, host, cookie)
+                self.listeners.append(("clustering", host or "::", dist_port))
                 nursery.start_soon(self._tick_connections)
                 nursery.start_soon(self._watch_resources)
                 nursery.start_soon(self._expire_messages)
@@ -154,6 +163,42 @@ class Node:
         finally:
             self._nursery = None
             store.close()
+
+    async def _serve_app(self, host: str, port: int, *, task_status: trio.TaskStatus[int]) -> None:
+        from broker.server import serve_amqp
+
+        with trio.CancelScope() as scope:
+            self._app_scope = scope
+            await serve_amqp(self, host, port, task_status=task_status)
+
+    async def _serve_control(self, host: str, cookie: str, *, task_status: trio.TaskStatus[int]) -> None:
+        from broker.control_handlers import ControlHandlers
+
+        await serve_control(ControlHandlers(self).handle, cookie=cookie, node_name=self.name, host=host,
+                            port=self.settings.dist_port, task_status=task_status)
+
+    @property
+    def app_running(self) -> bool:
+        return self._app_scope is not None
+
+    async def stop_app(self) -> None:
+        """rabbitmqctl stop_app: clients are disconnected and the AMQP listener closed;
+        the process, the metadata, the queues and the control endpoint stay."""
+        if self._app_scope is None:
+            return
+        scope, self._app_scope = self._app_scope, None
+        self.close_all_connections("CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'")
+        with trio.move_on_after(3):
+            while self.all_sessions:
+                await trio.sleep(0.02)
+        scope.cancel()
+
+    async def start_app(self) -> None:
+        """rabbitmqctl start_app: listen for AMQP clients again, on the port used before."""
+        if self._app_scope is not None or self._nursery is None:
+            return
+        port = next((p for proto, _h, p in self.listeners if proto == "amqp"), self.settings.node_port)
+        await self._nursery.start(self._serve_app, self.settings.node_ip_address, port)
 
     async def _await_leadership(self) -> None:
         assert self.driver is not None
