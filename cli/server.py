@@ -19,6 +19,7 @@ import typer
 
 from broker import __version__
 from broker.config import ConfigError, Settings, load_settings
+from cluster.cookie import CookieError
 from storage.interface import StoreError
 
 app = typer.Typer(add_completion=False, help="Start a Leveret node in the foreground.")
@@ -99,14 +100,35 @@ def main_command(
     )
     try:
         trio.run(run_node, settings)
-    except StoreError as exc:
-        typer.echo(f"leveret-server: cannot start node {settings.node_name}: {exc}", err=True)
-        raise typer.Exit(73)
-    except OSError as exc:
-        typer.echo(f"leveret-server: cannot start node {settings.node_name}: {exc}", err=True)
-        raise typer.Exit(69)
     except KeyboardInterrupt:
         pass
+    except BaseException as exc:
+        # Start-up failures reach here wrapped in the nursery's exception group.
+        for kind, code in _START_FAILURES:
+            cause = _find(exc, kind)
+            if cause is not None:
+                typer.echo(f"leveret-server: cannot start node {settings.node_name}: {cause}", err=True)
+                raise typer.Exit(code) from None
+        raise
+
+
+# What stops a node at start, with sysexits-style codes: data (65), unavailable (69), I/O (74).
+_START_FAILURES: tuple[tuple[type[BaseException], int], ...] = (
+    (StoreError, 74),
+    (CookieError, 65),
+    (OSError, 69),
+)
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
 
 
 def main() -> None:
