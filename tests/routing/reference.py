@@ -121,7 +121,7 @@ def naive_route(metadata: MetadataState, vhost: str, exchange: str, key: str,
             dests = _own_destinations(metadata, vhost, name, key, headers, extra_keys)
             targets = [d for kind, d in dests if kind == "exchange"]
             queues.update(d for kind, d in dests if kind == "queue")
-            if not dests:
+            if not dests and name != "":  # the default exchange has no alternate
                 x = metadata.exchange(vhost, name)
                 ae = x.arguments.get("alternate-exchange") if x else None
                 if not isinstance(ae, str):
