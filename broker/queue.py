@@ -37,18 +37,45 @@ RabbitMQ 3.10 classic-queue behaviour kept here (`rabbit_amqqueue_process`,
   (declare, basic.get, consumer cancel — each a `Touch` or a get) and only if it
   has no consumers, which the shell knows; `expires_at` gives the deadline.
 
-Memory: a backlog can reach millions of messages, so each message costs one
-slotted `_Entry` (sequence number, message, expiry, delivery count) in a deque;
-no per-message dicts. The body is reached only through `entry.message` (the
-shared `Message`): paging bodies out to the store replaces what the `Message`
-holds, and nothing here reads the body except `Message.size` for byte limits.
+Memory: each message in memory costs one slotted `QueueEntry` (sequence
+number, message, expiry, delivery count) in a deque; no per-message dicts.
+A backlog can reach millions of messages, so with `PagingLimits` a queue keeps
+only a window of ready messages in memory and pages whole entries (message
+included) out to a `PageStore`, the way RabbitMQ's variable queue keeps a
+"delta" of messages that exist only on disk. Each priority level is
+
+    head (deque, in memory) | pages (on disk, a descriptor each) | tail (deque, in memory)
+
+in sequence order: deliveries, expiry and drop-head take from the head;
+publishes append to the head while the level has no pages, to the tail once
+it has. A page descriptor keeps only what the state's decisions need without
+the messages: how many and how many bytes. Nothing is ever needed from the
+middle of a level: ready messages leave only from the head of the queue (or
+all at once, by purge), and a requeued message sorts before every page except
+pages of messages requeued after it was delivered (few: read back in to
+merge). TTL is decided at the head, which is in
+memory whenever it is looked at, so per-message TTL and priorities behave as
+without paging.
+
+The policy is pure and lives here; only the bytes live behind `PageStore`,
+which the shell implements over its store (`broker.paging.StorePages`) and
+tests with a dict (`MemoryPages`). After every command the state pages the
+head level in ahead of consumers (one page when its in-memory head falls
+under a page) and, while the window is exceeded, pages out page-sized runs:
+newest first (tails, then the backs of heads), lowest priority first, never
+the first page of the head level. Inside a command, if the head level's head
+runs empty (a long expiry or drop-head run), the next page is read at once:
+that is why the page store is called rather than asked through effects — a
+command must finish with the same effects whether or not it paged. Paging is
+a replica's local affair: `apply` returns exactly the effects it would
+return without paging (the model test checks this with tiny windows).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable, Iterator, Union
+from typing import Any, Callable, Iterable, Iterator, Protocol, Union
 
 from broker.arguments import (
     OVERFLOW_DROP_HEAD,
@@ -259,32 +286,148 @@ def command_from_wire(data: list[Any], message_by_id: Callable[[int], Message]) 
 # --- state ---------------------------------------------------------------------------------
 
 
-class _Entry:
+class QueueEntry:
     """One message in this queue. Slotted: a backlog holds millions of these."""
 
     __slots__ = ("seq", "message", "expires_at", "deliveries")
 
-    def __init__(self, seq: int, message: Message, expires_at: int | None) -> None:
+    def __init__(self, seq: int, message: Message, expires_at: int | None, deliveries: int = 0) -> None:
         self.seq = seq
         self.message = message
         self.expires_at = expires_at
-        self.deliveries = 0
+        self.deliveries = deliveries
+
+
+
+# --- paging --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PagingLimits:
+    """The in-memory window of a queue's ready messages, and the size of a page.
+
+    A page is the unit written and read: at most `page_messages` entries and, past
+    the first entry, at most `page_bytes` of bodies. The ready messages in memory stay
+    under about `window_messages` + one page (and `window_bytes` + one page of
+    bytes), plus one page per non-empty priority level below the head level at worst
+    while requeues refill heads.
+    """
+
+    window_messages: int
+    window_bytes: int
+    page_messages: int
+    page_bytes: int
+
+    @classmethod
+    def window(cls, messages: int = 10_000, bytes_: int = 32 << 20) -> "PagingLimits":
+        """Pages of a quarter of the window, at most 1,000 messages or 4 MiB."""
+        assert messages >= 1 and bytes_ >= 1
+        return cls(messages, bytes_, max(1, min(1000, messages // 4)), max(1, min(4 << 20, bytes_ // 4)))
+
+
+class PageStore(Protocol):
+    """Where paged-out entries live. `write_page` may return before the bytes are
+    durable (paged data need not survive a crash), but `read_page`/`peek_page` must
+    return the entries at once, equal in seq, message content and id, expiry and
+    delivery count; entries handed to `write_page` belong to the store."""
+
+    def write_page(self, entries: list[QueueEntry]) -> Any: ...
+
+    def read_page(self, ref: Any) -> list[QueueEntry]:
+        """The page's entries; the page leaves the store."""
+        ...
+
+    def peek_page(self, ref: Any) -> list[QueueEntry]:
+        """The page's entries for inspection; the page stays."""
+        ...
+
+    def drop_page(self, ref: Any) -> None:
+        """The page's messages left the queue unread (purge)."""
+        ...
+
+
+class MemoryPages:
+    """A `PageStore` in a dict: for tests and for measuring the policy."""
+
+    def __init__(self) -> None:
+        self.pages: dict[int, list[QueueEntry]] = {}
+        self._next = 0
+        self.reads = 0
+        self.writes = 0
+
+    def write_page(self, entries: list[QueueEntry]) -> int:
+        self._next += 1
+        self.writes += 1
+        self.pages[self._next] = list(entries)
+        return self._next
+
+    def read_page(self, ref: int) -> list[QueueEntry]:
+        self.reads += 1
+        return self.pages.pop(ref)
+
+    def peek_page(self, ref: int) -> list[QueueEntry]:
+        return list(self.pages[ref])
+
+    def drop_page(self, ref: int) -> None:
+        del self.pages[ref]
+
+
+class _Page:
+    """A run of consecutive entries of one level that lives in the page store."""
+
+    __slots__ = ("ref", "count", "bytes", "first_seq", "last_seq")
+
+    def __init__(self, ref: Any, count: int, size: int, first_seq: int, last_seq: int) -> None:
+        self.ref = ref
+        self.count = count
+        self.bytes = size
+        self.first_seq = first_seq
+        self.last_seq = last_seq
+
+
+class _Level:
+    """The ready messages of one priority level: head | pages | tail, in seq order.
+    Invariant: the tail is empty whenever there are no pages."""
+
+    __slots__ = ("head", "head_bytes", "pages", "tail", "tail_bytes")
+
+    def __init__(self) -> None:
+        self.head: deque[QueueEntry] = deque()
+        self.head_bytes = 0
+        self.pages: deque[_Page] = deque()
+        self.tail: deque[QueueEntry] = deque()
+        self.tail_bytes = 0
+
+    def __bool__(self) -> bool:
+        # The tail is only ever non-empty with pages, so head or pages says it all.
+        return bool(self.head) or bool(self.pages)
 
 
 class QueueState:
-    """Ready and unacknowledged messages of one queue; see the module docstring."""
+    """Ready and unacknowledged messages of one queue; see the module docstring.
 
-    def __init__(self, name: str, settings: QueueSettings, created_ms: int = 0) -> None:
+    With `paging` and `pages` the ready messages beyond the window live in `pages`;
+    without them everything stays in memory (the default, and a replica's choice:
+    paging never changes what `apply` returns)."""
+
+    def __init__(self, name: str, settings: QueueSettings, created_ms: int = 0,
+                 paging: PagingLimits | None = None, pages: PageStore | None = None) -> None:
+        assert (paging is None) == (pages is None), "paging needs both limits and a page store"
         self.name = name
         self.settings = settings
-        # One FIFO per priority level (a single one without x-max-priority).
-        self._levels: list[deque[_Entry]] = [deque() for _ in range(settings.max_priority + 1)]
-        self._unacked: dict[int, _Entry] = {}
+        # One level per priority (a single one without x-max-priority).
+        self._levels: list[_Level] = [_Level() for _ in range(settings.max_priority + 1)]
+        self._unacked: dict[int, QueueEntry] = {}
         self._next_seq = 1
         self._ready_count = 0
         self._ready_bytes = 0
         self._unacked_bytes = 0
         self.last_used_ms = created_ms
+        self._paging = paging
+        self._pages = pages
+        # Ready entries held in memory (heads and tails); the rest are in pages.
+        self._in_memory = 0
+        self._in_memory_bytes = 0
 
     # --- reading -----------------------------------------------------------------------
 
@@ -309,6 +452,14 @@ class QueueState:
         return self._unacked_bytes
 
     @property
+    def messages_paged_out(self) -> int:
+        return self._ready_count - self._in_memory
+
+    @property
+    def message_bytes_paged_out(self) -> int:
+        return self._ready_bytes - self._in_memory_bytes
+
+    @property
     def expires_at(self) -> int | None:
         """When the queue may be deleted as unused (if it still has no consumers)."""
         if self.settings.expires_ms is None:
@@ -317,22 +468,37 @@ class QueueState:
 
     def next_expiry(self, now_ms: int) -> int | None:
         """When to send `Expire`: the head's expiry (now if already due), or None."""
-        head = self._head_level()
-        if head is None:
+        level = self._head_level()
+        if level is None:
             return None
-        expires_at = head[0].expires_at
+        expires_at = level.head[0].expires_at
         if expires_at is None:
             return None
         return max(expires_at, now_ms)
 
     def ready(self) -> Iterator[tuple[int, Message, bool]]:
-        """(seq, message, redelivered) in delivery order; for inspection and tests."""
+        """(seq, message, redelivered) in delivery order; for inspection and tests
+        (it reads every page, so not for a hot path)."""
         for level in reversed(self._levels):
-            for entry in level:
-                yield entry.seq, entry.message, entry.deliveries > 0
+            for entries in self._level_parts(level):
+                for entry in entries:
+                    yield entry.seq, entry.message, entry.deliveries > 0
+
+    def ready_in_memory(self) -> Iterator[Message]:
+        """The ready messages held in memory, in no particular order."""
+        for level in self._levels:
+            for entry in level.head:
+                yield entry.message
+            for entry in level.tail:
+                yield entry.message
 
     def unacked_seqs(self) -> list[int]:
         return sorted(self._unacked)
+
+    def unacked_messages(self, seqs: Iterable[int]) -> list[Message]:
+        """The messages of those of `seqs` that are delivered and unsettled."""
+        unacked = self._unacked
+        return [unacked[seq].message for seq in seqs if seq in unacked]
 
     def statistics(self) -> dict[str, int]:
         return {
@@ -340,6 +506,8 @@ class QueueState:
             "messages_unacknowledged": len(self._unacked),
             "message_bytes_ready": self._ready_bytes,
             "message_bytes_unacknowledged": self._unacked_bytes,
+            "messages_paged_out": self._ready_count - self._in_memory,
+            "message_bytes_paged_out": self._ready_bytes - self._in_memory_bytes,
         }
 
     # --- applying commands --------------------------------------------------------------
@@ -376,10 +544,15 @@ class QueueState:
                 self._expire_head(now_ms, effects)
             case Purge():
                 count = self._ready_count
-                for level in self._levels:
-                    level.clear()
+                if self._pages is not None:
+                    for level in self._levels:
+                        for page in level.pages:
+                            self._pages.drop_page(page.ref)
+                self._levels = [_Level() for _ in self._levels]
                 self._ready_count = 0
                 self._ready_bytes = 0
+                self._in_memory = 0
+                self._in_memory_bytes = 0
                 effects.append(Purged(count))
             case Reconfigure(settings, now_ms):
                 self._reconfigure(settings)
@@ -389,6 +562,8 @@ class QueueState:
                 self.last_used_ms = now_ms
             case _:
                 raise AssertionError(f"unknown command {cmd!r}")
+        if self._paging is not None:
+            self._rebalance(self._paging)
         return effects
 
     # --- the steps ----------------------------------------------------------------------
@@ -405,36 +580,56 @@ class QueueState:
             return
         seq = self._next_seq
         self._next_seq += 1
-        entry = _Entry(seq, message, self._expiry_of(message, cmd.now_ms))
+        entry = QueueEntry(seq, message, self._expiry_of(message, cmd.now_ms))
         if cmd.redelivered:
             entry.deliveries = 1
         effects.append(Enqueued(seq, message))
         if cmd.deliver_to is not None and self._ready_count == 0:
             self._hand_out(entry, cmd.deliver_to, cmd.ack_required, effects)
             return
-        self._levels[self._level_of(message)].append(entry)
+        level = self._levels[self._level_of(message)]
+        size = message.size
+        if level.pages:
+            level.tail.append(entry)
+            level.tail_bytes += size
+        else:
+            level.head.append(entry)
+            level.head_bytes += size
+        self._in_memory += 1
+        self._in_memory_bytes += size
         self._ready_count += 1
-        self._ready_bytes += message.size
+        self._ready_bytes += size
         self._drop_head_while_over(effects)
         self._expire_head(cmd.now_ms, effects)
 
     def _requeue(self, seqs: Iterable[int], now_ms: int, effects: list[Effect]) -> None:
-        by_level: dict[int, list[_Entry]] = {}
+        by_level: dict[int, list[QueueEntry]] = {}
         for seq in seqs:
             entry = self._unacked.pop(seq, None)
             if entry is None:
                 continue
-            self._unacked_bytes -= entry.message.size
+            size = entry.message.size
+            self._unacked_bytes -= size
             self._ready_count += 1
-            self._ready_bytes += entry.message.size
+            self._ready_bytes += size
+            self._in_memory += 1
+            self._in_memory_bytes += size
             by_level.setdefault(self._level_of(entry.message), []).append(entry)
         for level_index, entries in by_level.items():
-            _merge_by_seq(self._levels[level_index], entries)
+            level = self._levels[level_index]
+            # A message goes back among the messages it was published with. Pages older
+            # than it can only hold messages requeued after it was delivered (at most
+            # the unacknowledged ones), so reading them in is bounded.
+            newest = max(e.seq for e in entries)
+            while level.pages and level.pages[0].first_seq < newest:
+                self._page_in(level)
+            level.head_bytes += sum(e.message.size for e in entries)
+            _merge_by_seq(level.head, entries)
         if by_level:
             self._drop_head_while_over(effects)
             self._expire_head(now_ms, effects)
 
-    def _hand_out(self, entry: _Entry, consumer: str | None, ack_required: bool, effects: list[Effect]) -> None:
+    def _hand_out(self, entry: QueueEntry, consumer: str | None, ack_required: bool, effects: list[Effect]) -> None:
         redelivered = entry.deliveries > 0
         entry.deliveries += 1
         if ack_required:
@@ -457,7 +652,7 @@ class QueueState:
             level = self._head_level()
             if level is None:
                 return
-            expires_at = level[0].expires_at
+            expires_at = level.head[0].expires_at
             if expires_at is None or now_ms < expires_at:
                 return
             entry = self._pop_head()
@@ -485,6 +680,83 @@ class QueueState:
             settings = replace(settings, max_priority=self.settings.max_priority)
         self.settings = settings
 
+    # --- paging -------------------------------------------------------------------------
+
+    def _rebalance(self, limits: PagingLimits) -> None:
+        """Page the head level in ahead of consumers, then page out while over the window."""
+        top = self._head_level()
+        if top is None:
+            return
+        while top.pages and len(top.head) < limits.page_messages and top.head_bytes < limits.page_bytes:
+            self._page_in(top)
+        while self._in_memory > limits.window_messages or self._in_memory_bytes > limits.window_bytes:
+            if not self._page_out(limits, top):
+                return
+
+    def _page_in(self, level: _Level) -> None:
+        assert self._pages is not None
+        page = level.pages.popleft()
+        entries = self._pages.read_page(page.ref)
+        assert len(entries) == page.count and entries[0].seq == page.first_seq, "page store returned another page"
+        level.head.extend(entries)
+        level.head_bytes += page.bytes
+        self._in_memory += page.count
+        self._in_memory_bytes += page.bytes
+        if not level.pages and level.tail:
+            level.head.extend(level.tail)
+            level.head_bytes += level.tail_bytes
+            level.tail.clear()
+            level.tail_bytes = 0
+
+    def _page_out(self, limits: PagingLimits, top: _Level) -> bool:
+        """Write one page-sized run of the entries needed last; False if none may go."""
+        for level in self._levels:  # lowest priority first: delivered last
+            if level.tail:
+                tail = level.tail
+                chunk = [tail.popleft()]
+                size = chunk[0].message.size
+                while tail and len(chunk) < limits.page_messages and size + tail[0].message.size <= limits.page_bytes:
+                    entry = tail.popleft()
+                    chunk.append(entry)
+                    size += entry.message.size
+                level.tail_bytes -= size
+                level.pages.append(self._write_page(chunk, size))
+                return True
+            head = level.head
+            chunk = []
+            size = 0
+            while head and len(chunk) < limits.page_messages:
+                entry_size = head[-1].message.size
+                if chunk and size + entry_size > limits.page_bytes:
+                    break
+                if level is top and len(head) - 1 < limits.page_messages \
+                        and level.head_bytes - entry_size < limits.page_bytes:
+                    break  # keep a page of the head level for the next deliveries
+                chunk.append(head.pop())
+                size += entry_size
+                level.head_bytes -= entry_size
+            if chunk:
+                chunk.reverse()
+                level.pages.appendleft(self._write_page(chunk, size))
+                return True
+        return False
+
+    def _write_page(self, chunk: list[QueueEntry], size: int) -> _Page:
+        assert self._pages is not None
+        first_seq, last_seq = chunk[0].seq, chunk[-1].seq
+        count = len(chunk)
+        ref = self._pages.write_page(chunk)
+        self._in_memory -= count
+        self._in_memory_bytes -= size
+        return _Page(ref, count, size, first_seq, last_seq)
+
+    def _level_parts(self, level: _Level) -> Iterator[Iterable[QueueEntry]]:
+        yield level.head
+        for page in level.pages:
+            assert self._pages is not None
+            yield self._pages.peek_page(page.ref)
+        yield level.tail
+
     # --- helpers ------------------------------------------------------------------------
 
     def _level_of(self, message: Message) -> int:
@@ -493,21 +765,29 @@ class QueueState:
             return 0
         return min(max(message.priority, 0), top)
 
-    def _head_level(self) -> deque[_Entry] | None:
+    def _head_level(self) -> _Level | None:
+        """The highest non-empty level, its first page read in if its head ran out."""
         if self._ready_count == 0:
             return None
         for level in reversed(self._levels):
-            if level:
+            if level.head:
+                return level
+            if level.pages:
+                self._page_in(level)
                 return level
         raise AssertionError("ready count says non-empty but every level is empty")
 
-    def _pop_head(self) -> _Entry | None:
+    def _pop_head(self) -> QueueEntry | None:
         level = self._head_level()
         if level is None:
             return None
-        entry = level.popleft()
+        entry = level.head.popleft()
+        size = entry.message.size
+        level.head_bytes -= size
+        self._in_memory -= 1
+        self._in_memory_bytes -= size
         self._ready_count -= 1
-        self._ready_bytes -= entry.message.size
+        self._ready_bytes -= size
         return entry
 
     def _expiry_of(self, message: Message, now_ms: int) -> int | None:
@@ -534,7 +814,7 @@ class QueueState:
         return max_bytes is not None and self._ready_bytes > max_bytes
 
 
-def _merge_by_seq(level: deque[_Entry], entries: list[_Entry]) -> None:
+def _merge_by_seq(level: deque[QueueEntry], entries: list[QueueEntry]) -> None:
     """Put requeued entries back in sequence order. Requeued messages were taken from the
     head, so usually all of them sort before the current head: that case is O(k)."""
     entries.sort(key=lambda e: e.seq)
@@ -543,10 +823,10 @@ def _merge_by_seq(level: deque[_Entry], entries: list[_Entry]) -> None:
         return
     # Unwind the head part that interleaves with the requeued entries, merge, put back.
     limit = entries[-1].seq
-    taken: list[_Entry] = []
+    taken: list[QueueEntry] = []
     while level and level[0].seq < limit:
         taken.append(level.popleft())
-    merged: list[_Entry] = []
+    merged: list[QueueEntry] = []
     i = j = 0
     while i < len(taken) and j < len(entries):
         if taken[i].seq < entries[j].seq:

@@ -1,4 +1,5 @@
-"""QueueState against a plain-list model under random command sequences.
+"""QueueState against a plain-list model under random command sequences, with and
+without paging to a tiny window.
 
 The model keeps ready messages in one Python list sorted by (priority level
 descending, sequence number) and recomputes everything the slow, obvious way; the
@@ -23,6 +24,8 @@ from broker.queue import (
     Enqueue,
     Enqueued,
     Expire,
+    MemoryPages,
+    PagingLimits,
     PublisherRejected,
     Purge,
     Purged,
@@ -263,3 +266,39 @@ QueueMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestQueueModel = QueueMachine.TestCase
+
+
+class PagedQueueMachine(QueueMachine):
+    """The same model, the same expected effects, with a window of a few messages or
+    bytes: every page-out and page-in must be invisible, and memory must stay bounded."""
+
+    @initialize(s=queue_settings, window=st.integers(1, 6), window_bytes=st.integers(1, 24))
+    def start(self, s: QueueSettings, window: int, window_bytes: int) -> None:  # type: ignore[override]
+        self.pages = MemoryPages()
+        self.limits = PagingLimits.window(window, window_bytes)
+        self.state = QueueState("q", s, paging=self.limits, pages=self.pages)
+        self.model = Model(s)
+        self.now = 0
+        self.ids = 0
+        self.by_id = {}
+
+    @invariant()
+    def memory_stays_in_window(self) -> None:
+        if not hasattr(self, "state"):
+            return
+        st_, limits = self.state, self.limits
+        in_memory = st_.messages_ready - st_.messages_paged_out
+        in_memory_bytes = st_.message_bytes_ready - st_.message_bytes_paged_out
+        assert in_memory <= limits.window_messages
+        # The head level keeps a page for the next deliveries even over the byte window.
+        assert in_memory_bytes <= max(limits.window_bytes, limits.page_bytes + 6)
+        # Every page the state knows of is in the store, and nothing else is.
+        refs = [page.ref for level in st_._levels for page in level.pages]
+        assert sorted(refs) == sorted(self.pages.pages)
+        assert sum(len(p) for p in self.pages.pages.values()) == st_.messages_paged_out
+
+
+PagedQueueMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TestPagedQueueModel = PagedQueueMachine.TestCase
