@@ -83,12 +83,13 @@ def split_topic(key: str) -> list[str]:
 class _Targets:
     """Counted destinations with their queue and exchange names resolved once per change."""
 
-    __slots__ = ("counts", "queues", "exchanges")
+    __slots__ = ("counts", "queues", "exchanges", "result")
 
     def __init__(self) -> None:
         self.counts: dict[_Dest, int] = {}
         self.queues: frozenset[str] = _NO_QUEUES
         self.exchanges: tuple[str, ...] = ()
+        self.result: RouteResult = _UNROUTED  # shared by every publish that lands here
 
     def add(self, dest: _Dest) -> None:
         count = self.counts.get(dest, 0)
@@ -107,6 +108,7 @@ class _Targets:
     def _resolve(self) -> None:
         self.queues = frozenset(name for kind, name in self.counts if kind == "queue")
         self.exchanges = tuple(name for kind, name in self.counts if kind == "exchange")
+        self.result = RouteResult(self.queues) if self.queues else _UNROUTED
 
 
 def _dest(binding: Binding) -> _Dest:
@@ -287,14 +289,25 @@ def headers_match(spec_arguments: Mapping[str, Any], headers: Mapping[str, Any] 
     return _headers_match(_HeadersSpec(spec_arguments), headers or {})
 
 
+_PLAIN = frozenset({str, int, float, bool, bytes})
+
+
+def _value_matches(wanted: Any, got: Any) -> bool:
+    # Same plain type: Python's == is Erlang's ==; anything else takes the careful path.
+    kind = type(wanted)
+    if kind is type(got) and kind in _PLAIN:
+        return wanted == got
+    return erlang_equal(wanted, got)
+
+
 def _headers_match(spec: _HeadersSpec, headers: Mapping[str, Any]) -> bool:
     if spec.match_any:
         for key, wanted in spec.items:
-            if key in headers and (wanted is None or erlang_equal(wanted, headers[key])):
+            if key in headers and (wanted is None or _value_matches(wanted, headers[key])):
                 return True
         return False
     for key, wanted in spec.items:
-        if key not in headers or (wanted is not None and not erlang_equal(wanted, headers[key])):
+        if key not in headers or (wanted is not None and not _value_matches(wanted, headers[key])):
             return False
     return True
 
@@ -348,7 +361,8 @@ class _Vhost:
     __slots__ = ("queues", "exchanges")
 
     def __init__(self) -> None:
-        self.queues: set[str] = set()
+        # Queue name -> the default exchange's answer for that routing key.
+        self.queues: dict[str, RouteResult] = {}
         self.exchanges: dict[str, _Exchange] = {}
 
 
@@ -397,10 +411,11 @@ class Router:
         del self._vhosts[change.record.vhost].exchanges[change.record.name]
 
     def _queue_added(self, change: QueueAdded) -> None:
-        self._vhosts[change.record.vhost].queues.add(change.record.name)
+        name = change.record.name
+        self._vhosts[change.record.vhost].queues[name] = RouteResult(frozenset((name,)))
 
     def _queue_removed(self, change: QueueRemoved) -> None:
-        self._vhosts[change.record.vhost].queues.discard(change.record.name)
+        self._vhosts[change.record.vhost].queues.pop(change.record.name, None)
 
     def _binding_added(self, change: BindingAdded) -> None:
         b = change.binding
@@ -442,6 +457,16 @@ class Router:
         x = v.exchanges.get(exchange)
         if x is None:
             return _UNROUTED
+        # Hot path: a direct or fanout exchange whose bindings lead only to queues
+        # answers with the RouteResult cached for that key: one or two dict lookups.
+        kind = type(x)
+        if not extra_keys and (kind is _Direct or kind is _Fanout):
+            targets = x.by_key.get(routing_key) if kind is _Direct else x.targets  # type: ignore[attr-defined]
+            if targets is not None and not targets.exchanges and targets.queues:
+                return targets.result
+            if targets is None or not targets.exchanges:
+                if x.alternate is None:
+                    return _UNROUTED
         queues, exchanges = x.match(routing_key, headers, extra_keys)
         if not exchanges and (queues or x.alternate is None):
             return RouteResult(queues) if queues else _UNROUTED
@@ -450,7 +475,7 @@ class Router:
     @staticmethod
     def _route_default(v: _Vhost, routing_key: str, extra_keys: Sequence[str]) -> RouteResult:
         if not extra_keys:
-            return RouteResult(frozenset((routing_key,))) if routing_key in v.queues else _UNROUTED
+            return v.queues.get(routing_key, _UNROUTED)
         found = frozenset(k for k in (routing_key, *extra_keys) if k in v.queues)
         return RouteResult(found) if found else _UNROUTED
 
