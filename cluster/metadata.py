@@ -14,7 +14,7 @@ identically) and the list of change records (`ExchangeAdded`, `BindingRemoved`,
 ...) that the router, the queues and auth consume to follow the metadata
 incrementally.
 
-Behaviour follows RabbitMQ 3.13/4.x (rabbit_channel, rabbit_exchange,
+Behaviour follows RabbitMQ 3.10+ (rabbit_channel, rabbit_exchange,
 rabbit_amqqueue, rabbit_binding, rabbit_misc, rabbit_policy, rabbit_vhost):
 
 * exchange.declare: unknown type, default exchange, then (existing) equivalence
