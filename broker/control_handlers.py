@@ -55,8 +55,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("leveret.control")
 
-APP_NOT_RUNNING = ("this command requires the 'rabbit' app to be running on the target node. "
-                   "Start it with 'rabbitmqctl start_app'.")
+APP_NOT_RUNNING = ("this command requires the 'leveret' app to be running on the target node. "
+                   "Start it with 'leveretctl start_app'.")
 
 # Operations that work while the app is stopped (they manage the node itself).
 _WITHOUT_APP = frozenset({"ping", "status", "environment", "stop", "stop_app", "start_app", "await_startup"})
@@ -198,6 +198,9 @@ class ControlHandlers:
         for name in type(s).__dataclass_fields__:
             if name == "cookie":
                 continue  # never shown, like Erlang's cookie
+            if name == "default_pass":
+                env[name] = "********"
+                continue
             value = getattr(s, name)
             if hasattr(value, "__dataclass_fields__"):
                 value = {k: getattr(value, k) for k in type(value).__dataclass_fields__}
@@ -451,7 +454,7 @@ class ControlHandlers:
         unacked = stats.get("messages_unacknowledged", 0)
         bytes_ready = stats.get("message_bytes_ready", 0)
         bytes_unacked = stats.get("message_bytes_unacknowledged", 0)
-        active = leader.consumers.active() if leader is not None else None
+        active = leader.consumers.active if leader is not None else None
         exclusive_consumer = None
         if leader is not None:
             exclusive_consumer = next((c for c in leader.consumers if c.exclusive), None)
@@ -573,7 +576,7 @@ class ControlHandlers:
             leader = self.node.leaders.get((q.vhost, q.name))
             if leader is None:
                 continue
-            active = leader.consumers.active()
+            active = leader.consumers.active
             for c in leader.consumers:
                 ref = leader.refs.get(c.name)
                 if ref is None:
@@ -692,8 +695,9 @@ class ControlHandlers:
         for kind, cmd in commands:
             result = await self.node.propose_metadata(cmd)
             if isinstance(result, md.Refusal):
-                raise ControlError(f"Failed to import definitions: {kind}: {result.text}", EX_DATAERR)
-            counts[kind] = counts.get(kind, 0) + 1
+                raise ControlError(f"Failed to import definitions: {kind or 'users'}: {result.text}", EX_DATAERR)
+            if kind:
+                counts[kind] = counts.get(kind, 0) + 1
         return counts
 
 
@@ -735,7 +739,7 @@ def import_commands(defs: Mapping[str, Any], node_name: str,
             out.append(("users", md.AddUser(name, password_hash, algorithm, _tags(u.get("tags")))))
         else:
             out.append(("users", md.ChangePassword(name, password_hash, algorithm)))
-            out.append(("users", md.SetUserTags(name, _tags(u.get("tags")))))
+            out.append(("", md.SetUserTags(name, _tags(u.get("tags")))))  # same user: counted once
     for v in defs.get("vhosts") or []:
         _need(v, "vhost", "name")
         metadata = v.get("metadata") or {}

@@ -82,16 +82,28 @@ class Context:
         self.options = options
         self.command = command
         self.argv = argv
+        # Banners wait for the node's first answer: an unreachable node gets diagnostics only.
+        self._pending: list[str] | None = []
 
     # ------------------------------------------------------------------ output
 
     def info(self, text: str) -> None:
         """An informational line, suppressed by -q / -s."""
         # rabbitmqctl's JSON formatter prints nothing but the document.
-        if not (self.options.quiet or self.options.silent or self.options.formatter == "json"):
+        if self.options.quiet or self.options.silent or self.options.formatter == "json":
+            return
+        if self._pending is not None:
+            self._pending.append(text)
+        else:
             print(text, flush=True)
 
+    def _flush_banners(self) -> None:
+        if self._pending:
+            print("\n".join(self._pending), flush=True)
+        self._pending = None
+
     def out(self, text: str) -> None:
+        self._flush_banners()
         print(text, flush=True)
 
     def error(self, text: str) -> None:
@@ -143,12 +155,14 @@ class Context:
             self._diagnostics(cookie, f"TCP connection to {self.host}:{opts.port} failed: "
                                       f"{exc.strerror or exc}", ["start the node"])
         except RemoteError as exc:
+            self._flush_banners()
             self.error(f"Error:\nInternal error on node {opts.node}: {exc}")
             raise Exit(EX_SOFTWARE) from None
         if reply is _TIMED_OUT:
             shown = int((limit or 0) * 1000) if limit else 0
             self.error(f"Error: operation {self.command} on node {opts.node} timed out. Timeout value used: {shown}")
             raise Exit(EX_TEMPFAIL)
+        self._flush_banners()
         if reply.get("ok"):
             return reply.get("result")
         self._refused(str(reply.get("error")), int(reply.get("exit_code") or EX_SOFTWARE))
