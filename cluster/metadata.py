@@ -251,12 +251,17 @@ def _ext_hook(code: int, data: bytes) -> Any:
     return msgpack.ExtType(code, data)
 
 
+# Names and table strings are AMQP short/long strings: any octets. The codec
+# carries octets that are not UTF-8 as surrogate escapes, and so does the wire
+# here, so such a name round-trips as the client sent it (RabbitMQ takes them).
 def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, default=_ext_default, use_bin_type=True, strict_types=False)
+    return msgpack.packb(obj, default=_ext_default, use_bin_type=True, strict_types=False,
+                         unicode_errors="surrogateescape")
 
 
 def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False,
+                           unicode_errors="surrogateescape")
 
 
 def _canonical(value: Any) -> Any:
