@@ -61,6 +61,8 @@ async def _run_all(run: Run, options: Options, progress: Progress) -> None:
                 try:
                     measurement = await run_scenario(scenario, broker.url, options, samplers[broker.key])
                 except Exception as exc:  # one failed run is a result, not the end of the benchmark
+                    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+                        exc = exc.exceptions[0]
                     measurement = Measurement(problems=[f"run failed: {type(exc).__name__}: {exc}"])
                 run.add(scenario, broker.key, measurement)
                 if measurement.skipped:

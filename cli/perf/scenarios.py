@@ -356,9 +356,17 @@ async def _light_load(url: str, queue: str, live: list[Connection], m: Measureme
     """
     from .workload import encode_batch, publish_template
 
-    consumer = await Connection.open(url)
-    await consumer.open_channel(1)
-    await consumer.call(1, spec.BasicConsume(0, queue, "perf-light", False, True, False, False, {}), spec.BasicConsumeOk)
+    try:
+        consumer = await Connection.open(url)
+        await consumer.open_channel(1)
+        await consumer.call(
+            1, spec.BasicConsume(0, queue, "perf-light", False, True, False, False, {}), spec.BasicConsumeOk
+        )
+    except (BrokerClosed, OSError, trio.TooSlowError) as exc:
+        # A broker at its connection or file-descriptor limit: that is the finding.
+        m.problems.append(f"the light-load consumer could not connect on top of {len(live)} connections: "
+                          f"{type(exc).__name__}: {exc}")
+        return 0
     tally = ReceiveTally(queue, 2**63)
     assembler = DeliveryAssembler(tally, queue, consumer)
     prefix, suffix = publish_template(Workload(routing_key=queue), 1, live[0].frame_max if live else 131072)
