@@ -278,6 +278,10 @@ class Connection:
                 data = self._receive_header(bytes(data), events)
                 if not data or self.state is not S.STARTING:
                     return events
+            if self.state is S.STARTING or self.state is S.TUNING:
+                data = self._receive_handshake(data, events)
+                if not data:
+                    return events
             frames, error = self._decoder.feed(data)
             self._handle_frames(frames, events)
             if error is not None and self.state is not S.CLOSED:
@@ -532,6 +536,30 @@ class Connection:
             )
             return rest
         self._refuse_header(events)
+        return b""
+
+    def _receive_handshake(self, data: bytes | bytearray | memoryview, events: list[Event]) -> bytes:
+        """Frames up to tune-ok, parsed one at a time; returns the octets after it.
+
+        Tune-ok raises the frame size limit for the frames after it, and a client
+        may pipeline those in the same read (RabbitMQ's reader applies the
+        negotiated frame_max from the next frame on). Parsing the whole read at
+        once would hold them to the pre-tune limit. One octet completes at most
+        one frame, so feeding octet by octet parses frame by frame; the handshake
+        is a few hundred octets.
+        """
+        octets = bytes(data)
+        feed = self._decoder.feed
+        for i in range(len(octets)):
+            frames, error = feed(octets[i:i + 1])
+            if frames:
+                self._handle_frames(frames, events)
+            if error is not None:
+                if self.state is not S.CLOSED:
+                    self._on_frame_error(error, events)
+                return b""
+            if self.state is not S.STARTING and self.state is not S.TUNING:
+                return b"" if self.state is S.CLOSED else octets[i + 1:]
         return b""
 
     def _refuse_header(self, events: list[Event]) -> None:
