@@ -63,7 +63,15 @@ async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  #
     try:
         writer_done = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_write, session, stream, wakeup, writer_done)
+
+            async def write_then_stop_reading() -> None:
+                await _write(session, stream, wakeup, writer_done)
+                # The machine closed on its own (missed heartbeats, closing timeout) or the
+                # socket broke: a reader waiting on a silent client would otherwise hold the
+                # socket open forever.
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(write_then_stop_reading)
             await _read(session, stream)
             # The peer is gone or the machine closed: let the writer flush (close-ok,
             # connection.close) and finish, then stop.
