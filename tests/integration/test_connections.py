@@ -1,0 +1,153 @@
+"""Connections: login and vhost refusals, heartbeats, and bad input on the socket
+(protocol header, malformed frames), each while another client keeps working."""
+
+from __future__ import annotations
+
+import time
+
+import pika
+import pytest
+from pamqp import commands, heartbeat
+
+from tests.integration.conftest import connect, get_body, unique
+from tests.integration.raw_amqp import PROTOCOL_HEADER, RawClient
+
+
+def _still_works(conn) -> None:
+    ch = conn.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.basic_publish("", q, b"alive")
+    assert get_body(ch, q) == b"alive"
+    ch.close()
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    p = pika.URLParameters(url)
+    return p.host, p.port
+
+
+@pytest.mark.parametrize("credentials", ["guest:wrong", "nobody:guest"])
+def test_bad_credentials_are_refused_with_403(amqp_url, conn, credentials):
+    url = amqp_url.replace("guest:guest", credentials)
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError) as info:
+        connect(url)
+    assert "(403) 'ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. " \
+           "For details see the broker logfile.'" in str(info.value)
+    _still_works(conn)
+
+
+def test_missing_vhost_is_refused_with_530(amqp_url, conn):
+    vhost = unique("no-such-vhost")
+    with pytest.raises(pika.exceptions.ProbableAccessDeniedError) as info:
+        connect(amqp_url + vhost)
+    assert f"(530) 'NOT_ALLOWED - vhost {vhost} not found'" in str(info.value)
+    _still_works(conn)
+
+
+def test_pika_heartbeat_keeps_an_idle_connection_open(amqp_url):
+    c = connect(amqp_url, heartbeat=2)
+    try:
+        assert c._impl.params.heartbeat == 2
+        # Idle (no application traffic) for three intervals; pika and the node exchange heartbeats.
+        c.sleep(6)
+        assert c.is_open
+        _still_works(c)
+    finally:
+        c.close()
+
+
+def test_server_sends_heartbeats_and_drops_a_silent_client(amqp_url):
+    raw = RawClient(*_host_port(amqp_url))
+    raw.handshake(heartbeat=1)
+    started = time.monotonic()
+    frames = raw.frames(timeout=8)
+    # A heartbeat before giving up, then the socket closes (no close method: the peer is
+    # presumed dead) after two silent intervals.
+    assert frames and all(isinstance(f, heartbeat.Heartbeat) and ch == 0 for _t, ch, f in frames)
+    assert raw.eof
+    assert time.monotonic() - started < 6
+    raw.close()
+
+
+def test_heartbeats_from_the_client_keep_the_connection(amqp_url):
+    raw = RawClient(*_host_port(amqp_url))
+    raw.handshake(heartbeat=1)
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline:
+        raw.send(heartbeat.Heartbeat.marshal())
+        raw.frames(timeout=0.4)
+    assert not raw.eof
+    raw.close()
+
+
+@pytest.mark.parametrize("header", [b"AMQP\x00\x00\x09\x00", b"AMQP\x00\x01\x00\x00", b"GET / HTTP/1.1\r\n\r\n"])
+def test_wrong_protocol_header_gets_ours_and_a_close(amqp_url, conn, header):
+    raw = RawClient(*_host_port(amqp_url))
+    raw.send(header)
+    assert raw.read_until_eof(timeout=5) == PROTOCOL_HEADER
+    assert raw.eof
+    raw.close()
+    _still_works(conn)
+
+
+# (what is sent after the handshake, reply code, reply text, class id, method id) — the
+# texts are RabbitMQ 3.10's (rabbit_reader / rabbit_command_assembler renderings).
+BAD_INPUT = {
+    "garbage": (b"hello world this is garbage\r\n", 501,
+                "FRAME_ERROR - type 104, all octets = <<>>: {frame_too_large,1819222135,131064}", 0, 0),
+    "bad-frame-end": (b"\x01\x00\x01\x00\x00\x00\x04\x00\x3c\x00\x0a\xcd", 501,
+                      "FRAME_ERROR - type 1, all octets = <<0,60,0,10>>: {invalid_frame_end_marker,205}", 0, 0),
+    "unknown-frame-type": (b"\x09\x00\x00\x00\x00\x00\x00\xce", 501,
+                           "FRAME_ERROR - type 9, all octets = <<>>: unknown_frame", 0, 0),
+    "body-without-method": (b"\x03\x00\x01\x00\x00\x00\x01x\xce", 505,
+                            "UNEXPECTED_FRAME - expected method frame, got non method frame instead", 0, 0),
+    "heartbeat-on-a-channel": (b"\x08\x00\x01\x00\x00\x00\x00\xce", 505,
+                               "UNEXPECTED_FRAME - type 8, all octets = <<>>", 0, 0),
+    "unknown-method": (b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x63\xce", 540,
+                       "NOT_IMPLEMENTED - unknown method class_id 10 method_id 99", 10, 99),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_after_the_handshake_closes_with_rabbitmq_text(amqp_url, conn, case):
+    data, code, text, class_id, method_id = BAD_INPUT[case]
+    raw = RawClient(*_host_port(amqp_url))
+    raw.handshake()
+    raw.send(data)
+    frames = raw.frames(timeout=5, stop_after=1)
+    assert frames, "no connection.close"
+    _t, channel, close = frames[0]
+    assert channel == 0 and isinstance(close, commands.Connection.Close)
+    assert (close.reply_code, close.reply_text, close.class_id, close.method_id) == \
+        (code, text, class_id, method_id)
+    if code == 501:
+        # The stream is out of sync after a frame error: the node closes the socket at once.
+        assert raw.frames(timeout=5) == []
+        assert raw.eof
+    else:
+        raw.send_frame(0, commands.Connection.CloseOk())
+        raw.frames(timeout=5)
+        assert raw.eof
+    raw.close()
+    _still_works(conn)
+
+
+def test_method_on_a_channel_that_is_not_open(amqp_url, conn):
+    raw = RawClient(*_host_port(amqp_url))
+    raw.handshake()
+    raw.send_frame(5, commands.Basic.Qos(prefetch_count=1))
+    close = raw.expect(commands.Connection.Close)
+    assert (close.reply_code, close.reply_text, close.class_id, close.method_id) == \
+        (504, "CHANNEL_ERROR - expected 'channel.open'", 60, 10)
+    raw.close()
+    _still_works(conn)
+
+
+def test_abrupt_disconnect_mid_publish_leaves_the_node_serving(amqp_url, conn):
+    raw = RawClient(*_host_port(amqp_url))
+    raw.handshake()
+    raw.send_frame(1, commands.Channel.Open())
+    raw.expect(commands.Channel.OpenOk)
+    raw.send_frame(1, commands.Basic.Publish(exchange="", routing_key="nowhere"))
+    raw.close()  # header and body never come
+    _still_works(conn)
