@@ -46,7 +46,7 @@ from cluster.control import (
     EX_USAGE,
     ControlError,
 )
-from cluster.policy import parse_definition, pcre_error, validate_definition, validate_policy
+from cluster.policy import parse_definition, pcre_error, validate_policy
 
 if TYPE_CHECKING:
     from broker.node import Node
@@ -164,7 +164,7 @@ class ControlHandlers:
             "app_running": node.app_running,
             "data_directory": str(Path(s.data_dir).resolve()),
             "config_files": [s.config_file] if s.config_file else [],
-            "alarms": list(self._alarms()),
+            "alarms": sorted(self.node.alarms),
             "memory_used": proc.memory_info().rss,
             "memory_calculation_strategy": "rss",
             "vm_memory_high_watermark": (
@@ -185,12 +185,6 @@ class ControlHandlers:
                 if proto != "amqp" or node.app_running
             ],
         }
-
-    def _alarms(self) -> list[str]:
-        alarms = getattr(self.node, "alarms", None)
-        if not alarms:
-            return []
-        return sorted(str(a) for a in alarms)
 
     async def op_environment(self, args: Mapping[str, Any]) -> Any:
         s = self.node.settings
@@ -234,8 +228,7 @@ class ControlHandlers:
             log.info("stop requested by %s", args.get("by", "leveretctl"))
             os.kill(os.getpid(), signal.SIGTERM)
 
-        assert self.node._nursery is not None
-        self.node._nursery.start_soon(stop_soon)
+        trio.lowlevel.spawn_system_task(stop_soon)
         return os.getpid()
 
     async def op_stop_app(self, args: Mapping[str, Any]) -> Any:
@@ -474,7 +467,6 @@ class ControlHandlers:
             "message_bytes": bytes_ready + bytes_unacked,
             "message_bytes_ready": bytes_ready,
             "message_bytes_unacknowledged": bytes_unacked,
-            "messages_persistent": 0 if leader is None else len(leader._persisted),
             "consumers": leader.consumer_count() if leader is not None else 0,
             "consumer_utilisation": "",
             # Payload plus a per-message bookkeeping estimate: Python has no per-queue heap.

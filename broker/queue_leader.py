@@ -63,7 +63,8 @@ Confirm = Callable[[bool], None]
 
 def queue_key_prefix(vhost: str, name: str) -> bytes:
     """Store key prefix of a durable queue's persisted messages."""
-    return vhost.encode() + b"\x00" + name.encode() + b"\x00"
+    # Names are AMQP octets; the codec carries non-UTF-8 ones as surrogate escapes.
+    return vhost.encode("utf-8", "surrogateescape") + b"\x00" + name.encode("utf-8", "surrogateescape") + b"\x00"
 
 
 @dataclass(slots=True, eq=False)

@@ -87,7 +87,7 @@ def _listing(name: str, banner: Callable[[Context], str], method: str, allowed: 
 
 QUEUE_ITEMS = ("name", "durable", "auto_delete", "exclusive", "arguments", "policy", "messages", "messages_ready",
                "messages_unacknowledged", "message_bytes", "message_bytes_ready", "message_bytes_unacknowledged",
-               "messages_persistent", "consumers", "consumer_utilisation", "memory", "state", "node", "leader",
+               "consumers", "consumer_utilisation", "memory", "state", "node", "leader",
                "members", "type", "pid", "owner_pid", "exclusive_consumer_tag", "single_active_consumer_tag",
                "online")
 _listing("list_queues", lambda c: f"Listing queues for vhost {c.options.vhost} ...", "list_queues",
@@ -135,6 +135,9 @@ def _gb(n: int | None) -> str:
     return "unknown" if n is None else f"{round(n / 1e9, 4)} gb"
 
 
+_ALARM_NAMES = {"disk": "Free disk space", "memory": "Memory"}
+
+
 def _status_lines(s: Mapping[str, Any]) -> list[str]:
     wm = s["vm_memory_high_watermark"]
     watermark = (f"{wm['relative']} of available memory" if "relative" in wm else f"{wm['absolute']} bytes")
@@ -153,7 +156,7 @@ def _status_lines(s: Mapping[str, Any]) -> list[str]:
         "", "Config files", "",
         *([f" * {f}" for f in s["config_files"]] or ["(none)"]),
         "", "Alarms", "",
-        *([f" * {a}" for a in s["alarms"]] or ["(none)"]),
+        *([f" * {_ALARM_NAMES.get(a, a)} alarm on node {s['node_name']}" for a in s["alarms"]] or ["(none)"]),
         "", "Memory", "",
         f"Total memory used: {_gb(s['memory_used'])}",
         f"Calculation strategy: {s['memory_calculation_strategy']}",

@@ -644,7 +644,7 @@ def erlang_equal(a: Any, b: Any) -> bool:
 
 
 def _as_bytes(v: str | bytes | bytearray) -> bytes:
-    return v.encode() if isinstance(v, str) else bytes(v)
+    return v.encode("utf-8", "surrogateescape") if isinstance(v, str) else bytes(v)
 
 
 def _erl_float(f: float) -> str:
