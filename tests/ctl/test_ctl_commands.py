@@ -220,8 +220,24 @@ def test_policies_apply_to_queues(node: NodeProcess) -> None:
     for i in range(4):
         ch.basic_publish("", "ctl-len.a", b"x")
     assert "ctl-len.a\t\t4" in ok(node, "-q", "list_queues", "name", "policy", "messages").lines
+    # Exchange policies: alternate-exchange; queue policies: dead-lettering of expired messages.
+    ch.exchange_declare("ctl-ae", "fanout")
+    ch.queue_declare("ctl-ae.q")
+    ch.queue_bind("ctl-ae.q", "ctl-ae")
+    ch.exchange_declare("ctl-src", "direct")
+    ok(node, "set_policy", "ae-pol", "^ctl-src$", '{"alternate-exchange":"ctl-ae"}', "--apply-to", "exchanges")
+    assert "ctl-src\tae-pol" in ok(node, "-q", "list_exchanges", "name", "policy").lines
+    ch.basic_publish("ctl-src", "nowhere", b"unroutable")
+    ch.queue_declare("ctl-dl.q")
+    ok(node, "set_policy", "dl-pol", r"^ctl-ttl\.dl$", '{"message-ttl":100,"dead-letter-exchange":"",'
+                                                         '"dead-letter-routing-key":"ctl-dl.q"}', "--priority", "9")
+    ch.queue_declare("ctl-ttl.dl")
+    ch.basic_publish("", "ctl-ttl.dl", b"expiring")
+    wait_until(lambda: "ctl-dl.q\t1" in ok(node, "-q", "list_queues").lines)
+    assert ch.basic_get("ctl-dl.q", auto_ack=True)[2] == b"expiring"
+    assert ch.basic_get("ctl-ae.q", auto_ack=True)[2] == b"unroutable"
     conn.close()
-    for name in ("ttl-pol", "len-strong"):
+    for name in ("ttl-pol", "len-strong", "ae-pol", "dl-pol"):
         ok(node, "clear_policy", name)
 
 
