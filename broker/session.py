@@ -275,6 +275,11 @@ class Session:
             self._refuse(channel, spec.NOT_IMPLEMENTED, "immediate=true", method)
             return
         props = ev.properties
+        if props.user_id is not None and props.user_id != self.username and not self._may_impersonate():
+            self._refuse(channel, spec.PRECONDITION_FAILED,
+                         f"user_id property set to '{props.user_id}' but authenticated user was "
+                         f"'{self.username}'", method)
+            return
         expiration_ms = None
         if props.expiration is not None:
             parsed = parse_expiration(props.expiration)
@@ -363,6 +368,12 @@ class Session:
             )
         if ev.seq is not None:
             self.conn.confirm(ev.channel, ev.seq)
+
+    def _may_impersonate(self) -> bool:
+        # RabbitMQ's check_user_id_header: only users tagged "impersonator" may publish
+        # with another user's name in user_id (the shovel and federation case).
+        user = self.node.metadata.user(self.username or "")
+        return user is not None and "impersonator" in user.tags
 
     # ------------------------------------------------------------------ settlement
 
