@@ -103,6 +103,7 @@ BAD_INPUT = {
                             "UNEXPECTED_FRAME - expected method frame, got non method frame instead", 0, 0),
     "heartbeat-on-a-channel": (b"\x08\x00\x01\x00\x00\x00\x00\xce", 505,
                                "UNEXPECTED_FRAME - type 8, all octets = <<>>", 0, 0),
+    # RabbitMQ 3.10 drops the socket without a close here; Leveret says why first.
     "unknown-method": (b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x63\xce", 540,
                        "NOT_IMPLEMENTED - unknown method class_id 10 method_id 99", 10, 99),
 }
@@ -120,14 +121,14 @@ def test_bad_input_after_the_handshake_closes_with_rabbitmq_text(amqp_url, conn,
     assert channel == 0 and isinstance(close, commands.Connection.Close)
     assert (close.reply_code, close.reply_text, close.class_id, close.method_id) == \
         (code, text, class_id, method_id)
-    if code == 501:
-        # The stream is out of sync after a frame error: the node closes the socket at once.
-        assert raw.frames(timeout=5) == []
-        assert raw.eof
-    else:
+    # After a frame error the stream is out of sync and Leveret closes the socket at once;
+    # RabbitMQ sometimes waits for close-ok first. Either way the socket ends.
+    try:
         raw.send_frame(0, commands.Connection.CloseOk())
-        raw.frames(timeout=5)
-        assert raw.eof
+    except OSError:
+        pass
+    assert raw.frames(timeout=5) == []
+    assert raw.eof
     raw.close()
     _still_works(conn)
 
