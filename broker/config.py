@@ -83,6 +83,10 @@ class Settings:
     vm_memory_high_watermark: MemoryWatermark = field(default_factory=MemoryWatermark)
     disk_free_limit: DiskFreeLimit = field(default_factory=DiskFreeLimit)
     cluster_nodes: tuple[str, ...] = ()
+    # Ready messages a queue keeps in memory before paging the rest to the store
+    # (0: never page), and the same window in bytes of bodies.
+    queue_memory_window: int = 10_000
+    queue_memory_window_bytes: int = 32 << 20
     config_file: str | None = None
 
 
@@ -223,6 +227,13 @@ def _disk_limit(value: Any, hostname: str) -> DiskFreeLimit:
     return DiskFreeLimit(absolute=None, mem_relative=_fraction(inner, 0.0, None))
 
 
+def _positive_size(value: Any, hostname: str) -> int:
+    size = _size(value, hostname)
+    if size < 1:
+        raise _Invalid(f"must be a size of at least 1 byte, {_got(value)}")
+    return size
+
+
 def _path(value: Any, hostname: str) -> Path:
     return Path(_text(value, hostname))
 
@@ -247,6 +258,8 @@ _KEYS: dict[str, tuple[Callable[[Any, str], Any], str | None]] = {
     "vm_memory_high_watermark": (_watermark, None),
     "disk_free_limit": (_disk_limit, None),
     "cluster_nodes": (_node_names, None),
+    "queue_memory_window": (_int_in(0, 2**31 - 1, " (0 turns paging off)"), "LEVERET_QUEUE_MEMORY_WINDOW"),
+    "queue_memory_window_bytes": (_positive_size, None),
 }
 
 ENVIRONMENT_VARIABLES = {env: key for key, (_, env) in _KEYS.items() if env}

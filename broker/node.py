@@ -39,6 +39,7 @@ from broker.arguments import QueueSettings
 from broker.config import Settings
 from broker.deadletter import dead_letter, without_cycles
 from broker.message import Message
+from broker.paging import delete_leftover_pages
 from broker.queue import DeadLetter
 from broker.queue_leader import MESSAGES_TABLE, QueueLeader, decode_persisted, queue_key_prefix
 from broker.routing import Router
@@ -221,6 +222,12 @@ class Node:
         assert self.store is not None
         now = self.now_ms()
         recovered = 0
+        # Paged-out messages of the previous run: the persistent ones are recovered
+        # below from their own records, the transient ones did not survive. Deleted
+        # first: recovery pages out again under the same keys.
+        leftover = delete_leftover_pages(self.store)
+        if leftover.ops:
+            self.submit_write(leftover)
         stale = WriteBatch()
         by_prefix = {queue_key_prefix(v, n): leader for (v, n), leader in self.leaders.items()}
         for key, value in self.store.items(MESSAGES_TABLE):
@@ -232,9 +239,12 @@ class Node:
             from broker.amqp import codec
 
             props = codec.decode_properties(raw)
+            # The key names the message id: keep it, and hand out new ids above it.
+            message_id = int.from_bytes(key[-8:], "big")
+            self._message_ids = max(self._message_ids, message_id)
             message = Message(exchange, routing_key, props, body, persistent=True,
                               priority=props.priority or 0, expiration_ms=None,
-                              raw_properties=raw, id=self.next_message_id())
+                              raw_properties=raw, id=message_id)
             leader.recover(message, now, key)
             recovered += 1
         if stale.ops:

@@ -12,7 +12,12 @@ command at once and, for what must survive a restart (a persistent message in
 a durable queue), writes it through the node's group-commit writer and
 confirms only after that fsync. Many queues' writes share one transaction and
 one fsync. Acks remove persisted messages in the same batched way (no wait:
-an ack lost in a crash only means a redelivery, which AMQP allows).
+an ack lost in a crash only means a redelivery, which AMQP allows). A persisted
+message's key is the queue's prefix and the message id (ids grow in publish
+order, so the key order is the queue order), which keeps no per-message map.
+
+Backlogs beyond the node's `queue_memory_window` are paged out by `QueueState`
+into `broker.paging.StorePages`: a persisted message pages out as its id alone.
 
 Everything here runs in the node's trio thread and never blocks: no per-message
 task or coroutine; deliveries are bytes appended to the consumer connection's
@@ -21,16 +26,13 @@ output buffer, whose writer task is woken.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-import msgpack
-
-from broker.amqp import codec
 from broker.arguments import QueueSettings
 from broker.dispatch import Consumer, ConsumerSet
 from broker.message import Message
+from broker.paging import MESSAGES_TABLE, StorePages, decode_persisted, encode_persisted, persisted_key
 from broker.queue import (
     DeadLetter,
     Deliver,
@@ -40,6 +42,7 @@ from broker.queue import (
     Expire,
     Purge,
     Purged,
+    PagingLimits,
     PublisherRejected,
     QueueState,
     Reconfigure,
@@ -54,8 +57,7 @@ if TYPE_CHECKING:
     from broker.node import Node
     from broker.session import Session
 
-MESSAGES_TABLE = "queue_messages"
-_SEQ = struct.Struct(">Q")
+__all__ = ["MESSAGES_TABLE", "ConsumerRef", "QueueLeader", "decode_persisted", "queue_key_prefix"]
 
 # Outcome callback of a publish: True = accepted (and durable if it had to be), False = rejected.
 Confirm = Callable[[bool], None]
@@ -84,15 +86,18 @@ class QueueLeader:
         self.vhost = vhost
         self.name = name
         self.durable = durable
-        self.state = QueueState(name, settings, now_ms)
+        self._prefix = queue_key_prefix(vhost, name)
+        window = node.settings.queue_memory_window
+        self.pages: StorePages | None = None
+        paging = None
+        if window:
+            paging = PagingLimits.window(window, node.settings.queue_memory_window_bytes)
+            self.pages = StorePages(node, self._prefix, durable)
+        self.state = QueueState(name, settings, now_ms, paging=paging, pages=self.pages)
         self.consumers = ConsumerSet(name, vhost, single_active=settings.single_active_consumer)
         self.refs: dict[str, ConsumerRef] = {}
         self.had_consumers = False
         self.deleted = False
-        self._prefix = queue_key_prefix(vhost, name)
-        # seq -> store key of a persisted message (persistent message in a durable queue).
-        self._persisted: dict[int, bytes] = {}
-        self._next_persist_id = 1
         self._dispatching = False
 
     # ------------------------------------------------------------------ info
@@ -124,14 +129,11 @@ class QueueLeader:
             self.dispatch(now_ms)
 
     def recover(self, message: Message, now_ms: int, key: bytes) -> None:
-        """A persisted message found at start: back in the queue, flagged redelivered
-        (the spec's redelivered flag means "may have been delivered before")."""
-        effects = self.state.apply(Enqueue(message, now_ms, redelivered=True))
-        for e in effects:
-            if isinstance(e, Enqueued):
-                self._persisted[e.seq] = key
-        persist_id = _SEQ.unpack(key[-8:])[0]
-        self._next_persist_id = max(self._next_persist_id, persist_id + 1)
+        """A persisted message found at start (its id taken from `key`): back in the
+        queue, flagged redelivered (the spec's redelivered flag means "may have been
+        delivered before")."""
+        assert key == persisted_key(self._prefix, message.id), "recovered message id must come from its key"
+        self.state.apply(Enqueue(message, now_ms, redelivered=True))
 
     # ------------------------------------------------------------------ consumers
 
@@ -193,7 +195,7 @@ class QueueLeader:
                 rest.append(e)
         self._carry_out(rest, now_ms, None)
         if got is not None and no_ack:
-            self._forget_persisted((got.seq,))
+            self._forget((got.message,))
         return got
 
     def _deliver(self, d: Delivered, now_ms: int) -> None:
@@ -211,13 +213,14 @@ class QueueLeader:
                 self._carry_out(self.state.apply(Requeue((d.seq,), now_ms)), now_ms, None)
             return
         if not d.ack_required:
-            self._forget_persisted((d.seq,))
+            self._forget((d.message,))
 
     # ------------------------------------------------------------------ settlement
 
     def settle(self, seqs: tuple[int, ...], now_ms: int) -> None:
+        settled = self.state.unacked_messages(seqs) if self.durable else ()
         self.state.apply(Settle(seqs))
-        self._forget_persisted(seqs)
+        self._forget(settled)
         self.dispatch(now_ms)
 
     def requeue(self, seqs: tuple[int, ...], now_ms: int) -> None:
@@ -225,17 +228,18 @@ class QueueLeader:
         self.dispatch(now_ms)
 
     def reject(self, seqs: tuple[int, ...], now_ms: int) -> None:
+        # The effects (dead-lettered or dropped) forget the persisted copies.
         self._carry_out(self.state.apply(Reject(seqs)), now_ms, None)
-        self._forget_persisted(seqs)
         self.dispatch(now_ms)
 
     def purge(self, now_ms: int) -> int:
-        ready = [seq for seq, _m, _r in self.state.ready()]
+        # Paged-out messages are forgotten by the page store as the state drops their pages.
+        ready = list(self.state.ready_in_memory()) if self.durable else []
         count = 0
         for e in self.state.apply(Purge()):
             if isinstance(e, Purged):
                 count = e.count
-        self._forget_persisted(tuple(ready))
+        self._forget(ready)
         return count
 
     def expire(self, now_ms: int) -> None:
@@ -252,12 +256,10 @@ class QueueLeader:
     def delete(self) -> list[ConsumerRef]:
         """The queue is gone: drop its persisted messages, return its consumers to cancel."""
         self.deleted = True
-        if self._persisted:
-            batch = WriteBatch()
-            for key in self._persisted.values():
-                batch.delete(MESSAGES_TABLE, key)
-            self._persisted.clear()
-            self.node.submit_write(batch)
+        state = self.state
+        self._forget([*state.ready_in_memory(), *state.unacked_messages(state.unacked_seqs())])
+        if self.pages is not None:
+            self.pages.drop_all()
         refs = list(self.refs.values())
         self.refs.clear()
         for c in list(self.consumers):
@@ -284,57 +286,36 @@ class QueueLeader:
                     confirm(False)
                     confirm = None
             elif t is DeadLetter:
-                self._forget_persisted_message(e.message)
+                self._forget((e.message,))
                 self.node.dead_letter(self.vhost, self.name, e, now_ms)
             else:
                 # Dropped: the message left without a dead-letter exchange.
                 message = getattr(e, "message", None)
                 if message is not None:
-                    self._forget_persisted_message(message)
+                    self._forget((message,))
         if confirm is not None:
             confirm(True)
 
     # ------------------------------------------------------------------ durability
 
     def _persist(self, seq: int, m: Message, confirm: Confirm | None) -> None:
-        key = self._prefix + _SEQ.pack(self._next_persist_id)
-        self._next_persist_id += 1
-        self._persisted[seq] = key
-        raw = m.raw_properties if m.raw_properties is not None else codec.encode_properties(m.properties)
-        value = msgpack.packb([m.exchange, m.routing_key, raw, m.body], use_bin_type=True)
         batch = WriteBatch()
-        batch.put(MESSAGES_TABLE, key, value)
+        batch.put(MESSAGES_TABLE, persisted_key(self._prefix, m.id), encode_persisted(m))
         if confirm is None:
             self.node.submit_write(batch)
         else:
             self.node.submit_write(batch, lambda exc: confirm(exc is None))
 
-    def _forget_persisted(self, seqs: tuple[int, ...]) -> None:
-        if not self._persisted:
+    def _forget(self, messages: Any) -> None:
+        """Delete the persisted copies of `messages` that left this queue (a message
+        never persisted here — a rejected publish — deletes nothing that exists)."""
+        if not self.durable:
             return
         batch = None
-        for seq in seqs:
-            key = self._persisted.pop(seq, None)
-            if key is not None:
+        for m in messages:
+            if m.persistent:
                 if batch is None:
                     batch = WriteBatch()
-                batch.delete(MESSAGES_TABLE, key)
+                batch.delete(MESSAGES_TABLE, persisted_key(self._prefix, m.id))
         if batch is not None:
             self.node.submit_write(batch)
-
-    def _forget_persisted_message(self, message: Message) -> None:
-        # Dropped / dead-lettered messages are identified by object; a linear scan is
-        # acceptable because it only happens for persisted messages leaving abnormally.
-        if not self._persisted or not message.persistent:
-            return
-        for seq, _m in list(self._unpersisted_lookup(message)):
-            self._forget_persisted((seq,))
-
-    def _unpersisted_lookup(self, message: Message) -> list[tuple[int, Message]]:
-        live = {seq for seq, _m, _r in self.state.ready()} | set(self.state.unacked_seqs())
-        return [(seq, message) for seq in list(self._persisted) if seq not in live]
-
-
-def decode_persisted(value: bytes) -> tuple[str, str, bytes, bytes]:
-    exchange, routing_key, raw, body = msgpack.unpackb(value, raw=False)
-    return exchange, routing_key, raw, body

@@ -163,3 +163,28 @@ def test_unacked_messages_are_not_paged_and_settle_normally() -> None:
     assert state.unacked_messages(seqs[:3]) == [state._unacked[s].message for s in seqs[:3]]
     state.apply(Settle(tuple(seqs)))
     assert (state.messages_unacknowledged, state.messages_ready) == (0, 10)
+
+
+def test_memory_window_settings_are_validated() -> None:
+    import pytest
+
+    from broker.config import ConfigError, resolve_settings
+
+    def resolve(values: dict[str, object]):  # type: ignore[no-untyped-def]
+        return resolve_settings(file_values=values, file_label="leveret.yaml", env={}, overrides={}, hostname="box")
+
+    default = resolve({})
+    assert (default.queue_memory_window, default.queue_memory_window_bytes) == (10_000, 32 << 20)
+    s = resolve({"queue_memory_window": 1000, "queue_memory_window_bytes": "8MiB"})
+    assert (s.queue_memory_window, s.queue_memory_window_bytes) == (1000, 8 << 20)
+    assert resolve({"queue_memory_window": 0}).queue_memory_window == 0
+    with pytest.raises(ConfigError, match="queue_memory_window.*0 turns paging off"):
+        resolve({"queue_memory_window": -1})
+    with pytest.raises(ConfigError, match="queue_memory_window_bytes"):
+        resolve({"queue_memory_window_bytes": 0})
+
+
+def test_paging_limits_derive_page_sizes() -> None:
+    assert PagingLimits.window() == PagingLimits(10_000, 32 << 20, 1000, 4 << 20)
+    assert PagingLimits.window(1000, 1 << 20) == PagingLimits(1000, 1 << 20, 250, 1 << 18)
+    assert PagingLimits.window(1, 1) == PagingLimits(1, 1, 1, 1)

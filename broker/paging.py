@@ -1,0 +1,214 @@
+"""`StorePages`: the `broker.queue.PageStore` of a queue leader, over the node's store.
+
+A page is one value in the table `queue_paged`, keyed by the queue's key prefix
+and an 8-byte big-endian page number: a msgpack list with one record per
+message — its queue sequence number, expiry, delivery count, node message id,
+the property values the queue decides on, and its content. The content of a
+persistent message in a durable queue is not written again: it is already in
+`queue_messages` under the queue prefix and its message id, so its record
+carries only the id and the page-in reads the content back from there (a
+range read when the ids are dense, one lookup each otherwise).
+
+Writes go through the node's group-commit writer in the order they are made,
+so a page is never written before the persisted messages it refers to, and a
+page read in before its own write lands is served from memory: its encoded
+value (the very bytes the writer holds, so no second copy) stays in
+`_unwritten` until the writer reports the page written (or forever, if the
+write failed, so nothing is lost). Paged data need not survive a crash —
+persistent messages are recovered from `queue_messages` and the node deletes
+every leftover page at start (`delete_leftover_pages`).
+
+Reads are synchronous LMDB read transactions in the trio thread: a page of
+1,000 small messages reads and decodes in a few milliseconds, and the queue
+reads one only when its in-memory head falls under a page, so a consumer
+never waits on a read per message. Properties are decoded once per distinct
+property octets in a page (a publisher's messages usually share them).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import msgpack
+import trio
+
+from broker.amqp import codec
+from broker.message import Message
+from broker.queue import QueueEntry
+from storage.interface import Store, WriteBatch
+
+if TYPE_CHECKING:
+    from broker.node import Node
+
+log = logging.getLogger("leveret.paging")
+
+MESSAGES_TABLE = "queue_messages"
+PAGED_TABLE = "queue_paged"
+_ID = struct.Struct(">Q")
+
+
+def persisted_key(prefix: bytes, message_id: int) -> bytes:
+    """Where a durable queue keeps a persistent message: its prefix and the message id."""
+    return prefix + _ID.pack(message_id)
+
+
+def encode_persisted(m: Message) -> bytes:
+    raw = m.raw_properties if m.raw_properties is not None else codec.encode_properties(m.properties)
+    return msgpack.packb([m.exchange, m.routing_key, raw, m.body], use_bin_type=True)
+
+
+def decode_persisted(value: bytes) -> tuple[str, str, bytes, bytes]:
+    exchange, routing_key, raw, body = msgpack.unpackb(value, raw=False)
+    return exchange, routing_key, raw, body
+
+
+def read_persisted(store: Store, prefix: bytes, ids: list[int]) -> dict[int, bytes]:
+    """The stored values of persisted messages `ids` of the queue at `prefix`.
+
+    Message ids of one queue are mostly consecutive, so when they fall into few
+    blocks of 256 ids a range read per block (sub-microsecond per entry) beats a
+    lookup per id (a read transaction each)."""
+    blocks = {i >> 8 for i in ids}
+    if len(blocks) * 8 > len(ids):
+        return {i: v for i in ids if (v := store.get(MESSAGES_TABLE, persisted_key(prefix, i))) is not None}
+    wanted = set(ids)
+    found: dict[int, bytes] = {}
+    skip = len(prefix)
+    for block in sorted(blocks):
+        for key, value in store.items(MESSAGES_TABLE, prefix + _ID.pack(block << 8)[:7]):
+            i = _ID.unpack_from(key, skip)[0]
+            if i in wanted:
+                found[i] = value
+    return found
+
+
+def delete_leftover_pages(store: Store) -> WriteBatch:
+    """At start: every page in the store belongs to a previous run (a batch deleting them)."""
+    batch = WriteBatch()
+    for key, _value in store.items(PAGED_TABLE):
+        batch.delete(PAGED_TABLE, key)
+    return batch
+
+
+class StorePages:
+    """Pages of one queue in `queue_paged`; see the module docstring."""
+
+    def __init__(self, node: "Node", prefix: bytes, durable: bool) -> None:
+        self._node = node
+        self._prefix = prefix
+        self._durable = durable
+        self._next = 1
+        self._live: set[int] = set()
+        self._unwritten: dict[int, bytes] = {}
+        self.pages_written = 0
+        self.pages_read = 0
+
+    # --- PageStore ----------------------------------------------------------------------
+
+    def write_page(self, entries: list[QueueEntry]) -> int:
+        number = self._next
+        self._next += 1
+        self._live.add(number)
+        value = self._unwritten[number] = self._encode(entries)
+        batch = WriteBatch()
+        batch.put(PAGED_TABLE, self._key(number), value)
+        self._submit(batch, lambda exc: self._written(number, exc))
+        self.pages_written += 1
+        return number
+
+    def read_page(self, number: int) -> list[QueueEntry]:
+        entries = self.peek_page(number)
+        self._live.discard(number)
+        self._unwritten.pop(number, None)
+        batch = WriteBatch()
+        batch.delete(PAGED_TABLE, self._key(number))
+        self._submit(batch)
+        self.pages_read += 1
+        return entries
+
+    def peek_page(self, number: int) -> list[QueueEntry]:
+        store = self._node.store
+        assert store is not None
+        value = self._unwritten.get(number)
+        if value is None:
+            value = store.get(PAGED_TABLE, self._key(number))
+        assert value is not None, f"page {number} of {self._prefix!r} is missing from the store"
+        return self._decode(store, value)
+
+    def drop_page(self, number: int) -> None:
+        self._drop((number,))
+
+    # --- the leader's -------------------------------------------------------------------
+
+    def drop_all(self) -> None:
+        """The queue is deleted: its pages and the persisted messages they hold go."""
+        self._drop(sorted(self._live))
+
+    @property
+    def pages(self) -> int:
+        return len(self._live)
+
+    # --- inside -------------------------------------------------------------------------
+
+    def _drop(self, numbers: Iterable[int]) -> None:
+        batch = WriteBatch()
+        for number in numbers:
+            if self._durable:
+                for entry in self.peek_page(number):
+                    if entry.message.persistent:
+                        batch.delete(MESSAGES_TABLE, persisted_key(self._prefix, entry.message.id))
+            self._live.discard(number)
+            self._unwritten.pop(number, None)
+            batch.delete(PAGED_TABLE, self._key(number))
+        if batch.ops:
+            self._submit(batch)
+
+    def _key(self, number: int) -> bytes:
+        return self._prefix + _ID.pack(number)
+
+    def _submit(self, batch: WriteBatch, on_done: Callable[[BaseException | None], None] | None = None) -> None:
+        try:
+            self._node.submit_write(batch, on_done)
+        except trio.ClosedResourceError:
+            pass  # shutting down: unwritten pages stay in memory, paged data dies with the node anyway
+
+    def _written(self, number: int, exc: BaseException | None) -> None:
+        if exc is None:
+            self._unwritten.pop(number, None)
+        else:
+            log.error("paging out messages of %r failed, keeping them in memory: %s", self._prefix, exc)
+
+    def _encode(self, entries: list[QueueEntry]) -> bytes:
+        records: list[Any] = []
+        durable = self._durable
+        for e in entries:
+            m = e.message
+            if durable and m.persistent:
+                content: tuple[Any, ...] = (None, None, None, None)
+            else:
+                raw = m.raw_properties if m.raw_properties is not None else codec.encode_properties(m.properties)
+                content = (m.exchange, m.routing_key, raw, m.body)
+            records.append((e.seq, e.expires_at, e.deliveries, m.id, m.persistent, m.priority, m.expiration_ms,
+                            *content))
+        return msgpack.packb(records, use_bin_type=True)
+
+    def _decode(self, store: Store, value: bytes) -> list[QueueEntry]:
+        records = msgpack.unpackb(value, raw=False, use_list=False)
+        stored_ids = [r[3] for r in records if r[7] is None]
+        stored = read_persisted(store, self._prefix, stored_ids) if stored_ids else {}
+        properties: dict[bytes, Any] = {}
+        entries = []
+        for seq, expires_at, deliveries, mid, persistent, priority, expiration_ms, exchange, rk, raw, body in records:
+            if exchange is None:
+                value = stored.get(mid)
+                assert value is not None, f"paged persistent message {mid} of {self._prefix!r} is not in the store"
+                exchange, rk, raw, body = decode_persisted(value)
+            props = properties.get(raw)
+            if props is None:
+                props = properties[raw] = codec.decode_properties(raw)
+            message = Message(exchange, rk, props, body, persistent=persistent, priority=priority,
+                              expiration_ms=expiration_ms, raw_properties=raw, id=mid)
+            entries.append(QueueEntry(seq, message, expires_at, deliveries))
+        return entries
