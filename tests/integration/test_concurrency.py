@@ -1,0 +1,80 @@
+"""Several clients at once: every confirmed message is delivered exactly once, in
+per-publisher order, while publishers, consumers and declares interleave."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pika
+
+from tests.integration.conftest import connect, unique
+
+
+def test_concurrent_publishers_and_consumers_lose_and_duplicate_nothing(amqp_url):
+    q = unique("busy")
+    setup = connect(amqp_url)
+    setup.channel().queue_declare(q, durable=True)
+    publishers, per_publisher = 4, 300
+    errors: list[BaseException] = []
+
+    def publish(p: int) -> None:
+        try:
+            c = connect(amqp_url)
+            ch = c.channel()
+            ch.confirm_delivery()
+            for i in range(per_publisher):
+                mode = 2 if i % 2 else 1
+                ch.basic_publish("", q, f"{p}:{i}".encode(), pika.BasicProperties(delivery_mode=mode))
+            c.close()
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    received: list[list[bytes]] = [[], [], []]
+
+    def consume(k: int, stop: threading.Event) -> None:
+        try:
+            c = connect(amqp_url)
+            ch = c.channel()
+            ch.basic_qos(prefetch_count=20)
+
+            def on_message(ch, method, _props, body):
+                received[k].append(body)
+                ch.basic_ack(method.delivery_tag)
+
+            ch.basic_consume(q, on_message)
+            while not stop.is_set():
+                c.process_data_events(time_limit=0.05)
+            c.close()
+        except BaseException as e:
+            errors.append(e)
+
+    stop = threading.Event()
+    consumers = [threading.Thread(target=consume, args=(k, stop)) for k in range(3)]
+    producers = [threading.Thread(target=publish, args=(p,)) for p in range(publishers)]
+    for t in consumers + producers:
+        t.start()
+    for t in producers:
+        t.join(60)
+    total = publishers * per_publisher
+    deadline = time.monotonic() + 20
+    while sum(map(len, received)) < total and time.monotonic() < deadline and not errors:
+        time.sleep(0.05)
+    time.sleep(0.1)  # anything extra (a duplicate) would arrive now
+    stop.set()
+    for t in consumers:
+        t.join(10)
+    assert not errors, errors
+    everything = [b for r in received for b in r]
+    assert len(everything) == total
+    assert set(everything) == {f"{p}:{i}".encode() for p in range(publishers) for i in range(per_publisher)}
+    # Each consumer sees each publisher's messages in publish order.
+    for r in received:
+        for p in range(publishers):
+            seq = [int(b.split(b":")[1]) for b in r if b.startswith(f"{p}:".encode())]
+            assert seq == sorted(seq)
+    assert all(received), "round robin should give every consumer some"
+    ch = setup.channel()
+    assert ch.queue_declare(q, passive=True).method.message_count == 0
+    ch.queue_delete(q)
+    setup.close()
