@@ -24,6 +24,30 @@ log = logging.getLogger("leveret.connection")
 RECEIVE_SIZE = 256 * 1024
 
 
+class _ReaderWaits:
+    """Cancels what the reader waits on (the socket, a resource alarm), never its
+    handling of a batch of events: every event of a batch, down to the machine's
+    ConnectionClosed, must reach the session, or a closed connection would leave
+    its exclusive queues, consumers and unacked deliveries behind."""
+
+    __slots__ = ("_scope", "stopped")
+
+    def __init__(self) -> None:
+        self._scope: trio.CancelScope | None = None
+        self.stopped = False
+
+    def cancel(self) -> None:
+        self.stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def scope(self) -> trio.CancelScope:
+        self._scope = trio.CancelScope()
+        if self.stopped:
+            self._scope.cancel()
+        return self._scope
+
+
 class _Wakeup:
     """A level-triggered flag a task can wait on; setting it twice is one wake-up."""
 
@@ -62,6 +86,7 @@ async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  #
     conn = session.conn
     try:
         writer_done = trio.Event()
+        reader_waits = _ReaderWaits()
         async with trio.open_nursery() as nursery:
 
             async def write_then_stop_reading() -> None:
@@ -69,10 +94,10 @@ async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  #
                 # The machine closed on its own (missed heartbeats, closing timeout) or the
                 # socket broke: a reader waiting on a silent client would otherwise hold the
                 # socket open forever.
-                nursery.cancel_scope.cancel()
+                reader_waits.cancel()
 
             nursery.start_soon(write_then_stop_reading)
-            await _read(session, stream)
+            await _read(session, stream, reader_waits)
             # The peer is gone or the machine closed: let the writer flush (close-ok,
             # connection.close) and finish, then stop.
             wakeup.set()
@@ -88,19 +113,21 @@ async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  #
                 await stream.aclose()
 
 
-async def _read(session: Session, stream: trio.SocketStream) -> None:
+async def _read(session: Session, stream: trio.SocketStream, waits: _ReaderWaits) -> None:
     conn = session.conn
     node = session.node
     while conn.state is not ConnectionState.CLOSED:
-        if node.alarms and session.publishing:
-            # A resource alarm: stop reading from publishers until it clears (RabbitMQ's
-            # flow control); the connection machine pauses its heartbeat monitor meanwhile.
-            await node.alarms_cleared.wait()
-            continue
-        try:
-            data = await stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            data = b""
+        data = b""
+        with waits.scope():
+            if node.alarms and session.publishing:
+                # A resource alarm: stop reading from publishers until it clears (RabbitMQ's
+                # flow control); the connection machine pauses its heartbeat monitor meanwhile.
+                await node.alarms_cleared.wait()
+                continue
+            try:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                data = b""
         if not data:
             session.handle_sync(conn.connection_lost())
             return

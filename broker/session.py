@@ -274,6 +274,11 @@ class Session:
         if method.immediate:
             self._refuse(channel, spec.NOT_IMPLEMENTED, "immediate=true", method)
             return
+        if exchange:
+            refused = self._topic_refusal(exchange, method.routing_key, auth.Access.WRITE)
+            if refused is not None:
+                self._fail(channel, refused, method)
+                return
         props = ev.properties
         if props.user_id is not None and props.user_id != self.username and not self._may_impersonate():
             self._refuse(channel, spec.PRECONDITION_FAILED,
@@ -368,6 +373,19 @@ class Session:
             )
         if ev.seq is not None:
             self.conn.confirm(ev.channel, ev.seq)
+
+    def _topic_refusal(self, exchange: str, routing_key: str, access: auth.Access) -> Any:
+        """Topic permissions (RabbitMQ's check_*_permitted_on_topic): only for topic exchanges
+        the user has a topic permission on."""
+        meta = self.node.metadata
+        record = meta.exchange(self.vhost, exchange)
+        if record is None or record.type != "topic" or self.username is None:
+            return None
+        permissions = meta.topic_permissions(self.vhost, self.username, exchange)
+        if not permissions:
+            return None
+        return auth.check_topic_access(self.username, permissions[0], vhost=self.vhost, exchange=exchange,
+                                       exchange_type="topic", routing_key=routing_key, access=access)
 
     def _may_impersonate(self) -> bool:
         # RabbitMQ's check_user_id_header: only users tagged "impersonator" may publish
