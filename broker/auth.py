@@ -326,7 +326,8 @@ def check_resource_access(
     if permission is not None and regex_grants(getattr(permission, access.value), name):
         return None
     shown = Resource(resource.vhost, resource.kind, name)
-    return _access_refused(f"{access} access to {shown.describe()} refused for user '{username}'")
+    # RabbitMQ 3.10's text (rabbit_access_control) does not name the permission; 3.11+ does.
+    return _access_refused(f"access to {shown.describe()} refused for user '{username}'")
 
 
 def check_all(username: str, permission: PermissionLike | None, checks: Iterable[Check]) -> AccessRefused | None:
@@ -454,7 +455,7 @@ def check_topic_access(
     if regex_grants(expanded, routing_key):
         return None
     return _access_refused(
-        f"{access} access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' "
+        f"access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' "
         f"refused for user '{username}'"
     )
 

@@ -69,13 +69,13 @@ def test_invalid_regex_grants_nothing_and_is_reported_for_storage() -> None:
 
 def test_no_permission_record_refuses() -> None:
     r = auth.check_resource_access("u", None, q("a"), Access.READ)
-    assert r == auth.AccessRefused(403, "ACCESS_REFUSED - read access to queue 'a' in vhost '/' refused for user 'u'")
+    assert r == auth.AccessRefused(403, "ACCESS_REFUSED - access to queue 'a' in vhost '/' refused for user 'u'")
 
 
 def test_refusal_text_for_exchange() -> None:
     r = auth.check_resource_access("bob", NONE, x("logs", "prod"), Access.WRITE)
     assert r is not None and r.reply_code == 403
-    assert r.reply_text == "ACCESS_REFUSED - write access to exchange 'logs' in vhost 'prod' refused for user 'bob'"
+    assert r.reply_text == "ACCESS_REFUSED - access to exchange 'logs' in vhost 'prod' refused for user 'bob'"
 
 
 def test_default_exchange_is_checked_as_amq_default() -> None:
@@ -84,7 +84,7 @@ def test_default_exchange_is_checked_as_amq_default() -> None:
     empty_only = Permission("/", "u", "^$", "^$", "^$")
     r = auth.check_resource_access("u", empty_only, x(""), Access.WRITE)
     assert r is not None
-    assert r.reply_text == "ACCESS_REFUSED - write access to exchange 'amq.default' in vhost '/' refused for user 'u'"
+    assert r.reply_text == "ACCESS_REFUSED - access to exchange 'amq.default' in vhost '/' refused for user 'u'"
     # only exchanges are renamed; a queue named "" is not
     assert auth.check_resource_access("u", empty_only, q(""), Access.WRITE) is None
 
@@ -144,11 +144,11 @@ def test_operation_table(checks: tuple[auth.Check, ...], expected: list[tuple[Re
 def test_bind_refusal_reports_destination_write_first() -> None:
     p = Permission("/", "u", "^$", "^$", "^$")
     r = auth.check_all("u", p, auth.checks_for_bind("/", "src", Kind.QUEUE, "q"))
-    assert r is not None and r.reply_text == "ACCESS_REFUSED - write access to queue 'q' in vhost '/' refused for user 'u'"
+    assert r is not None and r.reply_text == "ACCESS_REFUSED - access to queue 'q' in vhost '/' refused for user 'u'"
     p2 = Permission("/", "u", "^$", "^q$", "^$")
     r2 = auth.check_all("u", p2, auth.checks_for_bind("/", "src", Kind.QUEUE, "q"))
     assert r2 is not None and r2.reply_text == (
-        "ACCESS_REFUSED - read access to exchange 'src' in vhost '/' refused for user 'u'"
+        "ACCESS_REFUSED - access to exchange 'src' in vhost '/' refused for user 'u'"
     )
     p3 = Permission("/", "u", "^$", "^q$", "^src$")
     assert auth.check_all("u", p3, auth.checks_for_bind("/", "src", Kind.QUEUE, "q")) is None
@@ -158,7 +158,7 @@ def test_declare_with_dlx_needs_write_on_dlx() -> None:
     p = Permission("/", "u", ".*", "^$", ".*")
     checks = auth.checks_for_queue_declare("/", "q", passive=False, creates=True, dead_letter_exchange="dlx")
     r = auth.check_all("u", p, checks)
-    assert r is not None and "write access to exchange 'dlx'" in r.reply_text
+    assert r is not None and "access to exchange 'dlx'" in r.reply_text
 
 
 def test_default_exchange_operations_refused_outright() -> None:
@@ -208,7 +208,7 @@ def test_topic_refusal_text() -> None:
     tp = TopicPermission("/", "u", "t", "^allowed$", "^$")
     r = auth.check_topic_access("u", tp, vhost="/", exchange="t", exchange_type="topic", routing_key="k.x", access=W)
     assert r == auth.AccessRefused(
-        403, "ACCESS_REFUSED - write access to topic 'k.x' in exchange 't' in vhost '/' refused for user 'u'"
+        403, "ACCESS_REFUSED - access to topic 'k.x' in exchange 't' in vhost '/' refused for user 'u'"
     )
 
 
