@@ -502,6 +502,10 @@ class Session:
         vhost = self.vhost
         if not self._check(channel, auth.checks_for_bind(vhost, m.source, auth.Kind.EXCHANGE, m.destination), m):
             return
+        refused = self._topic_refusal(m.source, m.routing_key, auth.Access.READ)
+        if refused is not None:
+            self._fail(channel, refused, m)
+            return
         cls = md.Unbind if unbind else md.Bind
         cmd = cls(vhost, m.source, m.destination, "exchange", m.routing_key, dict(m.arguments or {}), self.id)
         if await self._propose(channel, cmd, m) is not None:
@@ -569,6 +573,10 @@ class Session:
         vhost = self.vhost
         queue = m.queue
         if not self._check(channel, auth.checks_for_bind(vhost, m.exchange, auth.Kind.QUEUE, queue), m):
+            return
+        refused = self._topic_refusal(m.exchange, m.routing_key, auth.Access.READ)
+        if refused is not None:
+            self._fail(channel, refused, m)
             return
         cls = md.Unbind if unbind else md.Bind
         cmd = cls(vhost, m.exchange, queue, "queue", m.routing_key, dict(m.arguments or {}), self.id)

@@ -51,6 +51,7 @@ def limited(ctl, amqp_url):
     ctl("set_permissions", "-p", vhost, user, "^own-.*", "^own-.*|^amq\\.default$|^amq\\.topic$", "^own-.*")
     ctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     ctl("set_topic_permissions", "-p", vhost, user, "amq.topic", "^public\\.", ".*")
+    ctl("set_topic_permissions", "-p", vhost, user, "own-topic", ".*", "^public\\.")
     p = pika.URLParameters(amqp_url)
     base = f"amqp://{user}:{password}@{p.host}:{p.port}/"
     info = {"user": user, "vhost": vhost, "other_vhost": other_vhost,
@@ -158,6 +159,25 @@ def test_topic_permissions_guard_routing_keys(limited):
     assert channel_error(publish) == (
         403, f"ACCESS_REFUSED - access to topic 'private.news' in exchange 'amq.topic' in vhost "
              f"'{limited['vhost']}' refused for user '{limited['user']}'")
+    c.close()
+
+
+def test_topic_permissions_guard_binding_keys(limited):
+    c = connect(limited["url"])
+    ch = c.channel()
+    ch.exchange_declare("own-topic", "topic")
+    q = unique("own-q")
+    ch.queue_declare(q, exclusive=True)
+    ch.queue_bind(q, "own-topic", "public.#")
+    expected = (403, f"ACCESS_REFUSED - access to topic 'private.#' in exchange 'own-topic' in vhost "
+                     f"'{limited['vhost']}' refused for user '{limited['user']}'")
+    ch2 = c.channel()
+    assert channel_error(lambda: ch2.queue_bind(q, "own-topic", "private.#")) == expected
+    ch3 = c.channel()
+    ch3.exchange_declare("own-dest", "fanout")
+    assert channel_error(lambda: ch3.exchange_bind("own-dest", "own-topic", "private.#")) == expected
+    c.channel().exchange_delete("own-dest")
+    c.channel().exchange_delete("own-topic")
     c.close()
 
 
