@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import time
 
+import pika
+import pytest
+
 from tests.integration.conftest import (
-    channel_error, connect, get_body, message_count, unique, wait_until,
+    channel_error, connect, connection_error, get_body, message_count, unique, wait_until,
 )
 
 
@@ -154,3 +157,110 @@ def test_durable_topology_survives_restart(fresh_node):
     code, _ = channel_error(lambda: ch.exchange_declare("tmp-x", passive=True))
     assert code == 404
     c.close()
+
+
+def test_max_length_counts_only_ready_messages(conn):
+    ch = conn.channel()
+    q = unique("maxlen-unacked")
+    ch.queue_declare(q, arguments={"x-max-length": 1})
+    ch.basic_publish("", q, b"held")
+    held = wait_until(lambda: ch.basic_get(q)[0])
+    ch.basic_publish("", q, b"ready")
+    ch.basic_qos(prefetch_count=0)
+    assert message_count(conn, q) == 1
+    ch.basic_nack(held.delivery_tag, requeue=True)
+    # Requeued past the limit: the head (oldest) is dropped, as drop-head does.
+    wait_until(lambda: message_count(conn, q) == 1)
+    m, _p, body = ch.basic_get(q, auto_ack=True)
+    assert body == b"ready"
+    ch.queue_delete(q)
+
+
+def test_requeued_message_keeps_its_place_in_a_priority_queue(conn):
+    ch = conn.channel()
+    q = unique("prio-requeue")
+    ch.queue_declare(q, arguments={"x-max-priority": 3})
+    for body, prio in ((b"low-1", 1), (b"low-2", 1), (b"high", 3)):
+        ch.basic_publish("", q, body, pika.BasicProperties(priority=prio))
+    ch.basic_qos(prefetch_count=0)
+    first = ch.basic_get(q)
+    second = ch.basic_get(q)
+    assert (first[2], second[2]) == (b"high", b"low-1")
+    ch.basic_nack(second[0].delivery_tag, multiple=True, requeue=True)
+    got = []
+    for _ in range(3):
+        got.append(ch.basic_get(q, auto_ack=True)[2])
+    assert got == [b"high", b"low-1", b"low-2"]
+    ch.queue_delete(q)
+
+
+def test_prefetch_size_is_not_implemented(amqp_url):
+    c = connect(amqp_url)
+    ch = c.channel()
+    code, text = connection_error(lambda: ch.basic_qos(prefetch_size=1000, prefetch_count=1))
+    assert (code, text) == (540, "NOT_IMPLEMENTED - prefetch_size!=0 (1000)")
+
+
+def test_channel_flow_off_is_not_implemented(amqp_url):
+    c = connect(amqp_url)
+    ch = c.channel()
+    code, text = connection_error(lambda: ch.flow(False))
+    assert (code, text) == (540, "NOT_IMPLEMENTED - active=false")
+
+
+@pytest.mark.parametrize("x_match,routed", [
+    # Plain all/any ignore x- arguments of the binding (and extra message headers).
+    ("all", [b"plain", b"with-x"]),
+    ("any", [b"plain", b"with-x"]),
+    ("all-with-x", [b"with-x"]),
+    ("any-with-x", [b"plain", b"x-only", b"with-x"]),
+])
+def test_headers_exchange_x_match_with_x_variants(conn, x_match, routed):
+    ch = conn.channel()
+    ex = unique("hdrs-x")
+    ch.exchange_declare(ex, "headers")
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, ex, arguments={"x-match": x_match, "k": "v", "x-tag": "t"})
+    sends = {
+        b"plain": {"k": "v"},
+        b"x-only": {"x-tag": "t"},
+        b"with-x": {"k": "v", "x-tag": "t"},
+    }
+    for body, headers in sends.items():
+        ch.basic_publish(ex, "", body, pika.BasicProperties(headers=headers))
+    ch.basic_qos(prefetch_count=0)
+    got = []
+    while True:
+        m, _p, body = ch.basic_get(q, auto_ack=True)
+        if m is None:
+            break
+        got.append(body)
+    assert got == routed
+    ch.exchange_delete(ex)
+
+
+def test_exclusive_durable_queue_is_allowed_and_still_exclusive(conn):
+    ch = conn.channel()
+    q = unique("excl-durable")
+    ok = ch.queue_declare(q, exclusive=True, durable=True)
+    assert ok.method.queue == q
+    other_channel = conn.channel()
+    other_channel.queue_declare(q, exclusive=True, durable=True)  # same connection: fine
+    ch.queue_delete(q)
+
+
+def test_many_channels_on_one_connection(conn):
+    channels = [conn.channel() for _ in range(50)]
+    q = channels[0].queue_declare("", exclusive=True).method.queue
+    for i, ch in enumerate(channels):
+        ch.basic_publish("", q, str(i).encode())
+    channels[0].basic_qos(prefetch_count=0)
+    for ch in channels[1:]:
+        ch.close()
+    got = []
+    while True:
+        m, _p, body = channels[0].basic_get(q, auto_ack=True)
+        if m is None:
+            break
+        got.append(int(body))
+    assert sorted(got) == list(range(50))
