@@ -87,6 +87,7 @@ class Session:
         self.connected_at = node.now_ms()
         self._write_checks_ok: set[str] = set()
         self._throttled = False
+        self._login_refused = False
         # channel -> (token, consumer tag) of its direct reply-to consumer
         self.reply_consumers: dict[int, tuple[str, str]] = {}
 
@@ -102,6 +103,7 @@ class Session:
         )
         if isinstance(outcome, auth.LoginRefused):
             log.warning("connection %s (%s:%s): %s", self.id, self.peer[0], self.peer[1], outcome.log_message)
+            self._login_refused = True
             return outcome.log_message
         self.username = outcome.username
         return None
@@ -441,8 +443,13 @@ class Session:
             self._channel_closed(ChannelClosed(channel, (), ()))
         if self.opened:
             self.node.unregister(self)
-            if ev.code and not ev.by_client:
+            if not ev.by_client:
                 log.info("closing connection %s: %s", self.id, ev.text)
+        elif not ev.by_client and not self._login_refused:
+            # One line per refused client, as RabbitMQ logs a failed handshake (a bad
+            # header, a frame error, a timeout); a refused login was logged already.
+            log.warning("closing connection %s (%s:%s -> %s:%s) during the handshake: %s",
+                        self.id, self.peer[0], self.peer[1], self.local[0], self.local[1], ev.text)
 
     # ------------------------------------------------------------------ methods
 
