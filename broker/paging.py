@@ -49,6 +49,11 @@ PAGED_TABLE = "queue_paged"
 _ID = struct.Struct(">Q")
 
 
+# Exchange names and routing keys are AMQP octets; the codec carries those that
+# are not UTF-8 as surrogate escapes, and so do the stored records.
+_OCTETS = "surrogateescape"
+
+
 def persisted_key(prefix: bytes, message_id: int) -> bytes:
     """Where a durable queue keeps a persistent message: its prefix and the message id."""
     return prefix + _ID.pack(message_id)
@@ -56,11 +61,12 @@ def persisted_key(prefix: bytes, message_id: int) -> bytes:
 
 def encode_persisted(m: Message) -> bytes:
     raw = m.raw_properties if m.raw_properties is not None else codec.encode_properties(m.properties)
-    return msgpack.packb([m.exchange, m.routing_key, raw, m.body], use_bin_type=True)
+    return msgpack.packb([m.exchange, m.routing_key, raw, m.body], use_bin_type=True,
+                         unicode_errors=_OCTETS)
 
 
 def decode_persisted(value: bytes) -> tuple[str, str, bytes, bytes]:
-    exchange, routing_key, raw, body = msgpack.unpackb(value, raw=False)
+    exchange, routing_key, raw, body = msgpack.unpackb(value, raw=False, unicode_errors=_OCTETS)
     return exchange, routing_key, raw, body
 
 
@@ -192,10 +198,10 @@ class StorePages:
                 content = (m.exchange, m.routing_key, raw, m.body)
             records.append((e.seq, e.expires_at, e.deliveries, m.id, m.persistent, m.priority, m.expiration_ms,
                             *content))
-        return msgpack.packb(records, use_bin_type=True)
+        return msgpack.packb(records, use_bin_type=True, unicode_errors=_OCTETS)
 
     def _decode(self, store: Store, value: bytes) -> list[QueueEntry]:
-        records = msgpack.unpackb(value, raw=False, use_list=False)
+        records = msgpack.unpackb(value, raw=False, use_list=False, unicode_errors=_OCTETS)
         stored_ids = [r[3] for r in records if r[7] is None]
         stored = read_persisted(store, self._prefix, stored_ids) if stored_ids else {}
         properties: dict[bytes, Any] = {}

@@ -116,3 +116,27 @@ def test_queue_with_non_utf8_name_works_and_survives_a_restart(fresh_node: NodeP
     fresh_node.start()
     assert get_body(fresh_node) == b"kept"
     assert "Traceback" not in fresh_node.log_text()
+
+
+def test_messages_routed_by_non_utf8_key_are_stored_paged_and_recovered() -> None:
+    # A memory window of 2 messages: the rest of the backlog is paged to the store.
+    node = NodeProcess(name="octets@localhost", extra_env={"LEVERET_QUEUE_MEMORY_WINDOW": "2"}).start()
+    try:
+        sock, frames = session(node)
+        sock.sendall(queue_declare(NAME, durable=True) + method(pc.Confirm.Select(), 1))
+        frames.until(is_method(85, 11))
+        bodies = [f"m{i}".encode() for i in range(8)]
+        # Default exchange, routing key = the name: persistent and transient alternate.
+        for i, body in enumerate(bodies):
+            sock.sendall(publish(b"", NAME, body, persistent=i % 2 == 0))
+        frames.until(lambda f: is_method(60, 80)(f) and struct.unpack(">Q", f[2][4:12])[0] == len(bodies))
+        sock.close()
+        node.stop()
+        node.start()
+        got = []
+        while (body := get_body(node)) is not None:
+            got.append(body)
+        assert got == bodies[0::2]  # the persistent ones, in order
+        assert "Traceback" not in node.log_text()
+    finally:
+        node.stop()
