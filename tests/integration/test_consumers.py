@@ -337,3 +337,90 @@ def test_auto_ack_consumer_needs_no_acks(conn):
     time.sleep(0.05)
     assert message_count(conn, q) == 0
     conn.channel().queue_delete(q)
+
+
+def test_deliveries_of_a_cancelled_consumer_can_still_be_acked(conn):
+    ch = conn.channel()
+    q = unique("ack-after-cancel")
+    ch.queue_declare(q)
+    got: list = []
+    tag = ch.basic_consume(q, lambda c, m, p, b: got.append(m))
+    _publish(conn, q, [b"1", b"2", b"3"])
+    assert _pump(conn, lambda: len(got) == 3)
+    ch.basic_cancel(tag)
+    ch.basic_ack(got[-1].delivery_tag, multiple=True)
+    ch.close()
+    time.sleep(0.05)
+    assert message_count(conn, q) == 0
+    conn.channel().queue_delete(q)
+
+
+def test_ack_multiple_spans_queues_consumed_on_one_channel(conn):
+    ch = conn.channel()
+    qa, qb = unique("span-a"), unique("span-b")
+    for q in (qa, qb):
+        ch.queue_declare(q)
+    got: list = []
+    ch.basic_consume(qa, lambda c, m, p, b: got.append(m))
+    ch.basic_consume(qb, lambda c, m, p, b: got.append(m))
+    _publish(conn, qa, [b"a1", b"a2"])
+    _publish(conn, qb, [b"b1", b"b2"])
+    assert _pump(conn, lambda: len(got) == 4)
+    ch.basic_ack(max(m.delivery_tag for m in got), multiple=True)
+    ch.close()
+    time.sleep(0.05)
+    assert (message_count(conn, qa), message_count(conn, qb)) == (0, 0)
+    for q in (qa, qb):
+        conn.channel().queue_delete(q)
+
+
+def test_nack_multiple_without_requeue_dead_letters_per_queue(conn):
+    ch = conn.channel()
+    dlq = unique("dlq")
+    ch.queue_declare(dlq)
+    qa, qb = unique("dl-a"), unique("dl-b")
+    ch.queue_declare(qa, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq})
+    ch.queue_declare(qb)  # no dead-letter exchange: dropped
+    _publish(conn, qa, [b"a"])
+    _publish(conn, qb, [b"b"])
+    wait_until(lambda: message_count(conn, qa) == 1 and message_count(conn, qb) == 1)
+    ch.basic_get(qa)
+    last = ch.basic_get(qb)[0]
+    ch.basic_nack(last.delivery_tag, multiple=True, requeue=False)
+    wait_until(lambda: message_count(conn, dlq) == 1)
+    assert drain(ch, dlq) == [b"a"]
+    assert (message_count(conn, qa), message_count(conn, qb)) == (0, 0)
+    for q in (qa, qb, dlq):
+        ch.queue_delete(q)
+
+
+def test_nowait_methods_get_no_reply(amqp_url):
+    """py-amqp can send nowait declares, binds and consumes; a reply would desynchronise it."""
+    import amqp
+
+    p = pika.URLParameters(amqp_url)
+    c = amqp.Connection(f"{p.host}:{p.port}", userid="guest", password="guest")
+    c.connect()
+    try:
+        ch = c.channel()
+        q, ex = unique("nowait-q"), unique("nowait-x")
+        ch.exchange_declare(ex, "direct", auto_delete=False, nowait=True)
+        ch.queue_declare(q, auto_delete=False, nowait=True)
+        ch.queue_bind(q, ex, "k", nowait=True)
+        ch.basic_qos(0, 10, False)
+        got: list = []
+        ch.basic_consume(q, callback=lambda m: got.append(m.body), no_ack=True, nowait=True, consumer_tag="nw")
+        ch.basic_publish(amqp.Message(b"through"), exchange=ex, routing_key="k")
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            try:
+                c.drain_events(timeout=0.1)
+            except Exception as e:  # socket.timeout
+                if "timed out" not in str(e):
+                    raise
+        assert got == [b"through"]
+        ch.basic_cancel("nw")
+        assert ch.queue_delete(q) == 0
+        ch.exchange_delete(ex)
+    finally:
+        c.collect()

@@ -237,3 +237,39 @@ def test_user_id_must_match_the_login(conn):
 
     assert channel_error(publish) == (406, "PRECONDITION_FAILED - user_id property set to 'mallory' but "
                                            "authenticated user was 'guest'")
+
+
+def test_mandatory_to_an_exchange_whose_e2e_bindings_lead_nowhere_is_returned(conn):
+    ch = conn.channel()
+    src, dst = unique("src"), unique("dst")
+    ch.exchange_declare(src, "fanout")
+    ch.exchange_declare(dst, "fanout")
+    ch.exchange_bind(dst, src)
+    returned: list = []
+    ch.add_on_return_callback(lambda c, m, p, b: returned.append(m.reply_code))
+    ch.basic_publish(src, "", b"m", mandatory=True)
+    wait_until(lambda: (conn.process_data_events(time_limit=0.02), returned)[1])
+    assert returned == [312]
+    ch.exchange_delete(src)
+    ch.exchange_delete(dst)
+
+
+def test_mandatory_to_a_deleted_queue_is_returned(conn):
+    ch = conn.channel()
+    q = unique("deleted")
+    ch.queue_declare(q)
+    ch.queue_delete(q)
+    ch.confirm_delivery()
+    with pytest.raises(pika.exceptions.UnroutableError):
+        ch.basic_publish("", q, b"m", mandatory=True)
+
+
+def test_mandatory_to_a_full_reject_publish_queue_is_nacked_not_returned(conn):
+    ch = conn.channel()
+    q = unique("full")
+    ch.queue_declare(q, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    ch.confirm_delivery()
+    with pytest.raises(pika.exceptions.NackError) as info:
+        ch.basic_publish("", q, b"m", mandatory=True)
+    assert info.value.messages == []  # pika lists returned messages here: none
+    ch.queue_delete(q)
