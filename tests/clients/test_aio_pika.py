@@ -175,3 +175,39 @@ def test_channel_error_surfaces_and_connection_survives(broker: BrokerAddress) -
         assert (await q.get(no_ack=True, timeout=5)).body == b"still here"
 
     run(broker, body)
+
+
+def test_robust_connection_recovers_after_a_node_restart(fresh_node: Any) -> None:
+    """connect_robust reconnects, redeclares its queue and resumes consuming when the node comes back."""
+    broker = BrokerAddress(fresh_node.url)
+    received: list[bytes] = []
+
+    async def main() -> None:
+        conn = await aio_pika.connect_robust(broker.url, timeout=5, reconnect_interval=0.2)
+        try:
+            ch = await conn.channel(publisher_confirms=True)
+            q = await ch.declare_queue(unique("aiopika-robust"), durable=True, auto_delete=False)
+            got = asyncio.Event()
+
+            async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+                async with message.process():
+                    received.append(message.body)
+                    got.set()
+
+            await q.consume(on_message)
+            await ch.default_exchange.publish(aio_pika.Message(b"before"), routing_key=q.name)
+            await asyncio.wait_for(got.wait(), 5)
+            got.clear()
+            reconnected = asyncio.Event()
+            conn.reconnect_callbacks.add(lambda *_: reconnected.set())
+            await asyncio.to_thread(fresh_node.stop)
+            await asyncio.to_thread(fresh_node.start)
+            await asyncio.wait_for(reconnected.wait(), 10)
+            await ch.default_exchange.publish(aio_pika.Message(b"after", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                                              routing_key=q.name)
+            await asyncio.wait_for(got.wait(), 5)
+        finally:
+            await conn.close()
+
+    asyncio.run(asyncio.wait_for(main(), LIMIT))
+    assert received == [b"before", b"after"]

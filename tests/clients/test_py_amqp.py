@@ -261,3 +261,23 @@ def test_unknown_vhost_is_not_allowed(broker: BrokerAddress) -> None:
         open_connection(broker, virtual_host=unique("nohost"))
     assert info.value.reply_code == 530
     assert info.value.reply_text.startswith("NOT_ALLOWED - vhost ")
+
+
+def test_direct_reply_to_rpc(conn: amqp.Connection) -> None:
+    """The RPC pattern over amq.rabbitmq.reply-to: no reply queue is declared."""
+    client = conn.channel()
+    requests = unique("pyamqp-rpc")
+    client.queue_declare(requests, exclusive=True)
+    replies: list[amqp.Message] = []
+    client.basic_consume("amq.rabbitmq.reply-to", callback=replies.append, no_ack=True)
+    client.basic_publish(amqp.Message(b"ping", reply_to="amq.rabbitmq.reply-to", correlation_id="c1"),
+                         routing_key=requests)
+    server = conn.channel()
+    request = server.basic_get(requests, no_ack=True)
+    assert request.body == b"ping"
+    # The node rewrote reply_to to a routable name for this consumer.
+    assert request.reply_to.startswith("amq.rabbitmq.reply-to.")
+    server.basic_publish(amqp.Message(b"pong", correlation_id=request.correlation_id),
+                         routing_key=request.reply_to)
+    drain_until(conn, lambda: replies)
+    assert (replies[0].body, replies[0].correlation_id) == (b"pong", "c1")
