@@ -424,3 +424,52 @@ def test_nowait_methods_get_no_reply(amqp_url):
         ch.exchange_delete(ex)
     finally:
         c.collect()
+
+
+def test_requeue_restores_original_order_across_channels(amqp_url, conn):
+    q = unique("order")
+    conn.channel().queue_declare(q)
+    _publish(conn, q, [str(i).encode() for i in range(6)])
+    wait_until(lambda: message_count(conn, q) == 6)
+    consumer = connect(amqp_url)
+    got: list = []
+    for k in range(2):
+        ch = consumer.channel()
+        ch.basic_qos(prefetch_count=3)
+        ch.basic_consume(q, lambda c, m, p, b, k=k: got.append((k, b)))
+    assert _pump(consumer, lambda: len(got) == 6)
+    assert sorted(k for k, _b in got) == [0, 0, 0, 1, 1, 1]  # both channels hold some
+    consumer.close()
+    wait_until(lambda: message_count(conn, q) == 6)
+    assert drain(conn.channel(), q) == [str(i).encode() for i in range(6)]
+    conn.channel().queue_delete(q)
+
+
+def test_basic_recover_requeues_basic_get_deliveries(conn):
+    ch = conn.channel()
+    q = unique("recover-get")
+    ch.queue_declare(q)
+    _publish(conn, q, [b"1", b"2"])
+    wait_until(lambda: message_count(conn, q) == 2)
+    ch.basic_get(q)
+    ch.basic_get(q)
+    ch.basic_recover(requeue=True)
+    wait_until(lambda: message_count(conn, q) == 2)
+    got = [ch.basic_get(q, auto_ack=True) for _ in range(2)]
+    assert [(b, m.redelivered) for m, _p, b in got] == [(b"1", True), (b"2", True)]
+    ch.queue_delete(q)
+
+
+def test_consumer_count_follows_consumers(conn):
+    ch = conn.channel()
+    q = unique("ccount")
+    ch.queue_declare(q)
+    tags = [ch.basic_consume(q, lambda *a: None) for _ in range(3)]
+    assert ch.queue_declare(q, passive=True).method.consumer_count == 3
+    ch.basic_cancel(tags[0])
+    assert ch.queue_declare(q, passive=True).method.consumer_count == 2
+    other = conn.channel()
+    other.basic_consume(q, lambda *a: None)
+    other.close()
+    assert conn.channel().queue_declare(q, passive=True).method.consumer_count == 2
+    ch.queue_delete(q)
