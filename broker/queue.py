@@ -566,6 +566,22 @@ class QueueState:
             self._rebalance(self._paging)
         return effects
 
+    def enqueue_delivered(self, message: Message, now_ms: int, consumer: str, ack_required: bool) -> int | None:
+        """`apply(Enqueue(message, now_ms, consumer, ack_required))` in its common outcome,
+        without building the command and its effects: nothing is ready and the publish is
+        not refused for overflow, so the message goes straight to `consumer`. Returns its
+        seq; the effects are then exactly [Enqueued(seq, message), Delivered(seq, message,
+        consumer, False, 1, ack_required, 0)]. Returns None, having changed nothing, when
+        the outcome would be anything else: the caller applies the command."""
+        if self._ready_count or (self.settings.overflow != OVERFLOW_DROP_HEAD and self._would_overflow(message)):
+            return None
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        if ack_required:
+            self._unacked[seq] = QueueEntry(seq, message, self._expiry_of(message, now_ms), 1)
+            self._unacked_bytes += message.size
+        return seq
+
     # --- the steps ----------------------------------------------------------------------
 
     def _enqueue(self, cmd: Enqueue, effects: list[Effect]) -> None:

@@ -115,15 +115,23 @@ class QueueLeader:
     # ------------------------------------------------------------------ publish
 
     def publish(self, message: Message, now_ms: int, confirm: Confirm | None) -> None:
+        state = self.state
         deliver_to = None
-        if self.state.messages_ready == 0 and len(self.consumers):
+        ack_required = True
+        if state.messages_ready == 0 and len(self.consumers):
             chosen = self.consumers.next_consumer(self._has_credit)
             if chosen is not None:
                 deliver_to = chosen.name
-        ack_required = True
-        if deliver_to is not None:
-            ack_required = not self.refs[deliver_to].no_ack
-        effects = self.state.apply(Enqueue(message, now_ms, deliver_to, ack_required))
+                ref = self.refs[deliver_to]
+                ack_required = not ref.no_ack
+                # The common case (an empty queue, a consumer with credit) without the
+                # command and effect records: the same state change, the same actions.
+                seq = state.enqueue_delivered(message, now_ms, deliver_to, ack_required)
+                if seq is not None:
+                    self._accepted(seq, message, confirm)
+                    self._hand_to(ref, seq, message, False, ack_required, now_ms)
+                    return
+        effects = state.apply(Enqueue(message, now_ms, deliver_to, ack_required))
         self._carry_out(effects, now_ms, confirm)
         if deliver_to is None and self.state.messages_ready:
             self.dispatch(now_ms)
@@ -205,15 +213,17 @@ class QueueLeader:
             if d.ack_required:
                 self._carry_out(self.state.apply(Requeue((d.seq,), now_ms)), now_ms, None)
             return
-        m = d.message
-        tag = ref.session.deliver(ref.channel, ref.tag, (self, d.seq) if d.ack_required else None,
-                                  m, d.redelivered)
+        self._hand_to(ref, d.seq, d.message, d.redelivered, d.ack_required, now_ms)
+
+    def _hand_to(self, ref: ConsumerRef, seq: int, m: Message, redelivered: bool, ack_required: bool,
+                 now_ms: int) -> None:
+        tag = ref.session.deliver(ref.channel, ref.tag, (self, seq) if ack_required else None, m, redelivered)
         if tag is None:
-            if d.ack_required:
-                self._carry_out(self.state.apply(Requeue((d.seq,), now_ms)), now_ms, None)
+            if ack_required:
+                self._carry_out(self.state.apply(Requeue((seq,), now_ms)), now_ms, None)
             return
-        if not d.ack_required:
-            self._forget((d.message,))
+        if not ack_required and self.durable:
+            self._forget((m,))
 
     # ------------------------------------------------------------------ settlement
 
@@ -274,13 +284,8 @@ class QueueLeader:
             if t is Delivered:
                 self._deliver(e, now_ms)
             elif t is Enqueued:
-                m = e.message
-                if self.durable and m.persistent:
-                    self._persist(e.seq, m, confirm)
-                    confirm = None
-                elif confirm is not None:
-                    confirm(True)
-                    confirm = None
+                self._accepted(e.seq, e.message, confirm)
+                confirm = None
             elif t is PublisherRejected:
                 if confirm is not None:
                     confirm(False)
@@ -294,6 +299,13 @@ class QueueLeader:
                 if message is not None:
                     self._forget((message,))
         if confirm is not None:
+            confirm(True)
+
+    def _accepted(self, seq: int, m: Message, confirm: Confirm | None) -> None:
+        """The queue took the publish: confirm it, once durable if it must be."""
+        if self.durable and m.persistent:
+            self._persist(seq, m, confirm)
+        elif confirm is not None:
             confirm(True)
 
     # ------------------------------------------------------------------ durability

@@ -161,18 +161,24 @@ class Session:
     # ------------------------------------------------------------------ events
 
     async def handle(self, events: list[Any]) -> None:
+        # One clock reading for the batch of events one read produced (read again
+        # after anything that waits): queues take `now_ms` for TTL and x-expires.
+        now = self.node.now_ms()
         for ev in events:
             t = type(ev)
             if t is PublishReceived:
                 if self.node.alarms:
                     await self._held_by_alarm()
-                self._publish(ev)
+                    now = self.node.now_ms()
+                self._publish(ev, now)
             elif t is Acked:
-                self._settle(ev.handles)
+                self._settle(ev.handles, now)
             elif t is MethodReceived:
                 await self._method(ev.channel, ev.method)
+                now = self.node.now_ms()
             else:
                 await self._other(ev)
+                now = self.node.now_ms()
         self.on_output()
 
     async def _held_by_alarm(self) -> None:
@@ -252,7 +258,7 @@ class Session:
 
     # ------------------------------------------------------------------ publish
 
-    def _publish(self, ev: PublishReceived) -> None:
+    def _publish(self, ev: PublishReceived, now: int | None = None) -> None:
         node = self.node
         method = ev.method
         exchange = method.exchange
@@ -335,7 +341,8 @@ class Session:
             if seq is not None:
                 self.conn.confirm(channel, seq)
             return
-        now = node.now_ms()
+        if now is None:
+            now = node.now_ms()
         if seq is None:
             for q in routed.queues:
                 leader = node.leader(vhost, q)
@@ -397,8 +404,9 @@ class Session:
 
     # ------------------------------------------------------------------ settlement
 
-    def _settle(self, handles: tuple[Any, ...]) -> None:
-        now = self.node.now_ms()
+    def _settle(self, handles: tuple[Any, ...], now: int | None = None) -> None:
+        if now is None:
+            now = self.node.now_ms()
         for leader, seqs in _by_leader(handles).items():
             leader.settle(seqs, now)
 
