@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pamqp import commands as pc
 from pamqp import exceptions as pexceptions
 from pamqp import frame as pframe
-from pamqp import header as pheader
 
 from tests.fuzz.cases import FRAME_MAX, Case
 

@@ -12,10 +12,10 @@ import socket
 import struct
 import time
 
+from pamqp import commands as pc
+
 from tests.fuzz.cases import handshake, method, raw_frame
 from tests.support.node_process import NodeProcess
-
-from pamqp import commands as pc
 
 NAME = b"q-\xff\xfe-\xc3"
 
