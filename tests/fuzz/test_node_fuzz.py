@@ -15,6 +15,7 @@ in the environment to explore, or run the eight 1,000-case seeds with --slow.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -25,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pika
 import pytest
 
+from tests.ctl.support import ok
 from tests.fuzz.cases import cases
 from tests.fuzz.client import Outcome, run_case
 from tests.support.node_process import NodeProcess
@@ -154,3 +156,14 @@ def fuzz(fuzz_node: NodeProcess, seed: int, count: int) -> None:
         if len(lines) != want:
             wrong.append((o.case.kind, o.kind, o.reply_code, lines))
     assert not wrong, f"{len(wrong)} connections without exactly one log line, first: {wrong[:5]}"
+
+    # Every connection is gone from the node, and with it every exclusive queue.
+    deadline = time.monotonic() + 10
+    while True:
+        connections = json.loads(ok(fuzz_node, "list_connections", "peer_port", "--formatter", "json").out)
+        queues = json.loads(ok(fuzz_node, "list_queues", "name", "exclusive", "--formatter", "json").out)
+        exclusive = [q["name"] for q in queues if q["exclusive"]]
+        if not connections and not exclusive:
+            break
+        assert time.monotonic() < deadline, f"left behind: connections {connections}, exclusive queues {exclusive}"
+        time.sleep(0.2)
