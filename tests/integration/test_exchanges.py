@@ -432,3 +432,34 @@ def test_auto_delete_exchange_goes_when_its_queue_is_deleted(conn):
     ch.queue_delete(q)
     code, _ = channel_error(lambda: ch.exchange_declare(ex, passive=True))
     assert code == 404
+
+
+def test_headers_binding_with_invalid_x_match(conn):
+    ch = conn.channel()
+    ex = unique("hdrs")
+    ch.exchange_declare(ex, "headers")
+    q = ch.queue_declare("", exclusive=True).method.queue
+    code, text = channel_error(lambda: ch.queue_bind(q, ex, arguments={"x-match": "foo"}))
+    assert (code, text) == (406, "PRECONDITION_FAILED - Invalid x-match field value <<\"foo\">>; "
+                                 "expected all, any, all-with-x, or any-with-x")
+    conn.channel().exchange_delete(ex)
+
+
+def test_alternate_exchange_argument_must_be_a_string(ch):
+    ex = unique("ae-type")
+    code, text = channel_error(lambda: ch.exchange_declare(ex, "direct", arguments={"alternate-exchange": 5}))
+    assert (code, text) == (406, f"PRECONDITION_FAILED - invalid type 'signedint' for arg 'alternate-exchange' "
+                                 f"in exchange '{ex}' in vhost '/'")
+
+
+def test_if_unused_counts_only_bindings_from_the_exchange(conn):
+    ch = conn.channel()
+    src, dst = unique("src"), unique("dst")
+    ch.exchange_declare(src, "fanout")
+    ch.exchange_declare(dst, "fanout")
+    ch.exchange_bind(dst, src)
+    ch.exchange_delete(dst, if_unused=True)  # only a destination: unused
+    ch.exchange_bind(src, src)  # binding an exchange to itself is allowed
+    code, text = channel_error(lambda: ch.exchange_delete(src, if_unused=True))
+    assert (code, text) == (406, f"PRECONDITION_FAILED - exchange '{src}' in vhost '/' in use")
+    conn.channel().exchange_delete(src)
