@@ -78,3 +78,33 @@ def test_concurrent_publishers_and_consumers_lose_and_duplicate_nothing(amqp_url
     assert ch.queue_declare(q, passive=True).method.message_count == 0
     ch.queue_delete(q)
     setup.close()
+
+
+def test_a_backlog_larger_than_the_output_bound_reaches_an_unlimited_consumer(amqp_url):
+    """Deliveries beyond the node's per-connection output bound wait for the socket to drain,
+    then continue: nothing stalls and order holds."""
+    q = unique("bulk")
+    pub = connect(amqp_url)
+    ch = pub.channel()
+    ch.queue_declare(q)
+    ch.confirm_delivery()
+    body = b"x" * 10_000
+    n = 400  # ~4 MB, several times the output bound
+    for i in range(n):
+        ch.basic_publish("", q, i.to_bytes(4, "big") + body)
+    consumer = connect(amqp_url)
+    cch = consumer.channel()
+    got: list[int] = []
+
+    def on_message(c, method, _props, b):
+        got.append(int.from_bytes(b[:4], "big"))
+        c.basic_ack(method.delivery_tag)
+
+    cch.basic_consume(q, on_message)
+    deadline = time.monotonic() + 30
+    while len(got) < n and time.monotonic() < deadline:
+        consumer.process_data_events(time_limit=0.05)
+    assert got == list(range(n))
+    ch.queue_delete(q)
+    consumer.close()
+    pub.close()
