@@ -15,6 +15,7 @@ from typing import Any
 
 import amqp
 import amqp.exceptions as ae
+import amqp.spec
 import pytest
 
 from tests.clients.common import BrokerAddress, unique
@@ -281,3 +282,66 @@ def test_direct_reply_to_rpc(conn: amqp.Connection) -> None:
                          routing_key=request.reply_to)
     drain_until(conn, lambda: replies)
     assert (replies[0].body, replies[0].correlation_id) == (b"pong", "c1")
+
+
+def test_nack_multiple_and_recover(conn: amqp.Connection) -> None:
+    q = unique("pyamqp-nack")
+    ch = conn.channel()
+    ch.queue_declare(q, auto_delete=False)
+    for i in range(4):
+        ch.basic_publish(amqp.Message(str(i).encode()), routing_key=q)
+    got: list[amqp.Message] = []
+    consumer = conn.channel()
+    tag = consumer.basic_consume(q, callback=got.append)
+    drain_until(conn, lambda: len(got) == 4)
+    # nack 1 and 2 (multiple) without requeue: dropped; 3 and 4 recovered: redelivered.
+    # (py-amqp has no basic_nack; its framing layer sends the method as kombu would.)
+    consumer.send_method(amqp.spec.Basic.Nack, "Lbb", (got[1].delivery_tag, True, False))
+    consumer.basic_recover(requeue=True)
+    drain_until(conn, lambda: len(got) == 6)
+    assert [(m.body, m.delivery_info["redelivered"]) for m in got[4:]] == [(b"2", True), (b"3", True)]
+    consumer.basic_ack(got[-1].delivery_tag, multiple=True)
+    consumer.basic_cancel(tag)
+    assert ch.queue_declare(q, passive=True).message_count == 0
+    ch.queue_delete(q)
+
+
+def test_exchange_to_exchange_binding(conn: amqp.Connection) -> None:
+    ch = conn.channel()
+    upstream, downstream = unique("pyamqp-up"), unique("pyamqp-down")
+    q = unique("pyamqp-e2e")
+    ch.exchange_declare(upstream, "fanout", auto_delete=False)
+    ch.exchange_declare(downstream, "direct", auto_delete=False)
+    ch.exchange_bind(destination=downstream, source=upstream)
+    ch.queue_declare(q, auto_delete=False)
+    ch.queue_bind(q, downstream, routing_key="k")
+    ch.basic_publish(amqp.Message(b"via upstream"), exchange=upstream, routing_key="k")
+    ch.basic_publish(amqp.Message(b"other key"), exchange=upstream, routing_key="nope")
+    assert ch.basic_get(q, no_ack=True).body == b"via upstream"
+    assert ch.basic_get(q, no_ack=True) is None
+    ch.exchange_unbind(destination=downstream, source=upstream)
+    ch.basic_publish(amqp.Message(b"after unbind"), exchange=upstream, routing_key="k")
+    assert ch.basic_get(q, no_ack=True) is None
+    for ex in (upstream, downstream):
+        ch.exchange_delete(ex)
+    ch.queue_delete(q)
+
+
+def test_heartbeats_keep_an_idle_connection(broker: BrokerAddress) -> None:
+    """With a 1 s heartbeat the node sends heartbeats while idle and takes the client's."""
+    c = open_connection(broker, heartbeat=1)
+    try:
+        assert c.heartbeat == 1
+        received = c.bytes_recv
+        deadline = time.monotonic() + 3.5
+        while time.monotonic() < deadline:
+            try:
+                c.drain_events(timeout=0.2)
+            except socket.timeout:
+                pass
+            # Sends ours when due; raises ConnectionForced if the node's were missed.
+            c.heartbeat_tick()
+        assert c.bytes_recv > received, "no heartbeat from the node while idle"
+        assert c.channel().queue_declare(unique("pyamqp-alive"), exclusive=True).message_count == 0
+    finally:
+        c.close()
