@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
+from pathlib import Path
 
 from celery import Celery
 
@@ -60,3 +62,13 @@ def flaky(self, succeed_on: int) -> int:
     if attempt < succeed_on:
         raise self.retry(countdown=0)
     return attempt
+
+
+@app.task(bind=True, acks_late=True)
+def stall_once(self, marker: str) -> list[object]:
+    """Stalls the first time (the test kills the worker meanwhile); done when redelivered."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("started")
+        time.sleep(60)
+    return ["done", bool(self.request.delivery_info.get("redelivered"))]

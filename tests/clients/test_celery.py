@@ -37,6 +37,28 @@ def wait_for_text(path: Path, text: str, proc: subprocess.Popen, timeout: float)
     raise AssertionError(f"worker not ready (exit {proc.poll()}):\n{path.read_text(errors='replace')[-3000:]}")
 
 
+def start_worker(broker: BrokerAddress, queue: str, log_path: Path) -> subprocess.Popen:
+    env = dict(os.environ, LEVERET_CELERY_BROKER=broker.url, LEVERET_CELERY_QUEUE=queue)
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.clients.celery_app", "worker", "-P", "solo", "-c", "1",
+             "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info",
+             "-n", f"{log_path.stem}-{queue}@%h"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    wait_for_text(log_path, " ready.", worker, 30)
+    return worker
+
+
+def stop_worker(worker: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if worker.poll() is None:
+        worker.send_signal(sig)
+    try:
+        worker.wait(15)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait(5)
+
+
 @pytest.fixture(scope="module")
 def celery_run(broker: BrokerAddress, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     from tests.clients import celery_app
@@ -45,23 +67,14 @@ def celery_run(broker: BrokerAddress, tmp_path_factory: pytest.TempPathFactory) 
     celery_app.configure(broker.url, queue)
     # Queued before any worker exists: the worker must take them by priority.
     queued = [celery_app.ordinal.apply_async((f"p{p}",), priority=p) for p in (1, 9, 3, 9, 0, 6)]
-    log_path = tmp_path_factory.mktemp("celery") / "worker.log"
-    env = dict(os.environ, LEVERET_CELERY_BROKER=broker.url, LEVERET_CELERY_QUEUE=queue)
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tests.clients.celery_app", "worker", "-P", "solo", "-c", "1",
-             "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info", "-n", f"{queue}@%h"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    tmp = tmp_path_factory.mktemp("celery")
+    log_path = tmp / "worker.log"
+    worker = start_worker(broker, queue, log_path)
     try:
-        wait_for_text(log_path, " ready.", worker, 30)
-        yield {"app": celery_app, "queued": queued, "worker": worker, "log": log_path, "queue": queue}
+        yield {"app": celery_app, "queued": queued, "worker": worker, "log": log_path, "queue": queue,
+               "tmp": tmp, "broker": broker}
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(15)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait(5)
+        stop_worker(worker)
         with celery_app.app.connection_for_write() as c:
             c.default_channel.queue_delete(queue)
 
@@ -112,3 +125,27 @@ def test_task_queue_declared_with_max_priority(celery_run: dict[str, Any]) -> No
         with pytest.raises(amqp.exceptions.PreconditionFailed) as info:
             ch.queue_declare(celery_run["queue"], durable=True, auto_delete=False)
         assert "x-max-priority" in info.value.reply_text
+
+
+def test_late_ack_task_is_redelivered_when_its_worker_dies(celery_run: dict[str, Any]) -> None:
+    """acks_late: the task's message stays unacked while it runs; the node gives it to
+    the next worker when the first one is killed (kill -9, no goodbye)."""
+    app, tmp, broker = celery_run["app"], celery_run["tmp"], celery_run["broker"]
+    queue = unique("celery-late")
+    marker = tmp / "stall-started"
+    first = start_worker(broker, queue, tmp / "first.log")
+    try:
+        result = app.stall_once.apply_async((str(marker),), queue=queue)
+        deadline = time.monotonic() + TIMEOUT
+        while not marker.exists():
+            assert time.monotonic() < deadline, "the first worker never started the task"
+            time.sleep(0.05)
+    finally:
+        stop_worker(first, signal.SIGKILL)
+    second = start_worker(broker, queue, tmp / "second.log")
+    try:
+        assert result.get(timeout=TIMEOUT) == ["done", True]
+    finally:
+        stop_worker(second)
+        with app.app.connection_for_write() as c:
+            c.default_channel.queue_delete(queue)
