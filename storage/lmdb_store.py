@@ -72,6 +72,7 @@ from storage.interface import (
 
 FORMAT_VERSION = 1
 DEFAULT_MAP_SIZE = 1 << 30  # address space only: the file grows with the data
+ITEMS_CHUNK = 4096  # rows per read transaction when iterating a table
 
 _GID = struct.Struct(">I")
 _LOG_KEY = struct.Struct(">IQ")
@@ -507,18 +508,33 @@ class LmdbStore:
             return txn.get(_table_key(table, key))
 
     def items(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        # Read in chunks, one short read transaction each, so that walking a table of
+        # millions of rows (recovering a large backlog) holds neither all rows in memory
+        # nor a read transaction across the caller's work. Each chunk is consistent; a
+        # write landing between two chunks may or may not be seen.
         head = _table_key(table, b"")
         start = head + prefix
-        found: list[tuple[bytes, bytes]] = []
-        with self._map_lock, self._env.begin(db=self._dbs["kv"]) as txn:
-            cur = txn.cursor()
-            if cur.set_range(start):
-                skip = len(head)
-                for key, value in cur.iternext():
-                    if not key.startswith(start):
-                        break
-                    found.append((key[skip:], value))
-        return iter(found)
+        skip = len(head)
+        position = start
+        after: bytes | None = None
+        while True:
+            chunk: list[tuple[bytes, bytes]] = []
+            with self._map_lock, self._env.begin(db=self._dbs["kv"]) as txn:
+                cur = txn.cursor()
+                if cur.set_range(position):
+                    for key, value in cur.iternext():
+                        if not key.startswith(start):
+                            break
+                        if key == after:
+                            continue
+                        chunk.append((key, value))
+                        if len(chunk) == ITEMS_CHUNK:
+                            break
+            for key, value in chunk:
+                yield key[skip:], value
+            if len(chunk) < ITEMS_CHUNK:
+                return
+            position = after = chunk[-1][0]
 
     def body(self, body_id: bytes) -> bytes | None:
         with self._map_lock, self._env.begin(db=self._dbs["bodies"]) as txn:

@@ -68,6 +68,8 @@ class GroupCommitWriter:
         self._store = store
         self._max_ops = max_ops_per_write
         self._pending: list[tuple[WriteBatch, OnDone]] = []
+        self._pending_ops = 0
+        self._room: trio.Event | None = None
         self._wakeup = trio.Event()
         self._stopped = trio.Event()
         self._closing = False
@@ -90,6 +92,7 @@ class GroupCommitWriter:
             raise trio.ClosedResourceError("the storage writer is closed")
         # Copy: the caller may reuse or extend its batch while we hold it.
         self._pending.append((WriteBatch(list(batch.ops)), on_done))
+        self._pending_ops += len(batch.ops)
         self._wakeup.set()
 
     async def write(self, batch: WriteBatch) -> None:
@@ -105,6 +108,19 @@ class GroupCommitWriter:
         await done.wait()
         if outcome[0] is not None:
             raise outcome[0]
+
+    @property
+    def pending_ops(self) -> int:
+        """Operations submitted and not yet taken by a write cycle."""
+        return self._pending_ops
+
+    async def wait_for_room(self, max_pending_ops: int) -> None:
+        """Wait until at most `max_pending_ops` operations wait for a cycle: the back-pressure
+        a producer of writes (publishers paging to disk) applies when the disk falls behind."""
+        while self._pending_ops > max_pending_ops and not self._closing:
+            if self._room is None:
+                self._room = trio.Event()
+            await self._room.wait()
 
     def statistics(self) -> WriterStatistics:
         return WriterStatistics(
@@ -160,6 +176,8 @@ class GroupCommitWriter:
         else:
             count = len(pending)
         taken, self._pending = pending[:count], pending[count:]
+        self._pending_ops -= sum(len(batch) for batch, _ in taken)
+        self._make_room()
         return taken
 
     async def _cycle(self, taken: list[tuple[WriteBatch, OnDone]]) -> None:
@@ -202,8 +220,15 @@ class GroupCommitWriter:
                 self._batches_failed += 1
             on_done(outcome)
 
+    def _make_room(self) -> None:
+        if self._room is not None:
+            self._room.set()
+            self._room = None
+
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, []
+        self._pending_ops = 0
+        self._make_room()
         for _, on_done in pending:
             self._batches_failed += 1
             on_done(trio.ClosedResourceError("the storage writer stopped before writing this batch"))

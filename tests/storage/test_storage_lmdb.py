@@ -177,3 +177,24 @@ def test_large_batch_with_many_groups(tmp_path: Path) -> None:
     assert (reopened.first_index("q001"), reopened.last_index("q001")) == (1, 20)
     assert [e.index for e in reopened.entries("q298", 0, 100)] == [11, 12, 13, 14]
     reopened.close()
+
+
+def test_items_walks_a_table_larger_than_one_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import storage.lmdb_store as lmdb_store
+
+    monkeypatch.setattr(lmdb_store, "ITEMS_CHUNK", 7)
+    store = LmdbStore(tmp_path / "chunks", map_size=1 << 22)
+    batch = WriteBatch()
+    for i in range(50):
+        batch.put("rows", b"a" + i.to_bytes(2, "big"), b"v%d" % i)
+        batch.put("rows", b"b" + i.to_bytes(2, "big"), b"w%d" % i)
+    for i in range(14):  # exactly two chunks
+        batch.put("rows", b"c" + bytes([i]), b"x")
+    batch.put("other", b"a\x00\x01", b"elsewhere")
+    store.write(batch)
+    rows = list(store.items("rows", b"a"))
+    assert rows == [(b"a" + i.to_bytes(2, "big"), b"v%d" % i) for i in range(50)]
+    assert len(list(store.items("rows"))) == 114
+    assert [k for k, _ in store.items("rows", b"c")] == [b"c" + bytes([i]) for i in range(14)]
+    assert list(store.items("rows", b"d")) == []
+    store.close()

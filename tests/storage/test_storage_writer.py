@@ -186,3 +186,26 @@ async def test_many_writers_on_lmdb_share_fsyncs(tmp_path: Path) -> None:
     for n in range(30):
         assert [e.index for e in store.entries(f"g{n}", 0, 100)] == list(range(1, 11))
     store.close()
+
+
+async def test_wait_for_room_holds_producers_until_a_cycle_takes_the_backlog() -> None:
+    store = GatedStore()
+    async with open_group_commit_writer(store) as writer:  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.write, put("first"))
+            await wait_until_writing(store)
+            for n in range(5):
+                writer.submit(put(f"k{n}"), lambda exc: None)
+            assert writer.pending_ops == 5
+            released: list[bool] = []
+
+            async def producer() -> None:
+                await writer.wait_for_room(2)
+                released.append(True)
+
+            nursery.start_soon(producer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert released == []  # 5 operations wait: over the limit of 2
+            store.gate.set()
+        assert released == [True]
+        assert writer.pending_ops == 0
