@@ -57,6 +57,8 @@ from storage.writer import GroupCommitWriter
 log = logging.getLogger("leveret.node")
 
 METADATA_GROUP = "metadata"
+# Store operations waiting for the writer beyond which publishers are not read from.
+WRITER_BACKLOG_OPS = 50_000
 
 
 def encode_command(cmd: md.Command) -> bytes:
@@ -420,7 +422,17 @@ class Node:
             session.force_close(320, text)
 
     def memory_bytes(self) -> int:
-        return psutil.Process().memory_info().rss
+        """Memory the node itself holds: resident memory less file-backed pages (LMDB's
+        map), which the kernel reclaims on demand and which must not raise the alarm."""
+        info = psutil.Process().memory_info()
+        return info.rss - getattr(info, "shared", 0)
+
+    def writer_lagging(self) -> bool:
+        return self.writer is not None and self.writer.pending_ops > WRITER_BACKLOG_OPS
+
+    async def wait_for_writer(self) -> None:
+        assert self.writer is not None
+        await self.writer.wait_for_room(WRITER_BACKLOG_OPS // 2)
 
 
 def _ignore(_exc: BaseException | None) -> None:

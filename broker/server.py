@@ -124,6 +124,11 @@ async def _read(session: Session, stream: trio.SocketStream, waits: _ReaderWaits
                 # flow control); the connection machine pauses its heartbeat monitor meanwhile.
                 await node.alarms_cleared.wait()
                 continue
+            if session.publishing and node.writer_lagging():
+                # The disk is behind (paging, persisting): publishers wait for the writer
+                # rather than piling batches up in memory.
+                await node.wait_for_writer()
+                continue
             try:
                 data = await stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
