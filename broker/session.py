@@ -637,7 +637,8 @@ class Session:
             if m.if_unused and leader.consumer_count():
                 self._refuse(channel, spec.PRECONDITION_FAILED, f"queue '{m.queue}' in vhost '{vhost}' in use", m)
                 return
-            if m.if_empty and leader.state.messages:
+            # RabbitMQ's is_empty is the ready count: unacked deliveries do not make a queue non-empty.
+            if m.if_empty and leader.message_count():
                 self._refuse(channel, spec.PRECONDITION_FAILED,
                              f"queue '{m.queue}' in vhost '{vhost}' not empty", m)
                 return

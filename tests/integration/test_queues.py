@@ -252,3 +252,14 @@ def test_durable_queue_with_persistent_messages_survives_restart(fresh_node):
     code, _ = channel_error(lambda: ch.queue_declare("transient-q", passive=True))
     assert code == 404
     c.close()
+
+
+def test_delete_if_empty_ignores_unacked_messages(conn):
+    ch = conn.channel()
+    q = unique("ifempty-unacked")
+    ch.queue_declare(q)
+    ch.basic_publish("", q, b"m")
+    assert wait_until(lambda: ch.basic_get(q)[0])  # delivered, not acked
+    # RabbitMQ counts only ready messages: a queue holding just unacked ones is empty.
+    assert conn.channel().queue_delete(q, if_empty=True).method.message_count == 0
+    assert _gone(conn, q)
