@@ -9,7 +9,7 @@ import pika
 import pytest
 
 from tests.integration.conftest import (
-    channel_error, consume_n, drain, get_body, message_count, unique, wait_until,
+    channel_error, connect, drain, get_body, message_count, unique, wait_until,
 )
 
 
@@ -360,3 +360,43 @@ def test_invalid_queue_arguments(conn, arguments, detail):
     code, text = channel_error(lambda: ch.queue_declare(q, arguments=arguments))
     assert (code, text) == (406, "PRECONDITION_FAILED - " + detail.format(q=q))
     assert _gone(conn, q)
+
+
+def test_single_active_consumer_hands_over_unacked_messages_in_order(amqp_url, conn):
+    q = unique("sac-handover")
+    conn.channel().queue_declare(q, arguments={"x-single-active-consumer": True})
+    first = connect(amqp_url)
+    held: list = []
+    first.channel().basic_consume(q, lambda c, m, p, b: held.append(b))
+    ch = conn.channel()
+    got: list = []
+    ch.basic_consume(q, lambda c, m, p, b: got.append((b, m.redelivered)), auto_ack=True)
+    pub = conn.channel()
+    for i in range(3):
+        pub.basic_publish("", q, str(i).encode())
+    deadline = time.monotonic() + 5
+    while len(held) < 3 and time.monotonic() < deadline:
+        first.process_data_events(time_limit=0.02)
+    conn.process_data_events(time_limit=0.1)
+    assert held == [b"0", b"1", b"2"] and got == []
+    assert ch.queue_declare(q, passive=True).method.consumer_count == 2
+    first.close()  # the active consumer goes: the waiting one takes over, redeliveries first
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.02)
+    assert got == [(b"0", True), (b"1", True), (b"2", True)]
+    ch.queue_delete(q)
+
+
+def test_purge_leaves_unacked_messages(conn):
+    ch = conn.channel()
+    q = unique("purge-unacked")
+    ch.queue_declare(q)
+    for b in (b"1", b"2", b"3"):
+        ch.basic_publish("", q, b)
+    held = wait_until(lambda: ch.basic_get(q)[0])
+    assert ch.queue_purge(q).method.message_count == 2
+    ch.basic_nack(held.delivery_tag, requeue=True)
+    assert wait_until(lambda: message_count(conn, q) == 1)
+    assert drain(ch, q) == [b"1"]
+    ch.queue_delete(q)
