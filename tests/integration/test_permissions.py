@@ -12,7 +12,7 @@ import uuid
 import pika
 import pytest
 
-from tests.integration.conftest import channel_error, connect, connection_error, unique, wait_until
+from tests.integration.conftest import channel_error, connect, unique, wait_until
 from tests.support.node_process import REPO
 
 

@@ -9,7 +9,7 @@ import pika
 import pytest
 
 from tests.integration.conftest import (
-    channel_error, connect, connection_error, drain, message_count, unique, wait_until,
+    channel_error, drain, message_count, unique, wait_until,
 )
 
 
