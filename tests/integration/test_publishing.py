@@ -273,3 +273,29 @@ def test_mandatory_to_a_full_reject_publish_queue_is_nacked_not_returned(conn):
         ch.basic_publish("", q, b"m", mandatory=True)
     assert info.value.messages == []  # pika lists returned messages here: none
     ch.queue_delete(q)
+
+
+def test_transaction_mandatory_return_comes_with_the_commit(conn):
+    ch = conn.channel()
+    returned: list = []
+    ch.add_on_return_callback(lambda c, m, p, b: returned.append(b))
+    ch.tx_select()
+    ch.basic_publish("amq.direct", unique("nobody"), b"unroutable", mandatory=True)
+    ch.basic_qos(prefetch_count=0)  # a round trip: nothing returned before commit
+    conn.process_data_events(time_limit=0.05)
+    assert returned == []
+    ch.tx_commit()
+    conn.process_data_events(time_limit=0.05)
+    assert returned == [b"unroutable"]
+
+
+def test_transaction_publishes_are_discarded_when_the_channel_closes(conn):
+    q = unique("tx-close")
+    ch = conn.channel()
+    ch.queue_declare(q)
+    ch.tx_select()
+    ch.basic_publish("", q, b"never")
+    ch.close()
+    time.sleep(0.05)
+    assert message_count(conn, q) == 0
+    conn.channel().queue_delete(q)
