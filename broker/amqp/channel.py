@@ -404,6 +404,8 @@ class Channel:
 
     def on_header(self, frame: Any, events: list[Any]) -> None:
         if self._expect != 1:  # _EXPECT_HEADER
+            if self._expect == _EXPECT_BODY:
+                self._unexpected_in_content()
             self._unexpected_content_frame()
         publish = self._publish
         assert publish is not None

@@ -218,6 +218,18 @@ def test_method_while_body_expected() -> None:
     assert not of_type(events, PublishReceived)
 
 
+def test_second_header_while_body_expected() -> None:
+    # RabbitMQ (rabbit_command_assembler, content_body state): the publish is named.
+    peer = opened()
+    header = pframe.marshal(pheader.ContentHeader(0, 10, pc.Basic.Properties()), 1)
+    events = peer.send_raw(pframe.marshal(pc.Basic.Publish(routing_key="q"), 1) + header + header)
+    close = _connection_close(peer)
+    assert (close.reply_code, close.reply_text) == (
+        505, "UNEXPECTED_FRAME - expected content body, got non content body frame instead")
+    assert (close.class_id, close.method_id) == (60, 40)
+    assert not of_type(events, PublishReceived)
+
+
 def test_header_for_wrong_class() -> None:
 
     peer = opened()
