@@ -7,7 +7,7 @@ import time
 
 import pika
 import pytest
-from pamqp import commands, heartbeat
+from pamqp import body, commands, header, heartbeat
 
 from tests.integration.conftest import connect, get_body, unique
 from tests.integration.raw_amqp import PROTOCOL_HEADER, RawClient
@@ -140,6 +140,57 @@ def test_method_on_a_channel_that_is_not_open(amqp_url, conn):
     close = raw.expect(commands.Connection.Close)
     assert (close.reply_code, close.reply_text, close.class_id, close.method_id) == \
         (504, "CHANNEL_ERROR - expected 'channel.open'", 60, 10)
+    raw.close()
+    _still_works(conn)
+
+
+def _publish_start(raw: RawClient, body_size: int) -> None:
+    raw.send_frame(1, commands.Basic.Publish(exchange="", routing_key="nowhere"))
+    raw.send_frame(1, header.ContentHeader(0, body_size, commands.Basic.Properties()))
+
+
+# Sent on an open channel 1: (frames, reply code, reply text, class id, method id), as
+# RabbitMQ 3.10.8 answers them (compared by hand).
+CHANNEL_MISUSE = {
+    "second-channel-open": (lambda r: r.send_frame(1, commands.Channel.Open()),
+                            504, "CHANNEL_ERROR - second 'channel.open' seen", 20, 10),
+    "method-instead-of-header": (
+        lambda r: (r.send_frame(1, commands.Basic.Publish(exchange="", routing_key="x")),
+                   r.send_frame(1, commands.Basic.Qos(prefetch_count=1))),
+        505, "UNEXPECTED_FRAME - expected content header for class 60, got non content header frame instead",
+        60, 40),
+    "header-instead-of-body": (
+        lambda r: (_publish_start(r, 10), r.send_frame(1, header.ContentHeader(0, 10, commands.Basic.Properties()))),
+        505, "UNEXPECTED_FRAME - expected content body, got non content body frame instead", 60, 40),
+    "header-of-another-class": (
+        lambda r: (r.send_frame(1, commands.Basic.Publish(exchange="", routing_key="x")),
+                   r.send(b"\x02\x00\x01\x00\x00\x00\x0e\x00\x0a\x00\x00\x00\x00\x00\x00\x00\x00\x00\x01"
+                          b"\x00\x00\xce")),
+        505, "UNEXPECTED_FRAME - expected content header for class 60, got one for class 10 instead", 60, 40),
+    "close-ok-without-close": (lambda r: r.send_frame(1, commands.Channel.CloseOk()),
+                               503, "COMMAND_INVALID - unimplemented method", 20, 41),
+    "ack-on-unopened-channel": (lambda r: r.send_frame(2, commands.Basic.Ack(delivery_tag=1)),
+                                504, "CHANNEL_ERROR - expected 'channel.open'", 60, 80),
+    "channel-method-on-channel-zero": (lambda r: r.send_frame(0, commands.Basic.Qos(prefetch_count=1)),
+                                       504, "CHANNEL_ERROR - unexpected method in connection state running",
+                                       60, 10),
+    # RabbitMQ 3.10 waits forever for the rest of such a body; Leveret refuses the frame.
+    "body-longer-than-declared": (lambda r: (_publish_start(r, 2), r.send_frame(1, body.ContentBody(b"xyz"))),
+                                  501, "FRAME_ERROR - content body frame exceeds remaining content size", 60, 40),
+}
+
+
+@pytest.mark.parametrize("case", list(CHANNEL_MISUSE))
+def test_channel_misuse_closes_the_connection_with_rabbitmq_text(amqp_url, conn, case):
+    send, code, text, class_id, method_id = CHANNEL_MISUSE[case]
+    raw = RawClient(*_host_port(amqp_url))
+    raw.handshake()
+    raw.send_frame(1, commands.Channel.Open())
+    raw.expect(commands.Channel.OpenOk)
+    send(raw)
+    close = raw.expect(commands.Connection.Close)
+    assert (close.reply_code, close.reply_text, close.class_id, close.method_id) == \
+        (code, text, class_id, method_id)
     raw.close()
     _still_works(conn)
 
