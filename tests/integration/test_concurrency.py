@@ -3,12 +3,16 @@ per-publisher order, while publishers, consumers and declares interleave."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
 import time
 
 import pika
+from pamqp import commands
 
 from tests.integration.conftest import connect, unique
+from tests.integration.raw_amqp import RawClient
 
 
 def test_concurrent_publishers_and_consumers_lose_and_duplicate_nothing(amqp_url):
@@ -107,4 +111,34 @@ def test_a_backlog_larger_than_the_output_bound_reaches_an_unlimited_consumer(am
     assert got == list(range(n))
     ch.queue_delete(q)
     consumer.close()
+    pub.close()
+
+
+def test_consumer_socket_dropped_mid_delivery_returns_everything(amqp_url):
+    q = unique("dropped")
+    pub = connect(amqp_url)
+    ch = pub.channel()
+    ch.queue_declare(q)
+    ch.confirm_delivery()
+    n = 300
+    for i in range(n):
+        ch.basic_publish("", q, b"y" * 10_000)
+    p = pika.URLParameters(amqp_url)
+    raw = RawClient(p.host, p.port)
+    raw.handshake()
+    raw.send_frame(1, commands.Channel.Open())
+    raw.expect(commands.Channel.OpenOk)
+    raw.send_frame(1, commands.Basic.Consume(queue=q, consumer_tag="c"))
+    raw.frames(timeout=0.5, stop_after=20)  # some deliveries arrive, the rest is in flight
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()  # linger 0: a reset, nothing acked
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if ch.queue_declare(q, passive=True).method.message_count == n:
+            break
+        time.sleep(0.05)
+    assert ch.queue_declare(q, passive=True).method.message_count == n
+    got = ch.basic_get(q, auto_ack=True)
+    assert got[0].redelivered
+    ch.queue_delete(q)
     pub.close()
