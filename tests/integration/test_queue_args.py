@@ -400,3 +400,34 @@ def test_purge_leaves_unacked_messages(conn):
     assert wait_until(lambda: message_count(conn, q) == 1)
     assert drain(ch, q) == [b"1"]
     ch.queue_delete(q)
+
+
+def test_dead_lettering_keeps_every_header_type(conn, ch):
+    """The dead-letter copy is re-encoded with x-death added: the other headers survive intact."""
+    import datetime
+    import decimal
+
+    dlq, q = unique("dlq"), unique("types")
+    ch.queue_declare(dlq)
+    ch.queue_declare(q, arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq})
+    headers = {
+        "str": "unicodé ✓", "int": -7, "big": 2**40, "bool": False, "none": None,
+        "decimal": decimal.Decimal("3.14"), "time": datetime.datetime(2024, 5, 6, 7, 8, 9, tzinfo=datetime.timezone.utc),
+        "bytes": b"\x00\x01raw", "list": [1, "two", [3], {"four": 4}], "table": {"nested": {"deep": True}},
+    }
+    props = pika.BasicProperties(headers=headers, content_type="x/y", correlation_id="c", priority=2,
+                                 timestamp=1700000000, delivery_mode=2)
+    ch.basic_publish("", q, b"m", props)
+    method = wait_until(lambda: ch.basic_get(q)[0])
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    _m, got, body = wait_until(lambda: (lambda r: r if r[0] else None)(ch.basic_get(dlq, auto_ack=True)))
+    assert body == b"m"
+    out = dict(got.headers)
+    assert {k for k in out if k.startswith("x-")} == {"x-death", "x-first-death-exchange", "x-first-death-queue",
+                                                       "x-first-death-reason"}
+    for k, v in headers.items():
+        assert out[k] == v, k
+    assert (got.content_type, got.correlation_id, got.priority, got.timestamp, got.delivery_mode) == \
+        ("x/y", "c", 2, 1700000000, 2)
+    ch.queue_delete(q)
+    ch.queue_delete(dlq)
