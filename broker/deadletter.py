@@ -37,6 +37,7 @@ import datetime
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from broker.amqp.codec import Long
 from broker.message import Message
 
 REASON_REJECTED = "rejected"
@@ -94,7 +95,7 @@ def _grouped(deaths: list[Any]) -> list[Any]:
         matches = [t for t in tables if _death_key(t) == key]
         first = matches[0]
         if "count" not in first:
-            first = {"count": len(matches), **first}
+            first = {"count": Long(len(matches)), **first}
         if not grouped:
             grouped = [first]
         elif key not in seen:
@@ -135,7 +136,7 @@ def dead_letter(
         headers["x-first-death-reason"] = reason
         headers["x-first-death-queue"] = queue
         headers["x-first-death-exchange"] = message.exchange
-        headers["x-death"] = [{"count": 1, **info}]
+        headers["x-death"] = [{"count": Long(1), **info}]
     elif isinstance(existing, (list, tuple)):
         deaths = _grouped(list(existing))
         matches = [d for d in deaths if _death_key(d) == (queue, reason)]
@@ -143,14 +144,14 @@ def dead_letter(
         if matches:
             entry = dict(matches[0])
             count = entry.get("count")
-            entry["count"] = count + 1 if isinstance(count, int) and not isinstance(count, bool) else 1
+            entry["count"] = Long(count + 1 if isinstance(count, int) and not isinstance(count, bool) else 1)
         else:
-            entry = {"count": 1, **info}
+            entry = {"count": Long(1), **info}
         headers["x-death"] = [_sorted_table(entry), *others]
     else:
         # A client republished a consumed message and turned x-death into something
         # else (rabbitmq-server#767): start the history again.
-        headers["x-death"] = [{"count": 1, **info}]
+        headers["x-death"] = [{"count": Long(1), **info}]
 
     if routing_key is not None:
         keys: tuple[str, ...] = (routing_key,)

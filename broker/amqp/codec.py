@@ -35,7 +35,8 @@ floats as 'd' (pamqp writes 'f'); 'D' decimals carry an unsigned 32-bit value
 (pamqp writes it signed); 'L' decodes as signed 64 (the RabbitMQ errata); bytes as
 'x'. On input we also accept 'U' as a signed 16-bit integer (the 0-9-1 spec's
 letter; RabbitMQ itself rejects it). 'T' decodes to an aware UTC `datetime` when
-the value fits one, else to `Timestamp`, an int that encodes back as 'T'. Short
+the value fits one, else to `Timestamp`, an int that encodes back as 'T'; 'l' decodes
+to `Long`, an int that encodes back as 'l'. Short
 and long strings decode as UTF-8 with surrogateescape, so any octets round-trip
 exactly and decoding never fails on bad UTF-8 (RabbitMQ treats them as binaries).
 The `timestamp` content property stays a plain int (seconds), like RabbitMQ.
@@ -68,6 +69,7 @@ __all__ = [
     "HeartbeatFrame",
     "MethodFrame",
     "PublishFrame",
+    "Long",
     "Timestamp",
     "decode_properties",
     "decode_table",
@@ -116,6 +118,14 @@ class AMQPFrameError(Exception):
 
 class Timestamp(int):
     """A field-table 'T' value too large for `datetime` (e.g. milliseconds sent as seconds)."""
+
+    __slots__ = ()
+
+
+class Long(int):
+    """A field-table 'l' value: encodes back as 'l' whatever its size, so a re-encoded table
+    (a dead-lettered copy) keeps the client's types, and values RabbitMQ types as long
+    (x-death counts) reach typed clients (Java's Long) as long."""
 
     __slots__ = ()
 
@@ -269,7 +279,7 @@ def _field_value(buf: Any, offset: int, limit: int) -> tuple[Any, int]:
     if kind == 0x74:  # 't'
         return buf[offset] != 0, offset + 1
     if kind == 0x6C or kind == 0x4C:  # 'l', 'L': both signed 64 (RabbitMQ errata)
-        return _I64.unpack_from(buf, offset)[0], offset + 8
+        return Long(_I64.unpack_from(buf, offset)[0]), offset + 8
     if kind == 0x46:  # 'F'
         return _table_at(buf, offset, limit)
     if kind == 0x41:  # 'A'
@@ -371,6 +381,8 @@ def _encode_value(value: Any, out: list[bytes]) -> None:
         out.append(b"t\x01" if value else b"t\x00")
     elif isinstance(value, Timestamp):
         out.append(b"T" + _U64.pack(value))
+    elif isinstance(value, Long):
+        out.append(b"l" + _I64.pack(value))
     elif isinstance(value, int):
         if -0x80000000 <= value <= 0x7FFFFFFF:
             out.append(b"I" + _I32.pack(value))

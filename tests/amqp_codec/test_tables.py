@@ -12,7 +12,7 @@ from pamqp import decode as pamqp_decode
 from pamqp import encode as pamqp_encode
 
 from broker.amqp import spec
-from broker.amqp.codec import AMQPFrameError, Timestamp, decode_table, encode_table
+from broker.amqp.codec import AMQPFrameError, Long, Timestamp, decode_table, encode_table
 
 from .strategies import field_tables, normalise
 
@@ -81,6 +81,7 @@ def test_rabbitmq_type_letters_on_output() -> None:
         (Decimal("1.25"), b"D\x02" + struct.pack(">I", 125)),
         (dt.datetime(2020, 1, 1, tzinfo=UTC), b"T" + struct.pack(">Q", 1577836800)),
         (Timestamp(2**40), b"T" + struct.pack(">Q", 2**40)),
+        (Long(5), b"l" + struct.pack(">q", 5)),
     ]
     for value, wire in cases:
         assert encode_table({"k": value}) == entry(b"k", wire[:1], wire[1:]), value
@@ -96,8 +97,8 @@ def test_every_input_type_letter() -> None:
         (b"U", b"\xff\xfe", -2),
         (b"I", b"\xff\xff\xff\xfe", -2),
         (b"i", b"\xff\xff\xff\xfe", 2**32 - 2),
-        (b"l", b"\xff" * 8, -1),
-        (b"L", b"\xff" * 8, -1),  # RabbitMQ errata: 'L' is signed too
+        (b"l", b"\xff" * 8, Long(-1)),
+        (b"L", b"\xff" * 8, Long(-1)),  # RabbitMQ errata: 'L' is signed too
         (b"f", struct.pack(">f", 0.5), 0.5),
         (b"d", struct.pack(">d", -0.25), -0.25),
         (b"D", b"\x03" + struct.pack(">I", 12345), Decimal("12.345")),
@@ -113,6 +114,14 @@ def test_every_input_type_letter() -> None:
         decoded, _ = decode_table(entry(b"key", kind, payload))
         assert decoded == {"key": expected}, kind
         assert type(decoded["key"]) is type(expected), kind
+
+
+def test_small_long_keeps_its_type_through_a_round_trip() -> None:
+    # A client's 'l' header re-encoded by the node (a dead-lettered copy) stays 'l'.
+    wire = entry(b"n", b"l", struct.pack(">q", 7))
+    decoded, _ = decode_table(wire)
+    assert decoded == {"n": 7}
+    assert encode_table(decoded) == wire
 
 
 def test_invalid_utf8_round_trips_octet_exact() -> None:

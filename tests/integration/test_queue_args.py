@@ -211,6 +211,8 @@ def test_dead_letter_on_reject_with_exchange_and_routing_key(conn, ch):
     assert death["exchange"] == ""
     assert death["routing-keys"] == [q]
     assert death["count"] == 1
+    # Typed as long ('l') on the wire, as RabbitMQ does: Java clients cast it to Long.
+    assert isinstance(death["count"], pika.compat.long)
     assert props.headers["x-first-death-reason"] == "rejected"
     assert props.headers["x-first-death-queue"] == q
     ch.queue_delete(q)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 
+from broker.amqp.codec import encode_table
 from broker.amqp.spec import BasicProperties
 from broker.deadletter import dead_letter, is_cycle, without_cycles
 from broker.message import Message
@@ -82,6 +83,10 @@ def test_same_queue_and_reason_increments_count_and_keeps_first_values() -> None
     m2 = dead_letter(m1r, "expired", "q1", "dlx", None, T0 + 60_000).message
     [entry] = m2.properties.headers["x-death"]
     assert entry["count"] == 2
+    # RabbitMQ types the count as long ('l'); typed clients (Java) read it as Long.
+    assert encode_table({"count": entry["count"]})[4:] == b"\x05count" + b"l" + (2).to_bytes(8, "big")
+    [first] = m1.properties.headers["x-death"]
+    assert encode_table({"count": first["count"]})[4:] == b"\x05count" + b"l" + (1).to_bytes(8, "big")
     assert entry["exchange"] == "ex"  # the first death's values stay
     assert entry["time"] == datetime.datetime.fromtimestamp(T0 // 1000, tz=UTC)
     assert entry["original-expiration"] == "5"
