@@ -37,8 +37,10 @@ floats as 'd' (pamqp writes 'f'); 'D' decimals carry an unsigned 32-bit value
 letter; RabbitMQ itself rejects it). 'T' decodes to an aware UTC `datetime` when
 the value fits one, else to `Timestamp`, an int that encodes back as 'T'; 'l' decodes
 to `Long`, an int that encodes back as 'l'. Short
-and long strings decode as UTF-8 with surrogateescape, so any octets round-trip
-exactly and decoding never fails on bad UTF-8 (RabbitMQ treats them as binaries).
+strings in method arguments must be UTF-8 (501 "Malformed UTF-8 in shortstr", as
+RabbitMQ 3.10 asserts), except basic.publish's exchange and routing key, which
+RabbitMQ takes as any octets; those, long strings, table strings and properties
+decode with surrogateescape, so any octets round-trip exactly.
 The `timestamp` content property stays a plain int (seconds), like RabbitMQ.
 Other pamqp differences the tests work around: pamqp reads "longlong" arguments
 (delivery tags) as signed, and treats an empty-string property as absent.
@@ -474,7 +476,13 @@ def _decode_arguments(cls: type[Method], buf: Any, pos: int, end: int) -> Method
             pos = start + length
             if pos > end:
                 raise IndexError
-            values.append(str(buf[start:pos], "utf-8", "surrogateescape"))
+            try:
+                values.append(str(buf[start:pos], "utf-8"))
+            except UnicodeDecodeError:
+                # RabbitMQ 3.10 asserts UTF-8 in method short strings (names, tags,
+                # binding keys, the vhost); only basic.publish, parsed by its own path
+                # above, takes any octets as exchange and routing key.
+                raise _Malformed(spec.FRAME_ERROR, "Malformed UTF-8 in shortstr") from None
         elif domain == "short":
             values.append(_U16.unpack_from(buf, pos)[0])
             pos += 2
