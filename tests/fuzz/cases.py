@@ -196,8 +196,10 @@ def targeted() -> list[Case]:
         ("channel.open twice", method(pc.Channel.Open(), 1), 504),
         ("connection method on a channel", method(pc.Connection.Open(virtual_host="/"), 1), 503),
         ("channel method on channel 0", method(pc.Channel.Flow(active=True), 0), 504),
-        ("unknown exchange type in octets that are not UTF-8",
-         raw_frame(1, 1, struct.pack(">HHH", 40, 10, 0) + b"\x02ex" + b"\x05t\xffype" + b"\x00" + struct.pack(">I", 0)), 503),
+        ("exchange type in octets that are not UTF-8",
+         raw_frame(1, 1, struct.pack(">HHH", 40, 10, 0) + b"\x02ex" + b"\x05t\xffype" + b"\x00" + struct.pack(">I", 0)), 501),
+        ("queue name in octets that are not UTF-8",
+         raw_frame(1, 1, struct.pack(">HHH", 50, 10, 0) + b"\x02q\xff" + b"\x00" + struct.pack(">I", 0)), 501),
     ]
     out = [Case(f"targeted: {name}", tuple(opened()) + (data,), code) for name, data, code in cases]
     # Before the handshake is complete RabbitMQ drops the client without a word.
