@@ -211,3 +211,28 @@ def test_robust_connection_recovers_after_a_node_restart(fresh_node: Any) -> Non
 
     asyncio.run(asyncio.wait_for(main(), LIMIT))
     assert received == [b"before", b"after"]
+
+
+def test_unroutable_mandatory_publish_raises_and_transactions(broker: BrokerAddress) -> None:
+    async def body(conn: aio_pika.abc.AbstractRobustConnection) -> None:
+        ch = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        with pytest.raises(aio_pika.exceptions.DeliveryError) as info:
+            await ch.default_exchange.publish(aio_pika.Message(b"lost"), routing_key=unique("aiopika-nobody"),
+                                              mandatory=True)
+        returned = info.value.message
+        assert returned is not None and returned.body == b"lost"
+        # A transactional channel: nothing is visible before commit, a rollback drops.
+        tx_ch = await conn.channel(publisher_confirms=False)
+        q = await tx_ch.declare_queue(unique("aiopika-tx"), auto_delete=False)
+        tx = tx_ch.transaction()
+        await tx.select()
+        await tx_ch.default_exchange.publish(aio_pika.Message(b"rolled back"), routing_key=q.name)
+        await tx.rollback()
+        await tx_ch.default_exchange.publish(aio_pika.Message(b"committed"), routing_key=q.name)
+        assert (await ch.declare_queue(q.name, passive=True)).declaration_result.message_count == 0
+        await tx.commit()
+        assert (await q.get(no_ack=True)).body == b"committed"
+        assert await q.get(no_ack=True, fail=False) is None
+        await q.delete()
+
+    run(broker, body)
