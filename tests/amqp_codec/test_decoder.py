@@ -240,7 +240,8 @@ def test_mutated_streams_only_give_frames_or_frame_errors(data: bytes, cuts: lis
     frames, error = FrameDecoder(4096).feed(data)
     assert error is None or error.code in (spec.FRAME_ERROR, spec.SYNTAX_ERROR, spec.NOT_IMPLEMENTED)
     assert error is None or error.text.startswith(spec.REPLY_NAMES[error.code] + " - ")
-    assert feed_in_pieces_4096(data, cuts) == (frames, error)
+    # Compared as text: a mutated double can be a NaN, which is never equal to itself.
+    assert repr(feed_in_pieces_4096(data, cuts)) == repr((frames, error))
 
 
 def test_error_texts_render_octets_like_erlang() -> None:
