@@ -64,8 +64,35 @@ class _Wakeup:
         self._event = trio.Event()
 
 
+def raise_open_files_limit() -> tuple[int, int]:
+    """Every client holds a socket: lift the soft limit on open files to the hard one
+    (tens of thousands of connections need it; RabbitMQ asks the same of its host).
+    Returns (soft limit before, soft limit now)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return (0, 0)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit still has the kernel's nr_open ceiling; ask for a
+    # million, which every Linux since 2.6.25 allows by default.
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return (soft, soft)
+        return (soft, target)
+    return (soft, soft)
+
+
 async def serve_amqp(node: "Node", host: str, port: int,  # type: ignore[name-defined]  # noqa: F821
                      *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    before, now = raise_open_files_limit()
+    if now != before:
+        log.info("open file limit raised from %d to %d (the hard limit): room for about %d connections",
+                 before, now, max(now - 100, 0))
+    else:
+        log.info("open file limit %d: room for about %d connections", now, max(now - 100, 0))
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     bound = listeners[0].socket.getsockname()[1]
     task_status.started(bound)

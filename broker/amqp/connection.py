@@ -157,6 +157,9 @@ Authenticate = Callable[[str, str], "str | None"]
 OpenVhost = Callable[[str, str], "str | None"]
 
 
+_SHARED_RNG = random.Random()
+
+
 def default_server_properties(product: str = "Leveret", version: str = "0.1.0") -> dict[str, Any]:
     return {
         "product": product,
@@ -200,6 +203,16 @@ def _frame_payload(frame: Any) -> tuple[int, bytes]:
 class Connection:
     """One client connection. See the module doc for the driving contract."""
 
+    # Slotted: a node holds tens of thousands of these, mostly idle.
+    __slots__ = (
+        "_authenticate", "_open_vhost", "server_properties", "server_channel_max", "server_frame_max",
+        "server_heartbeat", "handshake_timeout", "max_message_size", "_rng", "state", "_header", "_decoder",
+        "_out", "_channels", "_confirm_dirty", "channel_max", "frame_max", "heartbeat", "username",
+        "mechanism", "vhost", "client_properties", "capabilities", "blocked", "_blocked_reason",
+        "_blocked_sent", "handshake_failed", "_finished", "_received", "_sent_total", "_sent_seen",
+        "_started_at", "_last_recv", "_last_send", "_closing_since", "_closing_timeout",
+    )
+
     def __init__(
         self,
         authenticate: Authenticate,
@@ -219,15 +232,20 @@ class Connection:
         assert frame_max == 0 or frame_max >= spec.FRAME_MIN_SIZE
         self._authenticate = authenticate
         self._open_vhost = open_vhost
-        props = dict(server_properties) if server_properties is not None else default_server_properties()
-        props.setdefault("capabilities", dict(SERVER_CAPABILITIES))
+        if server_properties is not None and "capabilities" in server_properties:
+            # Only read (to encode connection.start): every connection shares the node's.
+            props: Mapping[str, Any] = server_properties
+        else:
+            props = dict(server_properties) if server_properties is not None else default_server_properties()
+            props.setdefault("capabilities", dict(SERVER_CAPABILITIES))  # type: ignore[attr-defined]
         self.server_properties = props
         self.server_channel_max = channel_max
         self.server_frame_max = frame_max
         self.server_heartbeat = heartbeat
         self.handshake_timeout = handshake_timeout
         self.max_message_size = max_message_size
-        self._rng = rng if rng is not None else random.Random()
+        # Only consumer tags are drawn from it; a generator per connection would cost 2.5 KiB.
+        self._rng = rng if rng is not None else _SHARED_RNG
 
         self.state = S.AWAIT_HEADER
         self._header = b""
