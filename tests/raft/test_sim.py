@@ -23,7 +23,7 @@ MIXES: dict[str, SimConfig] = {
     "churn": SimConfig(membership=0.08, transfer=0.05, partition=0.05, steps=250),
     "no-quiescence": SimConfig(quiesce=False, steps=200),
 }
-SEEDS_PER_MIX = int(os.environ.get("RAFT_SEEDS", "500"))
+SEEDS_PER_MIX = int(os.environ.get("RAFT_SEEDS", "700"))  # 3,500 seeds in all by default
 
 
 def _run_range(args: tuple[str, int, int]) -> list[str]:
