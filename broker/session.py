@@ -222,14 +222,15 @@ class Session:
         elif t is ConnectionClosed:
             self._connection_closed(ev)
         elif t is TxCommitted:
+            commit = _TxCommit(self, ev.channel)
             for p in ev.publishes:
-                self._publish(p)
+                self._publish(p, tx=commit)
             for s in ev.settlements:
                 if type(s) is Acked:
                     self._settle(s.handles)
                 else:
                     self._rejected(s)
-            self.conn.tx_commit_ok(ev.channel)
+            commit.all_submitted()
         elif t is ChannelOpened:
             pass
 
@@ -258,7 +259,7 @@ class Session:
 
     # ------------------------------------------------------------------ publish
 
-    def _publish(self, ev: PublishReceived, now: int | None = None) -> None:
+    def _publish(self, ev: PublishReceived, now: int | None = None, tx: "_TxCommit | None" = None) -> None:
         node = self.node
         method = ev.method
         exchange = method.exchange
@@ -343,13 +344,19 @@ class Session:
             return
         if now is None:
             now = node.now_ms()
-        if seq is None:
+        if seq is None and tx is None:
             for q in routed.queues:
                 leader = node.leader(vhost, q)
                 if leader is not None:
                     leader.publish(message, now, None)
             return
-        tracker = _ConfirmTracker(self, channel, seq, len(routed.queues))
+        tracker: Callable[[bool], None]
+        if tx is not None:
+            tx.expect(len(routed.queues))
+            tracker = tx
+        else:
+            assert seq is not None
+            tracker = _ConfirmTracker(self, channel, seq, len(routed.queues))
         for q in routed.queues:
             leader = node.leader(vhost, q)
             if leader is None:
@@ -724,6 +731,45 @@ def _replace_headers(props: spec.BasicProperties, headers: dict[str, Any]) -> sp
 
 def _replace_reply_to(props: spec.BasicProperties, reply_to: str) -> spec.BasicProperties:
     return dataclasses.replace(props, reply_to=reply_to)
+
+
+class _TxCommit:
+    """tx.commit-ok once every queue took the transaction's publishes (durable ones after
+    their fsync), as RabbitMQ does; a queue refusing one (reject-publish) fails the commit
+    with RabbitMQ's "partial tx completion"."""
+
+    __slots__ = ("session", "channel", "waiting", "ok", "submitted")
+
+    def __init__(self, session: Session, channel: int) -> None:
+        self.session = session
+        self.channel = channel
+        self.waiting = 0
+        self.ok = True
+        self.submitted = False
+
+    def expect(self, count: int) -> None:
+        self.waiting += count
+
+    def __call__(self, accepted: bool) -> None:
+        self.ok = self.ok and accepted
+        self.waiting -= 1
+        self._maybe_done()
+
+    def all_submitted(self) -> None:
+        self.submitted = True
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if not self.submitted or self.waiting:
+            return
+        session = self.session
+        if self.ok:
+            session.conn.tx_commit_ok(self.channel)
+        else:
+            session.handle_sync(session.conn.close_channel(
+                self.channel, spec.PRECONDITION_FAILED, "PRECONDITION_FAILED - partial tx completion",
+                spec.TxCommit.CLASS_ID, spec.TxCommit.METHOD_ID))
+        session.on_output()
 
 
 class _ConfirmTracker:

@@ -9,7 +9,7 @@ import pika
 import pytest
 
 from tests.integration.conftest import (
-    channel_error, drain, message_count, unique, wait_until,
+    channel_error, connect, drain, message_count, unique, wait_until,
 )
 
 
@@ -299,3 +299,40 @@ def test_transaction_publishes_are_discarded_when_the_channel_closes(conn):
     time.sleep(0.05)
     assert message_count(conn, q) == 0
     conn.channel().queue_delete(q)
+
+
+def test_transaction_commit_fails_when_a_queue_refuses_a_publish(conn):
+    q = unique("txpartial")
+    ch = conn.channel()
+    ch.queue_declare(q, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    ch.tx_select()
+    ch.basic_publish("", q, b"1")
+    ch.basic_publish("", q, b"2")
+    assert channel_error(ch.tx_commit) == (406, "PRECONDITION_FAILED - partial tx completion")
+    assert message_count(conn, q) == 1
+    conn.channel().queue_delete(q)
+
+
+def test_transaction_commit_of_persistent_messages_survives_a_kill():
+    from tests.support.node_process import NodeProcess
+
+    first = NodeProcess(name="txdurable@localhost").start()
+    try:
+        c = connect(first.url)
+        ch = c.channel()
+        ch.queue_declare("txd", durable=True)
+        ch.tx_select()
+        for i in range(50):
+            ch.basic_publish("", "txd", b"m%d" % i, pika.BasicProperties(delivery_mode=2))
+        ch.tx_commit()  # commit-ok only after the fsync that holds them
+        first.kill()
+    finally:
+        first.stop()
+    second = NodeProcess(name="txdurable@localhost", port=first.port, dist_port=first.dist_port,
+                         data_dir=first.data_dir).start()
+    try:
+        c = connect(second.url)
+        assert c.channel().queue_declare("txd", passive=True).method.message_count == 50
+        c.close()
+    finally:
+        second.stop()
