@@ -87,9 +87,12 @@ from broker.deadletter import REASON_EXPIRED, REASON_MAXLEN, REASON_REJECTED
 from broker.message import Message
 
 # --- commands ------------------------------------------------------------------------------
+# Records are frozen, except the four made once or twice per message (Enqueue, Deliver,
+# Enqueued, Delivered): building a frozen record costs four times as much, and nothing
+# changes or hashes them after they are made.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Enqueue:
     """A publish routed to this queue. With `deliver_to` (a consumer key the shell chose
     because it has credit) the message goes straight to that consumer when nothing is
@@ -103,7 +106,7 @@ class Enqueue:
     redelivered: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Deliver:
     """Take the next ready message for `consumer` (None: a basic.get, which also counts
     as a use of the queue for x-expires)."""
@@ -174,7 +177,7 @@ Command = Union[Enqueue, Deliver, Settle, Requeue, Reject, RequeueAll, Expire, P
 # --- effects -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Enqueued:
     """The publish was accepted (confirm it once the command is committed)."""
 
@@ -189,7 +192,7 @@ class PublisherRejected:
     message: Message
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delivered:
     seq: int
     message: Message

@@ -118,8 +118,10 @@ class QueueLeader:
         state = self.state
         deliver_to = None
         ack_required = True
+        no_credit = False
         if state.messages_ready == 0 and len(self.consumers):
             chosen = self.consumers.next_consumer(self._has_credit)
+            no_credit = chosen is None
             if chosen is not None:
                 deliver_to = chosen.name
                 ref = self.refs[deliver_to]
@@ -133,7 +135,8 @@ class QueueLeader:
                     return
         effects = state.apply(Enqueue(message, now_ms, deliver_to, ack_required))
         self._carry_out(effects, now_ms, confirm)
-        if deliver_to is None and self.state.messages_ready:
+        # (No consumer had credit a moment ago, and nothing since can have given any.)
+        if deliver_to is None and not no_credit and self.state.messages_ready:
             self.dispatch(now_ms)
 
     def recover(self, message: Message, now_ms: int, key: bytes) -> None:
