@@ -36,6 +36,7 @@ import psutil
 import trio
 
 from broker import __version__, auth
+from broker.config import DiskFreeLimit, MemoryWatermark
 from cluster import metadata as md
 from cluster.control import (
     EX_DATAERR,
@@ -250,6 +251,22 @@ class ControlHandlers:
             return None
         raise ControlError(f"Error: operation await_startup on node {self.node.name} timed out. "
                            f"Timeout value used: {int(timeout * 1000)}", EX_TEMPFAIL)
+
+    # ------------------------------------------------------------------ resource limits
+
+    async def op_set_vm_memory_high_watermark(self, args: Mapping[str, Any]) -> Any:
+        if "absolute" in args:
+            self.node.set_resource_limits(memory=MemoryWatermark(relative=None, absolute=int(args["absolute"])))
+        else:
+            self.node.set_resource_limits(memory=MemoryWatermark(relative=float(args["fraction"])))
+        return None
+
+    async def op_set_disk_free_limit(self, args: Mapping[str, Any]) -> Any:
+        if "mem_relative" in args:
+            self.node.set_resource_limits(disk=DiskFreeLimit(absolute=None, mem_relative=float(args["mem_relative"])))
+        else:
+            self.node.set_resource_limits(disk=DiskFreeLimit(absolute=int(args["absolute"])))
+        return None
 
     # ------------------------------------------------------------------ users
 

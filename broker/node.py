@@ -36,7 +36,7 @@ from broker import __version__, auth
 from broker.alarms import ResourceLimits, block_reason
 from broker.amqp.connection import default_server_properties
 from broker.arguments import QueueSettings
-from broker.config import Settings
+from broker.config import DiskFreeLimit, MemoryWatermark, Settings
 from broker.deadletter import dead_letter, without_cycles
 from broker.message import Message
 from broker.paging import delete_leftover_pages
@@ -100,6 +100,10 @@ class Node:
         # direct reply-to token -> (session, channel, consumer tag)
         self.reply_consumers: dict[str, tuple[Session, int, str]] = {}
         self.alarms: frozenset[str] = frozenset()
+        # Current limits: from the settings, changed at run time by leveretctl.
+        self.memory_watermark: MemoryWatermark = settings.vm_memory_high_watermark
+        self.disk_free_limit: DiskFreeLimit = settings.disk_free_limit
+        self._limits_changed = trio.Event()
         self.alarms_cleared = trio.Event()
         self.server_properties = default_server_properties(version=__version__)
         self.server_properties["cluster_name"] = self.name
@@ -376,18 +380,33 @@ class Node:
             self._nursery.start_soon(self.propose_metadata, md.DeleteQueuesOwnedBy(session.id))
 
     async def _watch_resources(self) -> None:
-        """Samples memory and free disk once a second and raises or clears alarms."""
-        limits = ResourceLimits.from_settings(self.settings.vm_memory_high_watermark,
-                                              self.settings.disk_free_limit, psutil.virtual_memory().total)
-        log.info("memory high watermark set to %d MiB, free disk space limit %d MB",
-                 limits.memory_bytes >> 20, limits.disk_free_bytes // 1_000_000)
+        """Samples memory and free disk once a second (or at once when a limit changes)
+        and raises or clears alarms."""
+        total_ram = psutil.virtual_memory().total
+        logged = None
         while True:
+            limits = ResourceLimits.from_settings(self.memory_watermark, self.disk_free_limit, total_ram)
+            if limits != logged:
+                log.info("memory high watermark set to %d MiB, free disk space limit %d MB",
+                         limits.memory_bytes >> 20, limits.disk_free_bytes // 1_000_000)
+                logged = limits
             try:
                 disk_free = shutil.disk_usage(self.settings.data_dir).free
             except OSError:
                 disk_free = limits.disk_free_bytes  # unknown: do not alarm on a failed probe
             self.set_alarms(limits.alarms(self.memory_bytes(), disk_free))
-            await trio.sleep(1.0)
+            with trio.move_on_after(1.0):
+                await self._limits_changed.wait()
+                self._limits_changed = trio.Event()
+
+    def set_resource_limits(self, *, memory: MemoryWatermark | None = None,
+                            disk: DiskFreeLimit | None = None) -> None:
+        """leveretctl set_vm_memory_high_watermark / set_disk_free_limit: applies at once."""
+        if memory is not None:
+            self.memory_watermark = memory
+        if disk is not None:
+            self.disk_free_limit = disk
+        self._limits_changed.set()
 
     def set_alarms(self, alarms: frozenset[str]) -> None:
         if alarms == self.alarms:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from broker.config import parse_size
 from cli.ctl import Context, Exit
 from cli.ctl_format import json_rows, json_value, table_lines
 from cluster.control import EX_DATAERR, EX_TEMPFAIL
@@ -289,6 +290,53 @@ def cmd_await_startup(ctx: Context, args: list[str]) -> None:
             time.sleep(0.1)
     remaining = max(deadline - time.monotonic(), 0.001)
     ctx.call("await_startup", {"timeout": remaining}, timeout=remaining + 1)
+
+
+# --------------------------------------------------------------------------- resource limits
+
+
+@command("<fraction> | absolute <value>", "Sets the vm_memory_high_watermark setting", rest=True)
+def cmd_set_vm_memory_high_watermark(ctx: Context, args: list[str]) -> None:
+    node = ctx.options.node
+    if len(args) == 2 and args[0] == "absolute":
+        try:
+            size = parse_size(args[1])
+        except ValueError:
+            ctx.usage_error("Bad argument: The threshold should be an integer or a size like 1GB", EX_DATAERR)
+        ctx.info(f"Setting memory threshold on {node} to {args[1]} bytes ...")
+        ctx.call("set_vm_memory_high_watermark", {"absolute": size})
+        return
+    if len(args) != 1:
+        ctx.usage_error("Bad argument.", EX_DATAERR)
+    try:
+        fraction = float(args[0])
+    except ValueError:
+        fraction = -1.0
+    if not 0.0 <= fraction <= 1.0:
+        ctx.usage_error("Bad argument: The threshold should be a fraction between 0.0 and 1.0", EX_DATAERR)
+    ctx.info(f"Setting memory threshold on {node} to {args[0]} ...")
+    ctx.call("set_vm_memory_high_watermark", {"fraction": fraction})
+
+
+@command("<disk_limit> | mem_relative <fraction>", "Sets the disk_free_limit setting", rest=True)
+def cmd_set_disk_free_limit(ctx: Context, args: list[str]) -> None:
+    node = ctx.options.node
+    if len(args) == 2 and args[0] == "mem_relative":
+        try:
+            fraction = float(args[1])
+        except ValueError:
+            ctx.usage_error("Bad argument.", EX_DATAERR)
+        ctx.info(f"Setting disk free limit on {node} to {args[1]} times the total RAM ...")
+        ctx.call("set_disk_free_limit", {"mem_relative": fraction})
+        return
+    if len(args) != 1:
+        ctx.usage_error("Bad argument.", EX_DATAERR)
+    try:
+        size = parse_size(args[0])
+    except ValueError:
+        ctx.usage_error("Bad argument.", EX_DATAERR)
+    ctx.info(f"Setting disk free limit on {node} to {args[0]} bytes ...")
+    ctx.call("set_disk_free_limit", {"absolute": size})
 
 
 # --------------------------------------------------------------------------- users

@@ -71,3 +71,41 @@ def test_disk_alarm_blocks_publishers() -> None:
         _check_publisher_blocked(node, "low on disk")
     finally:
         node.stop()
+
+
+def test_thresholds_set_at_run_time_block_then_unblock_publishers(fresh_node: NodeProcess) -> None:
+    from tests.ctl.support import ctl, ok
+
+    params = pika.URLParameters(fresh_node.url)
+    conn = pika.BlockingConnection(params)
+    events: list[str] = []
+    conn.add_on_connection_blocked_callback(lambda _c, frame: events.append("blocked:" + frame.method.reason))
+    conn.add_on_connection_unblocked_callback(lambda _c, _frame: events.append("unblocked"))
+    ch = conn.channel()
+    ch.queue_declare("alarm_rt")
+    ch.basic_publish("", "alarm_rt", b"before")
+
+    out = ok(fresh_node, "set_disk_free_limit", "1000000GB")
+    assert out.out == f"Setting disk free limit on {fresh_node.name} to 1000000GB bytes ...\n"
+    ch.basic_publish("", "alarm_rt", b"during")
+    deadline = time.monotonic() + 10
+    while "blocked:low on disk" not in events and time.monotonic() < deadline:
+        conn.process_data_events(0.1)
+    assert events == ["blocked:low on disk"]
+
+    ok(fresh_node, "set_disk_free_limit", "50MB")
+    while "unblocked" not in events and time.monotonic() < deadline:
+        conn.process_data_events(0.1)
+    assert events == ["blocked:low on disk", "unblocked"]
+    # The publish held back while blocked is taken once the alarm clears.
+    while ch.queue_declare("alarm_rt", passive=True).method.message_count < 2 and time.monotonic() < deadline:
+        conn.process_data_events(0.05)
+    assert ch.queue_declare("alarm_rt", passive=True).method.message_count == 2
+
+    out = ok(fresh_node, "set_vm_memory_high_watermark", "0.5")
+    assert out.out == f"Setting memory threshold on {fresh_node.name} to 0.5 ...\n"
+    bad = ctl(fresh_node, "set_vm_memory_high_watermark", "2")
+    assert bad.code == 65
+    assert "Bad argument: The threshold should be a fraction between 0.0 and 1.0" in bad.err
+    assert ctl(fresh_node, "set_disk_free_limit", "abc").code == 65
+    conn.close()
