@@ -585,6 +585,32 @@ class QueueState:
             self._unacked_bytes += message.size
         return seq
 
+    def deliver_ready(self, now_ms: int, consumer: str, ack_required: bool) -> tuple[int, Message, bool] | None:
+        """`apply(Deliver(now_ms, consumer, ack_required))` in its common outcome, without
+        building the command and its effects: the head message goes to `consumer` and
+        nothing expires before or after it. Returns (seq, message, redelivered); the
+        effects are then exactly [Delivered(seq, message, consumer, redelivered, its
+        delivery count, ack_required, messages_ready)]. Returns None when the outcome
+        could be anything else (the caller applies the command); nothing observable
+        has changed then."""
+        level = self._head_level()
+        if level is None or len(level.head) < 2:
+            return None
+        first, second = level.head[0], level.head[1]
+        if (first.expires_at is not None and now_ms >= first.expires_at) or (
+                second.expires_at is not None and now_ms >= second.expires_at):
+            return None
+        entry = self._pop_head()
+        assert entry is first
+        redelivered = entry.deliveries > 0
+        entry.deliveries += 1
+        if ack_required:
+            self._unacked[entry.seq] = entry
+            self._unacked_bytes += entry.message.size
+        if self._paging is not None:
+            self._rebalance(self._paging)
+        return entry.seq, entry.message, redelivered
+
     # --- the steps ----------------------------------------------------------------------
 
     def _enqueue(self, cmd: Enqueue, effects: list[Effect]) -> None:

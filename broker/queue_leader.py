@@ -188,6 +188,13 @@ class QueueLeader:
                 consumer = self.consumers.next_consumer(self._has_credit)
                 if consumer is None:
                     break
+                ref = self.refs.get(consumer.name)
+                if ref is not None:
+                    # The common case without the command and effect records.
+                    taken = state.deliver_ready(now_ms, consumer.name, consumer.ack_required)
+                    if taken is not None:
+                        self._hand_to(ref, taken[0], taken[1], taken[2], consumer.ack_required, now_ms)
+                        continue
                 effects = state.apply(Deliver(now_ms, consumer.name, consumer.ack_required))
                 if not effects:
                     break

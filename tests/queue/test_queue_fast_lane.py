@@ -1,4 +1,4 @@
-"""`QueueState.enqueue_delivered`, the publish fast lane, against the same model as
+"""`QueueState.enqueue_delivered` and `deliver_ready`, the publish and dispatch fast lanes, against the same model as
 `apply(Enqueue(...))`: whenever it takes a publish, the state changes exactly as the
 command would have changed it (the model's observables stay equal afterwards) and
 the implied effects are what the command returns; it declines every other outcome
@@ -15,7 +15,7 @@ from hypothesis.stateful import rule
 from broker.amqp.spec import BasicProperties
 from broker.arguments import QueueSettings
 from broker.message import Message
-from broker.queue import Enqueue, QueueState
+from broker.queue import Deliver, Enqueue, QueueState
 
 from test_queue_model import Model, PagedQueueMachine, QueueMachine, _norm, messages
 
@@ -64,6 +64,21 @@ class FastLane:
             assert got == expected
         else:
             assert expected == [("enqueued", seq, message.id), ("delivered", seq, message.id, "c1", False, 1, ack, 0)]
+
+
+    @rule(ack=st.booleans())
+    def deliver_fast(self, ack: bool) -> None:
+        expected = self.model.deliver(self.now, "c2", ack)
+        before = (self.state.statistics(), self.state.unacked_seqs(), list(self.state.ready()))
+        taken = self.state.deliver_ready(self.now, "c2", ack)
+        if taken is None:
+            assert (self.state.statistics(), self.state.unacked_seqs(), list(self.state.ready())) == before
+            got = [_norm(e) for e in self.state.apply(Deliver(self.now, "c2", ack))]
+            assert got == expected
+        else:
+            seq, message, redelivered = taken
+            assert len(expected) == 1 and expected[0][:5] == ("delivered", seq, message.id, "c2", redelivered)
+            assert expected[0][6:] == (ack, self.state.messages_ready)
 
 
 class FastLaneMachine(FastLane, QueueMachine):
