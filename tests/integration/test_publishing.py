@@ -336,3 +336,38 @@ def test_transaction_commit_of_persistent_messages_survives_a_kill():
         c.close()
     finally:
         second.stop()
+
+
+
+def test_a_method_pipelined_behind_tx_commit_is_refused_like_rabbitmq(amqp_url):
+    from urllib.parse import urlparse
+
+    from pamqp import body as pbody
+    from pamqp import commands, header
+    from pamqp.frame import marshal
+
+    from tests.integration.raw_amqp import RawClient
+
+    url = urlparse(amqp_url)
+    client = RawClient(url.hostname, url.port)
+    try:
+        client.handshake()
+        client.send_frame(1, commands.Channel.Open())
+        client.expect(commands.Channel.OpenOk)
+        q = unique("txpipe")
+        client.send_frame(1, commands.Queue.Declare(queue=q))
+        client.expect(commands.Queue.DeclareOk)
+        client.send_frame(1, commands.Tx.Select())
+        client.expect(commands.Tx.SelectOk)
+        client.send(b"".join([
+            marshal(commands.Basic.Publish(routing_key=q), 1),
+            marshal(header.ContentHeader(body_size=1), 1),
+            marshal(pbody.ContentBody(b"x"), 1),
+            marshal(commands.Tx.Commit(), 1),
+            marshal(commands.Basic.Qos(prefetch_count=5), 1),  # without waiting for commit-ok
+        ]))
+        close = client.expect(commands.Connection.Close)
+        assert (close.reply_code, close.reply_text) == (
+            504, "CHANNEL_ERROR - unexpected command while processing 'tx.commit'")
+    finally:
+        client.close()
