@@ -140,17 +140,23 @@ class Connection:
                 raise BrokerClosed(method.reply_code, method.reply_text)
 
     async def _expect(self, channel: int, reply: type[_R]) -> _R:
-        while True:
-            frames = await self.receive()
-            for index, frame in enumerate(frames):
-                if type(frame) is HeartbeatFrame:
-                    continue
-                self.check(frame)
-                if frame.channel == channel and type(frame) is MethodFrame and isinstance(frame.method, reply):
-                    self.pending = frames[index + 1 :] + self.pending
-                    return frame.method  # type: ignore[return-value]
-                # Anything else (a delivery racing a reply) is kept for the hot loop.
-                self.pending.append(frame)
+        # Anything else (a delivery racing the reply) is kept for the hot loop, in
+        # arrival order. It goes back to `pending` only once the reply is found:
+        # parked there earlier, the next `receive` would hand it straight back.
+        kept: list[Frame] = []
+        try:
+            while True:
+                frames = await self.receive()
+                for index, frame in enumerate(frames):
+                    if type(frame) is HeartbeatFrame:
+                        continue
+                    self.check(frame)
+                    if frame.channel == channel and type(frame) is MethodFrame and isinstance(frame.method, reply):
+                        kept += frames[index + 1 :]
+                        return frame.method  # type: ignore[return-value]
+                    kept.append(frame)
+        finally:
+            self.pending = kept + self.pending
 
     async def call(self, channel: int, method: spec.Method, reply: type[_R], *, timeout: float = 30.0) -> _R:
         """Send a synchronous method and wait for its reply on the same channel."""
