@@ -18,6 +18,7 @@ The command table is `cli.ctl_commands`; cell and JSON rendering is
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -36,7 +37,7 @@ from cluster.control import (
     control_call,
 )
 from cluster.cookie import CookieError, cookie_hash, load_cookie
-from cluster.peer import HandshakeFailed, RemoteError
+from cluster.peer import HandshakeFailed, PeerClosed, PeerWireError, RemoteError
 
 DEFAULT_DIST_PORT = 25672
 EX_CONFIG = 78
@@ -154,6 +155,11 @@ class Context:
         except OSError as exc:
             self._diagnostics(cookie, f"TCP connection to {self.host}:{opts.port} failed: "
                                       f"{exc.strerror or exc}", ["start the node"])
+        except (PeerClosed, PeerWireError, trio.BrokenResourceError) as exc:
+            # Authenticated, then the link broke before the answer (the node stopped,
+            # or sent something that is not a reply): no answer is not an answer.
+            self._diagnostics(cookie, f"connection to {self.host}:{opts.port} lost before the node answered: "
+                                      f"{exc or type(exc).__name__}", ["check the node's log"])
         except RemoteError as exc:
             self._flush_banners()
             self.error(f"Error:\nInternal error on node {opts.node}: {exc}")
@@ -165,7 +171,8 @@ class Context:
         self._flush_banners()
         if reply.get("ok"):
             return reply.get("result")
-        self._refused(str(reply.get("error")), int(reply.get("exit_code") or EX_SOFTWARE))
+        code = reply.get("exit_code")
+        self._refused(str(reply.get("error")), code if type(code) is int and 0 < code < 256 else EX_SOFTWARE)
 
     def _refused(self, text: str, code: int) -> NoReturn:
         from cli.ctl_commands import COMMANDS
@@ -301,7 +308,7 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
             inline = argv[i]
             i += 1
         if attr == "port":
-            if not inline.isdigit():
+            if not (inline.isdigit() and 0 < int(inline) < 65536):
                 problems.append(f"Invalid options for this command:\n{name} : {inline}")
             else:
                 opts.port = int(inline)
@@ -309,7 +316,11 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
             try:
                 opts.timeout = float(inline)
             except ValueError:
+                opts.timeout = math.nan
+            if not 0 <= opts.timeout < math.inf:
+                # nan, inf and negatives would only fail later, inside trio or int().
                 problems.append(f"Invalid options for this command:\n{name} : {inline}")
+                opts.timeout = None
         elif attr == "vhost":
             opts.vhost, opts.vhost_given = inline, True
         elif attr == "formatter":

@@ -585,7 +585,11 @@ def cmd_export_definitions(ctx: Context, args: list[str]) -> None:
     if path == "-":
         ctx.out(text)
         return
-    Path(path).write_text(text, encoding="utf-8")
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        ctx.error(f"Error:\nFailed to write definitions to {path}: {exc.strerror or exc}")
+        raise Exit(EX_DATAERR) from None
 
 
 @command("<file_path | \"-\"> [--format <json>] [--timeout <timeout>]",
@@ -600,7 +604,11 @@ def cmd_import_definitions(ctx: Context, args: list[str]) -> None:
         if not Path(path).is_file():
             ctx.usage_error(f"Bad argument: File {path} does not exist", EX_DATAERR)
         ctx.info(f'Importing definitions in JSON from a file at "{path}" ...')
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            ctx.error(f"Error:\nFailed to read definitions from {path}: {exc.strerror or exc}")
+            raise Exit(EX_DATAERR) from None
     try:
         definitions = json.loads(text)
     except ValueError as exc:

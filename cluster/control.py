@@ -31,7 +31,16 @@ from typing import Any, Final
 
 import trio
 
-from cluster.peer import HandshakeRefused, PeerClosed, PeerWireError, Request, accept_peer, connect_peer
+from cluster.peer import (
+    FrameTooLarge,
+    HandshakeRefused,
+    MalformedFrame,
+    PeerClosed,
+    PeerWireError,
+    Request,
+    accept_peer,
+    connect_peer,
+)
 
 log = logging.getLogger("leveret.control")
 
@@ -97,7 +106,13 @@ async def _serve_link(handle: Handle, cookie: str, node_name: str, stream: trio.
                 log.exception("control request %s failed", item.method)
                 await link.reply_error(item, f"{type(exc).__name__}: {exc}")
                 continue
-            await link.reply(item, reply)
+            try:
+                await link.reply(item, reply)
+            except (TypeError, ValueError, OverflowError, FrameTooLarge) as exc:
+                # The reply could not be encoded (nothing was sent): a handler bug or an
+                # answer beyond the frame limit. Say so rather than end the listener.
+                log.error("control request %s: reply not sent: %s", item.method, exc)
+                await link.reply_error(item, f"the reply could not be sent: {exc}")
     except (PeerClosed, PeerWireError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
@@ -124,7 +139,9 @@ async def control_call(
     connect_timeout: float = 10.0,
 ) -> dict[str, Any]:
     """Connect, authenticate, send one request; the reply map. Raises OSError,
-    trio.TooSlowError, HandshakeFailed (see `cluster.peer.connect_peer`) or RemoteError."""
+    trio.TooSlowError, HandshakeFailed (see `cluster.peer.connect_peer`), RemoteError,
+    or, if the link breaks before a well-formed reply, PeerClosed, PeerWireError or
+    trio.BrokenResourceError."""
     link = await connect_peer(host, port, cookie=cookie, local_name=client_name(),
                               remote_name=node_name, timeout=connect_timeout)
     try:
@@ -132,5 +149,6 @@ async def control_call(
     finally:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(link.stream)
-    assert isinstance(reply, dict), reply
+    if not isinstance(reply, dict):
+        raise MalformedFrame(f"control reply is not a map: {reply!r:.80}")
     return reply
