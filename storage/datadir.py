@@ -58,10 +58,13 @@ def open_data_dir(
     lock_fd = _lock(directory)
     try:
         data_file = directory / DATA_FILE
-        if data_file.exists() and data_file.stat().st_size > 0:
-            _check_length(data_file)
-            if verify:
-                _verify(directory)
+        try:
+            if data_file.exists() and data_file.stat().st_size > 0:
+                _check_length(data_file)
+                if verify:
+                    _verify(directory)
+        except OSError as exc:
+            raise StoreError(f"cannot read {data_file}: {exc.strerror or exc}") from exc
         try:
             store = LmdbStore(directory, map_size=map_size, on_close=lambda: os.close(lock_fd))
         except StoreError as exc:
@@ -97,8 +100,12 @@ def _lock(directory: Path) -> int:
     except OSError as exc:
         os.close(fd)
         raise StoreError(f"cannot lock data directory {directory}: {exc.strerror or exc}") from exc
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as exc:
+        os.close(fd)
+        raise StoreError(f"cannot write lock file {lock_path}: {exc.strerror or exc}") from exc
     return fd
 
 

@@ -35,8 +35,10 @@ index, hard state and snapshot index are cached in memory (loaded with two
 cursor seeks per group on open) and replaced only after a commit succeeds, so
 a failed or aborted batch leaves the cache as it was. Growing the map
 (`MapFullError`) needs no transaction open in the process, so reads and the
-resize share a lock; reads never hand out a live cursor (`items` returns a
-list iterator).
+resize share a lock; reads never hand out a live cursor (`items` copies a
+chunk of rows per short read transaction and yields from the copy). `close`
+takes both locks, so it waits for a write or read in flight instead of closing
+the environment under it.
 """
 
 from __future__ import annotations
@@ -333,8 +335,11 @@ class LmdbStore:
     # -- opening --------------------------------------------------------------
 
     def _open_databases(self) -> dict[str, "lmdb._Database"]:
-        with self._env.begin() as txn:
-            existing = [key for key, _ in txn.cursor()]
+        try:
+            with self._env.begin() as txn:
+                existing = [key for key, _ in txn.cursor()]
+        except lmdb.Error as exc:
+            raise StoreError(f"{self.path}: the store is unreadable ({exc}); left untouched") from exc
         if existing and b"meta" not in existing:
             raise StoreError(f"{self.path} holds an LMDB environment that is not a Leveret store; left untouched")
         try:
@@ -386,14 +391,16 @@ class LmdbStore:
     # -- writes ---------------------------------------------------------------
 
     def write(self, batch: WriteBatch, *, sync: bool = True) -> None:
-        if self._closed:
-            raise StoreError("the store is closed")
-        if self._failed is not None:
-            raise StoreError(f"the store is unusable since a flush failed: {self._failed}")
         ops = batch.ops
         for op in ops:
             check_operation(op)
         with self._write_lock:
+            # Checked under the lock: `close` takes it too, so a write never runs
+            # on an environment closed under it.
+            if self._closed:
+                raise StoreError("the store is closed")
+            if self._failed is not None:
+                raise StoreError(f"the store is unusable since a flush failed: {self._failed}")
             self._write_locked(ops, sync)
 
     def _write_locked(self, ops: list[Operation], sync: bool) -> None:
@@ -541,12 +548,12 @@ class LmdbStore:
             return txn.get(body_id)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            with self._map_lock:
+        with self._write_lock, self._map_lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
                 self._env.close()
-        finally:
-            if self._on_close is not None:
-                self._on_close()
+            finally:
+                if self._on_close is not None:
+                    self._on_close()

@@ -139,3 +139,12 @@ def test_a_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(StoreError, match="cannot create data directory"):
         open_data_dir(tmp_path / "file", "rabbit@a")
+
+
+def test_an_unreadable_data_file_is_refused_and_the_lock_released(tmp_path: Path) -> None:
+    path = tmp_path / "x"
+    (path / "data.mdb").mkdir(parents=True)  # reading it fails even for root
+    with pytest.raises(StoreError, match=f"cannot read {path / 'data.mdb'}"):
+        open_data_dir(path, "rabbit@a")
+    (path / "data.mdb").rmdir()
+    open_data_dir(path, "rabbit@a").close()

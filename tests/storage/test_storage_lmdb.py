@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,54 @@ def test_failed_flush_stops_the_store(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="unusable"):
         store.write(batch)
     store.close()
+
+
+class _EnvHeldInSync:
+    """Stands in for an lmdb.Environment whose fsync lasts until the test releases it."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self._env = env
+        self.syncing = threading.Event()
+        self.release = threading.Event()
+
+    def sync(self, force: bool = False) -> None:
+        self.syncing.set()
+        assert self.release.wait(10)
+        self._env.sync(force)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._env, name)
+
+
+def test_close_waits_for_a_write_in_flight(tmp_path: Path) -> None:
+    store = LmdbStore(tmp_path / "s")
+    env = store._env = _EnvHeldInSync(store._env)  # type: ignore[assignment]
+    outcome: list[BaseException | None] = []
+
+    def write() -> None:
+        batch = WriteBatch()
+        batch.put("t", b"k", b"v")
+        try:
+            store.write(batch)
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert env.syncing.wait(10)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(0.2)
+    # The environment must not be closed under the writer's fsync.
+    assert closer.is_alive()
+    env.release.set()
+    writer.join(10)
+    closer.join(10)
+    assert outcome == [None]
+    with pytest.raises(StoreError, match="closed"):
+        store.write(WriteBatch())
+    assert LmdbStore(store.path).get("t", b"k") == b"v"
 
 
 def test_a_foreign_lmdb_environment_is_refused_untouched(tmp_path: Path) -> None:
