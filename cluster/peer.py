@@ -177,6 +177,10 @@ def _field(frame: Any, name: str, kind: type) -> Any:
 
 
 class _Handshake:
+    """What both sides share: the refusal paths, the greeting checks and the transcript MACs."""
+
+    _connector: bool  # which end of the transcript this side is
+
     def __init__(self, cookie: str, local_name: str, nonce: bytes) -> None:
         assert cookie, "an empty cookie authenticates nobody"
         assert len(nonce) == NONCE_LEN
@@ -184,6 +188,7 @@ class _Handshake:
         self._local_name = local_name
         self._nonce = nonce
         self._peer_name: str | None = None
+        self._peer_nonce = b""
         self.outcome: Outcome | None = None
 
     @property
@@ -218,20 +223,33 @@ class _Handshake:
     def _refuse(self, reason: str, tell_peer: str | None = None) -> tuple[list[Frame], Outcome | None]:
         return self._finish([_refused_frame(tell_peer or reason)], HandshakeRefused(reason, self._peer_name))
 
-    def _check_version(self, frame: Any) -> str | None:
+    def _take_greeting(self, frame: Any) -> str | None:
+        """Read the peer's hello or challenge: its version, name and nonce. A reason to refuse, or None."""
         version = _field(frame, "version", int)
         if version != PROTOCOL_VERSION:
             return f"unsupported peer protocol version {version} (this node speaks {PROTOCOL_VERSION})"
+        self._peer_name = _field(frame, "name", str)
+        self._peer_nonce = _field(frame, "nonce", bytes)
+        if len(self._peer_nonce) != NONCE_LEN:
+            raise MalformedFrame("nonce of the wrong length")
         return None
+
+    def _mac(self, role: str) -> bytes:
+        """The MAC `role` ("connector" or "acceptor") sends; names and nonces in connector, acceptor order."""
+        assert self._peer_name is not None
+        if self._connector:
+            return _transcript_mac(self._cookie, role, self._local_name, self._peer_name, self._nonce, self._peer_nonce)
+        return _transcript_mac(self._cookie, role, self._peer_name, self._local_name, self._peer_nonce, self._nonce)
 
 
 class ConnectorHandshake(_Handshake):
     """The connecting side. Send `start()`, then feed every frame received to `receive`."""
 
+    _connector = True
+
     def __init__(self, *, cookie: str, local_name: str, remote_name: str | None, nonce: bytes) -> None:
         super().__init__(cookie, local_name, nonce)
         self._expected = remote_name
-        self._peer_nonce = b""
         self._state = "start"
 
     def start(self) -> list[Frame]:
@@ -244,12 +262,8 @@ class ConnectorHandshake(_Handshake):
     def _step(self, frame: Any) -> tuple[list[Frame], Outcome | None]:
         kind = _field(frame, "type", str)
         if self._state == "challenge" and kind == "challenge":
-            if problem := self._check_version(frame):
+            if problem := self._take_greeting(frame):
                 return self._refuse(problem)
-            self._peer_name = _field(frame, "name", str)
-            self._peer_nonce = _field(frame, "nonce", bytes)
-            if len(self._peer_nonce) != NONCE_LEN:
-                raise MalformedFrame("nonce of the wrong length")
             if self._expected is not None and self._peer_name != self._expected:
                 return self._refuse(f"connected to node '{self._peer_name}', expected '{self._expected}'")
             mac = self._mac("connector")
@@ -263,28 +277,21 @@ class ConnectorHandshake(_Handshake):
             return self._finish([], PeerAuthenticated(self._peer_name))
         raise MalformedFrame(f"unexpected '{kind}' while waiting for {self._state}")
 
-    def _mac(self, role: str) -> bytes:
-        assert self._peer_name is not None
-        return _transcript_mac(self._cookie, role, self._local_name, self._peer_name, self._nonce, self._peer_nonce)
-
 
 class AcceptorHandshake(_Handshake):
     """The accepting side: feed every frame received to `receive`."""
 
+    _connector = False
+
     def __init__(self, *, cookie: str, local_name: str, nonce: bytes) -> None:
         super().__init__(cookie, local_name, nonce)
-        self._peer_nonce = b""
         self._state = "hello"
 
     def _step(self, frame: Any) -> tuple[list[Frame], Outcome | None]:
         kind = _field(frame, "type", str)
         if self._state == "hello" and kind == "hello":
-            if problem := self._check_version(frame):
+            if problem := self._take_greeting(frame):
                 return self._refuse(problem)
-            self._peer_name = _field(frame, "name", str)
-            self._peer_nonce = _field(frame, "nonce", bytes)
-            if len(self._peer_nonce) != NONCE_LEN:
-                raise MalformedFrame("nonce of the wrong length")
             wanted = frame.get("to")
             if wanted is not None and wanted != self._local_name:
                 return self._refuse(f"peer '{self._peer_name}' wanted node '{wanted}', this is '{self._local_name}'")
@@ -299,10 +306,6 @@ class AcceptorHandshake(_Handshake):
             welcome = {"type": "welcome", "mac": self._mac("acceptor")}
             return self._finish([welcome], PeerAuthenticated(self._peer_name))
         raise MalformedFrame(f"unexpected '{kind}' while waiting for {self._state}")
-
-    def _mac(self, role: str) -> bytes:
-        assert self._peer_name is not None
-        return _transcript_mac(self._cookie, role, self._peer_name, self._local_name, self._peer_nonce, self._nonce)
 
 
 # --------------------------------------------------------------------------
