@@ -143,12 +143,14 @@ class RaftDriver:
         self._kick.set()
         return await w.wait()
 
-    async def propose(self, group: str, data: bytes) -> Applied | NotLeader | Refused | Lost:
-        """Replicate `data`; returns once it is applied here, with the state machine's result."""
+    async def _until_applied(
+        self, group: str, append: Callable[[], Proposed | NotLeader | Refused]
+    ) -> Applied | NotLeader | Refused | Lost:
+        """Run `append` (a proposal to `group`) in the loop; resolve once its entry is applied or lost."""
         w = _Waiter()
 
         def op() -> None:
-            r = self.node.propose(group, data)
+            r = append()
             if isinstance(r, Proposed):
                 self._proposals[(group, r.index)] = (r.term, w)
             else:
@@ -157,6 +159,10 @@ class RaftDriver:
         self._requests.append((op, _Waiter()))
         self._kick.set()
         return await w.wait()
+
+    async def propose(self, group: str, data: bytes) -> Applied | NotLeader | Refused | Lost:
+        """Replicate `data`; returns once it is applied here, with the state machine's result."""
+        return await self._until_applied(group, lambda: self.node.propose(group, data))
 
     async def read(self, group: str, query: Callable[[StateMachine], Any]) -> Any:
         """Run `query` on the group's state machine, linearizably (ReadIndex on the leader)."""
@@ -175,18 +181,7 @@ class RaftDriver:
         return await w.wait()
 
     async def change_membership(self, group: str, change: ConfChange) -> Applied | NotLeader | Refused | Lost:
-        w = _Waiter()
-
-        def op() -> None:
-            r = self.node.change_membership(group, change)
-            if isinstance(r, Proposed):
-                self._proposals[(group, r.index)] = (r.term, w)
-            else:
-                w.resolve(r)
-
-        self._requests.append((op, _Waiter()))
-        self._kick.set()
-        return await w.wait()
+        return await self._until_applied(group, lambda: self.node.change_membership(group, change))
 
     async def transfer_leadership(self, group: str, target: str) -> NotLeader | Refused | None:
         return await self._request(lambda: self.node.transfer_leadership(group, target))
