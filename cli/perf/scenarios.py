@@ -24,7 +24,7 @@ import math
 import resource
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable
 
 import trio
@@ -100,7 +100,11 @@ class Admin:
     @classmethod
     async def open(cls, url: str) -> "Admin":
         conn = await Connection.open(url)
-        await conn.open_channel(1)
+        try:
+            await conn.open_channel(1)
+        except BaseException:
+            await trio.aclose_forcefully(conn.stream)
+            raise
         return cls(conn)
 
     async def queue(self, name: str, durable: bool) -> None:
@@ -142,6 +146,20 @@ async def _cleanup(url: str, queues: list[str], exchanges: list[str]) -> None:
             await admin.close()
 
 
+async def _declare(url: str, queues: list[str], durable: bool, fanout: str = "") -> None:
+    """Declare `queues` (bound to a new fanout exchange `fanout` if one is named)."""
+    admin = await Admin.open(url)
+    try:
+        if fanout:
+            await admin.fanout(fanout)
+        for queue in queues:
+            await admin.queue(queue, durable)
+            if fanout:
+                await admin.bind(queue, fanout)
+    finally:
+        await admin.close()
+
+
 def _name(scenario: str) -> str:
     return f"perf.{scenario}.{secrets.token_hex(4)}"
 
@@ -163,8 +181,12 @@ def _account(outcome: RolesOutcome, into: Measurement) -> Verdict:
     return result
 
 
-def _sent_in_window(publishers: list[PublishTally]) -> int:
-    return sum(p.sent for p in publishers)
+def _rates(m: Measurement, result: Verdict, outcome: RolesOutcome, duration: float, confirms: bool) -> None:
+    """The throughput figures over the publishing window: delivered, published and (with confirms) confirmed."""
+    m.metrics["delivered_per_s"] = result.delivered_in_window / duration
+    m.metrics["published_per_s"] = sum(p.sent for p in outcome.publishers) / duration
+    if confirms:
+        m.metrics["confirmed_per_s"] = sum(p.acked_in_window for p in outcome.publishers) / duration
 
 
 # --- throughput scenarios -----------------------------------------------------------------
@@ -176,37 +198,16 @@ async def _throughput(
     m = Measurement()
     names = [_name(scenario) for _ in range(queues)]
     exchange = _name(scenario) if fanout else ""
-    admin = await Admin.open(url)
+    await _declare(url, names, durable, exchange)
     try:
-        if fanout:
-            await admin.fanout(exchange)
-        for name in names:
-            await admin.queue(name, durable)
-            if fanout:
-                await admin.bind(name, exchange)
-    finally:
-        await admin.close()
-    try:
-        routed = Workload(
-            exchange=exchange,
-            routing_key="" if fanout else names[0],
-            body_size=options.body_size,
-            persistent=workload.persistent,
-            confirm_window=workload.confirm_window,
-            rate=workload.rate,
-            auto_ack=workload.auto_ack,
-            prefetch=workload.prefetch,
-            keep_latencies=workload.keep_latencies,
-        )
+        routed = replace(workload, exchange=exchange, routing_key="" if fanout else names[0],
+                         body_size=options.body_size)
         roles = [Role("publish", 1)] + [Role("consume", i + 1, name) for i, name in enumerate(names)]
         outcome = await run_roles(url, routed, roles, options.duration, options.drain, options.procs)
     finally:
         await _cleanup(url, names, [exchange] if fanout else [])
     result = _account(outcome, m)
-    m.metrics["delivered_per_s"] = result.delivered_in_window / options.duration
-    m.metrics["published_per_s"] = _sent_in_window(outcome.publishers) / options.duration
-    if workload.confirm_window:
-        m.metrics["confirmed_per_s"] = sum(p.acked_in_window for p in outcome.publishers) / options.duration
+    _rates(m, result, outcome, options.duration, confirms=bool(workload.confirm_window))
     if workload.keep_latencies:
         samples = sorted(ns / 1e6 for r in outcome.receivers for ns in r.latencies_ns)
         m.metrics["latency_p50_ms"] = percentile(samples, 0.50)
@@ -247,11 +248,7 @@ async def mirrored(url: str, options: Options) -> Measurement:
     first, second = options.cluster_urls[0], options.cluster_urls[1]
     m = Measurement()
     name = _name("mirrored")
-    admin = await Admin.open(first)
-    try:
-        await admin.queue(name, True)
-    finally:
-        await admin.close()
+    await _declare(first, [name], durable=True)
     try:
         workload = Workload(routing_key=name, body_size=options.body_size, persistent=True, confirm_window=256,
                             auto_ack=False, prefetch=256)
@@ -259,10 +256,7 @@ async def mirrored(url: str, options: Options) -> Measurement:
         outcome = await run_roles(first, workload, roles, options.duration, options.drain, options.procs)
     finally:
         await _cleanup(first, [name], [])
-    result = _account(outcome, m)
-    m.metrics["delivered_per_s"] = result.delivered_in_window / options.duration
-    m.metrics["published_per_s"] = _sent_in_window(outcome.publishers) / options.duration
-    m.metrics["confirmed_per_s"] = sum(p.acked_in_window for p in outcome.publishers) / options.duration
+    _rates(m, _account(outcome, m), outcome, options.duration, confirms=True)
     return m
 
 
@@ -290,11 +284,7 @@ async def connections(url: str, options: Options, rss: RssSampler) -> Measuremen
     if limit < n + 64:
         m.problems.append(f"open-file limit {limit} is too low for {n} connections")
     queue = _name("connections")
-    admin = await Admin.open(url)
-    try:
-        await admin.queue(queue, False)
-    finally:
-        await admin.close()
+    await _declare(url, [queue], durable=False)
     before = await _steady_rss(rss)
     opened: list[Connection | None] = [None] * n
     failures: list[str] = []
@@ -409,11 +399,7 @@ async def backlog(url: str, options: Options) -> Measurement:
     m = Measurement()
     total = options.backlog_messages
     queue = _name("backlog")
-    admin = await Admin.open(url)
-    try:
-        await admin.queue(queue, True)
-    finally:
-        await admin.close()
+    await _declare(url, [queue], durable=True)
     try:
         publish = Workload(routing_key=queue, body_size=options.body_size, persistent=True, confirm_window=1024,
                            max_messages=total)

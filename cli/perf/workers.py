@@ -43,9 +43,16 @@ def _order(roles: list[Role]) -> list[Role]:
 
 async def _setup(url: str, workload: Workload, roles: list[Role]) -> list[Publisher | Consumer]:
     made = [make_role(url, workload, role) for role in _order(roles)]
-    with trio.fail_after(_SETUP_TIMEOUT):
+    try:
+        with trio.fail_after(_SETUP_TIMEOUT):
+            for role in made:
+                await role.setup()
+    except BaseException:
+        # Roles set up before the failure hold open connections that `run` would have closed.
         for role in made:
-            await role.setup()
+            if role.conn is not None:
+                await trio.aclose_forcefully(role.conn.stream)
+        raise
     return made
 
 
