@@ -499,6 +499,25 @@ async def _drive_handshake(
             return outcome
 
 
+async def _handshake(
+    stream: trio.abc.Stream, machine: _Handshake, decoder: FrameDecoder, first: list[Frame], timeout: float
+) -> Outcome:
+    """Run either side's handshake within `timeout`; the stream is closed unless it authenticated."""
+    try:
+        with trio.move_on_after(timeout) as scope:
+            outcome = await _drive_handshake(stream, machine, decoder, first)
+        if scope.cancelled_caught:
+            outcome = HandshakeRefused("handshake timed out", machine.peer_name)
+    except trio.BrokenResourceError:
+        outcome = HandshakeRefused("connection lost during the handshake", machine.peer_name, by_peer=True)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    if isinstance(outcome, HandshakeRefused):
+        await trio.aclose_forcefully(stream)
+    return outcome
+
+
 async def open_peer_link(
     stream: trio.abc.Stream,
     *,
@@ -513,18 +532,8 @@ async def open_peer_link(
         cookie=cookie, local_name=local_name, remote_name=remote_name, nonce=secrets.token_bytes(NONCE_LEN)
     )
     decoder = FrameDecoder(HANDSHAKE_FRAME_MAX)
-    try:
-        with trio.move_on_after(timeout) as scope:
-            outcome = await _drive_handshake(stream, machine, decoder, machine.start())
-        if scope.cancelled_caught:
-            outcome = HandshakeRefused("handshake timed out", machine.peer_name)
-    except trio.BrokenResourceError:
-        outcome = HandshakeRefused("connection lost during the handshake", machine.peer_name, by_peer=True)
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
+    outcome = await _handshake(stream, machine, decoder, machine.start(), timeout)
     if isinstance(outcome, HandshakeRefused):
-        await trio.aclose_forcefully(stream)
         raise HandshakeFailed(outcome)
     return PeerLink(stream, outcome.peer_name, local_name, max_frame_size, decoder)
 
@@ -572,18 +581,8 @@ async def accept_peer(
     """Run the acceptor side. On refusal the stream is closed and the refusal returned for logging."""
     machine = AcceptorHandshake(cookie=cookie, local_name=local_name, nonce=secrets.token_bytes(NONCE_LEN))
     decoder = FrameDecoder(HANDSHAKE_FRAME_MAX)
-    try:
-        with trio.move_on_after(timeout) as scope:
-            outcome = await _drive_handshake(stream, machine, decoder, [])
-        if scope.cancelled_caught:
-            outcome = HandshakeRefused("handshake timed out", machine.peer_name)
-    except trio.BrokenResourceError:
-        outcome = HandshakeRefused("connection lost during the handshake", machine.peer_name, by_peer=True)
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
+    address = _address_of(stream)  # read now: the stream is closed on a refusal
+    outcome = await _handshake(stream, machine, decoder, [], timeout)
     if isinstance(outcome, HandshakeRefused):
-        address = _address_of(stream)
-        await trio.aclose_forcefully(stream)
         return replace(outcome, peer_address=address)
     return PeerLink(stream, outcome.peer_name, local_name, max_frame_size, decoder)
