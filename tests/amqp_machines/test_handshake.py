@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from pamqp import commands as pc
 from pamqp import header as pheader
 
@@ -333,25 +334,21 @@ def test_close_crossing_ours_gets_close_ok() -> None:
     assert peer.conn.state is ConnectionState.CLOSED
 
 
-def test_closing_times_out_after_the_heartbeat_interval() -> None:
+@pytest.mark.parametrize(
+    "heartbeat, start, deadline",
+    [
+        pytest.param(5, 100.0, 105.0, id="after-the-heartbeat-interval"),
+        pytest.param(0, 0.0, 30.0, id="capped-at-30s-without-heartbeat"),
+    ],
+)
+def test_closing_times_out(heartbeat: int, start: float, deadline: float) -> None:
     peer = Peer()
-    peer.handshake(heartbeat=5)
+    peer.handshake(heartbeat=heartbeat)
     peer.conn.close()
-    peer.conn.tick(100.0)
-    peer.conn.tick(104.0)
+    peer.conn.tick(start)
+    peer.conn.tick(deadline - 1)
     assert peer.conn.state is ConnectionState.CLOSING
-    peer.conn.tick(105.0)
-    assert peer.conn.state is ConnectionState.CLOSED
-
-
-def test_closing_timeout_is_capped_at_30s_without_heartbeat() -> None:
-    peer = Peer()
-    peer.handshake(heartbeat=0)
-    peer.conn.close()
-    peer.conn.tick(0.0)
-    peer.conn.tick(29.0)
-    assert peer.conn.state is ConnectionState.CLOSING
-    peer.conn.tick(30.0)
+    peer.conn.tick(deadline)
     assert peer.conn.state is ConnectionState.CLOSED
 
 
