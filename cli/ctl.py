@@ -60,7 +60,6 @@ class Options:
     silent: bool = False
     timeout: float | None = None
     vhost: str = "/"
-    vhost_given: bool = False
     formatter: str = "table"
     headers: bool = True
     cookie: str | None = None
@@ -322,7 +321,7 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
                 problems.append(f"Invalid options for this command:\n{name} : {inline}")
                 opts.timeout = None
         elif attr == "vhost":
-            opts.vhost, opts.vhost_given = inline, True
+            opts.vhost = inline
         elif attr == "formatter":
             if inline not in ("table", "json"):
                 problems.append(f"Invalid options for this command:\n--formatter : {inline} "

@@ -117,10 +117,6 @@ _QUEUE_AND_EXCHANGE_KEYS: Final[dict[str, Callable[[Any], str | None]]] = {
 
 KNOWN_KEYS: Final = frozenset(_QUEUE_AND_EXCHANGE_KEYS) | frozenset(HA_KEYS)
 
-# The non-HA keys a Leveret queue or exchange acts on today (the others are stored and listed).
-APPLIED_KEYS: Final = ("message-ttl", "expires", "max-length", "max-length-bytes", "overflow",
-                       "dead-letter-exchange", "dead-letter-routing-key", "alternate-exchange")
-
 
 def _validate_ha(definition: Mapping[str, Any]) -> str | None:
     """rabbit_mirror_queue_misc:validate_policy/1."""

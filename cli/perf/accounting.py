@@ -204,9 +204,6 @@ class ReceiveTally:
             count += bin(bitmap[whole] & ((1 << rest) - 1)).count("1")
         return count
 
-    def bitmaps(self) -> dict[int, bytes]:
-        return {publisher: bytes(bitmap) for publisher, bitmap in self._seen.items()}
-
 
 @dataclass(slots=True)
 class Verdict:

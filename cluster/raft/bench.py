@@ -119,7 +119,7 @@ def idle(groups: int, quiesce: bool, ticks_per_second: float, seconds: float) ->
     for _ in range(cfg.quiesce_after_ticks + cfg.election_ticks * 2):
         h.cycle(tick=True)
     ticks = int(seconds * ticks_per_second)
-    b0, f0 = h.bytes, h.frames
+    b0 = h.bytes
     c0 = time.process_time()
     for _ in range(ticks):
         h.cycle(tick=True)

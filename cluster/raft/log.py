@@ -55,10 +55,6 @@ def conf_data(conf: Conf) -> bytes:
     return bytes([CONF]) + msgpack.packb(conf.encode())
 
 
-def entry_kind(e: LogEntry) -> int:
-    return e.data[0]
-
-
 def entry_payload(e: LogEntry) -> bytes | None:
     """The application payload of a committed entry, or None for the core's own entries."""
     return e.data[1:] if e.data[0] == NORMAL else None
