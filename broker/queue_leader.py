@@ -29,6 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+import trio
+
 from broker.arguments import QueueSettings
 from broker.dispatch import Consumer, ConsumerSet
 from broker.message import Message
@@ -52,6 +54,11 @@ from broker.queue import (
     Touch,
 )
 from storage.interface import WriteBatch
+
+# Publisher flow: ready messages (with consumers attached) above which publishers pause,
+# and the level at which they are let go again.
+FLOW_HIGH = 5_000
+FLOW_LOW = 1_000
 
 if TYPE_CHECKING:
     from broker.node import Node
@@ -99,6 +106,8 @@ class QueueLeader:
         self.had_consumers = False
         self.deleted = False
         self._dispatching = False
+        # Publishers waiting for this queue's consumers to catch up (see `congested`).
+        self._uncongested: trio.Event | None = None
 
     # ------------------------------------------------------------------ info
 
@@ -111,6 +120,28 @@ class QueueLeader:
 
     def message_count(self) -> int:
         return self.state.messages_ready
+
+    # ------------------------------------------------------------------ publisher flow
+
+    @property
+    def congested(self) -> bool:
+        """Consumers are attached but falling behind: the backlog is growing past what
+        they take. Publishers feeding the queue then pause reading (RabbitMQ's credit
+        flow in spirit), so the backlog stays in memory instead of being paged out and
+        the consumers get the CPU. Queues without consumers are never congested: a
+        backlog with nobody reading is paged, not throttled."""
+        return self.state.messages_ready > FLOW_HIGH and len(self.consumers) > 0
+
+    async def wait_uncongested(self) -> None:
+        if self._uncongested is None:
+            self._uncongested = trio.Event()
+        await self._uncongested.wait()
+
+    def _release_publishers(self) -> None:
+        if self._uncongested is not None and (
+                self.state.messages_ready <= FLOW_LOW or not len(self.consumers) or self.deleted):
+            self._uncongested.set()
+            self._uncongested = None
 
     # ------------------------------------------------------------------ publish
 
@@ -201,6 +232,8 @@ class QueueLeader:
                 self._carry_out(effects, now_ms, None)
         finally:
             self._dispatching = False
+        if self._uncongested is not None:
+            self._release_publishers()
 
     def get(self, now_ms: int, no_ack: bool) -> Delivered | None:
         effects = self.state.apply(Deliver(now_ms, None, not no_ack))
@@ -276,6 +309,7 @@ class QueueLeader:
     def delete(self) -> list[ConsumerRef]:
         """The queue is gone: drop its persisted messages, return its consumers to cancel."""
         self.deleted = True
+        self._release_publishers()
         state = self.state
         self._forget([*state.ready_in_memory(), *state.unacked_messages(state.unacked_seqs())])
         if self.pages is not None:

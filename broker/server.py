@@ -21,6 +21,8 @@ from broker.session import Session
 
 log = logging.getLogger("leveret.connection")
 
+# Longest pause of a publisher whose queue's consumers fall behind, per read.
+FLOW_PAUSE_MAX = 0.05
 RECEIVE_SIZE = 256 * 1024
 
 
@@ -151,6 +153,13 @@ async def _read(session: Session, stream: trio.SocketStream, waits: _ReaderWaits
                 # flow control); the connection machine pauses its heartbeat monitor meanwhile.
                 await node.alarms_cleared.wait()
                 continue
+            congested = session.congested
+            if congested is not None:
+                session.congested = None
+                if congested.congested:
+                    # Bounded: a consumer on this very connection needs its acks read.
+                    with trio.move_on_after(FLOW_PAUSE_MAX):
+                        await congested.wait_uncongested()
             if session.publishing and node.writer_lagging():
                 # The disk is behind (paging, persisting): publishers wait for the writer
                 # rather than piling batches up in memory.

@@ -41,7 +41,7 @@ from broker.amqp.connection import (
 )
 from broker.arguments import check_consume_arguments, check_declare_arguments, parse_expiration
 from broker.message import Message
-from broker.queue_leader import ConsumerRef, QueueLeader
+from broker.queue_leader import FLOW_HIGH, ConsumerRef, QueueLeader
 from cluster import metadata as md
 
 if TYPE_CHECKING:
@@ -88,6 +88,8 @@ class Session:
         self._write_checks_ok: set[str] = set()
         self._throttled = False
         self._login_refused = False
+        # A queue this connection published to whose consumers fall behind (publisher flow).
+        self.congested: QueueLeader | None = None
         # channel -> (token, consumer tag) of its direct reply-to consumer
         self.reply_consumers: dict[int, tuple[str, str]] = {}
 
@@ -349,6 +351,8 @@ class Session:
                 leader = node.leader(vhost, q)
                 if leader is not None:
                     leader.publish(message, now, None)
+                    if leader.state.messages_ready > FLOW_HIGH:
+                        self.congested = leader
             return
         tracker: Callable[[bool], None]
         if tx is not None:
@@ -363,6 +367,8 @@ class Session:
                 tracker(True)
             else:
                 leader.publish(message, now, tracker)
+                if leader.state.messages_ready > FLOW_HIGH:
+                    self.congested = leader
 
     def _publish_reply(self, ev: PublishReceived, props: spec.BasicProperties, expiration_ms: int | None) -> None:
         """Direct reply-to: straight to the requester's reply consumer, never through a queue.
