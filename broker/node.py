@@ -59,6 +59,8 @@ log = logging.getLogger("leveret.node")
 METADATA_GROUP = "metadata"
 # Store operations waiting for the writer beyond which publishers are not read from.
 WRITER_BACKLOG_OPS = 50_000
+# ... and octets of values (message pages, persisted messages) not yet written.
+WRITER_BACKLOG_BYTES = 8 << 20
 
 
 def encode_command(cmd: md.Command) -> bytes:
@@ -113,6 +115,10 @@ class Node:
         self.started = trio.Event()
         self.listeners: list[tuple[str, str, int]] = []
         self._message_ids = 0
+        # Store operations waiting for the next scheduler pass (see `stage`).
+        self._staged: list[Any] = []
+        self._staged_done: list[Callable[[BaseException | None], None]] = []
+        self._flush_scheduled = False
         self._connections = 0
         self._expiring: set[QueueLeader] = set()
         self._nursery: trio.Nursery | None = None
@@ -335,8 +341,45 @@ class Node:
     # ------------------------------------------------------------------ messages
 
     def submit_write(self, batch: WriteBatch, on_done: Callable[[BaseException | None], None] | None = None) -> None:
+        self.stage(batch.ops, on_done)
+
+    def stage(self, ops: list[Any], on_done: Callable[[BaseException | None], None] | None = None) -> None:
+        """Queue store operations for the next write. Everything staged during one pass of
+        the scheduler (a socket read's worth of publishes and acks, from every queue) goes
+        to the group-commit writer as one batch with one completion, instead of a batch
+        and a callback per message."""
+        self._staged.extend(ops)
+        if on_done is not None:
+            self._staged_done.append(on_done)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            if self._nursery is not None:
+                self._nursery.start_soon(self._flush_staged)
+            else:
+                self._submit_staged()
+
+    async def _flush_staged(self) -> None:
+        self._submit_staged()
+
+    def _submit_staged(self) -> None:
         assert self.writer is not None
-        self.writer.submit(batch, on_done or _ignore)
+        self._flush_scheduled = False
+        ops, self._staged = self._staged, []
+        done, self._staged_done = self._staged_done, []
+        if not ops:
+            for d in done:
+                d(None)
+            return
+        if not done:
+            self.writer.submit(WriteBatch(ops), _ignore)
+        elif len(done) == 1:
+            self.writer.submit(WriteBatch(ops), done[0])
+        else:
+            def all_done(exc: BaseException | None) -> None:
+                for d in done:
+                    d(exc)
+
+            self.writer.submit(WriteBatch(ops), all_done)
 
     def dead_letter(self, vhost: str, queue: str, e: DeadLetter, now_ms: int) -> None:
         copy = dead_letter(e.message, e.reason, queue, e.exchange, e.routing_key, now_ms,
@@ -447,11 +490,12 @@ class Node:
         return info.rss - getattr(info, "shared", 0)
 
     def writer_lagging(self) -> bool:
-        return self.writer is not None and self.writer.pending_ops > WRITER_BACKLOG_OPS
+        w = self.writer
+        return w is not None and (w.pending_ops > WRITER_BACKLOG_OPS or w.held_bytes > WRITER_BACKLOG_BYTES)
 
     async def wait_for_writer(self) -> None:
         assert self.writer is not None
-        await self.writer.wait_for_room(WRITER_BACKLOG_OPS // 2)
+        await self.writer.wait_for_room(WRITER_BACKLOG_OPS // 2, WRITER_BACKLOG_BYTES // 2)
 
 
 def _ignore(_exc: BaseException | None) -> None:

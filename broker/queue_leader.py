@@ -53,7 +53,7 @@ from broker.queue import (
     Settle,
     Touch,
 )
-from storage.interface import WriteBatch
+from storage.interface import Delete, Put
 
 # Publisher flow: ready messages (with consumers attached) above which publishers pause,
 # and the level at which they are let go again.
@@ -355,23 +355,17 @@ class QueueLeader:
     # ------------------------------------------------------------------ durability
 
     def _persist(self, seq: int, m: Message, confirm: Confirm | None) -> None:
-        batch = WriteBatch()
-        batch.put(MESSAGES_TABLE, persisted_key(self._prefix, m.id), encode_persisted(m))
+        op = Put(MESSAGES_TABLE, persisted_key(self._prefix, m.id), encode_persisted(m))
         if confirm is None:
-            self.node.submit_write(batch)
+            self.node.stage([op])
         else:
-            self.node.submit_write(batch, lambda exc: confirm(exc is None))
+            self.node.stage([op], lambda exc: confirm(exc is None))
 
     def _forget(self, messages: Any) -> None:
         """Delete the persisted copies of `messages` that left this queue (a message
         never persisted here — a rejected publish — deletes nothing that exists)."""
         if not self.durable:
             return
-        batch = None
-        for m in messages:
-            if m.persistent:
-                if batch is None:
-                    batch = WriteBatch()
-                batch.delete(MESSAGES_TABLE, persisted_key(self._prefix, m.id))
-        if batch is not None:
-            self.node.submit_write(batch)
+        ops = [Delete(MESSAGES_TABLE, persisted_key(self._prefix, m.id)) for m in messages if m.persistent]
+        if ops:
+            self.node.stage(ops)

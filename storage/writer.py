@@ -33,7 +33,7 @@ from typing import AsyncIterator, Callable
 
 import trio
 
-from storage.interface import Store, WriteBatch
+from storage.interface import Operation, Put, PutBody, Store, WriteBatch
 
 OnDone = Callable[[BaseException | None], None]
 
@@ -69,6 +69,7 @@ class GroupCommitWriter:
         self._max_ops = max_ops_per_write
         self._pending: list[tuple[WriteBatch, OnDone]] = []
         self._pending_ops = 0
+        self._held_bytes = 0
         self._room: trio.Event | None = None
         self._wakeup = trio.Event()
         self._stopped = trio.Event()
@@ -90,6 +91,17 @@ class GroupCommitWriter:
         """
         if self._closing:
             raise trio.ClosedResourceError("the storage writer is closed")
+        nbytes = _value_bytes(batch.ops)
+        if nbytes:
+            # Values stay in memory until written: count them until the write completes.
+            self._held_bytes += nbytes
+            caller_done = on_done
+
+            def on_done(exc: BaseException | None) -> None:
+                self._held_bytes -= nbytes
+                self._make_room()
+                caller_done(exc)
+
         # Copy: the caller may reuse or extend its batch while we hold it.
         self._pending.append((WriteBatch(list(batch.ops)), on_done))
         self._pending_ops += len(batch.ops)
@@ -114,10 +126,17 @@ class GroupCommitWriter:
         """Operations submitted and not yet taken by a write cycle."""
         return self._pending_ops
 
-    async def wait_for_room(self, max_pending_ops: int) -> None:
-        """Wait until at most `max_pending_ops` operations wait for a cycle: the back-pressure
-        a producer of writes (publishers paging to disk) applies when the disk falls behind."""
-        while self._pending_ops > max_pending_ops and not self._closing:
+    @property
+    def held_bytes(self) -> int:
+        """Octets of values submitted and not yet written (pending or in the write under way)."""
+        return self._held_bytes
+
+    async def wait_for_room(self, max_pending_ops: int, max_held_bytes: int | None = None) -> None:
+        """Wait until at most `max_pending_ops` operations wait for a cycle and at most
+        `max_held_bytes` of values wait to be written: the back-pressure a producer of
+        writes (publishers paging to disk) applies when the disk falls behind."""
+        while (self._pending_ops > max_pending_ops
+               or (max_held_bytes is not None and self._held_bytes > max_held_bytes)) and not self._closing:
             if self._room is None:
                 self._room = trio.Event()
             await self._room.wait()
@@ -245,3 +264,14 @@ async def open_group_commit_writer(store: Store, *, max_ops_per_write: int = 163
         finally:
             with trio.CancelScope(shield=True):
                 await writer.aclose()
+
+
+def _value_bytes(ops: list[Operation]) -> int:
+    total = 0
+    for op in ops:
+        t = type(op)
+        if t is Put:
+            total += len(op.value)  # type: ignore[union-attr]
+        elif t is PutBody:
+            total += len(op.body)  # type: ignore[union-attr]
+    return total

@@ -209,3 +209,27 @@ async def test_wait_for_room_holds_producers_until_a_cycle_takes_the_backlog() -
             store.gate.set()
         assert released == [True]
         assert writer.pending_ops == 0
+
+
+async def test_held_bytes_count_values_until_written_and_gate_producers() -> None:
+    store = GatedStore()
+    async with open_group_commit_writer(store) as writer:  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            big = WriteBatch()
+            big.put("t", b"k", b"x" * 1000)
+            writer.submit(big, lambda exc: None)
+            await wait_until_writing(store)  # taken by a cycle: no longer pending, still held
+            assert writer.pending_ops == 0
+            assert writer.held_bytes == 1000
+            released: list[bool] = []
+
+            async def producer() -> None:
+                await writer.wait_for_room(10, max_held_bytes=500)
+                released.append(True)
+
+            nursery.start_soon(producer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert released == []
+            store.gate.set()
+        assert released == [True]
+        assert writer.held_bytes == 0
