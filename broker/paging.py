@@ -18,9 +18,10 @@ write failed, so nothing is lost). Paged data need not survive a crash —
 persistent messages are recovered from `queue_messages` and the node deletes
 every leftover page at start (`delete_leftover_pages`).
 
-Not done: backpressure. Transient publishes are confirmed at once, so a
-publisher faster than the writer makes unwritten pages pile up in memory (a
-busy disk shows it); RabbitMQ throttles publishers with credit flow there.
+Back-pressure: transient publishes are confirmed at once, so a publisher faster
+than the writer would make unwritten pages pile up in memory; the writer counts
+the octets it holds until written and the node stops reading publishers while
+more than `broker.node.WRITER_BACKLOG_BYTES` wait (see `Node.writer_lagging`).
 
 Reads are synchronous LMDB read transactions in the trio thread: a page of
 1,000 small messages reads and decodes in a few milliseconds, and the queue
