@@ -123,7 +123,12 @@ class ControlHandlers:
             raise ControlError(f"Command '{method}' not found.", EX_USAGE)
         if method not in _WITHOUT_APP and not self.node.app_running:
             raise ControlError(APP_NOT_RUNNING, EX_USAGE)
-        return await op(args)
+        try:
+            return await op(args)
+        except KeyError as exc:
+            # A request without an argument its command needs (leveretctl always sends them;
+            # another client might not): a usage error, not an internal one.
+            raise ControlError(f"Error: missing argument {exc.args[0]!r} for '{method}'", EX_USAGE) from None
 
     # ------------------------------------------------------------------ helpers
 

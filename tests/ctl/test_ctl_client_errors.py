@@ -104,3 +104,16 @@ async def test_export_to_an_unwritable_path_is_a_data_error(tmp_path: Any, capsy
     assert code == 65
     assert err.startswith(f"Error:\nFailed to write definitions to {target}: ")
     assert "Traceback" not in err
+
+
+async def test_a_request_missing_an_argument_is_a_usage_error() -> None:
+    from types import SimpleNamespace
+
+    from broker.control_handlers import ControlHandlers
+    from cluster.control import ControlError
+
+    handlers = ControlHandlers(SimpleNamespace(app_running=True, name=NODE))  # type: ignore[arg-type]
+    with pytest.raises(ControlError) as info:
+        await handlers.handle("add_user", {"password": "x"})
+    assert info.value.exit_code == EX_USAGE
+    assert info.value.text == "Error: missing argument 'name' for 'add_user'"
