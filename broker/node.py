@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import msgpack
 import psutil
 import trio
 
@@ -141,7 +140,6 @@ class Node:
     # ------------------------------------------------------------------ running
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        from broker.server import serve_amqp
 
         settings = self.settings
         # Refuse a bad cookie (say, a world-readable cookie file) before touching anything.

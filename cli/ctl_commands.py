@@ -147,7 +147,7 @@ def _status_lines(s: Mapping[str, Any]) -> list[str]:
         f"OS PID: {s['pid']}",
         f"OS: {s['os']}",
         f"Uptime (seconds): {s['uptime']}",
-        f"Is under maintenance?: false",
+        "Is under maintenance?: false",
         f"Leveret version: {s['product_version']}",
         f"Node name: {s['node_name']}",
         f"Runtime: {s['runtime']}",

@@ -126,7 +126,7 @@ class RaftNode:
         assert group not in self.groups
         if snapshot is None:
             snapshot = Snapshot(0, 0, snapshot_data(Conf(), b""))
-        g = self._install(group, hard_state or HardState(), snapshot, entries)
+        self._install(group, hard_state or HardState(), snapshot, entries)
         self.dirty.add(group)
         _, app = split_snapshot(snapshot.data)
         return Snapshot(snapshot.index, snapshot.term, app) if snapshot.index > 0 else None

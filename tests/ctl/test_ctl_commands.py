@@ -4,7 +4,6 @@ them), errors and exit codes. One node for the module; each test uses names of i
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pika

@@ -9,7 +9,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from cluster.raft.group import LEADER, ConfChange, Proposed, RaftConfig
+from cluster.raft.group import ConfChange, Proposed, RaftConfig
 from cluster.raft.log import entry_payload
 from cluster.raft.messages import Message, PeerBatch
 from cluster.raft.node import RaftNode
