@@ -62,7 +62,7 @@ __all__ = [
     "SetUserTags", "SetPermissions", "ClearPermissions", "SetTopicPermissions",
     "ClearTopicPermissions", "DeclareExchange", "DeleteExchange", "DeclareQueue",
     "DeleteQueue", "SetQueueNode", "Bind", "Unbind", "SetPolicy", "ClearPolicy",
-    "DeleteQueuesOwnedBy", "DropTransient", "command_from_wire",
+    "DeleteQueuesOwnedBy", "DropTransient", "command_from_wire", "encode_command", "decode_command",
     "Change", "VhostAdded", "VhostRemoved", "UserChanged", "PermissionChanged",
     "TopicPermissionChanged", "ExchangeAdded", "ExchangeRemoved", "QueueAdded",
     "QueueRemoved", "QueueMoved", "BindingAdded", "BindingRemoved", "PolicyChanged",
@@ -302,6 +302,15 @@ def command_from_wire(wire: list) -> Command:
     if cls is None:
         raise ValueError(f"unknown metadata command {name!r}")
     return cls(*values)
+
+
+def encode_command(cmd: Command) -> bytes:
+    """A command as it is stored in and replicated through the metadata log."""
+    return _pack(cmd.to_wire())
+
+
+def decode_command(data: bytes) -> Command:
+    return command_from_wire(_unpack(data))
 
 
 @dataclass(frozen=True, slots=True)

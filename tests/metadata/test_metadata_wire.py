@@ -75,3 +75,15 @@ def test_snapshot_restore_round_trip(cmds: list[m.Command]) -> None:
     assert restored.users() == state.users() and restored.vhosts() == state.vhosts()
     assert restored.permissions() == state.permissions()
     assert restored.topic_permissions() == state.topic_permissions()
+
+
+def test_encoded_commands_decode_to_equal_commands() -> None:
+    import datetime
+    import decimal
+
+    from cluster.metadata import DeclareQueue, decode_command, encode_command
+
+    cmd = DeclareQueue("/", "q\udcff", True, False, None,
+                       {"x-max-length": 10, "when": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc),
+                        "d": decimal.Decimal("1.5"), "b": b"\x00\xff"}, "n@h")
+    assert decode_command(encode_command(cmd)) == cmd
