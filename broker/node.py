@@ -34,8 +34,9 @@ import trio
 
 from broker import __version__, auth
 from broker.alarms import ResourceLimits, block_reason
+from broker.amqp import codec
 from broker.amqp.connection import default_server_properties
-from broker.arguments import QueueSettings
+from broker.arguments import QueueSettings, parse_expiration
 from broker.config import DiskFreeLimit, MemoryWatermark, Settings
 from broker.deadletter import dead_letter, without_cycles
 from broker.message import Message
@@ -65,14 +66,6 @@ WRITER_BACKLOG_OPS = 50_000
 WRITER_BACKLOG_BYTES = 8 << 20
 
 
-def encode_command(cmd: md.Command) -> bytes:
-    return md._pack(cmd.to_wire())
-
-
-def decode_command(data: bytes) -> md.Command:
-    return md.command_from_wire(md._unpack(data))
-
-
 class _MetadataMachine:
     """The metadata group's state machine: applies commands and fans out their changes."""
 
@@ -80,7 +73,7 @@ class _MetadataMachine:
         self.node = node
 
     def apply(self, index: int, data: bytes) -> md.Applied:
-        applied = self.node.metadata.apply(decode_command(data))
+        applied = self.node.metadata.apply(md.decode_command(data))
         if applied.changes:
             self.node.on_metadata_changes(applied.changes)
         return applied
@@ -256,15 +249,18 @@ class Node:
                 stale.delete(MESSAGES_TABLE, key)
                 continue
             exchange, routing_key, raw, body = decode_persisted(value)
-            from broker.amqp import codec
-
             props = codec.decode_properties(raw)
             # The key names the message id: keep it, and hand out new ids above it.
             message_id = int.from_bytes(key[-8:], "big")
             self._message_ids = max(self._message_ids, message_id)
+            # A per-message TTL counts again from recovery (it was valid at publish).
+            expiration = parse_expiration(props.expiration) if props.expiration is not None else None
             message = Message(exchange, routing_key, props, body, persistent=True,
-                              priority=props.priority or 0, expiration_ms=None,
+                              priority=props.priority or 0,
+                              expiration_ms=expiration if isinstance(expiration, int) else None,
                               raw_properties=raw, id=message_id)
+            if message.expiration_ms is not None:
+                self.watch_expiry(leader)
             leader.recover(message, now, key)
             recovered += 1
         if stale.ops:
@@ -277,7 +273,7 @@ class Node:
     async def propose_metadata(self, cmd: md.Command) -> Any:
         """Commit a metadata command; its result (a value or a `Refusal`)."""
         assert self.driver is not None
-        outcome = await self.driver.propose(METADATA_GROUP, encode_command(cmd))
+        outcome = await self.driver.propose(METADATA_GROUP, md.encode_command(cmd))
         if isinstance(outcome, Applied):
             return outcome.result.result
         return md.Refusal(541, f"INTERNAL_ERROR - metadata change not committed: {outcome!r}")
@@ -332,7 +328,14 @@ class Node:
             ref.session.cancel_consumer(ref.channel, ref.tag)
 
     def _track_expiry(self, leader: QueueLeader) -> None:
-        # Every queue is watched: per-message expiration needs no queue setting.
+        """Watch a queue whose settings can expire messages or the queue itself; a queue
+        is also watched from its first message with a per-message expiration
+        (`watch_expiry`), so idle cost does not grow with queues that never expire."""
+        s = leader.settings
+        if s.message_ttl_ms is not None or s.expires_ms is not None:
+            self._expiring.add(leader)
+
+    def watch_expiry(self, leader: QueueLeader) -> None:
         self._expiring.add(leader)
 
     def leader(self, vhost: str, name: str) -> QueueLeader | None:

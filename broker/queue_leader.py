@@ -146,6 +146,8 @@ class QueueLeader:
     # ------------------------------------------------------------------ publish
 
     def publish(self, message: Message, now_ms: int, confirm: Confirm | None) -> None:
+        if message.expiration_ms is not None:
+            self.node.watch_expiry(self)
         state = self.state
         deliver_to = None
         ack_required = True

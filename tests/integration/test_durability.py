@@ -79,3 +79,23 @@ def test_auto_ack_consumption_is_not_recovered(fresh_node):
     c = connect(fresh_node.url)
     assert drain(c.channel(), "q") == []
     c.close()
+
+
+def test_per_message_ttl_still_applies_after_a_restart(fresh_node):
+    c = connect(fresh_node.url)
+    ch = c.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("msg_ttl_restart", durable=True)
+    ch.basic_publish("", "msg_ttl_restart", b"short",
+                     pika.BasicProperties(delivery_mode=2, expiration="1500"))
+    ch.basic_publish("", "msg_ttl_restart", b"forever", PERSISTENT)
+    c.close()
+    fresh_node.stop()
+    fresh_node.start()
+    c = connect(fresh_node.url)
+    ch = c.channel()
+    assert _count(ch, "msg_ttl_restart") == 2
+    # The TTL counts again from recovery; after it the short-lived message is gone.
+    wait_until(lambda: _count(ch, "msg_ttl_restart") == 1, timeout=10)
+    assert drain(ch, "msg_ttl_restart") == [b"forever"]
+    c.close()
