@@ -43,6 +43,8 @@ the environment under it.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import struct
 import threading
@@ -74,6 +76,12 @@ from storage.interface import (
 
 FORMAT_VERSION = 1
 DEFAULT_MAP_SIZE = 1 << 30  # address space only: the file grows with the data
+# Bytes read or newly written between two drops of the map's resident pages: what a
+# backlog can hold resident beyond the hot pages. Dropping costs a page-table walk
+# and a few minor faults to map the hot branch pages again.
+DEFAULT_RELEASE_BYTES = 64 << 20
+_PAGE = 4096
+_MADV_DONTNEED = 4
 ITEMS_CHUNK = 4096  # rows per read transaction when iterating a table
 
 _GID = struct.Struct(">I")
@@ -109,6 +117,41 @@ class _Group:
 
     def exists(self) -> bool:
         return self.first is not None or self.hard is not None or self.snap_index is not None
+
+
+def _load_madvise() -> Callable[[int, int, int], int] | None:
+    if not os.path.exists("/proc/self/maps"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return madvise  # type: ignore[no-any-return]
+
+
+_madvise = _load_madvise()
+
+
+def _mapped_range(path: Path) -> tuple[int, int] | None:
+    """Address and length of this process's map of the file at `path`, from /proc/self/maps."""
+    try:
+        st = path.stat()
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) < 6 or int(fields[4]) != st.st_ino:
+                    continue
+                major, minor = (int(part, 16) for part in fields[3].split(":"))
+                if os.makedev(major, minor) != st.st_dev:
+                    continue
+                lo, hi = (int(part, 16) for part in fields[0].split("-"))
+                return lo, hi - lo
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _table_key(table: str, key: bytes) -> bytes:
@@ -298,9 +341,19 @@ class LmdbStore:
         path: str | os.PathLike[str],
         *,
         map_size: int = DEFAULT_MAP_SIZE,
+        release_bytes: int | None = DEFAULT_RELEASE_BYTES,
         on_close: Callable[[], None] | None = None,
     ) -> None:
         self.path = Path(path)
+        # None: never drop the map's resident pages (the kernel's default).
+        self.release_bytes = release_bytes
+        self.releases = 0
+        # Bytes moved through the map since the last drop; an estimate (threads
+        # may race on it, which only moves a drop a little).
+        self._moved = 0
+        self._last_pgno = 0
+        self._mapped: tuple[int, int] | None = None
+        self._mapped_growths = -1
         self._on_close = on_close
         self._map_lock = threading.Lock()
         # One writer at a time (LMDB would serialise them anyway); it owns the packer.
@@ -328,6 +381,7 @@ class LmdbStore:
             self._groups: dict[str, _Group] = {}
             self._next_gid = 0
             self._load_cache()
+            self._last_pgno = int(self._env.info()["last_pgno"])
         except BaseException:
             self._env.close()
             raise
@@ -416,6 +470,14 @@ class LmdbStore:
             except lmdb.Error as exc:
                 raise StoreError(f"writing to the store in {self.path} failed: {exc}") from exc
         self._publish(work)
+        if self.release_bytes is not None:
+            # Newly allocated pages are read back through the map by the next
+            # write (the growing edge of each B-tree), so growth counts as touched.
+            pgno = int(self._env.info()["last_pgno"])
+            self._moved += max(0, pgno - self._last_pgno) * _PAGE
+            self._last_pgno = pgno
+            if self._moved >= self.release_bytes:
+                self.release_mapped_pages()
         if sync:
             try:
                 self._env.sync(True)
@@ -455,6 +517,31 @@ class LmdbStore:
     def map_size(self) -> int:
         return int(self._env.info()["map_size"])
 
+    def release_mapped_pages(self) -> bool:
+        """Drop this process's mapping of the file's resident pages; False where unsupported."""
+        self._moved = 0
+        if _madvise is None:
+            return False
+        with self._map_lock:
+            if self._closed:
+                return False
+            if self._mapped is None or self._mapped_growths != self.map_growths:
+                # Growing the map may have moved it.
+                self._mapped = _mapped_range(self.path / "data.mdb")
+                self._mapped_growths = self.map_growths
+            if self._mapped is None:
+                return False
+            address, length = self._mapped
+            if _madvise(address, length, _MADV_DONTNEED) != 0:
+                return False
+        self.releases += 1
+        return True
+
+    def _read(self, size: int) -> None:
+        moved = self._moved = self._moved + size
+        if self.release_bytes is not None and moved >= self.release_bytes:
+            self.release_mapped_pages()
+
     # -- reads ----------------------------------------------------------------
 
     def hard_state(self, group: str) -> HardState | None:
@@ -489,11 +576,14 @@ class LmdbStore:
             cur = txn.cursor()
             if not cur.set_range(_LOG_KEY.pack(gid, min(max(lo, 0), _MAX_INDEX))):
                 return found
+            moved = 0
             for key, value in cur.iternext():
                 if key >= stop:
                     break
+                moved += len(value)
                 term, data = unpack(value)
                 found.append(LogEntry(index_of(key, 4)[0], term, data))
+        self._read(moved)
         return found
 
     def snapshot(self, group: str) -> Snapshot | None:
@@ -512,7 +602,10 @@ class LmdbStore:
 
     def get(self, table: str, key: bytes) -> bytes | None:
         with self._map_lock, self._env.begin(db=self._dbs["kv"]) as txn:
-            return txn.get(_table_key(table, key))
+            value = txn.get(_table_key(table, key))
+        if value is not None:
+            self._read(len(value) + _PAGE // 8)  # a lookup touches a leaf, not only its row
+        return value
 
     def items(self, table: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         # Read in chunks, one short read transaction each, so that walking a table of
@@ -526,6 +619,7 @@ class LmdbStore:
         after: bytes | None = None
         while True:
             chunk: list[tuple[bytes, bytes]] = []
+            moved = 0
             with self._map_lock, self._env.begin(db=self._dbs["kv"]) as txn:
                 cur = txn.cursor()
                 if cur.set_range(position):
@@ -535,8 +629,10 @@ class LmdbStore:
                         if key == after:
                             continue
                         chunk.append((key, value))
+                        moved += len(key) + len(value)
                         if len(chunk) == ITEMS_CHUNK:
                             break
+            self._read(moved)
             for key, value in chunk:
                 yield key[skip:], value
             if len(chunk) < ITEMS_CHUNK:
@@ -545,7 +641,10 @@ class LmdbStore:
 
     def body(self, body_id: bytes) -> bytes | None:
         with self._map_lock, self._env.begin(db=self._dbs["bodies"]) as txn:
-            return txn.get(body_id)
+            value = txn.get(body_id)
+        if value is not None:
+            self._read(len(value))
+        return value
 
     def close(self) -> None:
         with self._write_lock, self._map_lock:

@@ -247,3 +247,61 @@ def test_items_walks_a_table_larger_than_one_chunk(tmp_path: Path, monkeypatch: 
     assert [k for k, _ in store.items("rows", b"c")] == [b"c" + bytes([i]) for i in range(14)]
     assert list(store.items("rows", b"d")) == []
     store.close()
+
+
+def _mapped_rss(path: Path) -> int:
+    """Resident bytes of this process's map of `path` (its `Rss:` in /proc/self/smaps)."""
+    inode = str(path.stat().st_ino)
+    rss, inside = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5 and ":" in fields[3]:
+                inside = fields[4] == inode
+            elif inside and fields[0] == "Rss:":
+                rss += int(fields[1]) * 1024
+    return rss
+
+
+def _fill_and_read(store: LmdbStore, rows: int, size: int) -> int:
+    """Write `rows` rows of `size` bytes, read them all back; the peak mapped RSS seen."""
+    data = store.path / "data.mdb"
+    peak = 0
+    for start in range(0, rows, 2_000):
+        batch = WriteBatch()
+        for n in range(start, min(rows, start + 2_000)):
+            batch.put("t", n.to_bytes(8, "big"), bytes([n % 251]) * size)
+        store.write(batch, sync=False)
+        peak = max(peak, _mapped_rss(data))
+    seen = 0
+    for n, (key, value) in enumerate(store.items("t")):
+        assert int.from_bytes(key, "big") == n and value == bytes([n % 251]) * size
+        seen += 1
+        if n % 2_000 == 0:
+            peak = max(peak, _mapped_rss(data))
+    assert seen == rows
+    return max(peak, _mapped_rss(data))
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="needs Linux's /proc/self/smaps")
+def test_the_map_does_not_keep_a_drained_table_resident(tmp_path: Path) -> None:
+    # 40,000 rows of 1 KiB: ~45 MB of file, every page written and read once.
+    kept = LmdbStore(tmp_path / "kept", release_bytes=None)
+    try:
+        kept_peak = _fill_and_read(kept, 40_000, 1024)
+    finally:
+        kept.close()
+    released = LmdbStore(tmp_path / "released", release_bytes=4 << 20)
+    try:
+        released_peak = _fill_and_read(released, 40_000, 1024)
+        assert released.releases >= 10
+        # Still correct after dropping: every row reads back (checked inside), and writes go on.
+        batch = WriteBatch()
+        batch.put("t", b"after", b"x")
+        released.write(batch)
+        assert released.get("t", b"after") == b"x"
+    finally:
+        released.close()
+    # Without drops the whole file ends up mapped; with them, at most a few release windows.
+    assert kept_peak > 35 << 20, kept_peak
+    assert released_peak < 16 << 20, released_peak
