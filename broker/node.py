@@ -53,6 +53,7 @@ from cluster.raft.group import RaftConfig
 from cluster.raft.node import RaftNode
 from storage.datadir import open_data_dir
 from storage.interface import Store, WriteBatch
+from storage.staging import StagedWrites
 from storage.writer import GroupCommitWriter
 
 log = logging.getLogger("leveret.node")
@@ -110,10 +111,8 @@ class Node:
         self.started = trio.Event()
         self.listeners: list[tuple[str, str, int]] = []
         self._message_ids = 0
-        # Store operations waiting for the next scheduler pass (see `stage`).
-        self._staged: list[Any] = []
-        self._staged_done: list[Callable[[BaseException | None], None]] = []
-        self._flush_scheduled = False
+        # Store operations waiting for the writer's next cycle (see `stage`).
+        self.staged = StagedWrites()
         self._connections = 0
         self._expiring: set[QueueLeader] = set()
         self._nursery: trio.Nursery | None = None
@@ -145,6 +144,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.writer = GroupCommitWriter(store)
+                self.writer.attach(self.staged)
                 await nursery.start(self.writer.run)
                 raft = RaftNode(self.name, RaftConfig(), incarnation=int(time.time()))
                 transport = MemoryNetwork().transport(self.name)
@@ -355,42 +355,27 @@ class Node:
         self.stage(batch.ops, on_done)
 
     def stage(self, ops: list[Any], on_done: Callable[[BaseException | None], None] | None = None) -> None:
-        """Queue store operations for the next write. Everything staged during one pass of
-        the scheduler (a socket read's worth of publishes and acks, from every queue) goes
-        to the group-commit writer as one batch with one completion, instead of a batch
-        and a callback per message."""
-        self._staged.extend(ops)
-        if on_done is not None:
-            self._staged_done.append(on_done)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            if self._nursery is not None:
-                self._nursery.start_soon(self._flush_staged)
-            else:
-                self._submit_staged()
+        """Queue store operations for the writer's next cycle. Everything staged while a
+        write is under way (every socket read's publishes and acks, from every queue)
+        goes to the group-commit writer as one batch with one completion when the next
+        cycle starts, instead of a batch and a callback per message."""
+        self.staged.add(ops, on_done)
+        if self.writer is not None:
+            self.writer.poke()
 
-    async def _flush_staged(self) -> None:
-        self._submit_staged()
+    def stage_message(self, table: str, key: bytes, value: bytes,
+                      on_done: Callable[[BaseException | None], None] | None = None) -> None:
+        """Stage a persisted message's row; `forget_message` may still take it back."""
+        self.staged.add_row(table, key, value, on_done)
+        if self.writer is not None:
+            self.writer.poke()
 
-    def _submit_staged(self) -> None:
-        assert self.writer is not None
-        self._flush_scheduled = False
-        ops, self._staged = self._staged, []
-        done, self._staged_done = self._staged_done, []
-        if not ops:
-            for d in done:
-                d(None)
-            return
-        if not done:
-            self.writer.submit(WriteBatch(ops), _ignore)
-        elif len(done) == 1:
-            self.writer.submit(WriteBatch(ops), done[0])
-        else:
-            def all_done(exc: BaseException | None) -> None:
-                for d in done:
-                    d(exc)
-
-            self.writer.submit(WriteBatch(ops), all_done)
+    def forget_message(self, table: str, key: bytes) -> None:
+        """A persisted message left its queue: its row is withdrawn if not yet taken by a
+        write (its completion then runs at once), else deleted."""
+        self.staged.delete(table, key)
+        if self.writer is not None:
+            self.writer.poke()
 
     def dead_letter(self, vhost: str, queue: str, e: DeadLetter, now_ms: int) -> None:
         copy = dead_letter(e.message, e.reason, queue, e.exchange, e.routing_key, now_ms,
@@ -507,7 +492,3 @@ class Node:
     async def wait_for_writer(self) -> None:
         assert self.writer is not None
         await self.writer.wait_for_room(WRITER_BACKLOG_OPS // 2, WRITER_BACKLOG_BYTES // 2)
-
-
-def _ignore(_exc: BaseException | None) -> None:
-    pass

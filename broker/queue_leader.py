@@ -53,7 +53,7 @@ from broker.queue import (
     Settle,
     Touch,
 )
-from storage.interface import Delete, Put
+
 
 # Publisher flow: ready messages (with consumers attached) above which publishers pause,
 # and the level at which they are let go again.
@@ -357,17 +357,20 @@ class QueueLeader:
     # ------------------------------------------------------------------ durability
 
     def _persist(self, seq: int, m: Message, confirm: Confirm | None) -> None:
-        op = Put(MESSAGES_TABLE, persisted_key(self._prefix, m.id), encode_persisted(m))
+        # Staged withdrawable: a message consumed and acknowledged before the next write
+        # cycle never reaches the disk, and is confirmed then (see storage.staging).
+        key = persisted_key(self._prefix, m.id)
         if confirm is None:
-            self.node.stage([op])
+            self.node.stage_message(MESSAGES_TABLE, key, encode_persisted(m))
         else:
-            self.node.stage([op], lambda exc: confirm(exc is None))
+            self.node.stage_message(MESSAGES_TABLE, key, encode_persisted(m), lambda exc: confirm(exc is None))
 
     def _forget(self, messages: Any) -> None:
         """Delete the persisted copies of `messages` that left this queue (a message
         never persisted here — a rejected publish — deletes nothing that exists)."""
         if not self.durable:
             return
-        ops = [Delete(MESSAGES_TABLE, persisted_key(self._prefix, m.id)) for m in messages if m.persistent]
-        if ops:
-            self.node.stage(ops)
+        forget, prefix = self.node.forget_message, self._prefix
+        for m in messages:
+            if m.persistent:
+                forget(MESSAGES_TABLE, persisted_key(prefix, m.id))

@@ -17,6 +17,13 @@ shutdown then stay plain trio code with no cross-thread queue. A write in
 the thread is never abandoned on cancellation (the default), so a batch is
 never reported one way while the thread does the other.
 
+Pulled operations: a producer of many small writes (a node's message path)
+can `attach` a source instead of submitting, typically a
+`storage.staging.StagedWrites`; each cycle takes whatever the sources hold
+when it starts, after the submitted batches. Until then the operations stay
+with the source, which may still withdraw some (see storage.staging).
+`poke` wakes an idle writer when a source gains something.
+
 Ordering: batches are written in the order they were submitted. Failures:
 if a merged write fails, the store's transaction was aborted as a whole, so
 nothing of it is durable; each batch of the cycle is then written alone so
@@ -29,13 +36,25 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Protocol
 
 import trio
 
 from storage.interface import Operation, Put, PutBody, Store, WriteBatch
 
 OnDone = Callable[[BaseException | None], None]
+
+
+class WriteSource(Protocol):
+    """Operations held outside the writer until a cycle takes them."""
+
+    @property
+    def pending_ops(self) -> int: ...
+
+    @property
+    def pending_bytes(self) -> int: ...
+
+    def take(self) -> tuple[WriteBatch, OnDone] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +87,7 @@ class GroupCommitWriter:
         self._store = store
         self._max_ops = max_ops_per_write
         self._pending: list[tuple[WriteBatch, OnDone]] = []
+        self._sources: list[WriteSource] = []
         self._pending_ops = 0
         self._held_bytes = 0
         self._room: trio.Event | None = None
@@ -91,6 +111,19 @@ class GroupCommitWriter:
         """
         if self._closing:
             raise trio.ClosedResourceError("the storage writer is closed")
+        # Copy: the caller may reuse or extend its batch while we hold it.
+        self._enqueue(WriteBatch(list(batch.ops)), on_done)
+        self._wakeup.set()
+
+    def attach(self, source: WriteSource) -> None:
+        """Take `source`'s operations at the start of every cycle (see the module doc)."""
+        self._sources.append(source)
+
+    def poke(self) -> None:
+        """An attached source has something: start a cycle if none is under way."""
+        self._wakeup.set()
+
+    def _enqueue(self, batch: WriteBatch, on_done: OnDone) -> None:
         nbytes = _value_bytes(batch.ops)
         if nbytes:
             # Values stay in memory until written: count them until the write completes.
@@ -102,10 +135,8 @@ class GroupCommitWriter:
                 self._make_room()
                 caller_done(exc)
 
-        # Copy: the caller may reuse or extend its batch while we hold it.
-        self._pending.append((WriteBatch(list(batch.ops)), on_done))
+        self._pending.append((batch, on_done))
         self._pending_ops += len(batch.ops)
-        self._wakeup.set()
 
     async def write(self, batch: WriteBatch) -> None:
         """Return once `batch` is durable; raise the store's error if it is not."""
@@ -123,20 +154,20 @@ class GroupCommitWriter:
 
     @property
     def pending_ops(self) -> int:
-        """Operations submitted and not yet taken by a write cycle."""
-        return self._pending_ops
+        """Operations submitted or held by a source and not yet taken by a write cycle."""
+        return self._pending_ops + sum(s.pending_ops for s in self._sources)
 
     @property
     def held_bytes(self) -> int:
-        """Octets of values submitted and not yet written (pending or in the write under way)."""
-        return self._held_bytes
+        """Octets of values not yet written (submitted, held by a source, or in the write under way)."""
+        return self._held_bytes + sum(s.pending_bytes for s in self._sources)
 
     async def wait_for_room(self, max_pending_ops: int, max_held_bytes: int | None = None) -> None:
         """Wait until at most `max_pending_ops` operations wait for a cycle and at most
         `max_held_bytes` of values wait to be written: the back-pressure a producer of
         writes (publishers paging to disk) applies when the disk falls behind."""
-        while (self._pending_ops > max_pending_ops
-               or (max_held_bytes is not None and self._held_bytes > max_held_bytes)) and not self._closing:
+        while (self.pending_ops > max_pending_ops
+               or (max_held_bytes is not None and self.held_bytes > max_held_bytes)) and not self._closing:
             if self._room is None:
                 self._room = trio.Event()
             await self._room.wait()
@@ -170,6 +201,7 @@ class GroupCommitWriter:
         try:
             while True:
                 await trio.lowlevel.checkpoint_if_cancelled()
+                self._pull()
                 if not self._pending:
                     if self._closing:
                         return
@@ -184,6 +216,12 @@ class GroupCommitWriter:
             self._running = False
             self._fail_pending()
             self._stopped.set()
+
+    def _pull(self) -> None:
+        for source in self._sources:
+            taken = source.take()
+            if taken is not None:
+                self._enqueue(*taken)
 
     def _take(self) -> list[tuple[WriteBatch, OnDone]]:
         pending = self._pending
@@ -245,6 +283,7 @@ class GroupCommitWriter:
             self._room = None
 
     def _fail_pending(self) -> None:
+        self._pull()
         pending, self._pending = self._pending, []
         self._pending_ops = 0
         self._make_room()

@@ -1,0 +1,133 @@
+"""Store operations waiting for the group-commit writer's next cycle.
+
+A node stages the writes of its message path here (persisted messages, their
+deletions, queue pages) instead of handing each socket read's worth to the
+writer at once. The writer pulls everything staged when a cycle starts (see
+`storage.writer.GroupCommitWriter.attach`), so while one write is in flight
+the next one's operations stay here, where they can still change:
+
+A persisted message's row is *withdrawable*. If the message leaves its queue
+(acknowledged, dropped) before its row was taken by a cycle, `withdraw`
+removes the row instead of letting the node write it and then delete it: the
+message never touches the disk, its completion runs at once (it no longer
+needs to be durable: RabbitMQ confirms such a message as well), and the
+writer has two operations less to apply. Under a steady confirmed load most
+messages are consumed and acknowledged within one write cycle, so this is
+the common case, not a corner.
+
+Pure bookkeeping, no I/O, no trio: the writer and the node are the shells.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from storage.interface import Delete, Operation, Put, PutBody, WriteBatch
+
+__all__ = ["OnDone", "StagedWrites"]
+
+OnDone = Callable[[BaseException | None], None]
+
+
+class StagedWrites:
+    """Operations in staging order, each batch with an optional completion."""
+
+    __slots__ = ("_ops", "_done", "_rows", "_bytes", "withdrawn")
+
+    def __init__(self) -> None:
+        self._ops: list[Operation | None] = []  # None: a withdrawn row
+        self._done: list[OnDone | None] = []
+        # (table, key) of a withdrawable row -> its place in _ops and in _done.
+        self._rows: dict[tuple[str, bytes], tuple[int, int]] = {}
+        self._bytes = 0
+        self.withdrawn = 0  # rows withdrawn in all, for statistics
+
+    @property
+    def pending_ops(self) -> int:
+        return len(self._ops)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Octets of values staged (they stay in memory until written)."""
+        return self._bytes
+
+    def add(self, ops: list[Operation], on_done: OnDone | None = None) -> None:
+        """Stage `ops` as they are; `on_done` runs once they are durable (or failed)."""
+        self._ops.extend(ops)
+        for op in ops:
+            t = type(op)
+            if t is Put:
+                self._bytes += len(op.value)  # type: ignore[union-attr]
+            elif t is PutBody:
+                self._bytes += len(op.body)  # type: ignore[union-attr]
+        if on_done is not None:
+            self._done.append(on_done)
+
+    def add_row(self, table: str, key: bytes, value: bytes, on_done: OnDone | None = None) -> None:
+        """Stage a row that `withdraw` may take back before it is written."""
+        place = (len(self._ops), len(self._done) if on_done is not None else -1)
+        self._ops.append(Put(table, key, value))
+        self._bytes += len(value)
+        if on_done is not None:
+            self._done.append(on_done)
+        row = (table, key)
+        if row in self._rows:
+            # Staged twice: neither copy may be withdrawn, or the other would be
+            # written with nothing left to delete it.
+            self._rows[row] = (-1, -1)
+        else:
+            self._rows[row] = place
+
+    def withdraw(self, table: str, key: bytes) -> bool:
+        """Take back the staged row (table, key) and run its completion with success.
+
+        True: the row will never be written, so there is nothing to delete.
+        False: it was not staged here (already taken by a write, or never
+        withdrawable); the caller deletes it the ordinary way.
+        """
+        place = self._rows.pop((table, key), None)
+        if place is None or place[0] < 0:
+            return False
+        op_index, done_index = place
+        op = self._ops[op_index]
+        assert type(op) is Put and op.key == key, "a withdrawable row moved"
+        self._ops[op_index] = None
+        self._bytes -= len(op.value)
+        self.withdrawn += 1
+        if done_index >= 0:
+            done = self._done[done_index]
+            if done is not None:
+                self._done[done_index] = None
+                done(None)
+        return True
+
+    def delete(self, table: str, key: bytes) -> None:
+        """Delete row (table, key): withdrawn if still staged, else a Delete is staged."""
+        if not self.withdraw(table, key):
+            self._ops.append(Delete(table, key))
+
+    def take(self) -> tuple[WriteBatch, OnDone] | None:
+        """Everything staged as one batch and one completion; None when nothing waits.
+
+        A take with only completions left (every row withdrawn) runs them at once."""
+        ops = [op for op in self._ops if op is not None]
+        done = [d for d in self._done if d is not None]
+        self._ops, self._done, self._rows, self._bytes = [], [], {}, 0
+        if not ops:
+            for d in done:
+                d(None)
+            return None
+        if not done:
+            return WriteBatch(ops), _ignore
+        if len(done) == 1:
+            return WriteBatch(ops), done[0]
+
+        def all_done(exc: BaseException | None) -> None:
+            for d in done:
+                d(exc)
+
+        return WriteBatch(ops), all_done
+
+
+def _ignore(_exc: BaseException | None) -> None:
+    pass
