@@ -116,26 +116,26 @@ class DropGroup:
     group: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Put:
     table: str
     key: bytes
     value: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete:
     table: str
     key: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PutBody:
     body_id: bytes
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeleteBody:
     body_id: bytes
 
@@ -204,10 +204,22 @@ def _check_group(group: object) -> None:
 
 
 def _check_table(table: object, key: object) -> None:
-    if type(table) is not str or not _TABLE_NAME.fullmatch(table):
-        raise ValueError(f"table name must be 1-{MAX_TABLE_NAME} ASCII letters, digits or _.:-, not {table!r}")
+    if type(table) is not str or table not in _VALID_TABLES:
+        _check_table_name(table)
     if type(key) is not bytes or len(key) > MAX_KEY_BYTES:
         raise ValueError(f"table key must be bytes of at most {MAX_KEY_BYTES} bytes")
+
+
+# Table names seen valid: a node uses a handful, checked once each rather than by
+# regular expression on every row it writes.
+_VALID_TABLES: set[str] = set()
+
+
+def _check_table_name(table: object) -> None:
+    if type(table) is not str or not _TABLE_NAME.fullmatch(table):
+        raise ValueError(f"table name must be 1-{MAX_TABLE_NAME} ASCII letters, digits or _.:-, not {table!r}")
+    if len(_VALID_TABLES) < 1024:
+        _VALID_TABLES.add(table)
 
 
 def _check_body_id(body_id: object) -> None:

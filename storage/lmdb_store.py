@@ -154,8 +154,16 @@ def _mapped_range(path: Path) -> tuple[int, int] | None:
     return None
 
 
+_TABLE_HEADS: dict[str, bytes] = {}
+
+
 def _table_key(table: str, key: bytes) -> bytes:
-    return table.encode("ascii") + b"\x00" + key
+    head = _TABLE_HEADS.get(table)
+    if head is None:
+        head = table.encode("ascii") + b"\x00"
+        if len(_TABLE_HEADS) < 1024:
+            _TABLE_HEADS[table] = head
+    return head + key
 
 
 class _Transaction:
@@ -305,7 +313,9 @@ class _Transaction:
         self.kv.put(_table_key(op.table, op.key), op.value)
 
     def delete(self, op: Delete) -> None:
-        self.txn.delete(_table_key(op.table, op.key), db=self.store._dbs["kv"])
+        kv = self.kv
+        if kv.set_key(_table_key(op.table, op.key)):
+            kv.delete()
 
     def put_body(self, op: PutBody) -> None:
         self.bodies.put(op.body_id, op.body)
