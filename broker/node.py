@@ -363,10 +363,11 @@ class Node:
         if self.writer is not None:
             self.writer.poke()
 
-    def stage_message(self, table: str, key: bytes, value: bytes,
-                      on_done: Callable[[BaseException | None], None] | None = None) -> None:
-        """Stage a persisted message's row; `forget_message` may still take it back."""
-        self.staged.add_row(table, key, value, on_done)
+    def stage_message(self, table: str, key: bytes, value: bytes | Callable[[], bytes],
+                      on_done: Callable[[BaseException | None], None] | None = None, size: int = 0) -> None:
+        """Stage a persisted message's row (its value, or a function encoding it when
+        written); `forget_message` may still take it back."""
+        self.staged.add_row(table, key, value, on_done, size)
         if self.writer is not None:
             self.writer.poke()
 

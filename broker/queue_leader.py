@@ -27,6 +27,7 @@ output buffer, whose writer task is woken.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import trio
@@ -359,11 +360,13 @@ class QueueLeader:
     def _persist(self, seq: int, m: Message, confirm: Confirm | None) -> None:
         # Staged withdrawable: a message consumed and acknowledged before the next write
         # cycle never reaches the disk, and is confirmed then (see storage.staging).
+        # Encoded only if a write cycle takes it.
         key = persisted_key(self._prefix, m.id)
+        encode = partial(encode_persisted, m)
         if confirm is None:
-            self.node.stage_message(MESSAGES_TABLE, key, encode_persisted(m))
+            self.node.stage_message(MESSAGES_TABLE, key, encode, None, len(m.body))
         else:
-            self.node.stage_message(MESSAGES_TABLE, key, encode_persisted(m), lambda exc: confirm(exc is None))
+            self.node.stage_message(MESSAGES_TABLE, key, encode, lambda exc: confirm(exc is None), len(m.body))
 
     def _forget(self, messages: Any) -> None:
         """Delete the persisted copies of `messages` that left this queue (a message

@@ -321,13 +321,14 @@ class Session:
             self._publish_reply(ev, props, expiration_ms)
             return
         routed = node.router.route(vhost, exchange, method.routing_key, headers, extra_keys)
+        # Positional: this runs once per publish, and keywords cost a dict per call.
         message = Message(
             exchange, method.routing_key, props, ev.body,
-            persistent=props.delivery_mode == 2,
-            priority=props.priority or 0,
-            expiration_ms=expiration_ms,
-            raw_properties=ev.raw_properties if props is ev.properties else None,
-            id=node.next_message_id(),
+            props.delivery_mode == 2,  # persistent
+            props.priority or 0,
+            expiration_ms,
+            ev.raw_properties if props is ev.properties else None,
+            node.next_message_id(),
         )
         self.publishing = True
         seq = ev.seq

@@ -11,7 +11,9 @@ A persisted message's row is *withdrawable*. If the message leaves its queue
 removes the row instead of letting the node write it and then delete it: the
 message never touches the disk, its completion runs at once (it no longer
 needs to be durable: RabbitMQ confirms such a message as well), and the
-writer has two operations less to apply. Under a steady confirmed load most
+writer has two operations less to apply. A row's value may be given as a
+function that encodes it, called only when a cycle takes the row, so a
+withdrawn message is never encoded either. Under a steady confirmed load most
 messages are consumed and acknowledged within one write cycle, so this is
 the common case, not a corner.
 
@@ -29,13 +31,25 @@ __all__ = ["OnDone", "StagedWrites"]
 OnDone = Callable[[BaseException | None], None]
 
 
+class _Row:
+    """A withdrawable row whose value is made when a cycle takes it."""
+
+    __slots__ = ("table", "key", "make", "size")
+
+    def __init__(self, table: str, key: bytes, make: Callable[[], bytes], size: int) -> None:
+        self.table = table
+        self.key = key
+        self.make = make
+        self.size = size
+
+
 class StagedWrites:
     """Operations in staging order, each batch with an optional completion."""
 
     __slots__ = ("_ops", "_done", "_rows", "_bytes", "withdrawn")
 
     def __init__(self) -> None:
-        self._ops: list[Operation | None] = []  # None: a withdrawn row
+        self._ops: list[Operation | _Row | None] = []  # None: a withdrawn row
         self._done: list[OnDone | None] = []
         # (table, key) of a withdrawable row -> its place in _ops and in _done.
         self._rows: dict[tuple[str, bytes], tuple[int, int]] = {}
@@ -63,11 +77,19 @@ class StagedWrites:
         if on_done is not None:
             self._done.append(on_done)
 
-    def add_row(self, table: str, key: bytes, value: bytes, on_done: OnDone | None = None) -> None:
-        """Stage a row that `withdraw` may take back before it is written."""
+    def add_row(self, table: str, key: bytes, value: bytes | Callable[[], bytes],
+                on_done: OnDone | None = None, size: int = 0) -> None:
+        """Stage a row that `withdraw` may take back before it is written.
+
+        `value` is the row's value, or a function making it when the row is taken
+        (then `size` estimates its length for `pending_bytes`)."""
         place = (len(self._ops), len(self._done) if on_done is not None else -1)
-        self._ops.append(Put(table, key, value))
-        self._bytes += len(value)
+        if type(value) is bytes:
+            self._ops.append(Put(table, key, value))
+            self._bytes += len(value)
+        else:
+            self._ops.append(_Row(table, key, value, size))  # type: ignore[arg-type]
+            self._bytes += size
         if on_done is not None:
             self._done.append(on_done)
         row = (table, key)
@@ -90,9 +112,9 @@ class StagedWrites:
             return False
         op_index, done_index = place
         op = self._ops[op_index]
-        assert type(op) is Put and op.key == key, "a withdrawable row moved"
+        assert op is not None and op.key == key, "a withdrawable row moved"  # type: ignore[union-attr]
         self._ops[op_index] = None
-        self._bytes -= len(op.value)
+        self._bytes -= op.size if type(op) is _Row else len(op.value)  # type: ignore[union-attr]
         self.withdrawn += 1
         if done_index >= 0:
             done = self._done[done_index]
@@ -110,7 +132,13 @@ class StagedWrites:
         """Everything staged as one batch and one completion; None when nothing waits.
 
         A take with only completions left (every row withdrawn) runs them at once."""
-        ops = [op for op in self._ops if op is not None]
+        ops: list[Operation] = []
+        for op in self._ops:
+            if op is None:
+                continue
+            if type(op) is _Row:
+                op = Put(op.table, op.key, op.make())
+            ops.append(op)  # type: ignore[arg-type]
         done = [d for d in self._done if d is not None]
         self._ops, self._done, self._rows, self._bytes = [], [], {}, 0
         if not ops:

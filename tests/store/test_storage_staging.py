@@ -194,3 +194,22 @@ async def test_closing_the_writer_writes_what_a_source_still_holds() -> None:
         staged.add([Put("t", b"late", b"v")], on_done)
     assert seen == [None]
     assert store.get("t", b"late") == b"v"
+
+
+def test_a_row_made_by_a_function_is_made_only_when_taken() -> None:
+    staged = StagedWrites()
+    made: list[bytes] = []
+
+    def make(value: bytes) -> bytes:
+        made.append(value)
+        return value
+
+    staged.add_row("m", b"kept", lambda: make(b"kept-value"), size=10)
+    staged.add_row("m", b"gone", lambda: make(b"gone-value"), size=10)
+    assert staged.pending_bytes == 20 and made == []
+    assert staged.withdraw("m", b"gone")
+    assert staged.pending_bytes == 10
+    taken = staged.take()
+    assert taken is not None
+    assert taken[0].ops == [Put("m", b"kept", b"kept-value")]
+    assert made == [b"kept-value"]  # the withdrawn row was never encoded
