@@ -113,6 +113,8 @@ class Node:
         self._message_ids = 0
         # Store operations waiting for the writer's next cycle (see `stage`).
         self.staged = StagedWrites()
+        self.stage_message = self.staged.add_row
+        self.forget_message = self.staged.delete
         self._connections = 0
         self._expiring: set[QueueLeader] = set()
         self._nursery: trio.Nursery | None = None
@@ -145,6 +147,7 @@ class Node:
                 self._nursery = nursery
                 self.writer = GroupCommitWriter(store)
                 self.writer.attach(self.staged)
+                self.staged.on_staged = self.writer.poke
                 await nursery.start(self.writer.run)
                 raft = RaftNode(self.name, RaftConfig(), incarnation=int(time.time()))
                 transport = MemoryNetwork().transport(self.name)
@@ -358,25 +361,13 @@ class Node:
         """Queue store operations for the writer's next cycle. Everything staged while a
         write is under way (every socket read's publishes and acks, from every queue)
         goes to the group-commit writer as one batch with one completion when the next
-        cycle starts, instead of a batch and a callback per message."""
+        cycle starts, instead of a batch and a callback per message.
+
+        A persisted message's row goes through `stage_message` (its value, or a function
+        encoding it when written) and leaves through `forget_message`, which withdraws it
+        if no write has taken it yet (see storage.staging); both are the staging's own
+        methods, bound once, as they run once per message."""
         self.staged.add(ops, on_done)
-        if self.writer is not None:
-            self.writer.poke()
-
-    def stage_message(self, table: str, key: bytes, value: bytes | Callable[[], bytes],
-                      on_done: Callable[[BaseException | None], None] | None = None, size: int = 0) -> None:
-        """Stage a persisted message's row (its value, or a function encoding it when
-        written); `forget_message` may still take it back."""
-        self.staged.add_row(table, key, value, on_done, size)
-        if self.writer is not None:
-            self.writer.poke()
-
-    def forget_message(self, table: str, key: bytes) -> None:
-        """A persisted message left its queue: its row is withdrawn if not yet taken by a
-        write (its completion then runs at once), else deleted."""
-        self.staged.delete(table, key)
-        if self.writer is not None:
-            self.writer.poke()
 
     def dead_letter(self, vhost: str, queue: str, e: DeadLetter, now_ms: int) -> None:
         copy = dead_letter(e.message, e.reason, queue, e.exchange, e.routing_key, now_ms,

@@ -53,17 +53,23 @@ class _ReaderWaits:
 class _Wakeup:
     """A level-triggered flag a task can wait on; setting it twice is one wake-up."""
 
-    __slots__ = ("_event",)
+    __slots__ = ("_event", "_set")
 
     def __init__(self) -> None:
         self._event = trio.Event()
+        self._set = False
 
     def set(self) -> None:
-        self._event.set()
+        # Called for every delivery and confirm: only the first since the last wake-up
+        # needs the event.
+        if not self._set:
+            self._set = True
+            self._event.set()
 
     async def wait(self) -> None:
         await self._event.wait()
         self._event = trio.Event()
+        self._set = False
 
 
 def raise_open_files_limit() -> tuple[int, int]:

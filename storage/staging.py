@@ -46,9 +46,11 @@ class _Row:
 class StagedWrites:
     """Operations in staging order, each batch with an optional completion."""
 
-    __slots__ = ("_ops", "_done", "_rows", "_bytes", "withdrawn")
+    __slots__ = ("_ops", "_done", "_rows", "_bytes", "withdrawn", "on_staged")
 
-    def __init__(self) -> None:
+    def __init__(self, on_staged: Callable[[], None] | None = None) -> None:
+        # Called when something is staged into an empty staging: the writer's `poke`.
+        self.on_staged = on_staged
         self._ops: list[Operation | _Row | None] = []  # None: a withdrawn row
         self._done: list[OnDone | None] = []
         # (table, key) of a withdrawable row -> its place in _ops and in _done.
@@ -67,6 +69,8 @@ class StagedWrites:
 
     def add(self, ops: list[Operation], on_done: OnDone | None = None) -> None:
         """Stage `ops` as they are; `on_done` runs once they are durable (or failed)."""
+        if not self._ops and self.on_staged is not None:
+            self.on_staged()
         self._ops.extend(ops)
         for op in ops:
             t = type(op)
@@ -84,6 +88,8 @@ class StagedWrites:
         `value` is the row's value, or a function making it when the row is taken
         (then `size` estimates its length for `pending_bytes`)."""
         place = (len(self._ops), len(self._done) if on_done is not None else -1)
+        if not place[0] and self.on_staged is not None:
+            self.on_staged()
         if type(value) is bytes:
             self._ops.append(Put(table, key, value))
             self._bytes += len(value)
@@ -126,6 +132,8 @@ class StagedWrites:
     def delete(self, table: str, key: bytes) -> None:
         """Delete row (table, key): withdrawn if still staged, else a Delete is staged."""
         if not self.withdraw(table, key):
+            if not self._ops and self.on_staged is not None:
+                self.on_staged()
             self._ops.append(Delete(table, key))
 
     def take(self) -> tuple[WriteBatch, OnDone] | None:

@@ -213,3 +213,16 @@ def test_a_row_made_by_a_function_is_made_only_when_taken() -> None:
     assert taken is not None
     assert taken[0].ops == [Put("m", b"kept", b"kept-value")]
     assert made == [b"kept-value"]  # the withdrawn row was never encoded
+
+
+def test_the_writer_is_woken_once_per_fill_not_per_operation() -> None:
+    wakes: list[int] = []
+    staged = StagedWrites(on_staged=lambda: wakes.append(1))
+    staged.add_row("m", b"a", b"1")
+    staged.add_row("m", b"b", b"2")
+    staged.add([Put("t", b"x", b"1")])
+    staged.delete("m", b"a")  # withdrawn: nothing new to write
+    assert len(wakes) == 1
+    staged.take()
+    staged.delete("m", b"b")  # taken already: a Delete, into an empty staging
+    assert len(wakes) == 2
