@@ -6,7 +6,9 @@ Every message body starts with a stamp: magic, publisher id, sequence number
 (1, 2, 3, ... per publisher) and the send time. A consumer counts a delivery only
 when its body carries a valid stamp of a message it has not already seen on that
 queue, so a broker that drops, duplicates or garbles messages can only make the
-figures lower: throughput is computed from unique deliveries, never from what
+figures lower (a delivery that comes before an earlier-published message of the
+same publisher is counted as out of order: every scenario has one consumer per
+queue and no requeues, so a FIFO queue delivers in publish order): throughput is computed from unique deliveries, never from what
 was sent or confirmed. `verdict` then compares, queue by queue, what each
 publisher sent with what arrived, and names every missing message.
 
@@ -137,11 +139,13 @@ class ReceiveTally:
         "in_window",
         "duplicates",
         "foreign",
+        "out_of_order",
         "last_ns",
         "subscribed_ns",
         "latencies_ns",
         "keep_latencies",
         "_seen",
+        "_highest",
     )
 
     def __init__(self, queue: str, window_end_ns: int, keep_latencies: bool = False) -> None:
@@ -157,8 +161,12 @@ class ReceiveTally:
         self.subscribed_ns = 0
         self.latencies_ns: list[int] = []
         self.keep_latencies = keep_latencies
+        # Unique deliveries with a lower sequence than one already seen from their publisher.
+        self.out_of_order = 0
         # publisher id → bitmap of sequences seen.
         self._seen: dict[int, bytearray] = {}
+        # publisher id → highest sequence seen.
+        self._highest: dict[int, int] = {}
 
     def record(self, body: bytes, now_ns: int) -> bool:
         """Count one delivered body; True when it was a new message of this run."""
@@ -179,6 +187,10 @@ class ReceiveTally:
             return False
         bitmap[byte] |= mask
         self.unique += 1
+        if sequence < self._highest.get(publisher, 0):
+            self.out_of_order += 1
+        else:
+            self._highest[publisher] = sequence
         if now_ns <= self.window_end_ns:
             self.in_window += 1
         self.last_ns = now_ns
@@ -220,6 +232,7 @@ class Verdict:
     lost_confirmed: int = 0
     duplicates: int = 0
     foreign: int = 0
+    out_of_order: int = 0
     bogus_confirms: int = 0
     problems: list[str] = field(default_factory=list)
 
@@ -241,6 +254,7 @@ def verdict(publishers: list[PublishTally], receivers: list[ReceiveTally], confi
     for receiver in receivers:
         result.duplicates += receiver.duplicates
         result.foreign += receiver.foreign
+        result.out_of_order += receiver.out_of_order
         delivered_here = 0
         for pub in publishers:
             got = receiver.received_from(pub.publisher, pub.sent)
@@ -266,6 +280,8 @@ def verdict(publishers: list[PublishTally], receivers: list[ReceiveTally], confi
         result.problems.append(f"broker nacked {result.nacked} messages")
     if result.duplicates:
         result.problems.append(f"{result.duplicates} duplicate deliveries (not counted)")
+    if result.out_of_order:
+        result.problems.append(f"{result.out_of_order} deliveries arrived before a message published earlier")
     if result.foreign:
         result.problems.append(f"{result.foreign} deliveries that this run never published (not counted)")
     if result.bogus_confirms:

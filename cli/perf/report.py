@@ -248,5 +248,5 @@ def render_table(run: Run) -> str:
         lines.append("Problems found by the accounting:")
         lines += [f"  ! {n}" for n in notes]
     else:
-        lines.append("Accounting: every published message arrived exactly once in every run.")
+        lines.append("Accounting: every published message arrived exactly once, in publish order, in every run.")
     return "\n".join(lines)

@@ -177,6 +177,7 @@ def _account(outcome: RolesOutcome, into: Measurement) -> Verdict:
         lost_confirmed=result.lost_confirmed,
         duplicates=result.duplicates,
         foreign=result.foreign,
+        out_of_order=result.out_of_order,
     )
     return result
 

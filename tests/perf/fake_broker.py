@@ -30,6 +30,8 @@ class Misbehaviour:
     drop_every: int = 0
     duplicate_every: int = 0
     garble_every: int = 0
+    # Hold every k-th message back and deliver it after the next one.
+    swap_every: int = 0
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Truth:
     deliveries: int = 0
     duplicated: int = 0
     garbled: int = 0
+    swapped: int = 0
     confirms: int = 0
 
 
@@ -68,6 +71,7 @@ class FakeBroker:
         self.queues: dict[str, _Queue] = {}
         self.fanouts: dict[str, set[str]] = {}
         self.port = 0
+        self._held: tuple[spec.BasicPublish, bytes] | None = None
 
     async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -191,6 +195,9 @@ class FakeBroker:
             targets = sorted(self.fanouts.get(publish.exchange, ()))
         else:
             targets = [publish.routing_key] if publish.routing_key in self.queues else []
+        if mis.swap_every and n % mis.swap_every == 0 and self._held is None:
+            self._held = (publish, body)
+            return
         copies = 2 if mis.duplicate_every and n % mis.duplicate_every == 0 else 1
         if copies == 2:
             self.truth.duplicated += 1
@@ -198,6 +205,11 @@ class FakeBroker:
             queue = self.queues[name]
             for _ in range(copies):
                 await self._deliver(queue, raw, body, publish.exchange, publish.routing_key)
+        held, self._held = self._held, None
+        if held is not None:
+            self.truth.swapped += 1
+            for name in targets:
+                await self._deliver(self.queues[name], raw, held[1], held[0].exchange, held[0].routing_key)
 
     async def _deliver(self, queue: _Queue, raw: bytes, body: bytes, exchange: str, routing_key: str) -> None:
         if not queue.consumers:

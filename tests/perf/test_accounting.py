@@ -81,6 +81,17 @@ def test_receive_tally_counts_unique_stamped_messages_only() -> None:
     assert r.seen(2, 1) and not r.seen(2, 2)
 
 
+def test_receive_tally_counts_deliveries_that_overtake_earlier_ones() -> None:
+    r = ReceiveTally("q", 10**12)
+    for seq in (1, 2, 4, 3, 5):
+        r.record(make_body(1, seq, 0, 64), 1)
+    r.record(make_body(2, 1, 0, 64), 1)  # another publisher's first: in order for it
+    r.record(make_body(1, 3, 0, 64), 1)  # a duplicate is not also out of order
+    assert (r.unique, r.duplicates, r.out_of_order) == (6, 1, 1)
+    v = verdict([PublishTally(1, sent=5), PublishTally(2, sent=1)], [r])
+    assert v.out_of_order == 1 and any("published earlier" in p for p in v.problems)
+
+
 def test_receive_tally_keeps_latencies_on_request() -> None:
     r = ReceiveTally("q", 10**12, keep_latencies=True)
     r.record(make_body(1, 1, 1_000, 64), 3_000)

@@ -122,6 +122,15 @@ async def test_backlog_with_losses_is_flagged() -> None:
     assert m.totals["lost_confirmed"] == 5
 
 
+async def test_backlog_drained_out_of_order_is_flagged() -> None:
+    broker = FakeBroker(Misbehaviour(swap_every=7))
+    m = await _run("backlog", broker, Options(duration=0.3, procs=1, drain=3.0, backlog_messages=500))
+    assert broker.truth.swapped > 0
+    assert m.totals["delivered"] == 500  # nothing lost, but not in order
+    assert m.totals["out_of_order"] == broker.truth.swapped
+    assert any("published earlier" in p for p in m.problems)
+
+
 async def test_mirrored_is_skipped_without_a_cluster() -> None:
     broker = FakeBroker()
     m = await _run("mirrored", broker)
