@@ -209,6 +209,12 @@ class StorePages:
         records = msgpack.unpackb(value, raw=False, use_list=False, unicode_errors=_OCTETS)
         stored_ids = [r[3] for r in records if r[7] is None]
         stored = read_persisted(store, self._prefix, stored_ids) if stored_ids else {}
+        if len(stored) < len(stored_ids) and self._node.writer is not None:
+            # A page can be read back before the rows it refers to are durable (a small
+            # window drained quickly): those rows are still with the writer.
+            missing = {persisted_key(self._prefix, i): i for i in stored_ids if i not in stored}
+            for key, value in self._node.writer.find_unwritten(MESSAGES_TABLE, set(missing)).items():
+                stored[missing[key]] = value
         properties: dict[bytes, Any] = {}
         entries = []
         for seq, expires_at, deliveries, mid, persistent, priority, expiration_ms, exchange, rk, raw, body in records:

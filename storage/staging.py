@@ -136,6 +136,18 @@ class StagedWrites:
                 self.on_staged()
             self._ops.append(Delete(table, key))
 
+    def find(self, table: str, keys: set[bytes], into: dict[bytes, bytes]) -> None:
+        """Add to `into` the staged values of rows (table, key), key in `keys`, in
+        staging order (a later put replaces, a later delete removes). Scans: not for
+        hot paths."""
+        for op in self._ops:
+            t = type(op)
+            if t is Put or t is _Row:
+                if op.table == table and op.key in keys:  # type: ignore[union-attr]
+                    into[op.key] = op.value if t is Put else op.make()  # type: ignore[union-attr]
+            elif t is Delete and op.table == table:  # type: ignore[union-attr]
+                into.pop(op.key, None)  # type: ignore[union-attr]
+
     def take(self) -> tuple[WriteBatch, OnDone] | None:
         """Everything staged as one batch and one completion; None when nothing waits.
 

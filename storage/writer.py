@@ -40,7 +40,7 @@ from typing import AsyncIterator, Callable, Protocol
 
 import trio
 
-from storage.interface import Operation, Put, PutBody, Store, WriteBatch
+from storage.interface import Delete, Operation, Put, PutBody, Store, WriteBatch
 
 OnDone = Callable[[BaseException | None], None]
 
@@ -55,6 +55,8 @@ class WriteSource(Protocol):
     def pending_bytes(self) -> int: ...
 
     def take(self) -> tuple[WriteBatch, OnDone] | None: ...
+
+    def find(self, table: str, keys: set[bytes], into: dict[bytes, bytes]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ class GroupCommitWriter:
         self._closing = False
         self._running = False
         self._in_flight = 0
+        self._writing: WriteBatch | None = None  # the batch of the write under way
         self._batches_written = 0
         self._batches_failed = 0
         self._ops_written = 0
@@ -172,6 +175,21 @@ class GroupCommitWriter:
                 self._room = trio.Event()
             await self._room.wait()
 
+    def find_unwritten(self, table: str, keys: set[bytes]) -> dict[bytes, bytes]:
+        """Values of rows (table, key), key in `keys`, that are put but not yet durable:
+        in the write under way, submitted, or held by a source; newest first wins, a
+        later delete removes. For a reader that found a row missing from the store
+        because it was written a moment ago (a queue reading back a page that refers
+        to persisted messages by id). Scans every waiting operation: not for hot paths."""
+        found: dict[bytes, bytes] = {}
+        batches = [self._writing] if self._writing is not None else []
+        batches += [batch for batch, _ in self._pending]
+        for batch in batches:
+            _find_in(batch.ops, table, keys, found)
+        for source in self._sources:
+            source.find(table, keys, found)
+        return found
+
     def statistics(self) -> WriterStatistics:
         return WriterStatistics(
             batches_written=self._batches_written,
@@ -245,6 +263,7 @@ class GroupCommitWriter:
             for batch, _ in taken:
                 merged.extend(batch)
         self._in_flight = len(taken)
+        self._writing = merged
         try:
             error = await self._write_in_thread(merged)
             if error is None:
@@ -259,6 +278,7 @@ class GroupCommitWriter:
             self._settle(taken, outcomes)
         finally:
             self._in_flight = 0
+            self._writing = None
 
     async def _write_in_thread(self, batch: WriteBatch) -> BaseException | None:
         try:
@@ -303,6 +323,16 @@ async def open_group_commit_writer(store: Store, *, max_ops_per_write: int = 163
         finally:
             with trio.CancelScope(shield=True):
                 await writer.aclose()
+
+
+def _find_in(ops: list[Operation], table: str, keys: set[bytes], into: dict[bytes, bytes]) -> None:
+    for op in ops:
+        t = type(op)
+        if t is Put:
+            if op.table == table and op.key in keys:  # type: ignore[union-attr]
+                into[op.key] = op.value  # type: ignore[union-attr]
+        elif t is Delete and op.table == table:  # type: ignore[union-attr]
+            into.pop(op.key, None)  # type: ignore[union-attr]
 
 
 def _value_bytes(ops: list[Operation]) -> int:

@@ -250,6 +250,55 @@ async def test_paged_persistent_backlog_is_recovered_in_order_after_restart() ->
         with_store.close()
 
 
+async def consume_while_published(url: str, queue: str, count: int) -> list[int]:
+    """Consume `count` messages as they are published (prefetch 2000, acks every 500)."""
+    conn = await Connection.open(url)
+    indexes: list[int] = []
+    try:
+        await conn.open_channel(1)
+        await conn.call(1, spec.QueueDeclare(queue=queue, durable=True), spec.QueueDeclareOk)
+        await conn.call(1, spec.BasicQos(0, 2000, False), spec.BasicQosOk)
+        await conn.call(1, spec.BasicConsume(queue=queue, consumer_tag="live"), spec.BasicConsumeOk)
+        acked = last_tag = 0
+        with trio.fail_after(120):
+            while len(indexes) < count:
+                for frame in await conn.receive():
+                    if type(frame) is MethodFrame:
+                        conn.check(frame)
+                        if type(frame.method) is spec.BasicDeliver:
+                            last_tag = frame.method.delivery_tag
+                    elif type(frame) is BodyFrame:
+                        indexes.append(_INDEX.unpack_from(frame.payload)[0])
+                if last_tag - acked >= 500 or len(indexes) == count:
+                    await conn.send(encode_method(1, spec.BasicAck(last_tag, True)))
+                    acked = last_tag
+    finally:
+        await conn.close()
+    return indexes
+
+
+async def test_pages_read_back_before_their_messages_are_written() -> None:
+    # A window of 8 messages pages out in pages of 2 and reads them back almost at once
+    # while a consumer keeps up: a page that refers to persisted messages by id is then
+    # read before those rows are durable, and must find them with the writer.
+    node = NodeProcess(config={"queue_memory_window": 8}).start()
+    try:
+        count = 30_000
+        got: list[int] = []
+
+        async def consume() -> None:
+            got.extend(await consume_while_published(node.url, "paged_live", count))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            await trio.sleep(0.2)  # the consumer is attached before the first publish
+            await fill(node.url, "paged_live", count, durable=True, persistent=True, body_size=256)
+        assert got == list(range(count))
+        assert "internal error" not in node.log_text()
+    finally:
+        node.stop()
+
+
 def report(label: str, run: dict[str, object]) -> str:
     filled, drained = run["filled"], run["drained"]
     restarted = ""

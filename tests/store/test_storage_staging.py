@@ -226,3 +226,21 @@ def test_the_writer_is_woken_once_per_fill_not_per_operation() -> None:
     staged.take()
     staged.delete("m", b"b")  # taken already: a Delete, into an empty staging
     assert len(wakes) == 2
+
+
+async def test_rows_not_yet_durable_are_found_with_the_writer() -> None:
+    store = GatedStore()
+    staged = StagedWrites()
+    async with open_group_commit_writer(store) as writer:  # type: ignore[arg-type]
+        writer.attach(staged)
+        staged.add([Put("m", b"writing", b"w"), Put("m", b"replaced", b"old"), Put("other", b"x", b"no")])
+        writer.poke()
+        await wait_until_writing(store)
+        writer.submit(WriteBatch([Put("m", b"submitted", b"s"), Delete("m", b"writing")]), lambda exc: None)
+        staged.add_row("m", b"staged", lambda: b"made")
+        staged.add([Put("m", b"replaced", b"new")])
+        keys = {b"writing", b"replaced", b"submitted", b"staged", b"x", b"absent"}
+        # In flight, submitted and staged rows are found, newest first; a later delete removes.
+        assert writer.find_unwritten("m", keys) == {b"replaced": b"new", b"submitted": b"s", b"staged": b"made"}
+        store.gate.set()
+    assert writer.find_unwritten("m", keys) == {}
