@@ -14,7 +14,10 @@ so a page is never written before the persisted messages it refers to, and a
 page read in before its own write lands is served from memory: its encoded
 value (the very bytes the writer holds, so no second copy) stays in
 `_unwritten` until the writer reports the page written (or forever, if the
-write failed, so nothing is lost). Paged data need not survive a crash —
+write failed, so nothing is lost). Likewise a page read back while the rows of
+its persisted messages are still staged or being written (a small window
+drained as fast as it fills) finds them with the writer
+(`GroupCommitWriter.find_unwritten`). Paged data need not survive a crash —
 persistent messages are recovered from `queue_messages` and the node deletes
 every leftover page at start (`delete_leftover_pages`).
 
