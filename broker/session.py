@@ -100,7 +100,7 @@ class Session:
         outcome = auth.authenticate(
             user, username, password,
             mechanism=self.conn.mechanism or "PLAIN",
-            local_address=self.peer[0],
+            local_address=self.local[0],  # the node's end, as rabbit_net:is_loopback(Sock)
             loopback_users=self.node.settings.loopback_users,
         )
         if isinstance(outcome, auth.LoginRefused):

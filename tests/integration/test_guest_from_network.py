@@ -217,3 +217,57 @@ def test_one_node_on_every_address_lets_guest_in_over_loopback_only(netns: VethN
         remote = client(netns.ns_address, node.port, "guest", "guest", inside=None)
         assert_refused_like_rabbitmq(remote)
         log_line(node, refusal_pattern(netns.host_address))
+
+
+# A bare AMQP login from a chosen source address (pika cannot bind one): prints what the node
+# answered to start-ok, "tune" (logged in) or "close <code> <text>".
+_RAW_LOGIN = r"""
+import socket, sys
+from pamqp import commands, frame
+src, dst, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(); s.settimeout(10); s.bind((src, 0)); s.connect((dst, port))
+s.sendall(b"AMQP\x00\x00\x09\x01")
+buf = b""
+def read():
+    global buf
+    while True:
+        try:
+            used, _channel, value = frame.unmarshal(buf)
+            buf = buf[used:]
+            return value
+        except Exception:
+            data = s.recv(65536)
+            if not data:
+                return None
+            buf += data
+read()  # connection.start
+s.sendall(frame.marshal(commands.Connection.StartOk(
+    client_properties={"capabilities": {"authentication_failure_close": True}},
+    mechanism="PLAIN", response="\0guest\0guest"), 0))
+answer = read()
+if isinstance(answer, commands.Connection.Tune):
+    print("tune")
+else:
+    print("close", answer.reply_code, answer.reply_text)
+"""
+
+
+def raw_login(source: str, target: str, port: int, *, inside: VethNamespace) -> str:
+    argv = inside.command([sys.executable, "-c", _RAW_LOGIN, source, target, str(port)])
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=CLIENT_TIMEOUT)
+    assert done.returncode == 0, f"raw client failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_the_rule_looks_at_the_nodes_end_of_the_connection(netns: VethNamespace, workdir: Path) -> None:
+    # RabbitMQ asks whether the node's own end of the socket is loopback (rabbit_net:is_loopback
+    # on the socket's name), not where the client comes from. Inside the namespace both of its
+    # addresses are local, so a client can come from one and reach the other.
+    node = NamespacedNode(name="guestnet-ends@localhost", host=netns.ns_address, data_dir=workdir / "node",
+                          extra_env={"LEVERET_NODE_IP_ADDRESS": ""}, namespace=netns)
+    with running(node):
+        # From 127.0.0.1 to the node's veth address: the node's end is not loopback.
+        assert raw_login("127.0.0.1", netns.ns_address, node.port, inside=netns) == (
+            f"close {RABBITMQ_REFUSAL_CODE} {RABBITMQ_REFUSAL_TEXT}")
+        # From the veth address to the node's 127.0.0.1: the node's end is loopback.
+        assert raw_login(netns.ns_address, "127.0.0.1", node.port, inside=netns) == "tune"
