@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+_scratch: Path | None = None
+
+
+def scratch_dir() -> Path:
+    """A fresh directory for one node's data (its log and YAML go next to it), inside one
+    directory per test process that is removed when the process exits: a test may still
+    open a stopped node's data, but nothing is left in /tmp after the run."""
+    global _scratch
+    if _scratch is None:
+        _scratch = Path(tempfile.mkdtemp(prefix="leveret-tests-"))
+        atexit.register(shutil.rmtree, _scratch, True)
+    return Path(tempfile.mkdtemp(prefix="node-", dir=_scratch))
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -42,7 +57,7 @@ class NodeProcess:
     host: str = "127.0.0.1"
     port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)
-    data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="leveret-test-")))
+    data_dir: Path = field(default_factory=scratch_dir)
     cookie: str = "TESTCOOKIEABCDEFGHIJ"
     extra_env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
