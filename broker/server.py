@@ -7,11 +7,19 @@ take its messages is slowed by TCP itself: nothing unbounded sits between a
 socket and the queues. The writer drains the machine's coalesced output with
 one `send_all` per wake-up, however many deliveries, confirms and replies
 were queued since the last one.
+
+A reader that has just handled a read also writes, itself, the output it gave
+connections whose writer is parked (deliveries to a consumer, confirms): one
+non-blocking write of the socket, before yielding, instead of waiting for the
+writer task's turn in the next scheduler pass (~40 µs of a delivery's latency
+at low load); bursts over `DIRECT_WRITE_MAX` are left to the writer. Whatever the socket does not take is kept for the writer, which
+is woken as before; while a writer is sending, nobody else writes its socket.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from functools import partial
 
 import trio
@@ -24,6 +32,9 @@ log = logging.getLogger("leveret.connection")
 # Longest pause of a publisher whose queue's consumers fall behind, per read.
 FLOW_PAUSE_MAX = 0.05
 RECEIVE_SIZE = 256 * 1024
+# Larger outputs are left to the writer task: a burst that the socket would take only
+# in part gains nothing from an early write and costs a copy of the rest.
+DIRECT_WRITE_MAX = 64 * 1024
 
 
 class _ReaderWaits:
@@ -50,26 +61,69 @@ class _ReaderWaits:
         return self._scope
 
 
-class _Wakeup:
-    """A level-triggered flag a task can wait on; setting it twice is one wake-up."""
+class _Output:
+    """A connection's way out: wakes its writer task, and lets a reader write for it
+    while that task is parked (see the module docstring)."""
 
-    __slots__ = ("_event", "_set")
+    __slots__ = ("conn", "session", "fd", "_event", "_set", "parked", "carry")
 
-    def __init__(self) -> None:
+    def __init__(self, session: Session, fd: int) -> None:
+        self.conn = session.conn
+        self.session = session
+        self.fd = fd
         self._event = trio.Event()
         self._set = False
+        self.parked = False  # the writer task waits in `wait`: its socket is free
+        self.carry = b""  # written by nobody yet: the writer sends it first
 
     def set(self) -> None:
         # Called for every delivery and confirm: only the first since the last wake-up
-        # needs the event.
+        # needs the event, and a reader may write the output before the writer runs.
         if not self._set:
             self._set = True
             self._event.set()
+            if len(_written_by_readers) < _MAX_PARKED_OUTPUTS:  # only a shortcut: the writer is woken anyway
+                _written_by_readers.append(self)
 
     async def wait(self) -> None:
-        await self._event.wait()
+        self.parked = True
+        try:
+            await self._event.wait()
+        finally:
+            self.parked = False
         self._event = trio.Event()
         self._set = False
+
+    def write_now(self) -> None:
+        """One non-blocking write of the pending output, if the writer task is parked."""
+        if (not self.parked or self.carry or self.conn.state is ConnectionState.CLOSED
+                or self.conn.pending_output > DIRECT_WRITE_MAX):
+            return
+        data = self.conn.data_to_send()
+        if not data:
+            return
+        try:
+            sent = os.write(self.fd, data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = 0  # the writer's own send will meet the error and end the connection
+        if sent < len(data):
+            self.carry = data[sent:]
+        else:
+            self.session.output_drained()
+
+
+# Outputs set since the last reader flush (see `_Output.set`).
+_written_by_readers: list[_Output] = []
+_MAX_PARKED_OUTPUTS = 10_000
+
+
+def _write_parked_outputs() -> None:
+    global _written_by_readers
+    outputs, _written_by_readers = _written_by_readers, []
+    for output in outputs:
+        output.write_now()
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -116,7 +170,7 @@ async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  #
         return
     session = Session(node, node.next_connection_id(peer), peer, local)
     node.all_sessions.add(session)
-    wakeup = _Wakeup()
+    wakeup = _Output(session, sock.fileno())
     session.on_output = wakeup.set
     conn = session.conn
     try:
@@ -180,18 +234,21 @@ async def _read(session: Session, stream: trio.SocketStream, waits: _ReaderWaits
             return
         try:
             await session.handle(conn.receive_data(data))
+            _write_parked_outputs()
         except Exception:
             log.exception("connection %s: internal error", session.id)
             session.force_close(541, "INTERNAL_ERROR - internal error")
             return
 
 
-async def _write(session: Session, stream: trio.SocketStream, wakeup: _Wakeup, done: trio.Event) -> None:
+async def _write(session: Session, stream: trio.SocketStream, wakeup: _Output, done: trio.Event) -> None:
     conn = session.conn
     try:
         while True:
             await wakeup.wait()
             data = conn.data_to_send()
+            if wakeup.carry:
+                data, wakeup.carry = wakeup.carry + data, b""
             if data:
                 await stream.send_all(data)
                 # Room in the socket again: queues may push more deliveries.

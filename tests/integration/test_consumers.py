@@ -473,3 +473,33 @@ def test_consumer_count_follows_consumers(conn):
     other.close()
     assert conn.channel().queue_declare(q, passive=True).method.consumer_count == 2
     ch.queue_delete(q)
+
+
+def test_a_consumer_that_stops_reading_gets_everything_in_order_later(amqp_url):
+    # The consumer's socket fills while publishes keep arriving one small read at a time:
+    # deliveries the socket cannot take yet wait (the node writes what fits, early, from the
+    # publisher's reader, and leaves the rest to the consumer's writer); nothing is lost or
+    # reordered when the consumer reads again.
+    q = unique("stalled")
+    consumer = connect(amqp_url)
+    publisher = connect(amqp_url)
+    try:
+        cch = consumer.channel()
+        cch.queue_declare(q)
+        cch.basic_qos(prefetch_count=0)
+        got: list[bytes] = []
+        cch.basic_consume(q, lambda c, m, p, b: got.append(b), auto_ack=True)
+        consumer.process_data_events(time_limit=0.1)  # consume-ok read; now it stops reading
+        pch = publisher.channel()
+        body = b"x" * 2000
+        count = 3000  # ~6 MB: far more than the consumer's socket buffers hold
+        for n in range(count):
+            pch.basic_publish("", q, n.to_bytes(4, "big") + body)
+        assert _pump(consumer, lambda: len(got) == count, timeout=30)
+        assert [int.from_bytes(b[:4], "big") for b in got] == list(range(count))
+        assert all(b[4:] == body for b in got)
+        cch.queue_delete(q)
+    finally:
+        for c in (consumer, publisher):
+            if c.is_open:
+                c.close()
