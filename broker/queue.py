@@ -527,7 +527,12 @@ class QueueState:
                 entry = self._pop_head()
                 if entry is not None:
                     self._hand_out(entry, consumer, ack_required, effects)
+                    delivered = effects[-1]
                     self._expire_head(now_ms, effects)
+                    if consumer is None:
+                        # basic.get-ok's message_count counts what is left once the expired
+                        # messages behind the fetched one are gone, as RabbitMQ's does.
+                        delivered.remaining = self._ready_count  # type: ignore[union-attr]
             case Settle(seqs):
                 for seq in seqs:
                     entry = self._unacked.pop(seq, None)

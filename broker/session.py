@@ -34,6 +34,7 @@ from broker.amqp.connection import (
     ConnectionOpened,
     ConsumerCancelled,
     MethodReceived,
+    PublishBuffered,
     PublishReceived,
     QosChanged,
     Rejected,
@@ -92,6 +93,8 @@ class Session:
         self.congested: QueueLeader | None = None
         # channel -> (token, consumer tag) of its direct reply-to consumer
         self.reply_consumers: dict[int, tuple[str, str]] = {}
+        # channel -> the queue it declared last (an empty queue name refers to it)
+        self._declared: dict[int, str] = {}
 
     # ------------------------------------------------------------------ machine callbacks
 
@@ -173,6 +176,9 @@ class Session:
                     await self._held_by_alarm()
                     now = self.node.now_ms()
                 self._publish(ev, now)
+            elif t is PublishBuffered:
+                # Transactional: checked now, as RabbitMQ does; routed at tx.commit.
+                self._admit(ev.publish)
             elif t is Acked:
                 self._settle(ev.handles, now)
             elif t is MethodReceived:
@@ -261,7 +267,9 @@ class Session:
 
     # ------------------------------------------------------------------ publish
 
-    def _publish(self, ev: PublishReceived, now: int | None = None, tx: "_TxCommit | None" = None) -> None:
+    def _admit(self, ev: PublishReceived) -> "_Admitted | None":
+        """RabbitMQ's checks of a publish (exchange, permissions, properties), in its order;
+        None when one failed (the channel or connection is being closed)."""
         node = self.node
         method = ev.method
         exchange = method.exchange
@@ -269,39 +277,39 @@ class Session:
         channel = ev.channel
         if exchange not in self._write_checks_ok:
             if not self._check(channel, auth.checks_for_publish(vhost, exchange), method):
-                return
+                return None
             if exchange and not node.router.has_exchange(vhost, exchange):
                 self._refuse(channel, spec.NOT_FOUND, f"no exchange '{exchange}' in vhost '{vhost}'", method)
-                return
+                return None
             if node.router.is_internal(vhost, exchange):
                 self._refuse(channel, spec.ACCESS_REFUSED,
                              f"cannot publish to internal exchange '{exchange}' in vhost '{vhost}'", method)
-                return
+                return None
             self._write_checks_ok.add(exchange)
         elif exchange and not node.router.has_exchange(vhost, exchange):
             self._write_checks_ok.discard(exchange)
             self._refuse(channel, spec.NOT_FOUND, f"no exchange '{exchange}' in vhost '{vhost}'", method)
-            return
+            return None
         if method.immediate:
             self._refuse(channel, spec.NOT_IMPLEMENTED, "immediate=true", method)
-            return
+            return None
         if exchange:
             refused = self._topic_refusal(exchange, method.routing_key, auth.Access.WRITE)
             if refused is not None:
                 self._fail(channel, refused, method)
-                return
+                return None
         props = ev.properties
         if props.user_id is not None and props.user_id != self.username and not self._may_impersonate():
             self._refuse(channel, spec.PRECONDITION_FAILED,
                          f"user_id property set to '{props.user_id}' but authenticated user was "
                          f"'{self.username}'", method)
-            return
+            return None
         expiration_ms = None
         if props.expiration is not None:
             parsed = parse_expiration(props.expiration)
             if isinstance(parsed, md.Refusal) or hasattr(parsed, "code"):
                 self._fail(channel, parsed, method)
-                return
+                return None
             expiration_ms = parsed
         headers = props.headers
         extra_keys: tuple[str, ...] = ()
@@ -315,8 +323,20 @@ class Session:
             reply = self.reply_consumers.get(channel)
             if reply is None:
                 self._refuse(channel, spec.PRECONDITION_FAILED, "fast reply consumer does not exist", method)
-                return
+                return None
             props = _replace_reply_to(props, f"{REPLY_TO}.{reply[0]}")
+        return props, expiration_ms, headers, extra_keys
+
+    def _publish(self, ev: PublishReceived, now: int | None = None, tx: "_TxCommit | None" = None) -> None:
+        admitted = self._admit(ev)
+        if admitted is None:
+            return
+        props, expiration_ms, headers, extra_keys = admitted
+        node = self.node
+        method = ev.method
+        exchange = method.exchange
+        vhost = self.vhost
+        channel = ev.channel
         if not exchange and method.routing_key.startswith(REPLY_TO_PREFIX):
             self._publish_reply(ev, props, expiration_ms)
             return
@@ -447,6 +467,7 @@ class Session:
 
     def _channel_closed(self, ev: ChannelClosed) -> None:
         self._drop_reply_consumer(ev.channel)
+        self._declared.pop(ev.channel, None)
         now = self.node.now_ms()
         leaders = self.consumers.pop(ev.channel, {})
         for leader in set(leaders.values()):
@@ -480,7 +501,24 @@ class Session:
         if handler is None:
             self._refuse(channel, spec.NOT_IMPLEMENTED, f"{m.NAME} is not implemented", m)
             return
+        if type(m) in _NAMES_A_QUEUE and not m.queue:  # type: ignore[attr-defined]
+            expanded = self._last_declared_queue(channel, m)
+            if expanded is None:
+                return
+            m = expanded
         await handler(self, channel, m)
+
+    def _last_declared_queue(self, channel: int, m: Any) -> spec.Method | None:
+        """AMQP's shortcut: an empty queue name means the queue this channel declared last
+        (and, binding, an empty routing key means that name too), as RabbitMQ's
+        expand_queue_name_shortcut / expand_routing_key_shortcut."""
+        last = self._declared.get(channel)
+        if last is None:
+            self._fail(channel, md.Refusal(spec.NOT_FOUND, "NOT_FOUND - no previously declared queue"), m)
+            return None
+        if isinstance(m, (spec.QueueBind, spec.QueueUnbind)) and not m.routing_key:
+            return dataclasses.replace(m, queue=last, routing_key=last)
+        return dataclasses.replace(m, queue=last)
 
     async def _propose(self, channel: int, cmd: md.Command, method: spec.Method) -> Any:
         """Commit a metadata change; None if it was refused (the channel is then closed)."""
@@ -496,7 +534,9 @@ class Session:
 
     async def _exchange_declare(self, channel: int, m: spec.ExchangeDeclare) -> None:
         vhost = self.vhost
-        refused = auth.default_exchange_refusal(m.exchange)
+        refused = None if m.passive else md.exchange_type_refusal(m.type)
+        if refused is None:
+            refused = auth.default_exchange_refusal(m.exchange)
         if refused is not None:
             self._fail(channel, refused, m)
             return
@@ -554,7 +594,7 @@ class Session:
         node = self.node
         name = m.queue
         if m.passive and name == REPLY_TO:
-            self._reply(channel, m.nowait, spec.QueueDeclareOk(queue=name, message_count=0, consumer_count=0))
+            self._declare_ok(channel, m.nowait, name, None)
             return
         if m.passive:
             q = node.metadata.queue(vhost, name)
@@ -567,32 +607,46 @@ class Session:
             if leader is not None:
                 # A passive declare is a use too: it renews x-expires (RabbitMQ's queue stat call).
                 leader.touch(node.now_ms())
-            self._reply(channel, m.nowait, spec.QueueDeclareOk(
-                queue=name,
-                message_count=leader.message_count() if leader else 0,
-                consumer_count=leader.consumer_count() if leader else 0))
+            self._declare_ok(channel, m.nowait, name, leader)
             return
         server_named = not name
         if server_named:
             name = _server_named_queue()
-        refusal = check_declare_arguments(name, vhost, m.arguments)
-        if refusal is not None:
-            self._fail(channel, refusal, m)
+        refused = md.reserved_queue_name_refusal(name, server_named)
+        if refused is not None:
+            self._fail(channel, refused, m)
             return
+        # RabbitMQ's order: the name and permissions first; an existing queue is then held to
+        # equivalence (or exclusivity) with what was asked, and only a new queue's arguments
+        # are validated.
+        creates = node.metadata.queue(vhost, name) is None
         dlx = (m.arguments or {}).get("x-dead-letter-exchange")
         checks = auth.checks_for_queue_declare(
-            vhost, name, passive=False, creates=node.metadata.queue(vhost, name) is None,
+            vhost, name, passive=False, creates=creates,
             dead_letter_exchange=dlx if isinstance(dlx, str) else None)
         if not self._check(channel, checks, m):
             return
-        cmd = md.DeclareQueue(vhost, name, m.durable, m.auto_delete, self.id if m.exclusive else None,
+        if creates:
+            refusal = check_declare_arguments(name, vhost, m.arguments)
+            if refusal is not None:
+                self._fail(channel, refusal, m)
+                return
+        # An exclusive queue dies with its connection, so it is never durable (RabbitMQ:
+        # `durable andalso not exclusive`).
+        durable = m.durable and not m.exclusive
+        cmd = md.DeclareQueue(vhost, name, durable, m.auto_delete, self.id if m.exclusive else None,
                               dict(m.arguments or {}), node.name, "classic", server_named)
         if await self._propose(channel, cmd, m) is None:
             return
         leader = node.leader(vhost, name)
         if leader is not None:
             leader.touch(node.now_ms())
-        self._reply(channel, m.nowait, spec.QueueDeclareOk(
+        self._declare_ok(channel, m.nowait, name, leader)
+
+    def _declare_ok(self, channel: int, nowait: bool, name: str, leader: QueueLeader | None) -> None:
+        # The channel's most recently declared queue, for the empty-name shortcut.
+        self._declared[channel] = name
+        self._reply(channel, nowait, spec.QueueDeclareOk(
             queue=name,
             message_count=leader.message_count() if leader else 0,
             consumer_count=leader.consumer_count() if leader else 0))
@@ -740,6 +794,11 @@ def _replace_reply_to(props: spec.BasicProperties, reply_to: str) -> spec.BasicP
     return dataclasses.replace(props, reply_to=reply_to)
 
 
+# What `_admit` hands to routing: the properties as they will be stored, the expiry in ms,
+# the headers (for headers exchanges) and the extra routing keys of CC/BCC.
+_Admitted = tuple[spec.BasicProperties, "int | None", Any, tuple[str, ...]]
+
+
 class _TxCommit:
     """tx.commit-ok once every queue took the transaction's publishes (durable ones after
     their fsync), as RabbitMQ does; a queue refusing one (reject-publish) fails the commit
@@ -802,6 +861,10 @@ class _ConfirmTracker:
                 conn.reject(self.channel, self.seq)
             self.session.on_output()
 
+
+# Methods whose empty queue name means the channel's most recently declared queue.
+_NAMES_A_QUEUE = frozenset({spec.QueueBind, spec.QueueUnbind, spec.QueuePurge, spec.QueueDelete,
+                            spec.BasicGet, spec.BasicConsume})
 
 _METHODS: dict[type, Callable[..., Any]] = {
     spec.ExchangeDeclare: Session._exchange_declare,

@@ -54,7 +54,7 @@ import msgpack
 
 __all__ = [
     "ACCESS_REFUSED", "NOT_FOUND", "PRECONDITION_FAILED", "RESOURCE_LOCKED",
-    "EXCHANGE_TYPES", "STANDARD_EXCHANGES", "QUEUE_EQUIVALENCE_KEYS",
+    "EXCHANGE_TYPES", "STANDARD_EXCHANGES", "exchange_type_refusal", "reserved_queue_name_refusal", "QUEUE_EQUIVALENCE_KEYS",
     "Refusal", "Applied",
     "VhostRecord", "UserRecord", "Permission", "TopicPermission", "ExchangeRecord",
     "QueueRecord", "Binding", "PolicyRecord",
@@ -78,6 +78,21 @@ PRECONDITION_FAILED = 406
 COMMAND_INVALID = 503
 
 EXCHANGE_TYPES = frozenset({"direct", "fanout", "topic", "headers"})
+
+
+def reserved_queue_name_refusal(name: str, server_named: bool) -> "Refusal | None":
+    """RabbitMQ's check_name: a client may not name a queue amq.*; checked first of all."""
+    if name.startswith("amq.") and not server_named:
+        return Refusal(ACCESS_REFUSED, f"ACCESS_REFUSED - queue name '{name}' contains reserved prefix 'amq.*'")
+    return None
+
+
+def exchange_type_refusal(type_name: str) -> "Refusal | None":
+    """RabbitMQ's rabbit_exchange:check_type: an unknown type is a connection error, and it
+    is checked before anything else about an exchange.declare (even the default exchange)."""
+    if type_name in EXCHANGE_TYPES:
+        return None
+    return Refusal(COMMAND_INVALID, f"COMMAND_INVALID - unknown exchange type '{type_name}'")
 
 # (name, type, internal): what rabbit_vhost:do_add declares in every vhost, all durable.
 STANDARD_EXCHANGES: tuple[tuple[str, str, bool], ...] = (
@@ -935,9 +950,9 @@ class MetadataState:
 
     def _declare_exchange(self, cmd: DeclareExchange, changes: list[Change]) -> Any:
         vhost, name = cmd.vhost, cmd.name
-        if cmd.type not in EXCHANGE_TYPES:
-            # RabbitMQ (rabbit_exchange:check_type) makes this a connection error.
-            return Refusal(COMMAND_INVALID, f"COMMAND_INVALID - unknown exchange type '{cmd.type}'")
+        refusal = exchange_type_refusal(cmd.type)
+        if refusal is not None:
+            return refusal
         if name == "":
             return Refusal(ACCESS_REFUSED, "ACCESS_REFUSED - operation not permitted on the default exchange")
         exchanges = self._exchanges.get(vhost)
@@ -1014,8 +1029,9 @@ class MetadataState:
 
     def _declare_queue(self, cmd: DeclareQueue, changes: list[Change]) -> Any:
         vhost, name = cmd.vhost, cmd.name
-        if name.startswith("amq.") and not cmd.server_named:
-            return Refusal(ACCESS_REFUSED, f"ACCESS_REFUSED - queue name '{name}' contains reserved prefix 'amq.*'")
+        refusal = reserved_queue_name_refusal(name, cmd.server_named)
+        if refusal is not None:
+            return refusal
         queues = self._queues.get(vhost)
         if queues is None:
             return _amqp_no_vhost(vhost)

@@ -47,6 +47,9 @@ times more; "the node must ..." says what the receiver does):
   consumer (cancel-ok was already sent). Later `deliver` calls for it return None.
 - `QosChanged(channel, prefetch_count, global_)`: credit may have grown; the node
   may try dispatching to this channel's consumers again.
+- `PublishBuffered(publish)`: a publish on a transactional channel, kept by the
+  machine until tx.commit; the node checks it now (exchange, permissions,
+  properties) and fails the channel if RabbitMQ would, but routes nothing.
 - `TxCommitted(channel, publishes, settlements)`: apply the publishes then the
   settlements (each an `Acked` or `Rejected`), then call `Connection.tx_commit_ok`.
 - `ChannelClosed(channel, unacked, consumer_tags)`: the channel is gone for the
@@ -184,6 +187,11 @@ class QosChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class PublishBuffered:
+    publish: PublishReceived
+
+
+@dataclass(frozen=True, slots=True)
 class TxCommitted:
     channel: int
     publishes: tuple[PublishReceived, ...]
@@ -201,6 +209,7 @@ Event = (
     | Rejected
     | ConsumerCancelled
     | QosChanged
+    | PublishBuffered
     | TxCommitted
 )
 
@@ -380,6 +389,7 @@ class Channel:
             events.append(event)
         else:
             self._tx_publishes.append(event)
+            events.append(PublishBuffered(event))
         return True
 
     def _on_method_unusual(self, method: spec.Method, events: list[Any]) -> None:
@@ -489,6 +499,7 @@ class Channel:
             events.append(event)
         else:
             self._tx_publishes.append(event)
+            events.append(PublishBuffered(event))
 
     def _on_method_closing(self, method: spec.Method, events: list[Any]) -> None:
         # Spec 1.5.2.5: after sending channel.close, discard everything but close / close-ok.

@@ -126,7 +126,11 @@ class Model:
         self.expire(now, out)
         if self.ready:
             self.hand_out(self.ready.pop(0), consumer, ack, out)
+            delivered = len(out) - 1
             self.expire(now, out)
+            if consumer is None:
+                # basic.get-ok counts the messages left after the expired ones behind it (RabbitMQ).
+                out[delivered] = (*out[delivered][:7], len(self.ready))
         return out
 
     def requeue(self, seqs: list[int], now: int) -> list[Any]:
