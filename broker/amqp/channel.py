@@ -753,11 +753,15 @@ class Channel:
         consumer = self.consumers.get(consumer_tag)
         if consumer is None:
             return False
+        channel_full = bool(self.channel_prefetch) and self._credit_used >= self.channel_prefetch
         if consumer.no_ack:
-            return True  # RabbitMQ applies no prefetch to automatic-ack consumers
+            # No prefetch of its own, but while the channel's global limit is reached
+            # RabbitMQ's limiter refuses every send on the channel, acknowledged or not
+            # (rabbit_limiter:can_send), so automatic-ack consumers wait too.
+            return not channel_full
         if consumer.prefetch and consumer.unacked >= consumer.prefetch:
             return False
-        return not (self.channel_prefetch and self._credit_used >= self.channel_prefetch)
+        return not channel_full
 
     def deliver(
         self,

@@ -4,9 +4,11 @@ passes against RabbitMQ too (LEVERET_COMPARE_URL=amqp://guest:guest@127.0.0.1:56
 
 from __future__ import annotations
 
+import time
+
 import pika
 
-from tests.integration.conftest import channel_error, connect, connection_error, unique
+from tests.integration.conftest import channel_error, connect, connection_error, message_count, unique
 
 
 def test_an_empty_queue_name_means_the_queue_this_channel_declared_last(conn):
@@ -107,3 +109,30 @@ def test_get_ok_counts_what_is_left_after_expired_messages(conn):
     assert body == b"kept" and method.message_count == 0
     assert ch.basic_get(q, auto_ack=True)[0] is None
     ch.queue_delete(q)
+
+
+def test_a_full_global_prefetch_holds_back_auto_ack_consumers_of_the_channel_too(amqp_url):
+    c = connect(amqp_url)
+    try:
+        ch = c.channel()
+        q = unique("global-full")
+        ch.queue_declare(q)
+        got: list[tuple[str, bytes]] = []
+        ch.basic_consume(q, lambda _c, m, _p, b: got.append(("auto", b)), auto_ack=True)
+        ch.basic_consume(q, lambda _c, m, _p, b: got.append(("manual", b)), auto_ack=False)
+        ch.basic_qos(prefetch_count=1, global_qos=True)
+        pub = c.channel()
+        pub.confirm_delivery()
+        for n in range(3):
+            pub.basic_publish("", q, b"m%d" % n)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            c.process_data_events(time_limit=0.05)
+        # Round robin: m0 to the auto-ack consumer, m1 to the manual one, which fills the
+        # channel's global prefetch of 1; then m2 waits, for the auto-ack consumer too.
+        assert got == [("auto", b"m0"), ("manual", b"m1")]
+        assert message_count(c, q) == 1
+        ch.queue_delete(q)
+    finally:
+        if c.is_open:
+            c.close()
