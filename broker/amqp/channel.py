@@ -540,6 +540,9 @@ class Channel:
             self.channel_prefetch = count
         else:
             self.consumer_prefetch = count
+            # And it lifts a global limit set before (rabbit_channel: "ensures that if
+            # default was set, it's overridden", rabbit_limiter:unlimit_prefetch).
+            self.channel_prefetch = 0
         self._out += codec.encode_method(self.number, spec.BasicQosOk())
         events.append(QosChanged(self.number, count, method.global_))  # type: ignore[attr-defined]
 

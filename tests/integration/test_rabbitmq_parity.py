@@ -136,3 +136,27 @@ def test_a_full_global_prefetch_holds_back_auto_ack_consumers_of_the_channel_too
     finally:
         if c.is_open:
             c.close()
+
+
+def test_a_per_consumer_qos_lifts_the_channels_global_limit(amqp_url):
+    c = connect(amqp_url)
+    try:
+        ch = c.channel()
+        q = unique("qos-lift")
+        ch.queue_declare(q)
+        got: list[bytes] = []
+        ch.basic_consume(q, lambda _c, m, _p, b: got.append(b), auto_ack=False)
+        ch.basic_qos(prefetch_count=2, global_qos=True)
+        ch.basic_qos(prefetch_count=1, global_qos=False)  # for later consumers; the global 2 is gone
+        pub = c.channel()
+        pub.confirm_delivery()
+        for n in range(3):
+            pub.basic_publish("", q, b"m%d" % n)
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and len(got) < 3:
+            c.process_data_events(time_limit=0.05)
+        assert got == [b"m0", b"m1", b"m2"]
+        ch.queue_delete(q)
+    finally:
+        if c.is_open:
+            c.close()
