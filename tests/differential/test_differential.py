@@ -550,8 +550,8 @@ class Runner:
                 c.close()
 
 
-def play(url: str, prefix: str, ops: list[dict]) -> Runner:
-    r = Runner(url, prefix)
+def play(url: str, prefix: str, ops: list[dict], runner: type[Runner] = Runner) -> Runner:
+    r = runner(url, prefix)
     try:
         r.run(ops)
     finally:
@@ -574,27 +574,24 @@ def describe_divergence(ops: list[dict], a: list, b: list, names=("leveret", "re
     return None
 
 
-@pytest.fixture(scope="module")
-def leveret_url(request: pytest.FixtureRequest) -> str:
-    url = os.environ.get("LEVERET_DIFF_LEVERET_URL")
-    if url:
-        return url
-    return request.getfixturevalue("node").url
-
-
-@pytest.mark.parametrize("seed", range(SEED_BASE, SEED_BASE + SEEDS))
-def test_random_operation_sequence(leveret_url: str, seed: int) -> None:
-    ops = gen_ops(seed, OPS)
-    prefix = f"diff-{uuid.uuid4().hex[:8]}-s{seed}"
-    lev = play(leveret_url, prefix, ops)
+def check_sequence(leveret_url: str, seed: int, ops: list[dict], prefix: str,
+                   runner: type[Runner] = Runner) -> None:
+    """Play `ops` on Leveret (invariants), and on LEVERET_COMPARE_URL if set (equal outcomes)."""
+    prefix = f"{prefix}-{uuid.uuid4().hex[:8]}-s{seed}"
+    lev = play(leveret_url, prefix, ops, runner)
     assert lev.violations == [], f"seed {seed}: invariant violations on Leveret: {lev.violations}"
     compare = os.environ.get("LEVERET_COMPARE_URL")
     if not compare:
         return
-    ref = play(compare, prefix, ops)
+    ref = play(compare, prefix, ops, runner)
     assert ref.violations == [], f"seed {seed}: invariant violations on the reference: {ref.violations}"
     diff = describe_divergence(ops, lev.outcomes, ref.outcomes)
     assert diff is None, f"seed {seed}:\n{diff}"
+
+
+@pytest.mark.parametrize("seed", range(SEED_BASE, SEED_BASE + SEEDS))
+def test_random_operation_sequence(leveret_url: str, seed: int) -> None:
+    check_sequence(leveret_url, seed, gen_ops(seed, OPS), "diff")
 
 
 def test_generator_is_reproducible() -> None:

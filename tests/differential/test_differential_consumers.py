@@ -52,12 +52,11 @@ from __future__ import annotations
 import os
 import random
 import time
-import uuid
 from typing import Any
 
 import pytest
 
-from tests.differential.test_differential import Runner, describe_divergence
+from tests.differential.test_differential import Runner, check_sequence
 
 SEEDS = int(os.environ.get("LEVERET_DIFF_SEEDS", "10"))
 OPS = int(os.environ.get("LEVERET_DIFF_OPS", "40"))
@@ -380,7 +379,6 @@ class ConsumerRunner(Runner):
 
     def _do(self, op: dict) -> Any:
         import pika
-        import pika.exceptions as pe
 
         k = op["op"]
         if k == "exchange_declare":
@@ -492,37 +490,9 @@ class ConsumerRunner(Runner):
         raise AssertionError(f"unknown op {k}")
 
 
-def play(url: str, prefix: str, ops: list[dict]) -> ConsumerRunner:
-    r = ConsumerRunner(url, prefix)
-    try:
-        r.run(ops)
-    finally:
-        r.close()
-        r.cleanup()
-    return r
-
-
-@pytest.fixture(scope="module")
-def leveret_url(request: pytest.FixtureRequest) -> str:
-    url = os.environ.get("LEVERET_DIFF_LEVERET_URL")
-    if url:
-        return url
-    return request.getfixturevalue("node").url
-
-
 @pytest.mark.parametrize("seed", range(SEED_BASE, SEED_BASE + SEEDS))
 def test_random_consumer_sequence(leveret_url: str, seed: int) -> None:
-    ops = gen_consumer_ops(seed, OPS)
-    prefix = f"diffc-{uuid.uuid4().hex[:8]}-s{seed}"
-    lev = play(leveret_url, prefix, ops)
-    assert lev.violations == [], f"seed {seed}: invariant violations on Leveret: {lev.violations}"
-    compare = os.environ.get("LEVERET_COMPARE_URL")
-    if not compare:
-        return
-    ref = play(compare, prefix, ops)
-    assert ref.violations == [], f"seed {seed}: invariant violations on the reference: {ref.violations}"
-    diff = describe_divergence(ops, lev.outcomes, ref.outcomes)
-    assert diff is None, f"seed {seed}:\n{diff}"
+    check_sequence(leveret_url, seed, gen_consumer_ops(seed, OPS), "diffc", ConsumerRunner)
 
 
 def test_consumer_generator_is_reproducible() -> None:
