@@ -170,8 +170,8 @@ async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  #
         return
     session = Session(node, node.next_connection_id(peer), peer, local)
     node.all_sessions.add(session)
-    wakeup = _Output(session, sock.fileno())
-    session.on_output = wakeup.set
+    output = _Output(session, sock.fileno())
+    session.on_output = output.set
     conn = session.conn
     try:
         writer_done = trio.Event()
@@ -179,7 +179,7 @@ async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  #
         async with trio.open_nursery() as nursery:
 
             async def write_then_stop_reading() -> None:
-                await _write(session, stream, wakeup, writer_done)
+                await _write(session, stream, output, writer_done)
                 # The machine closed on its own (missed heartbeats, closing timeout) or the
                 # socket broke: a reader waiting on a silent client would otherwise hold the
                 # socket open forever.
@@ -189,7 +189,7 @@ async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  #
             await _read(session, stream, reader_waits)
             # The peer is gone or the machine closed: let the writer flush (close-ok,
             # connection.close) and finish, then stop.
-            wakeup.set()
+            output.set()
             with trio.move_on_after(5):
                 await writer_done.wait()
             nursery.cancel_scope.cancel()
@@ -241,14 +241,14 @@ async def _read(session: Session, stream: trio.SocketStream, waits: _ReaderWaits
             return
 
 
-async def _write(session: Session, stream: trio.SocketStream, wakeup: _Output, done: trio.Event) -> None:
+async def _write(session: Session, stream: trio.SocketStream, output: _Output, done: trio.Event) -> None:
     conn = session.conn
     try:
         while True:
-            await wakeup.wait()
+            await output.wait()
             data = conn.data_to_send()
-            if wakeup.carry:
-                data, wakeup.carry = wakeup.carry + data, b""
+            if output.carry:
+                data, output.carry = output.carry + data, b""
             if data:
                 await stream.send_all(data)
                 # Room in the socket again: queues may push more deliveries.

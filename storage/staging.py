@@ -22,11 +22,11 @@ Pure bookkeeping, no I/O, no trio: the writer and the node are the shells.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 from storage.interface import Delete, Operation, Put, PutBody, WriteBatch
 
-__all__ = ["OnDone", "StagedWrites"]
+__all__ = ["OnDone", "StagedWrites", "find_rows", "value_bytes"]
 
 OnDone = Callable[[BaseException | None], None]
 
@@ -72,12 +72,7 @@ class StagedWrites:
         if not self._ops and self.on_staged is not None:
             self.on_staged()
         self._ops.extend(ops)
-        for op in ops:
-            t = type(op)
-            if t is Put:
-                self._bytes += len(op.value)  # type: ignore[union-attr]
-            elif t is PutBody:
-                self._bytes += len(op.body)  # type: ignore[union-attr]
+        self._bytes += value_bytes(ops)
         if on_done is not None:
             self._done.append(on_done)
 
@@ -137,16 +132,8 @@ class StagedWrites:
             self._ops.append(Delete(table, key))
 
     def find(self, table: str, keys: set[bytes], into: dict[bytes, bytes]) -> None:
-        """Add to `into` the staged values of rows (table, key), key in `keys`, in
-        staging order (a later put replaces, a later delete removes). Scans: not for
-        hot paths."""
-        for op in self._ops:
-            t = type(op)
-            if t is Put or t is _Row:
-                if op.table == table and op.key in keys:  # type: ignore[union-attr]
-                    into[op.key] = op.value if t is Put else op.make()  # type: ignore[union-attr]
-            elif t is Delete and op.table == table:  # type: ignore[union-attr]
-                into.pop(op.key, None)  # type: ignore[union-attr]
+        """Add to `into` the staged values of rows (table, key), key in `keys` (see `find_rows`)."""
+        find_rows(self._ops, table, keys, into)
 
     def take(self) -> tuple[WriteBatch, OnDone] | None:
         """Everything staged as one batch and one completion; None when nothing waits.
@@ -175,6 +162,31 @@ class StagedWrites:
                 d(exc)
 
         return WriteBatch(ops), all_done
+
+
+def value_bytes(ops: Iterable[Operation]) -> int:
+    """Octets of the values `ops` put: what stays in memory until they are written."""
+    total = 0
+    for op in ops:
+        t = type(op)
+        if t is Put:
+            total += len(op.value)  # type: ignore[union-attr]
+        elif t is PutBody:
+            total += len(op.body)  # type: ignore[union-attr]
+    return total
+
+
+def find_rows(ops: Iterable[Operation | _Row | None], table: str, keys: set[bytes],
+              into: dict[bytes, bytes]) -> None:
+    """Add to `into` the values `ops` put in rows (table, key), key in `keys`, in order: a
+    later put replaces, a later delete removes. Scans: not for hot paths."""
+    for op in ops:
+        t = type(op)
+        if t is Put or t is _Row:
+            if op.table == table and op.key in keys:  # type: ignore[union-attr]
+                into[op.key] = op.value if t is Put else op.make()  # type: ignore[union-attr]
+        elif t is Delete and op.table == table:  # type: ignore[union-attr]
+            into.pop(op.key, None)  # type: ignore[union-attr]
 
 
 def _ignore(_exc: BaseException | None) -> None:

@@ -36,13 +36,13 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable, Protocol
+from typing import AsyncIterator, Protocol
 
 import trio
 
-from storage.interface import Delete, Operation, Put, PutBody, Store, WriteBatch
+from storage.interface import Store, WriteBatch
+from storage.staging import OnDone, find_rows, value_bytes
 
-OnDone = Callable[[BaseException | None], None]
 
 
 class WriteSource(Protocol):
@@ -127,7 +127,7 @@ class GroupCommitWriter:
         self._wakeup.set()
 
     def _enqueue(self, batch: WriteBatch, on_done: OnDone) -> None:
-        nbytes = _value_bytes(batch.ops)
+        nbytes = value_bytes(batch.ops)
         if nbytes:
             # Values stay in memory until written: count them until the write completes.
             self._held_bytes += nbytes
@@ -185,7 +185,7 @@ class GroupCommitWriter:
         batches = [self._writing] if self._writing is not None else []
         batches += [batch for batch, _ in self._pending]
         for batch in batches:
-            _find_in(batch.ops, table, keys, found)
+            find_rows(batch.ops, table, keys, found)
         for source in self._sources:
             source.find(table, keys, found)
         return found
@@ -323,24 +323,3 @@ async def open_group_commit_writer(store: Store, *, max_ops_per_write: int = 163
         finally:
             with trio.CancelScope(shield=True):
                 await writer.aclose()
-
-
-def _find_in(ops: list[Operation], table: str, keys: set[bytes], into: dict[bytes, bytes]) -> None:
-    for op in ops:
-        t = type(op)
-        if t is Put:
-            if op.table == table and op.key in keys:  # type: ignore[union-attr]
-                into[op.key] = op.value  # type: ignore[union-attr]
-        elif t is Delete and op.table == table:  # type: ignore[union-attr]
-            into.pop(op.key, None)  # type: ignore[union-attr]
-
-
-def _value_bytes(ops: list[Operation]) -> int:
-    total = 0
-    for op in ops:
-        t = type(op)
-        if t is Put:
-            total += len(op.value)  # type: ignore[union-attr]
-        elif t is PutBody:
-            total += len(op.body)  # type: ignore[union-attr]
-    return total
