@@ -361,12 +361,9 @@ class QueueLeader:
         # Staged withdrawable: a message consumed and acknowledged before the next write
         # cycle never reaches the disk, and is confirmed then (see storage.staging).
         # Encoded only if a write cycle takes it.
-        key = persisted_key(self._prefix, m.id)
-        encode = partial(encode_persisted, m)
-        if confirm is None:
-            self.node.stage_message(MESSAGES_TABLE, key, encode, None, len(m.body))
-        else:
-            self.node.stage_message(MESSAGES_TABLE, key, encode, lambda exc: confirm(exc is None), len(m.body))
+        on_done = None if confirm is None else (lambda exc: confirm(exc is None))
+        self.node.stage_message(MESSAGES_TABLE, persisted_key(self._prefix, m.id), partial(encode_persisted, m),
+                                on_done, len(m.body))
 
     def _forget(self, messages: Any) -> None:
         """Delete the persisted copies of `messages` that left this queue (a message
