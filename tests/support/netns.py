@@ -11,9 +11,8 @@ It needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for `ip netns`) and iproute2;
 a test that cannot have them fails with the `ip` command and its message
 rather than passing silently.
 
-Teardown always runs: the namespace is deleted (which destroys its end of
-the pair and so the whole pair) and the host end is deleted too in case the
-namespace never got it. Processes a test started inside the namespace must be
+Teardown always runs: the host end is deleted (which destroys the whole
+pair at once) and then the namespace. Processes a test started inside the namespace must be
 stopped before the block ends: `ip netns del` only unmounts the name, and a
 process left inside would keep the namespace alive, unnamed.
 """
@@ -126,18 +125,20 @@ def _names() -> tuple[str, str, str]:
 
 
 def _teardown(ns: str, host_if: str) -> list[str]:
-    """Delete the namespace and the host end; what could not be deleted (empty if all went)."""
+    """Delete the host end and the namespace; what could not be deleted (empty if all went)."""
     problems: list[str] = []
-    try:
-        if ns in _namespaces():
-            ip("netns", "del", ns)
-    except NetnsError as exc:
-        problems.append(str(exc))
-    # Deleting the namespace destroyed its end and with it the pair; the host end is
-    # still there only if setup failed before the pair was joined to the namespace.
+    # The host end goes first: deleting one end of a veth pair destroys both at once,
+    # whereas `ip netns del` only starts the namespace's cleanup, which the kernel
+    # finishes later, so a host end checked right after it may vanish under our feet.
     try:
         if _link_exists(host_if):
             ip("link", "del", "dev", host_if)
+    except NetnsError as exc:
+        if _link_exists(host_if):  # gone meanwhile is what we wanted
+            problems.append(str(exc))
+    try:
+        if ns in _namespaces():
+            ip("netns", "del", ns)
     except NetnsError as exc:
         problems.append(str(exc))
     return problems
