@@ -307,7 +307,9 @@ class RaftGroup:
         self.role = LEADER
         self.leader = self.me
         last = self.log.last_index
-        for peer in self.conf.members:
+        # Sorted: a frozenset's order depends on PYTHONHASHSEED, and this order is the
+        # order of the leader's messages, which a seeded simulation must replay exactly.
+        for peer in sorted(self.conf.members):
             if peer != self.me:
                 self.progress[peer] = Progress(last + 1)
         # Conservatively treat the tail as a possibly uncommitted configuration change.
@@ -327,7 +329,7 @@ class RaftGroup:
         if self._poll():
             return
         last_index, last_term = self.log.last_index, self.log.last_term
-        for peer in self.conf.voters:
+        for peer in sorted(self.conf.voters):
             if peer != self.me:
                 self.host.send(Vote(self.id, term, self.me, peer, last_index, last_term, pre, transfer))
 
@@ -498,7 +500,7 @@ class RaftGroup:
         conf = self.conf
         if self.role == LEADER:
             last = self.log.last_index
-            for peer in conf.members:
+            for peer in sorted(conf.members):
                 if peer != self.me and peer not in self.progress:
                     pr = Progress(last + 1)
                     pr.recent_active = True

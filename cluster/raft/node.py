@@ -92,11 +92,14 @@ class RaftNode:
         self.rng = rng if rng is not None else random.Random()
         self.incarnation = incarnation
         self.groups: dict[str, RaftGroup] = {}
-        self.active: set[str] = set()
-        self.dirty: set[str] = set()
+        # Insertion-ordered dicts used as sets: a str set iterates in an order that
+        # depends on PYTHONHASHSEED, and the order groups are ticked and visited
+        # decides the order of messages, so a seed would not replay the same run.
+        self.active: dict[str, None] = {}
+        self.dirty: dict[str, None] = {}
         self.outbox: dict[str, list[Message]] = {}
         self.now = 0
-        self.peers: set[str] = set()
+        self.peers: tuple[str, ...] = ()  # sorted, for the same reason
         self.peers_stale = False
         self.peer_heard: dict[str, int] = {}
         self.peer_alive: dict[str, bool] = {}
@@ -117,7 +120,7 @@ class RaftNode:
         g.snap_to_persist = snap
         g.snap_replaces_log = True
         g.persisted_hs = HardState(-1)  # force the first hard state out
-        self.dirty.add(group)
+        self.dirty[group] = None
 
     def restore_group(self, group: str, hard_state: HardState | None, snapshot: Snapshot | None,
                       entries: list[LogEntry]) -> Snapshot | None:
@@ -127,14 +130,14 @@ class RaftNode:
         if snapshot is None:
             snapshot = Snapshot(0, 0, snapshot_data(Conf(), b""))
         self._install(group, hard_state or HardState(), snapshot, entries)
-        self.dirty.add(group)
+        self.dirty[group] = None
         _, app = split_snapshot(snapshot.data)
         return Snapshot(snapshot.index, snapshot.term, app) if snapshot.index > 0 else None
 
     def _install(self, group: str, hs: HardState, snap: Snapshot, entries: list[LogEntry]) -> RaftGroup:
         g = RaftGroup(group, self.id, self.cfg, self.rng, self, hs, snap, entries)
         self.groups[group] = g
-        self.active.add(group)
+        self.active[group] = None
         self.peers_stale = True
         return g
 
@@ -142,8 +145,8 @@ class RaftNode:
         """Forget a group here (after this node was removed from it)."""
         g = self.groups.pop(group)
         g.quiescent = True  # nothing more comes out of it
-        self.active.discard(group)
-        self.dirty.discard(group)
+        self.active.pop(group, None)
+        self.dirty.pop(group, None)
         self.dropped.append(group)
         self.peers_stale = True
 
@@ -166,10 +169,10 @@ class RaftNode:
         return node == self.id or self.peer_alive.get(node, True)
 
     def quiesced(self, group: RaftGroup) -> None:
-        self.active.discard(group.id)
+        self.active.pop(group.id, None)
 
     def woke(self, group: RaftGroup) -> None:
-        self.active.add(group.id)
+        self.active[group.id] = None
 
     def conf_changed(self, group: RaftGroup) -> None:
         self.peers_stale = True
@@ -192,23 +195,23 @@ class RaftNode:
             g = groups[gid]
             g.tick()
             if g.has_ready():
-                self.dirty.add(gid)
+                self.dirty[gid] = None
 
     def _refresh_peers(self) -> None:
         peers: set[str] = set()
         for g in self.groups.values():
             peers |= g.conf.members
         peers.discard(self.id)
-        for p in peers - self.peers:
+        for p in peers.difference(self.peers):
             self.peer_heard.setdefault(p, self.now)
-        self.peers = peers
+        self.peers = tuple(sorted(peers))
         self.peers_stale = False
 
     def _wake_groups_of(self, peer: str) -> None:
         for g in self.groups.values():
             if g.quiescent and (peer in g.conf.members or g.leader == peer):
                 g.wake(leader_lost=g.leader == peer)
-                self.dirty.add(g.id)
+                self.dirty[g.id] = None
 
     def step(self, batch: PeerBatch) -> None:
         """Take every message another node sent us in one cycle."""
@@ -228,27 +231,27 @@ class RaftNode:
         if g is None:
             return  # not (yet, or any longer) hosted here
         g.step(m)
-        self.dirty.add(m.group)
+        self.dirty[m.group] = None
 
     def propose(self, group: str, data: bytes) -> Proposed | NotLeader | Refused:
         g = self.groups.get(group)
         if g is None:
             return Refused(group, "no such group on this node")
-        self.dirty.add(group)
+        self.dirty[group] = None
         return g.propose(data)
 
     def change_membership(self, group: str, change: ConfChange) -> Proposed | NotLeader | Refused:
         g = self.groups.get(group)
         if g is None:
             return Refused(group, "no such group on this node")
-        self.dirty.add(group)
+        self.dirty[group] = None
         return g.propose_conf(change)
 
     def transfer_leadership(self, group: str, target: str) -> NotLeader | Refused | None:
         g = self.groups.get(group)
         if g is None:
             return Refused(group, "no such group on this node")
-        self.dirty.add(group)
+        self.dirty[group] = None
         return g.transfer(target)
 
     def read_index(self, group: str, ctx: object) -> NotLeader | Refused | None:
@@ -256,7 +259,7 @@ class RaftNode:
         g = self.groups.get(group)
         if g is None:
             return Refused(group, "no such group on this node")
-        self.dirty.add(group)
+        self.dirty[group] = None
         return g.read_index(ctx)
 
     def campaign(self, group: str) -> None:
@@ -265,12 +268,12 @@ class RaftNode:
         g.wake()
         if g.role != LEADER:
             g.campaign(pre=self.cfg.pre_vote)
-        self.dirty.add(group)
+        self.dirty[group] = None
 
     def compact(self, group: str, index: int, app_data: bytes) -> None:
         """Take the state machine's snapshot at applied `index`; drop the log through it."""
         self.groups[group].compact(index, app_data)
-        self.dirty.add(group)
+        self.dirty[group] = None
 
     def is_leader(self, group: str) -> bool:
         g = self.groups.get(group)
@@ -320,7 +323,7 @@ class RaftNode:
             if g.read_states:
                 rd.read_states.extend(g.read_states)
                 g.read_states = []
-        self.dirty = set()
+        self.dirty = {}
         if self.heartbeat_due:
             self.heartbeat_due = False
             if self.peers_stale:
@@ -336,4 +339,4 @@ class RaftNode:
         for g, stable, hs in rd._persisted:
             g.persisted(stable, hs)
             if g.has_ready():
-                self.dirty.add(g.id)
+                self.dirty[g.id] = None

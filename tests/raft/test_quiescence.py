@@ -39,7 +39,7 @@ def count_messages(sim: Sim, steps: int) -> tuple[int, int]:
 def test_idle_groups_stop_ticking_and_sending() -> None:
     sim = settled_sim()
     for n in sim.nodes.values():
-        assert n.raft.active == set(), f"{n.id} still ticks {sorted(n.raft.active)}"
+        assert not n.raft.active, f"{n.id} still ticks {sorted(n.raft.active)}"
     frames, messages = count_messages(sim, 100)
     assert messages == 0
     # Only node-level heartbeats: one frame per ordered node pair every 2 ticks.
@@ -53,7 +53,7 @@ def test_activity_wakes_a_group_and_it_quiesces_again() -> None:
         sim.step()
     assert sim.acked["g1"]
     for n in sim.nodes.values():
-        assert n.raft.active == set()
+        assert not n.raft.active
 
 
 def test_crash_of_the_leaders_node_elects_new_leaders() -> None:
