@@ -106,6 +106,15 @@ def _check_regexes(patterns: list[str], user: str, vhost: str) -> None:
             raise ControlError(f"{{:invalid_regexp, '{pattern}', {{'{error[0]}', {error[1]}}}}}", EX_UNAVAILABLE)
 
 
+_BLANK_PASSWORD = ("user '{}' attempted to log in with a blank password, which is prohibited by the internal "
+                   "authN backend. To use TLS/x509 certificate-based authentication, see the "
+                   "rabbitmq_auth_mechanism_ssl plugin and configure the client to use the EXTERNAL "
+                   "authentication mechanism. Alternatively change the password for the user to be non-blank.")
+
+# The queue types add_vhost --default-queue-type takes (rabbit_queue_type:discover/1).
+_QUEUE_TYPES = frozenset({"classic", "quorum", "stream"})
+
+
 def _no_such_vhost(vhost: str) -> ControlError:
     return ControlError(f"Virtual host '{vhost}' does not exist", EX_DATAERR)
 
@@ -304,7 +313,10 @@ class ControlHandlers:
 
     async def op_clear_password(self, args: Mapping[str, Any]) -> Any:
         name = str(args["name"])
-        self._user_exists(name)
+        # Unlike delete_user and change_password, clear_password has no text of its own for
+        # an unknown user: rabbitmqctl prints the error term, exit 69.
+        if self.node.metadata.user(name) is None:
+            raise ControlError(f'{{:no_such_user, "{name}"}}', EX_UNAVAILABLE)
         # An empty hash matches no password: the user can no longer log in with one.
         await self._propose(md.ChangePassword(name, ""), EX_NOUSER)
         return None
@@ -312,7 +324,11 @@ class ControlHandlers:
     async def op_authenticate_user(self, args: Mapping[str, Any]) -> Any:
         name, password = str(args["name"]), str(args["password"])
         user = self.node.metadata.user(name)
-        if password == "" or user is None or not auth.check_password(
+        if password == "":
+            # rabbit_auth_backend_internal refuses a blank password before looking the user up.
+            raise ControlError(f'Error: failed to authenticate user "{name}"\n{_BLANK_PASSWORD.format(name)}',
+                               EX_DATAERR)
+        if user is None or not auth.check_password(
                 user.password_hash, user.hashing_algorithm, password):
             raise ControlError(f'Error: failed to authenticate user "{name}"\nuser \'{name}\' - invalid credentials',
                                EX_DATAERR)
@@ -331,6 +347,9 @@ class ControlHandlers:
 
     async def op_add_vhost(self, args: Mapping[str, Any]) -> Any:
         name = str(args["name"])
+        queue_type = args.get("default_queue_type")
+        if queue_type is not None and queue_type not in _QUEUE_TYPES:
+            raise ControlError("invalid_queue_type", EX_UNAVAILABLE)
         await self._propose(md.AddVhost(name, str(args.get("description") or ""),
                                         tuple(args.get("tags") or ()), args.get("default_queue_type")))
         return None
@@ -420,7 +439,8 @@ class ControlHandlers:
         vhost = self._vhost(args)
         parsed = parse_definition(str(args["definition"]))
         if not isinstance(parsed, dict) and not parsed.validation:
-            raise ControlError(parsed.message(), EX_UNAVAILABLE)
+            # RabbitMQ's JSON decoder gives one reason for any text that is not JSON.
+            raise ControlError("JSON decoding error. Reason: badarg", EX_UNAVAILABLE)
         self._require_vhost(vhost)
         apply_to = str(args.get("apply_to") or "all")
         pattern = str(args["pattern"])
@@ -464,18 +484,31 @@ class ControlHandlers:
         return rows
 
     def _queue_row(self, q: md.QueueRecord, leader: "QueueLeader | None", policy: md.PolicyRecord | None) -> dict:
-        stats = leader.state.statistics() if leader is not None else {}
+        state = leader.state if leader is not None else None
+        stats = state.statistics() if state is not None else {}
         ready = stats.get("messages_ready", 0)
         unacked = stats.get("messages_unacknowledged", 0)
         bytes_ready = stats.get("message_bytes_ready", 0)
         bytes_unacked = stats.get("message_bytes_unacknowledged", 0)
+        paged = stats.get("messages_paged_out", 0)
+        bytes_paged = stats.get("message_bytes_paged_out", 0)
         active = leader.consumers.active if leader is not None else None
         exclusive_consumer = None
+        exclusive_channel = ""
         if leader is not None:
             exclusive_consumer = next((c for c in leader.consumers if c.exclusive), None)
+            ref = leader.refs.get(exclusive_consumer.name) if exclusive_consumer is not None else None
+            if ref is not None:
+                exclusive_channel = f"{_connection_pid(ref.session)[:-1]}.{ref.channel}>"
         owner = None
         if q.exclusive_owner is not None:
             owner = q.exclusive_owner.split(" ", 1)[0]
+        consumers = leader.consumer_count() if leader is not None else 0
+        persistent = self._persistent(q, state) if state is not None and not paged else None
+        utilisation = self._utilisation(leader) if leader is not None else 0
+        # leader, members and online describe quorum queues; RabbitMQ leaves them empty for
+        # classic ones, and so does Leveret (whose queues all report type classic).
+        replicated = q.type != "classic"
         return {
             "name": q.name,
             "durable": q.durable,
@@ -483,27 +516,72 @@ class ControlHandlers:
             "exclusive": q.exclusive_owner is not None,
             "arguments": typed_table(q.arguments),
             "policy": policy.name if policy else "",
+            "pid": f"<{q.node}.{q.vhost}.{q.name}>",
+            "owner_pid": owner or "",
+            "exclusive_consumer_pid": exclusive_channel,
+            "exclusive_consumer_tag": exclusive_consumer.tag if exclusive_consumer else "",
             "messages": ready + unacked,
             "messages_ready": ready,
             "messages_unacknowledged": unacked,
+            # Unacknowledged messages stay in memory; ready ones beyond the memory window are paged out.
+            "messages_ready_ram": ready - paged,
+            "messages_unacknowledged_ram": unacked,
+            "messages_ram": ready - paged + unacked,
+            # Exact while every ready message is in memory; unknown ("") once some are paged out,
+            # since counting those would read every page.
+            "messages_persistent": persistent[0] if persistent is not None else "",
+            "message_bytes_persistent": persistent[1] if persistent is not None else "",
             "message_bytes": bytes_ready + bytes_unacked,
             "message_bytes_ready": bytes_ready,
             "message_bytes_unacknowledged": bytes_unacked,
-            "consumers": leader.consumer_count() if leader is not None else 0,
-            "consumer_utilisation": "",
+            "message_bytes_ram": bytes_ready - bytes_paged + bytes_unacked,
+            "head_message_timestamp": self._head_timestamp(state) if state is not None else "",
+            "disk_reads": "",
+            "disk_writes": "",
+            "consumers": consumers,
+            "consumer_utilisation": utilisation,
+            "consumer_capacity": utilisation,
             # Payload plus a per-message bookkeeping estimate: Python has no per-queue heap.
             "memory": 2048 + bytes_ready + bytes_unacked + 256 * (ready + unacked),
+            "slave_pids": "",
+            "synchronised_slave_pids": "",
             "state": "running" if leader is not None else "down",
-            "node": q.node,
-            "leader": q.node,
-            "members": [q.node],
             "type": q.type,
-            "pid": f"<{q.node}.{q.vhost}.{q.name}>",
-            "owner_pid": owner or "",
-            "exclusive_consumer_tag": exclusive_consumer.tag if exclusive_consumer else "",
-            "single_active_consumer_tag": active.tag if active else "",
-            "online": leader is not None,
+            "leader": q.node if replicated else "",
+            "members": [q.node] if replicated else "",
+            "online": [q.node] if replicated and leader is not None else "",
+            # Not an info key: what `list_queues --local` filters on.
+            "home_node": q.node,
         }
+
+    @staticmethod
+    def _persistent(q: md.QueueRecord, state: Any) -> tuple[int, int]:
+        """(messages, bytes) RabbitMQ counts as persistent: persistent messages in a durable queue."""
+        if not q.durable:
+            return 0, 0
+        messages = [m for m in state.ready_in_memory() if m.persistent]
+        messages += [m for m in state.unacked_messages(state.unacked_seqs()) if m.persistent]
+        return len(messages), sum(m.size for m in messages)
+
+    @staticmethod
+    def _head_timestamp(state: Any) -> Any:
+        """The timestamp property of the next message to deliver, "" without one (as RabbitMQ shows)."""
+        for _seq, message, _redelivered in state.ready():
+            stamp = plain(getattr(message.properties, "timestamp", None))
+            return stamp if isinstance(stamp, int) else ""
+        return ""
+
+    @staticmethod
+    def _utilisation(leader: "QueueLeader") -> float | int:
+        """consumer_utilisation: 0 without consumers (as RabbitMQ 3.10 shows), else the share of
+        consumers that could take a message now. RabbitMQ averages that over time; Leveret
+        reports the present moment, which is 1.0 for an idle queue with consumers as RabbitMQ's is."""
+        consumers = list(leader.consumers)
+        if not consumers:
+            return 0
+        refs = [leader.refs.get(c.name) for c in consumers]
+        able = sum(1 for ref in refs if ref is not None and ref.session.can_deliver(ref.channel, ref.tag))
+        return able / len(consumers)
 
     async def op_list_exchanges(self, args: Mapping[str, Any]) -> Any:
         vhost = self._vhost(args)
@@ -524,10 +602,14 @@ class ControlHandlers:
         for q in meta.queues(vhost):
             rows.append({"source_name": "", "source_kind": "exchange", "destination_name": q.name,
                          "destination_kind": "queue", "routing_key": q.name, "arguments": []})
-        for b in meta.bindings(vhost):
+        # RabbitMQ's route table is ordered by (source, routing key, destination kind and name),
+        # and a binding's argument table is stored sorted by key.
+        explicit = sorted(meta.bindings(vhost), key=lambda b: (b.source, b.routing_key, b.destination_kind,
+                                                               b.destination))
+        for b in explicit:
             rows.append({"source_name": b.source, "source_kind": "exchange", "destination_name": b.destination,
                          "destination_kind": b.destination_kind, "routing_key": b.routing_key,
-                         "arguments": typed_table(b.arguments)})
+                         "arguments": typed_table(dict(sorted((b.arguments or {}).items())))})
         return rows
 
     def _open_sessions(self) -> list["Session"]:
@@ -545,7 +627,10 @@ class ControlHandlers:
                 "peer_port": s.peer[1],
                 "peer_host": s.peer[0],
                 "ssl": False,
-                "protocol": "AMQP 0-9-1",
+                # No TLS listener: the TLS items are empty, as RabbitMQ shows them for plain TCP.
+                **{key: "" for key in ("ssl_protocol", "ssl_key_exchange", "ssl_cipher", "ssl_hash",
+                                       "peer_cert_subject", "peer_cert_issuer", "peer_cert_validity")},
+                "protocol": [0, 9, 1],
                 "auth_mechanism": conn.mechanism or "",
                 "user": s.username or "",
                 "vhost": s.vhost,
@@ -627,9 +712,9 @@ class ControlHandlers:
         leader = self.node.leaders.get((vhost, name))
         ready = leader.message_count() if leader is not None else 0
         if args.get("if_empty") and leader is not None and leader.state.messages:
-            raise ControlError(f"Queue '{name}' in vhost '{vhost}' is not empty", EX_USAGE)
+            raise ControlError("Queue is not empty", EX_USAGE)
         if args.get("if_unused") and leader is not None and leader.consumer_count():
-            raise ControlError(f"Queue '{name}' in vhost '{vhost}' is in use", EX_USAGE)
+            raise ControlError("Queue is in use", EX_USAGE)
         await self._propose(md.DeleteQueue(vhost, name, None))
         return ready
 
@@ -643,8 +728,13 @@ class ControlHandlers:
         ident, reason = str(args["connection"]), str(args.get("reason") or "")
         session = self._find_connection(ident)
         if session is None:
-            raise ControlError(f'{{:invalid_pid_syntax, "{ident}"}}' if not re.fullmatch(r"<[^>]+>", ident)
-                               else f"Connection {ident} not found", EX_UNAVAILABLE)
+            if not re.fullmatch(r"<[^>]+>", ident):
+                # rabbitmqctl 3.10.8 prints "Error:" twice here.
+                raise ControlError(f'Error:\n{{:invalid_pid_syntax, "{ident}"}}', EX_UNAVAILABLE)
+            # A well-formed pid that is no connection (any more): RabbitMQ logs it and succeeds.
+            log.warning("Asked to close connection %s (reason: %r) but it is not an active connection. "
+                        "Was it already closed?", ident, reason)
+            return None
         log.info("closing connection %s on request of leveretctl: %s", session.id, reason)
         session.force_close(320, f"CONNECTION_FORCED - {reason}")
         return None

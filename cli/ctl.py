@@ -24,6 +24,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import trio
@@ -36,12 +37,15 @@ from cluster.control import (
     client_name,
     control_call,
 )
+from cli.ctl_format import json_value
 from cluster.cookie import CookieError, cookie_hash, load_cookie
 from cluster.peer import HandshakeFailed, PeerClosed, PeerWireError, RemoteError
 
 DEFAULT_DIST_PORT = 25672
 EX_CONFIG = 78
 GLOBAL_USAGE = "leveretctl [--node <node>] [--longnames] [--quiet]"
+# The command listing's usage line also names --timeout, as rabbitmqctl's does.
+GLOBAL_USAGE_ALL = "leveretctl [--node <node>] [--timeout <timeout>] [--longnames] [--quiet]"
 
 
 class Exit(Exception):
@@ -63,6 +67,7 @@ class Options:
     formatter: str = "table"
     headers: bool = True
     cookie: str | None = None
+    help: bool = False
     command_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,8 +94,8 @@ class Context:
 
     def info(self, text: str) -> None:
         """An informational line, suppressed by -q / -s."""
-        # rabbitmqctl's JSON formatter prints nothing but the document.
-        if self.options.quiet or self.options.silent or self.options.formatter == "json":
+        # rabbitmqctl's JSON and CSV formatters print nothing but the document.
+        if self.options.quiet or self.options.silent or self.options.formatter != "table":
             return
         if self._pending is not None:
             self._pending.append(text)
@@ -126,8 +131,13 @@ class Context:
     def host(self) -> str:
         return self.options.node.split("@", 1)[1] if "@" in self.options.node else "localhost"
 
-    def call(self, method: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
-        """One control request; the result, or (printing rabbitmqctl's error) Exit."""
+    def call(self, method: str, args: dict[str, Any] | None = None, *, timeout: float | None = None,
+             json_error: Callable[[str], str | None] | None = None) -> Any:
+        """One control request; the result, or (printing rabbitmqctl's error) Exit.
+
+        `json_error` maps a refusal's text to the message rabbitmqctl's JSON formatter
+        prints instead (`{"message":...,"node":...,"result":"error"}`, exit 69), for the
+        refusals whose command formats them so; None leaves the refusal as it is."""
         opts = self.options
         cookie = opts.cookie or self._cookie()
         limit = timeout if timeout is not None else opts.timeout
@@ -171,11 +181,16 @@ class Context:
         if reply.get("ok"):
             return reply.get("result")
         code = reply.get("exit_code")
-        self._refused(str(reply.get("error")), code if type(code) is int and 0 < code < 256 else EX_SOFTWARE)
+        self._refused(str(reply.get("error")), code if type(code) is int and 0 < code < 256 else EX_SOFTWARE,
+                      json_error)
 
-    def _refused(self, text: str, code: int) -> NoReturn:
+    def _refused(self, text: str, code: int, json_error: Callable[[str], str | None] | None = None) -> NoReturn:
         from cli.ctl_commands import COMMANDS
 
+        message = json_error(text) if json_error is not None and self.options.formatter == "json" else None
+        if message is not None:
+            self.error(json_value({"message": message, "node": self.options.node, "result": "error"}))
+            raise Exit(EX_UNAVAILABLE)
         if text.startswith("this command requires"):
             self.error(f"Error: {text}")
             self._usage_tail(COMMANDS[self.command].usage)
@@ -243,16 +258,23 @@ _GLOBAL = {
     "--no-table-headers": ("no_headers", False),
     "-l": ("longnames", False), "--longnames": ("longnames", False),
     "--cookie": ("cookie", True), "--erlang-cookie": ("cookie", True),
+    "-?": ("help", False), "--help": ("help", False),
 }
+
+FORMATTERS = ("table", "json", "csv")
 
 
 def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
-    """(command, positional args, options, problems). Options may appear anywhere."""
+    """(command, positional args, options, problems). Options may appear anywhere.
+
+    Every option rabbitmqctl would refuse is collected into one problem, one `name : value`
+    line each, as its parser reports them: an unknown option or one missing its value shows
+    an empty value (`--bogus : `), a known one with a bad value shows that value."""
     from cli.ctl_commands import COMMANDS
 
     opts = Options(node=default_node(), port=default_port())
     positional: list[str] = []
-    problems: list[str] = []
+    invalid: list[str] = []
     command: str | None = None
     i = 0
     while i < len(argv):
@@ -278,7 +300,7 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
                 continue
             if not eq:
                 if i >= len(argv):
-                    problems.append(f"option {name} requires a value")
+                    invalid.append(f"{name} : ")
                     break
                 inline = argv[i]
                 i += 1
@@ -286,29 +308,31 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
                 try:
                     opts.command_options[key] = int(inline)
                 except ValueError:
-                    problems.append(f"Invalid options for this command:\n{name} : {inline}")
+                    invalid.append(f"{name} : {inline}")
                 continue
             opts.command_options[key] = inline
             continue
         if name not in _GLOBAL:
-            problems.append(f"Invalid options for this command:\n{name} : true")
+            invalid.append(f"{name} : ")
             continue
         attr, takes_value = _GLOBAL[name]
         if not takes_value:
             if attr == "no_headers":
                 opts.headers = False
+            elif attr == "help":
+                opts.help = True
             elif attr != "longnames":
                 setattr(opts, attr, True)
             continue
         if not eq:
             if i >= len(argv):
-                problems.append(f"option {name} requires a value")
+                invalid.append(f"{name} : ")
                 break
             inline = argv[i]
             i += 1
         if attr == "port":
             if not (inline.isdigit() and 0 < int(inline) < 65536):
-                problems.append(f"Invalid options for this command:\n{name} : {inline}")
+                invalid.append(f"{name} : {inline}")
             else:
                 opts.port = int(inline)
         elif attr == "timeout":
@@ -318,26 +342,42 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
                 opts.timeout = math.nan
             if not 0 <= opts.timeout < math.inf:
                 # nan, inf and negatives would only fail later, inside trio or int().
-                problems.append(f"Invalid options for this command:\n{name} : {inline}")
+                invalid.append(f"{name} : {inline}")
                 opts.timeout = None
         elif attr == "vhost":
             opts.vhost = inline
         elif attr == "formatter":
-            if inline not in ("table", "json"):
-                problems.append(f"Invalid options for this command:\n--formatter : {inline} "
-                                "(supported: table, json)")
+            if inline not in FORMATTERS:
+                # rabbitmqctl crashes on an unknown formatter (exit 1, an Elixir trace);
+                # a usage error naming the supported ones serves a script as well.
+                invalid.append(f"--formatter : {inline} (supported: {', '.join(FORMATTERS)})")
             opts.formatter = inline
         else:
             setattr(opts, attr, inline)
+    problems = ["Invalid options for this command:\n" + "\n".join(invalid)] if invalid else []
     return command, positional, opts, problems
 
 
-def _print_commands() -> None:
+def command_listing() -> str:
+    """`leveretctl help`: the commands grouped as rabbitmqctl 3.10 groups them, one line each."""
+    from cli.ctl_commands import CATEGORIES, COMMANDS
+
+    lines = ["", "Usage", "", f"{GLOBAL_USAGE_ALL} <command> [<command options>]", "", "Available commands:", "",
+             # `help` is answered by `run` itself, before any command is looked up.
+             "Help:", "", f"   {'help':<30}Displays usage information for a command", ""]
+    for category, names in CATEGORIES:
+        lines += [f"{category}:", ""]
+        lines += [f"   {name:<30}{COMMANDS[name].summary.splitlines()[0]}" for name in names]
+        lines.append("")
+    lines.append("Use 'leveretctl help <command>' to learn more about a specific command")
+    return "\n".join(lines)
+
+
+def command_help(name: str) -> str:
     from cli.ctl_commands import COMMANDS
 
-    print(f"\nUsage\n\n{GLOBAL_USAGE} <command> [<command options>]\n\nAvailable commands:\n", file=sys.stderr)
-    for name in sorted(COMMANDS):
-        print(f"   {name:<30}{COMMANDS[name].summary}", file=sys.stderr)
+    spec = COMMANDS[name]
+    return f"\nUsage\n\n{GLOBAL_USAGE} {spec.usage}\n\n{spec.summary}\n"
 
 
 def run(argv: list[str]) -> int:
@@ -345,18 +385,27 @@ def run(argv: list[str]) -> int:
 
     command, positional, opts, problems = parse(argv)
     shown_argv = ["-n", opts.node, *argv] if "-n" not in argv and "--node" not in argv else list(argv)
-    if command in (None, "help", "-?", "--help"):
-        if command == "help" and positional and positional[0] in COMMANDS:
-            spec = COMMANDS[positional[0]]
-            print(f"Usage\n\n{GLOBAL_USAGE} {spec.usage}\n\n{spec.summary}")
+    # rabbitmqctl: `help` and `--help` answer on stdout with 0; no command at all, or an
+    # unknown one (also as `help <name>`), is a usage error on stderr with 64.
+    if command == "help" or (command is None and opts.help):
+        if not positional:
+            print(command_listing())
             return 0
-        _print_commands()
-        return EX_USAGE if command is None else 0
+        if positional[0] not in COMMANDS:
+            print(f"Error:\n\nCommand '{positional[0]}' not found.", file=sys.stderr)
+            return EX_USAGE
+        print(command_help(positional[0]))
+        return 0
+    if command is None:
+        print(command_listing(), file=sys.stderr)
+        return EX_USAGE
     spec = COMMANDS.get(command)
     if spec is None:
-        print(f"\nCommand '{command}' not found. ", file=sys.stderr)
-        _print_commands()
+        print(f"\nCommand '{command}' not found. \n{command_listing()}", file=sys.stderr)
         return EX_USAGE
+    if opts.help:
+        print(command_help(command))
+        return 0
     ctx = Context(opts, command, shown_argv)
     try:
         if problems:

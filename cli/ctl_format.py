@@ -47,6 +47,8 @@ def cell(key: str, value: Any) -> str:
         return ""
     if key in ("arguments", "client_properties") and is_typed_table(value):
         return typed_table_cell(value)
+    if key == "protocol" and isinstance(value, list):
+        return "{" + ",".join(str(v) for v in value) + "}"  # an Erlang tuple: {0,9,1}
     if isinstance(value, Mapping):
         return "[" + ", ".join(f"{{{k}, {v}}}" for k, v in value.items()) + "]"
     if isinstance(value, list):
@@ -62,9 +64,24 @@ def table_lines(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], heade
     return lines
 
 
-def json_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+def csv_lines(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[str]:
+    """rabbitmqctl's CSV formatter: the header row always (-q, -s change nothing), every
+    field quoted with quotes doubled, cells as the table shows them; nothing for no rows."""
     if not rows:
-        return "[]"
+        return []
+
+    def quoted(text: str) -> str:
+        return '"' + text.replace('"', '""') + '"'
+
+    return [",".join(quoted(c) for c in columns)] + [
+        ",".join(quoted(cell(c, row.get(c))) for c in columns) for row in rows]
+
+
+def json_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, streamed: bool = False) -> str:
+    # Commands that stream their rows (list_queues, list_exchanges, ...) open the array
+    # before knowing there are none, so an empty answer is "[\n]"; the others print "[]".
+    if not rows:
+        return "[\n]" if streamed else "[]"
     encoded = [json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False, separators=(",", ":"))
                for row in rows]
     return "[\n" + "\n,".join(encoded) + "\n]"

@@ -1,0 +1,161 @@
+"""leveretctl's client side against rabbitmqctl 3.10.8: what it prints before (or without)
+asking a node. Every expected text here was printed by rabbitmqctl 3.10.8 for the same
+arguments (with "rabbitmqctl" read as "leveretctl"); no node is needed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cli.ctl import parse, run
+from cli.ctl_commands import CATEGORIES, COMMANDS, QUEUE_ITEMS, permission_json_error, user_json_error
+from cli.ctl_format import cell, csv_lines, json_rows
+
+# An address where nothing listens: a test that reached the node would fail with exit 69.
+NODE = ["-n", "nobody@localhost", "--port", "1"]
+
+
+def test_unknown_options_are_all_listed_with_empty_values() -> None:
+    # rabbitmqctl -n ref@localhost list_users --bogus --other y
+    _, _, _, problems = parse(["list_users", "--bogus", "--other", "y"])
+    assert problems == ["Invalid options for this command:\n--bogus : \n--other : "]
+    # rabbitmqctl list_users -p  (a known option without its value)
+    assert parse(["list_users", "-p"])[3] == ["Invalid options for this command:\n-p : "]
+    # rabbitmqctl list_users -t abc  (a known option with a bad value shows the value)
+    assert parse(["list_users", "-t", "abc"])[3] == ["Invalid options for this command:\n-t : abc"]
+
+
+def test_unknown_option_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([*NODE, "add_vhost", "v", "--bogus", "x"]) == 64
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == (
+        "Error (argument validation): Invalid options for this command:\n--bogus : \nArguments given:\n"
+        f"\t{' '.join(NODE)} add_vhost v --bogus x\n\nUsage\n\n"
+        "leveretctl [--node <node>] [--longnames] [--quiet] add_vhost <vhost> [--description <description> "
+        "--tags \"<tag1>,<tag2>,<...>\" --default-queue-type <quorum|classic|stream>]\n")
+
+
+def test_unknown_info_keys_are_named_sorted(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([*NODE, "list_queues", "name", "zeta", "alpha", "mid"]) == 64
+    err = capsys.readouterr().err
+    assert err.startswith("Error (argument validation): Info key(s) alpha,mid,zeta are not supported\n")
+    assert err.endswith("list_queues [--vhost <vhost>] [--online] [--offline] [--local] [--no-table-headers] "
+                        "[<column>, ...] [--timeout <timeout>]\n")
+
+
+def test_list_queues_takes_exactly_rabbitmqs_info_keys(capsys: pytest.CaptureFixture[str]) -> None:
+    # From `rabbitmqctl help list_queues` ("must be one of ...").
+    rabbit = ("arguments, auto_delete, consumer_capacity, consumer_utilisation, consumers, disk_reads, disk_writes, "
+              "durable, exclusive, exclusive_consumer_pid, exclusive_consumer_tag, head_message_timestamp, leader, "
+              "members, memory, message_bytes, message_bytes_persistent, message_bytes_ram, message_bytes_ready, "
+              "message_bytes_unacknowledged, messages, messages_persistent, messages_ram, messages_ready, "
+              "messages_ready_ram, messages_unacknowledged, messages_unacknowledged_ram, name, online, owner_pid, "
+              "pid, policy, slave_pids, state, synchronised_slave_pids, type").split(", ")
+    assert sorted(QUEUE_ITEMS) == rabbit
+    # Leveret once took these; rabbitmqctl refuses them.
+    assert run([*NODE, "list_queues", "node", "single_active_consumer_tag"]) == 64
+    assert "Info key(s) node,single_active_consumer_tag are not supported" in capsys.readouterr().err
+    assert set(COMMANDS["list_queues"].options) == {"--online", "--offline", "--local"}
+
+
+@pytest.mark.parametrize("command, usage", [
+    ("list_channels", "list_channels [--no-table-headers] [<column> ...]"),
+    ("purge_queue", "purge_queue <queue> [--timeout <timeout>]"),
+    ("delete_queue", "delete_queue <queue_name> [--if-empty|-e] [--if-unused|-u] [--timeout <timeout>]"),
+    ("ping", "ping [--timeout <timeout>]"),
+    ("add_user", "add_user <username> <password>"),
+])
+def test_usage_lines(command: str, usage: str) -> None:
+    assert COMMANDS[command].usage == usage
+
+
+def test_help_lists_commands_by_group_on_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["help"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    lines = captured.out.splitlines()
+    assert lines[:9] == ["", "Usage", "",
+                         "leveretctl [--node <node>] [--timeout <timeout>] [--longnames] [--quiet] <command> "
+                         "[<command options>]", "", "Available commands:", "", "Help:", ""]
+    assert lines[-1] == "Use 'leveretctl help <command>' to learn more about a specific command"
+    # One line per command: a summary's later lines (list_queues' columns) stay out of the listing.
+    assert not any(line.startswith("Columns:") for line in lines)
+    assert "Users:" in lines and "Access Control:" in lines and "Queues:" in lines
+    assert lines.index("   list_vhosts                   Lists virtual hosts") > lines.index("Access Control:")
+    assert run(["--help"]) == 0 and capsys.readouterr().out == captured.out
+
+
+def test_every_command_is_in_one_group() -> None:
+    grouped = [name for _group, names in CATEGORIES for name in names]
+    assert sorted(grouped) == sorted(COMMANDS)
+
+
+def test_help_for_an_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # rabbitmqctl help nosuch
+    assert run(["help", "nosuch"]) == 64
+    assert capsys.readouterr() == ("", "Error:\n\nCommand 'nosuch' not found.\n")
+
+
+def test_unknown_command_and_no_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([*NODE, "nosuchcmd"]) == 64
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("\nCommand 'nosuchcmd' not found. \n\nUsage\n\n")
+    assert run([]) == 64
+    assert capsys.readouterr().err.startswith("\nUsage\n\n")
+
+
+def test_command_help_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([*NODE, "list_users", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "leveretctl [--node <node>] [--longnames] [--quiet] list_users [--no-table-headers] " \
+           "[--timeout <timeout>]" in out
+
+
+def test_password_missing_from_arguments_and_stdin(capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    # rabbitmqctl add_user u < /dev/null: the banner, the prompt, then exit 65;
+    # change_password and authenticate_user exit 70 for the same thing.
+    for command, code in (("add_user", 65), ("change_password", 70), ("authenticate_user", 70)):
+        monkeypatch.setattr("sys.stdin", io.StringIO(""))
+        assert run([*NODE, command, "someone"]) == code
+        out, err = capsys.readouterr()
+        assert out.endswith('"someone" ...\nPassword: \n')
+        assert err == "Error:\nPassword is not provided via argument or stdin\n"
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert run([*NODE, "-q", "add_user", "someone"]) == 65
+    assert capsys.readouterr().out == ""
+
+
+def test_csv_formatter() -> None:
+    # rabbitmqctl list_bindings --formatter csv
+    rows = [{"source_name": "h", "routing_key": "", "arguments": [["k", "signedint", 1], ["x-match", "longstr", "any"]]}]
+    assert csv_lines(rows, ("source_name", "routing_key", "arguments")) == [
+        '"source_name","routing_key","arguments"', '"h","","[{""k"",1},{""x-match"",""any""}]"']
+    assert csv_lines([], ("name",)) == []
+    assert csv_lines([{"tags": ["a", "b"], "durable": False}], ("tags", "durable"))[1] == '"[a, b]","false"'
+
+
+def test_empty_json_listing_streamed_or_not() -> None:
+    # list_queues (streamed) prints "[\n]" for no rows; list_permissions prints "[]".
+    assert json_rows([], ("name",), streamed=True) == "[\n]"
+    assert json_rows([], ("name",)) == "[]"
+
+
+def test_protocol_cell_is_an_erlang_tuple() -> None:
+    assert cell("protocol", [0, 9, 1]) == "{0,9,1}"
+    assert json.loads(json_rows([{"protocol": [0, 9, 1]}], ("protocol",))) == [{"protocol": [0, 9, 1]}]
+
+
+def test_json_error_messages() -> None:
+    # {"message":"User u does not exists",...} (sic) from delete_user, change_password, set_user_tags.
+    assert user_json_error('User "u" does not exist') == "User u does not exists"
+    assert user_json_error('User "u" already exists') == "User u already exists"
+    assert user_json_error("Virtual host 'v' does not exist") is None
+    assert permission_json_error("User u does not exist") == "User u does not exist"
+    assert permission_json_error("Virtual host v does not exist") == "Virtual host v does not exist"
+    assert permission_json_error("{:invalid_regexp, '(', {'missing )', 1}}") is None
