@@ -12,7 +12,8 @@ RabbitMQ 3.10 rules (`rabbit_queue_consumers`, `rabbit_amqqueue_process`):
   while every higher-priority one is out of credit. A consumer that receives a
   message goes to the back of its priority's line.
 * `basic.consume` with exclusive=true is refused while the queue has any
-  consumer, and any consumer is refused while an exclusive one exists:
+  consumer or is a single-active-consumer queue, and any consumer is refused
+  while an exclusive one exists:
   403 "ACCESS_REFUSED - queue 'q' in vhost '/' in exclusive use".
 * Single active consumer (x-single-active-consumer): only the earliest
   registered consumer still present receives, whatever its priority (consumer
@@ -82,8 +83,10 @@ class ConsumerSet:
         return next(iter(self._by_key.values()))
 
     def check_exclusive(self, exclusive: bool) -> Refusal | None:
-        """Would a new consumer (exclusive or not) be refused? RabbitMQ's rule."""
-        if self._exclusive is not None or (exclusive and self._by_key):
+        """Would a new consumer (exclusive or not) be refused? RabbitMQ's rule; an exclusive
+        consumer of a single-active-consumer queue is refused even with no consumer
+        (rabbit_amqqueue_process: `exclusive_consume_unavailable`)."""
+        if self._exclusive is not None or (exclusive and (self._by_key or self.single_active)):
             return exclusive_use_refusal(self.queue, self.vhost)
         return None
 
