@@ -20,6 +20,8 @@ import dataclasses
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Collection
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from broker import auth
@@ -177,8 +179,7 @@ class Session:
                     now = self.node.now_ms()
                 self._publish(ev, now)
             elif t is PublishBuffered:
-                # Transactional: checked now, as RabbitMQ does; routed at tx.commit.
-                self._admit(ev.publish)
+                self._publish_buffered(ev.publish)
             elif t is Acked:
                 self._settle(ev.handles, now)
             elif t is MethodReceived:
@@ -230,15 +231,7 @@ class Session:
         elif t is ConnectionClosed:
             self._connection_closed(ev)
         elif t is TxCommitted:
-            commit = _TxCommit(self, ev.channel)
-            for p in ev.publishes:
-                self._publish(p, tx=commit)
-            for s in ev.settlements:
-                if type(s) is Acked:
-                    self._settle(s.handles)
-                else:
-                    self._rejected(s)
-            commit.all_submitted()
+            self._commit(ev)
         elif t is ChannelOpened:
             pass
 
@@ -327,39 +320,77 @@ class Session:
             props = _replace_reply_to(props, f"{REPLY_TO}.{reply[0]}")
         return props, expiration_ms, headers, extra_keys
 
-    def _publish(self, ev: PublishReceived, now: int | None = None, tx: "_TxCommit | None" = None) -> None:
+    def _publish(self, ev: PublishReceived, now: int | None = None) -> None:
         admitted = self._admit(ev)
         if admitted is None:
             return
         props, expiration_ms, headers, extra_keys = admitted
-        node = self.node
         method = ev.method
-        exchange = method.exchange
-        vhost = self.vhost
-        channel = ev.channel
-        if not exchange and method.routing_key.startswith(REPLY_TO_PREFIX):
+        if not method.exchange and method.routing_key.startswith(REPLY_TO_PREFIX):
             self._publish_reply(ev, props, expiration_ms)
             return
-        routed = node.router.route(vhost, exchange, method.routing_key, headers, extra_keys)
+        routed = self.node.router.route(self.vhost, method.exchange, method.routing_key, headers, extra_keys)
+        self._enqueue(ev, self._message(ev, props, expiration_ms), routed.queues, now, None)
+
+    def _publish_buffered(self, ev: PublishReceived) -> None:
+        """A publish inside a transaction: checked and routed now, as RabbitMQ does (its
+        channel keeps the routed queue names with the message and delivers at tx.commit, to
+        the queues by those names that exist then); `ev.routed` carries the decision to
+        `_commit`."""
+        admitted = self._admit(ev)
+        if admitted is None:
+            return
+        props, expiration_ms, headers, extra_keys = admitted
+        method = ev.method
+        if not method.exchange and method.routing_key.startswith(REPLY_TO_PREFIX):
+            ev.routed = _BufferedReply(props, expiration_ms)
+            return
+        routed = self.node.router.route(self.vhost, method.exchange, method.routing_key, headers, extra_keys)
+        ev.routed = _BufferedPublish(self._message(ev, props, expiration_ms), routed.queues)
+
+    def _commit(self, ev: TxCommitted) -> None:
+        commit = _TxCommit(self, ev.channel)
+        for p in ev.publishes:
+            routed = p.routed
+            if type(routed) is _BufferedPublish:
+                self._enqueue(p, routed.message, routed.queues, None, commit)
+            elif type(routed) is _BufferedReply:
+                self._publish_reply(p, routed.properties, routed.expiration_ms)
+        for s in ev.settlements:
+            if type(s) is Acked:
+                self._settle(s.handles)
+            else:
+                self._rejected(s)
+        commit.all_submitted()
+
+    def _message(self, ev: PublishReceived, props: spec.BasicProperties, expiration_ms: int | None) -> Message:
+        method = ev.method
         # Positional: this runs once per publish, and keywords cost a dict per call.
-        message = Message(
-            exchange, method.routing_key, props, ev.body,
+        return Message(
+            method.exchange, method.routing_key, props, ev.body,
             props.delivery_mode == 2,  # persistent
             props.priority or 0,
             expiration_ms,
             ev.raw_properties if props is ev.properties else None,
-            node.next_message_id(),
+            self.node.next_message_id(),
         )
+
+    def _enqueue(self, ev: PublishReceived, message: Message, queues: Collection[str], now: int | None,
+                 tx: "_TxCommit | None") -> None:
+        node = self.node
+        method = ev.method
+        vhost = self.vhost
+        channel = ev.channel
         self.publishing = True
         seq = ev.seq
-        if not routed:
+        if not queues:
             if method.mandatory:
                 self.conn.send_content(
                     channel,
                     spec.BasicReturn(reply_code=spec.NO_ROUTE, reply_text="NO_ROUTE",
-                                     exchange=exchange, routing_key=method.routing_key),
+                                     exchange=method.exchange, routing_key=method.routing_key),
                     message.raw_properties if message.raw_properties is not None
-                    else codec.encode_properties(props),
+                    else codec.encode_properties(message.properties),
                     ev.body,
                 )
             if seq is not None:
@@ -368,7 +399,7 @@ class Session:
         if now is None:
             now = node.now_ms()
         if seq is None and tx is None:
-            for q in routed.queues:
+            for q in queues:
                 leader = node.leader(vhost, q)
                 if leader is not None:
                     leader.publish(message, now, None)
@@ -377,12 +408,12 @@ class Session:
             return
         tracker: Callable[[bool], None]
         if tx is not None:
-            tx.expect(len(routed.queues))
+            tx.expect(len(queues))
             tracker = tx
         else:
             assert seq is not None
-            tracker = _ConfirmTracker(self, channel, seq, len(routed.queues))
-        for q in routed.queues:
+            tracker = _ConfirmTracker(self, channel, seq, len(queues))
+        for q in queues:
             leader = node.leader(vhost, q)
             if leader is None:
                 tracker(True)
@@ -796,6 +827,22 @@ def _replace_reply_to(props: spec.BasicProperties, reply_to: str) -> spec.BasicP
 
 # What `_admit` hands to routing: the properties as they will be stored, the expiry in ms,
 # the headers (for headers exchanges) and the extra routing keys of CC/BCC.
+@dataclass(frozen=True, slots=True)
+class _BufferedPublish:
+    """A transactional publish as routed when it arrived."""
+
+    message: Message
+    queues: Collection[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _BufferedReply:
+    """A transactional direct reply-to publish, checked when it arrived."""
+
+    properties: spec.BasicProperties
+    expiration_ms: int | None
+
+
 _Admitted = tuple[spec.BasicProperties, "int | None", Any, tuple[str, ...]]
 
 

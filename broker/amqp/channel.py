@@ -49,7 +49,8 @@ times more; "the node must ..." says what the receiver does):
   may try dispatching to this channel's consumers again.
 - `PublishBuffered(publish)`: a publish on a transactional channel, kept by the
   machine until tx.commit; the node checks it now (exchange, permissions,
-  properties) and fails the channel if RabbitMQ would, but routes nothing.
+  properties) and fails the channel if RabbitMQ would, and routes it now, keeping
+  the decision in the event's `routed` slot; nothing is enqueued until the commit.
 - `TxCommitted(channel, publishes, settlements)`: apply the publishes then the
   settlements (each an `Acked` or `Rejected`), then call `Connection.tx_commit_ok`.
 - `ChannelClosed(channel, unacked, consumer_tags)`: the channel is gone for the
@@ -158,6 +159,9 @@ class PublishReceived:
     raw_properties: bytes
     body: bytes
     seq: int | None
+    # Inside a transaction: what the node decided when the publish arrived (RabbitMQ routes
+    # it then and delivers at tx.commit). Set by the node, carried here untouched.
+    routed: Any = None
 
 
 @dataclass(slots=True)
