@@ -8,7 +8,7 @@ import time
 
 import pika
 
-from tests.integration.conftest import channel_error, connect, connection_error, message_count, unique
+from tests.integration.conftest import channel_error, connect, connection_error, drain, message_count, unique
 
 
 def test_an_empty_queue_name_means_the_queue_this_channel_declared_last(conn):
@@ -160,3 +160,56 @@ def test_a_per_consumer_qos_lifts_the_channels_global_limit(amqp_url):
     finally:
         if c.is_open:
             c.close()
+
+
+def test_an_exclusive_consumer_of_a_single_active_consumer_queue_is_refused(conn):
+    ch = conn.channel()
+    q = unique("sac-excl")
+    ch.queue_declare(q, auto_delete=True, arguments={"x-single-active-consumer": True})
+    # No consumer yet, and still "in exclusive use": single active consumer already decides
+    # who receives, so RabbitMQ refuses exclusive consumers on such a queue outright.
+    assert channel_error(lambda: ch.basic_consume(q, lambda *_: None, exclusive=True)) == (
+        403, f"ACCESS_REFUSED - queue '{q}' in vhost '/' in exclusive use")
+    ch = conn.channel()
+    ch.basic_consume(q, lambda *_: None)  # a plain consumer is welcome
+    ch.queue_delete(q)
+
+
+def test_a_transactional_publish_is_routed_when_it_arrives_and_delivered_at_commit(conn):
+    ch = conn.channel()
+    q, gone, late = unique("tx-route"), unique("tx-gone"), unique("tx-late")
+    ch.queue_declare(q)
+    for x in (gone, late):
+        ch.exchange_declare(x, "fanout")
+    ch.queue_bind(q, gone)
+    returned: list[str] = []
+    ch.add_on_return_callback(lambda _c, m, _p, body: returned.append(body.decode()))
+    ch.tx_select()
+    ch.basic_publish(gone, "", b"to q")  # routed to q now
+    ch.basic_publish(late, "", b"nowhere yet", mandatory=True)  # routed to no queue now
+    other = conn.channel()
+    other.exchange_delete(gone)
+    other.queue_bind(q, late)
+    assert message_count(conn, q) == 0  # nothing enqueued before the commit
+    ch.tx_commit()
+    conn.process_data_events(time_limit=0.2)
+    # The exchange deleted since is no error, and the binding made since routes nothing.
+    assert drain(ch, q) == [b"to q"]
+    assert returned == ["nowhere yet"]
+    other.queue_delete(q)
+    other.exchange_delete(late)
+
+
+def test_a_transactional_publish_meets_the_queue_of_its_name_at_commit(conn):
+    ch = conn.channel()
+    q = unique("tx-recreated")
+    ch.queue_declare(q)
+    ch.tx_select()
+    ch.basic_publish("", q, b"routed to the old queue")
+    other = conn.channel()
+    other.queue_delete(q)
+    other.queue_declare(q, arguments={"x-max-length": 0, "x-overflow": "reject-publish"})
+    # Routed by name when it arrived, delivered at commit to the queue now bearing that name,
+    # which refuses it: the commit fails.
+    assert channel_error(ch.tx_commit) == (406, "PRECONDITION_FAILED - partial tx completion")
+    other.queue_delete(q)
