@@ -711,7 +711,9 @@ class ControlHandlers:
             raise ControlError("Queue not found", EX_USAGE)
         leader = self.node.leaders.get((vhost, name))
         ready = leader.message_count() if leader is not None else 0
-        if args.get("if_empty") and leader is not None and leader.state.messages:
+        # RabbitMQ's emptiness is its backing queue's length: ready messages only, so a queue
+        # whose messages are all delivered and unacknowledged is empty.
+        if args.get("if_empty") and leader is not None and leader.state.messages_ready:
             raise ControlError("Queue is not empty", EX_USAGE)
         if args.get("if_unused") and leader is not None and leader.consumer_count():
             raise ControlError("Queue is in use", EX_USAGE)
