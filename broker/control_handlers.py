@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import re
+import resource
 import signal
 import sys
 import time
@@ -36,6 +37,7 @@ import psutil
 import trio
 
 from broker import __version__, auth
+from broker.alarms import ResourceLimits
 from broker.config import DiskFreeLimit, MemoryWatermark
 from cluster import metadata as md
 from cluster.control import (
@@ -168,6 +170,14 @@ class ControlHandlers:
         except OSError:
             disk_free = None
         meta = node.metadata
+        # The limits in force now (set_vm_memory_high_watermark and set_disk_free_limit change
+        # them at run time), and the bytes they come to, which rabbitmqctl status shows.
+        watermark, disk_limit = node.memory_watermark, node.disk_free_limit
+        limits = ResourceLimits.from_settings(watermark, disk_limit, psutil.virtual_memory().total)
+        try:
+            fd_limit: int | None = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (OSError, ValueError):
+            fd_limit = None
         return {
             "pid": os.getpid(),
             "os": platform.system(),
@@ -176,6 +186,7 @@ class ControlHandlers:
             "product_version": __version__,
             "node_name": node.name,
             "runtime": f"Python {platform.python_version()} ({sys.implementation.name})",
+            "python_version": platform.python_version(),
             "app_running": node.app_running,
             "data_directory": str(Path(s.data_dir).resolve()),
             "config_files": [s.config_file] if s.config_file else [],
@@ -183,12 +194,13 @@ class ControlHandlers:
             "memory_used": proc.memory_info().rss,
             "memory_calculation_strategy": "rss",
             "vm_memory_high_watermark": (
-                {"relative": s.vm_memory_high_watermark.relative}
-                if s.vm_memory_high_watermark.relative is not None
-                else {"absolute": s.vm_memory_high_watermark.absolute}),
-            "disk_free_limit": s.disk_free_limit.absolute,
+                {"relative": watermark.relative} if watermark.relative is not None
+                else {"absolute": watermark.absolute}),
+            "vm_memory_limit": limits.memory_bytes,
+            "disk_free_limit": limits.disk_free_bytes,
             "disk_free": disk_free,
             "file_descriptors": proc.num_fds() if hasattr(proc, "num_fds") else None,
+            "file_descriptor_limit": fd_limit if fd_limit is not None and fd_limit >= 0 else None,
             "connection_count": len(node.sessions),
             "queue_count": sum(len(meta.queues(v.name)) for v in meta.vhosts()),
             "virtual_host_count": len(meta.vhosts()),
@@ -200,6 +212,11 @@ class ControlHandlers:
                 if proto != "amqp" or node.app_running
             ],
         }
+
+    async def op_cluster_status(self, args: Mapping[str, Any]) -> Any:
+        # What cluster_status shows of a cluster of one is this node's status; unlike status
+        # it needs the application running, as rabbitmqctl's does.
+        return await self.op_status(args)
 
     async def op_environment(self, args: Mapping[str, Any]) -> Any:
         s = self.node.settings

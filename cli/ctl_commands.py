@@ -8,6 +8,7 @@ is too, so scripts written against rabbitmqctl keep parsing.
 
 from __future__ import annotations
 
+import decimal
 import getpass
 import json
 import re
@@ -206,16 +207,62 @@ def cmd_ping(ctx: Context, args: list[str]) -> None:
     _message(ctx, "Ping succeeded")
 
 
-def _gb(n: int | None) -> str:
-    return "unknown" if n is None else f"{round(n / 1e9, 4)} gb"
+# status --unit: the byte multiples rabbitmqctl 3.10.8 takes (any case; printed as given).
+_UNITS = {"bytes": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4}
+
+
+def erlang_float(x: float) -> str:
+    """A float as Erlang/Elixir print it: the shortest digits that read back, in decimal or
+    scientific notation, whichever is shorter (decimal on a tie): 50.0, 0.0001, 5.0e4."""
+    if x == 0:
+        return "0.0"
+    sign = "-" if x < 0 else ""
+    digits_tuple, exponent = decimal.Decimal(repr(abs(x))).normalize().as_tuple()[1:]
+    digits = "".join(map(str, digits_tuple))
+    assert isinstance(exponent, int)
+    point = len(digits) + exponent  # where the decimal point falls in the digits
+    scientific = f"{digits[0]}.{digits[1:] or '0'}e{point - 1}"
+    if point <= 0:
+        plain = "0." + "0" * -point + digits
+    elif point >= len(digits):
+        plain = digits + "0" * (point - len(digits)) + ".0"
+    else:
+        plain = digits[:point] + "." + digits[point:]
+    return sign + (plain if len(plain) <= len(scientific) else scientific)
+
+
+def _amount(n: int | None, unit: str) -> str:
+    if n is None:
+        return "unknown"
+    if unit.lower() == "bytes":
+        return f"{n} {unit}"
+    return f"{erlang_float(round(n / _UNITS[unit.lower()], 4))} {unit}"
+
+
+def _interface(host: str) -> str:
+    # RabbitMQ writes an IPv6 listener address in brackets: [::].
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _listener(listener: Mapping[str, Any]) -> dict[str, Any]:
+    return {"interface": _interface(str(listener["interface"])), "node": listener["node"],
+            "port": listener["port"], "protocol": listener["protocol"], "purpose": listener["purpose"]}
+
+
+def _alarm_line(alarm: str, node: str) -> str:
+    return f"{_ALARM_NAMES.get(alarm, alarm)} alarm on node {node}"
 
 
 _ALARM_NAMES = {"disk": "Free disk space", "memory": "Memory"}
 
 
-def _status_lines(s: Mapping[str, Any]) -> list[str]:
+def _status_lines(s: Mapping[str, Any], unit: str = "gb") -> list[str]:
+    """rabbitmqctl status's sections in its order, with what Leveret has instead of the
+    Erlang ones (runtime, processes, plugins, Raft directory, log files)."""
     wm = s["vm_memory_high_watermark"]
-    watermark = (f"{wm['relative']} of available memory" if "relative" in wm else f"{wm['absolute']} bytes")
+    watermark = (f"{wm['relative']} of available memory" if "relative" in wm
+                 else _amount(wm["absolute"], unit))
+    fd_limit = s.get("file_descriptor_limit")
     lines = [
         "Runtime", "",
         f"OS PID: {s['pid']}",
@@ -228,39 +275,125 @@ def _status_lines(s: Mapping[str, Any]) -> list[str]:
         f"Application running: {'true' if s['app_running'] else 'false'}",
         "", "Data directory", "",
         f"Node data directory: {s['data_directory']}",
+        # An empty section when there is no config file, as rabbitmqctl prints it.
         "", "Config files", "",
-        *([f" * {f}" for f in s["config_files"]] or ["(none)"]),
+        *[f" * {f}" for f in s["config_files"]],
         "", "Alarms", "",
-        *([f" * {_ALARM_NAMES.get(a, a)} alarm on node {s['node_name']}" for a in s["alarms"]] or ["(none)"]),
+        *([_alarm_line(a, s["node_name"]) for a in s["alarms"]] or ["(none)"]),
         "", "Memory", "",
-        f"Total memory used: {_gb(s['memory_used'])}",
+        f"Total memory used: {_amount(s['memory_used'], unit)}",
         f"Calculation strategy: {s['memory_calculation_strategy']}",
-        f"Memory high watermark setting: {watermark}",
-        "", "Free Disk Space", "",
-        f"Low free disk space watermark: {_gb(s['disk_free_limit'])}",
-        f"Free disk space: {_gb(s['disk_free'])}",
+        f"Memory high watermark setting: {watermark}, computed to: {_amount(s.get('vm_memory_limit'), unit)}",
         "", "File Descriptors", "",
-        f"Total: {s['file_descriptors']}",
+        f"Total: {s['file_descriptors']}, limit: {fd_limit if fd_limit is not None else 'unknown'}",
+        "", "Free Disk Space", "",
+        f"Low free disk space watermark: {_amount(s['disk_free_limit'], unit)}",
+        f"Free disk space: {_amount(s['disk_free'], unit)}",
         "", "Totals", "",
         f"Connection count: {s['connection_count']}",
         f"Queue count: {s['queue_count']}",
         f"Virtual host count: {s['virtual_host_count']}",
         "", "Listeners", "",
     ]
-    for listener in s["listeners"]:
+    for listener in map(_listener, s["listeners"]):
         lines.append(f"Interface: {listener['interface']}, port: {listener['port']}, "
                      f"protocol: {listener['protocol']}, purpose: {listener['purpose']}")
     return lines
 
 
-@command("", "Displays status of a node")
+def status_json(s: Mapping[str, Any]) -> dict[str, Any]:
+    """status --formatter json: rabbitmqctl's keys for what Leveret has (alarms as maps,
+    listeners with [::]), then Leveret's own (node_name, runtime, app_running)."""
+    wm = s["vm_memory_high_watermark"]
+    return {
+        "alarms": [{"node": s["node_name"], "resource": a, "type": "resource_limit"} for a in s["alarms"]],
+        "config_files": list(s["config_files"]),
+        "data_directory": s["data_directory"],
+        "disk_free": s["disk_free"],
+        "disk_free_limit": s["disk_free_limit"],
+        "file_descriptors": {"total_limit": s.get("file_descriptor_limit"), "total_used": s["file_descriptors"]},
+        "is_under_maintenance": False,
+        "listeners": [_listener(x) for x in s["listeners"]],
+        "memory": {"total": {s["memory_calculation_strategy"]: s["memory_used"]}},
+        "os": s["os"],
+        "pid": s["pid"],
+        "product_name": s.get("product_name", "Leveret"),
+        "product_version": s["product_version"],
+        "totals": {"connection_count": s["connection_count"], "queue_count": s["queue_count"],
+                   "virtual_host_count": s["virtual_host_count"]},
+        "uptime": s["uptime"],
+        "vm_memory_calculation_strategy": s["memory_calculation_strategy"],
+        "vm_memory_high_watermark_limit": s.get("vm_memory_limit"),
+        "vm_memory_high_watermark_setting": dict(wm),
+        "node_name": s["node_name"],
+        "runtime": s["runtime"],
+        "app_running": s["app_running"],
+    }
+
+
+@command("[--unit <unit>] [--timeout <timeout>]", "Displays status of a node", options={"--unit": "str"})
 def cmd_status(ctx: Context, args: list[str]) -> None:
+    unit = str(ctx.options.command_options.get("unit", "gb"))
+    if unit.lower() not in _UNITS:
+        ctx.usage_error(f'"unit \'{unit}\' is not supported. Please use one of: bytes, mb, gb"')
     ctx.info(f"Status of node {ctx.options.node} ...")
     status = ctx.call("status")
     if ctx.options.formatter == "json":
-        ctx.out(json_value(status))
+        ctx.out(json_value(status_json(status)))
         return
-    ctx.out("\n".join(_status_lines(status)))
+    ctx.out("\n".join(_status_lines(status, unit)))
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+@command("[--timeout <timeout>]", "Displays all the nodes in the cluster grouped by node type, together with the "
+         "currently running nodes")
+def cmd_cluster_status(ctx: Context, args: list[str]) -> None:
+    """rabbitmqctl 3.10's cluster_status for a cluster of one: this node is its only disk and
+    running node, the cluster is named after it (as Leveret tells clients), no partitions."""
+    ctx.info(f"Cluster status of node {ctx.options.node} ...")
+    s = ctx.call("cluster_status")
+    node = s["node_name"]
+    listeners = [_listener(x) for x in s["listeners"]]
+    versions = {node: {"rabbitmq_name": s.get("product_name", "Leveret"), "rabbitmq_version": s["product_version"],
+                       "python_version": s.get("python_version", "")}}
+    if ctx.options.formatter == "json":
+        ctx.out(json_value({
+            "alarms": [{"node": node, "resource": a, "type": "resource_limit"} for a in s["alarms"]],
+            "cluster_name": node, "disk_nodes": [node], "feature_flags": [], "listeners": {node: listeners},
+            "maintenance_status": {node: "not under maintenance"}, "partitions": {}, "ram_nodes": [],
+            "running_nodes": [node], "versions": versions}))
+        return
+    lines = [
+        "Basics", "", f"Cluster name: {node}",
+        "", "Disk Nodes", "", node,
+        "", "Running Nodes", "", node,
+        "", "Versions", "",
+        f"{node}: {versions[node]['rabbitmq_name']} {s['product_version']} on Python {s.get('python_version', '')}",
+        "", "Maintenance status", "", f"Node: {node}, status: not under maintenance",
+        "", "Alarms", "", *([_alarm_line(a, node) for a in s["alarms"]] or ["(none)"]),
+        "", "Network Partitions", "", "(none)",
+        "", "Listeners", "",
+        *[f"Node: {node}, interface: {x['interface']}, port: {x['port']}, protocol: {x['protocol']}, "
+          f"purpose: {x['purpose']}" for x in listeners],
+        "", "Feature flags", "", "(none)",
+    ]
+    ctx.out("\n".join(lines))
+
+
+@command("[--timeout <timeout>]", "DEPRECATED. Performs intrusive, opinionated health checks on a fully booted node. "
+         "See https://www.rabbitmq.com/monitoring.html#health-checks instead")
+def cmd_node_health_check(ctx: Context, args: list[str]) -> None:
+    timeout = ctx.options.timeout if ctx.options.timeout is not None else 70.0
+    ctx.info("This command is DEPRECATED and will be removed in a future version.\n"
+             "It performs intrusive, opinionated health checks and requires a fully booted node.\n"
+             "Use one of the options covered in https://www.rabbitmq.com/monitoring.html#health-checks instead.")
+    ctx.info(f"Timeout: {erlang_float(timeout) if timeout != int(timeout) else int(timeout)} seconds ...")
+    ctx.info(f"Checking health of node {ctx.options.node} ...")
+    # Listing the vhosts needs the application running, as the health check does.
+    ctx.call("list_vhosts", timeout=timeout)
+    _message(ctx, "Health check passed")
 
 
 def _erlang_term(value: Any, indent: int = 0) -> str:

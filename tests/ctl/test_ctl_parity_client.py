@@ -159,3 +159,55 @@ def test_json_error_messages() -> None:
     assert permission_json_error("User u does not exist") == "User u does not exist"
     assert permission_json_error("Virtual host v does not exist") == "Virtual host v does not exist"
     assert permission_json_error("{:invalid_regexp, '(', {'missing )', 1}}") is None
+
+
+@pytest.mark.parametrize("value, text", [
+    # As rabbitmqctl 3.10.8 printed them in `status --unit ...`.
+    (50.0, "50.0"), (50000.0, "5.0e4"), (0.0001, "0.0001"), (0.05, "0.05"), (128827.392, "128827.392"),
+    (10110600.806, "10110600.806"), (100.0, "100.0"), (1000.0, "1.0e3"), (0.0, "0.0"),
+])
+def test_floats_print_as_erlang_prints_them(value: float, text: str) -> None:
+    from cli.ctl_commands import erlang_float
+
+    assert erlang_float(value) == text
+
+
+def test_status_unit_is_validated_before_asking_the_node(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([*NODE, "status", "--unit", "kib"]) == 64
+    err = capsys.readouterr().err
+    assert err.startswith("Error (argument validation): \"unit 'kib' is not supported. Please use one of: bytes, "
+                          "mb, gb\"\nArguments given:\n")
+    assert err.endswith("status [--unit <unit>] [--timeout <timeout>]\n")
+
+
+def test_status_lines_follow_rabbitmqctl() -> None:
+    from cli.ctl_commands import _status_lines, status_json
+
+    status = {
+        "pid": 1, "os": "Linux", "uptime": 2, "product_name": "Leveret", "product_version": "0.1.0",
+        "node_name": "n@h", "runtime": "Python 3.11.7 (cpython)", "python_version": "3.11.7", "app_running": True,
+        "data_directory": "/d", "config_files": [], "alarms": ["memory"], "memory_used": 128438272,
+        "memory_calculation_strategy": "rss", "vm_memory_high_watermark": {"relative": 0.4},
+        "vm_memory_limit": 10110600806, "disk_free_limit": 50000000, "disk_free": 83561361408,
+        "file_descriptors": 8, "file_descriptor_limit": 19903, "connection_count": 0, "queue_count": 0,
+        "virtual_host_count": 1,
+        "listeners": [{"node": "n@h", "protocol": "clustering", "interface": "::", "port": 25672,
+                       "purpose": "inter-node and CLI tool communication"}],
+    }
+    lines = _status_lines(status, "mb")
+    # No config file: an empty section, not "(none)"; alarms without bullets.
+    assert lines[lines.index("Config files"):lines.index("Config files") + 6] == [
+        "Config files", "", "", "Alarms", "", "Memory alarm on node n@h"]
+    assert "Memory high watermark setting: 0.4 of available memory, computed to: 10110.6008 mb" in lines
+    assert "Low free disk space watermark: 50.0 mb" in lines
+    assert lines.index("File Descriptors") < lines.index("Free Disk Space")
+    assert "Total: 8, limit: 19903" in lines
+    assert lines[-1] == ("Interface: [::], port: 25672, protocol: clustering, "
+                         "purpose: inter-node and CLI tool communication")
+    assert "Total memory used: 128438272 bytes" in _status_lines(status, "bytes")
+    shaped = status_json(status)
+    assert shaped["alarms"] == [{"node": "n@h", "resource": "memory", "type": "resource_limit"}]
+    assert shaped["listeners"][0]["interface"] == "[::]"
+    assert shaped["totals"] == {"connection_count": 0, "queue_count": 0, "virtual_host_count": 1}
+    assert shaped["vm_memory_high_watermark_setting"] == {"relative": 0.4}
+    assert shaped["file_descriptors"] == {"total_limit": 19903, "total_used": 8}

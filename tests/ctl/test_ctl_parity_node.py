@@ -217,3 +217,29 @@ def test_delete_queue_if_empty_counts_ready_messages_only(node: NodeProcess) -> 
             conn.close()
         except pika.exceptions.AMQPError:
             pass
+
+
+def test_cluster_status_of_a_cluster_of_one(node: NodeProcess) -> None:
+    r = ok(node, "cluster_status")
+    lines = r.lines
+    assert lines[:12] == [f"Cluster status of node {node.name} ...", "Basics", "", f"Cluster name: {node.name}",
+                          "", "Disk Nodes", "", node.name, "", "Running Nodes", "", node.name]
+    assert f"Node: {node.name}, status: not under maintenance" in lines
+    assert lines[lines.index("Network Partitions") + 2] == "(none)"
+    assert (f"Node: {node.name}, interface: 127.0.0.1, port: {node.dist_port}, protocol: clustering, "
+            "purpose: inter-node and CLI tool communication") in lines
+    shaped = json.loads(ok(node, "cluster_status", "--formatter", "json").out)
+    assert sorted(shaped) == ["alarms", "cluster_name", "disk_nodes", "feature_flags", "listeners",
+                              "maintenance_status", "partitions", "ram_nodes", "running_nodes", "versions"]
+    assert shaped["running_nodes"] == shaped["disk_nodes"] == [node.name] and shaped["partitions"] == {}
+
+
+def test_node_health_check(node: NodeProcess) -> None:
+    assert ok(node, "node_health_check").lines == [
+        "This command is DEPRECATED and will be removed in a future version.",
+        "It performs intrusive, opinionated health checks and requires a fully booted node.",
+        "Use one of the options covered in https://www.rabbitmq.com/monitoring.html#health-checks instead.",
+        "Timeout: 70 seconds ...", f"Checking health of node {node.name} ...", "Health check passed"]
+    assert ok(node, "-q", "node_health_check").out == "Health check passed\n"
+    assert ok(node, "node_health_check", "--formatter", "json").out == '{"message":"Health check passed"}\n'
+    assert ok(node, "-t", "5", "node_health_check").lines[3] == "Timeout: 5 seconds ..."
