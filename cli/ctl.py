@@ -18,7 +18,6 @@ The command table is `cli.ctl_commands`; cell and JSON rendering is
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import sys
@@ -336,14 +335,12 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
             else:
                 opts.port = int(inline)
         elif attr == "timeout":
-            try:
-                opts.timeout = float(inline)
-            except ValueError:
-                opts.timeout = math.nan
-            if not 0 <= opts.timeout < math.inf:
-                # nan, inf and negatives would only fail later, inside trio or int().
+            # Whole seconds, as rabbitmqctl's parser takes them: 2.5 is refused like "abc".
+            # (rabbitmqctl crashes on a negative one; Leveret refuses it as well.)
+            if inline.isascii() and inline.isdigit():
+                opts.timeout = float(int(inline))
+            else:
                 invalid.append(f"{name} : {inline}")
-                opts.timeout = None
         elif attr == "vhost":
             opts.vhost = inline
         elif attr == "formatter":

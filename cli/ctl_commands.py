@@ -54,7 +54,10 @@ def command(usage: str, summary: str, *, args: Sequence[str] = (), optional: Seq
 # --------------------------------------------------------------------------- listing
 
 
-def _items(ctx: Context, given: list[str], allowed: Sequence[str], default: Sequence[str]) -> list[str]:
+def _items(ctx: Context, given: list[str], allowed: Sequence[str], default: Sequence[str], *,
+           fixed_order: bool = False) -> list[str]:
+    """The columns asked for. `fixed_order`: rabbitmqctl's list_consumers prints the ones asked
+    for in its own order (that of `allowed`), not in the order given."""
     if not given:
         return list(default)
     # rabbitmqctl accepts "name,messages" as well as "name messages".
@@ -63,6 +66,8 @@ def _items(ctx: Context, given: list[str], allowed: Sequence[str], default: Sequ
     unknown = sorted({i for i in items if i not in allowed})
     if unknown:
         ctx.usage_error(f"Info key(s) {','.join(unknown)} are not supported")
+    if fixed_order:
+        return [i for i in allowed if i in items]
     return items
 
 
@@ -119,10 +124,10 @@ def permission_json_error(text: str) -> str | None:
 
 def _listing(name: str, banner: Callable[[Context], str], method: str, allowed: Sequence[str],
              default: Sequence[str], summary: str, *, vhost: bool = True, timeout_line: bool = False,
-             options: Mapping[str, str] | None = None, usage: str | None = None,
+             options: Mapping[str, str] | None = None, usage: str | None = None, fixed_order: bool = False,
              filter_rows: Callable[[Context, list[dict[str, Any]]], list[dict[str, Any]]] | None = None) -> None:
     def run(ctx: Context, given: list[str]) -> None:
-        columns = _items(ctx, given, allowed, default)
+        columns = _items(ctx, given, allowed, default, fixed_order=fixed_order)
         if timeout_line:
             ctx.info(f"Timeout: {ctx.options.timeout if ctx.options.timeout is not None else 60.0} seconds ...")
         ctx.info(banner(ctx))
@@ -189,7 +194,7 @@ CONSUMER_ITEMS = ("queue_name", "channel_pid", "consumer_tag", "ack_required", "
                   "activity_status", "arguments")
 _listing("list_consumers", lambda c: f"Listing consumers in vhost {c.options.vhost} ...", "list_consumers",
          CONSUMER_ITEMS, ("queue_name", "channel_pid", "consumer_tag", "ack_required", "prefetch_count", "active",
-                          "arguments"), "Lists all consumers for a vhost")
+                          "arguments"), "Lists all consumers for a vhost", fixed_order=True)
 _listing("list_vhosts", lambda c: "Listing vhosts ...", "list_vhosts",
          ("name", "description", "tags", "default_queue_type", "cluster_state", "tracing"), ("name",),
          "Lists virtual hosts", vhost=False)

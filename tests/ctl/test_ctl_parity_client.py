@@ -211,3 +211,9 @@ def test_status_lines_follow_rabbitmqctl() -> None:
     assert shaped["totals"] == {"connection_count": 0, "queue_count": 0, "virtual_host_count": 1}
     assert shaped["vm_memory_high_watermark_setting"] == {"relative": 0.4}
     assert shaped["file_descriptors"] == {"total_limit": 19903, "total_used": 8}
+
+
+def test_timeout_is_whole_seconds() -> None:
+    # rabbitmqctl list_queues -t 2.5: "Invalid options for this command:\n-t : 2.5", exit 64.
+    assert parse(["list_queues", "-t", "2.5"])[3] == ["Invalid options for this command:\n-t : 2.5"]
+    assert parse(["list_queues", "--timeout=5"])[2].timeout == 5.0

@@ -243,3 +243,18 @@ def test_node_health_check(node: NodeProcess) -> None:
     assert ok(node, "-q", "node_health_check").out == "Health check passed\n"
     assert ok(node, "node_health_check", "--formatter", "json").out == '{"message":"Health check passed"}\n'
     assert ok(node, "-t", "5", "node_health_check").lines[3] == "Timeout: 5 seconds ..."
+
+
+def test_list_consumers_prints_columns_in_its_own_order(node: NodeProcess) -> None:
+    conn = connect(node)
+    try:
+        ch = conn.channel()
+        ch.queue_declare("consumed")
+        ch.basic_consume("consumed", lambda *a: None, consumer_tag="c-tag")
+        # rabbitmqctl list_consumers consumer_tag queue_name: "queue_name\tconsumer_tag".
+        r = ok(node, "-q", "list_consumers", "consumer_tag", "queue_name")
+        assert r.lines == ["queue_name\tconsumer_tag", "consumed\tc-tag"]
+        r = ok(node, "list_consumers", "arguments", "prefetch_count", "ack_required", "--formatter", "json")
+        assert r.out == '[\n{"ack_required":true,"prefetch_count":0,"arguments":[]}\n]\n'
+    finally:
+        conn.close()
