@@ -327,7 +327,9 @@ class Node:
         if leader is None:
             return
         self._expiring.discard(leader)
-        for ref in leader.delete():
+        # RabbitMQ's channel cancels its consumers of a deleted queue from a gb_set of their
+        # tags (rabbit_channel:handle_consuming_queue_down_or_eol): in tag order.
+        for ref in sorted(leader.delete(), key=lambda r: r.tag):
             ref.session.cancel_consumer(ref.channel, ref.tag)
 
     def _track_expiry(self, leader: QueueLeader) -> None:

@@ -733,13 +733,14 @@ class Session:
             return
         leader = self.node.leader(vhost, m.queue)
         if leader is not None:
-            if m.if_unused and leader.consumer_count():
-                self._refuse(channel, spec.PRECONDITION_FAILED, f"queue '{m.queue}' in vhost '{vhost}' in use", m)
-                return
-            # RabbitMQ's is_empty is the ready count: unacked deliveries do not make a queue non-empty.
+            # rabbit_amqqueue_process checks if-empty before if-unused. Its is_empty is the
+            # ready count: unacked deliveries do not make a queue non-empty.
             if m.if_empty and leader.message_count():
                 self._refuse(channel, spec.PRECONDITION_FAILED,
                              f"queue '{m.queue}' in vhost '{vhost}' not empty", m)
+                return
+            if m.if_unused and leader.consumer_count():
+                self._refuse(channel, spec.PRECONDITION_FAILED, f"queue '{m.queue}' in vhost '{vhost}' in use", m)
                 return
         count = leader.message_count() if leader is not None else 0
         if await self._propose(channel, md.DeleteQueue(vhost, m.queue, self.id), m) is not None:

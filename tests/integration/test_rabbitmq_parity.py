@@ -213,3 +213,32 @@ def test_a_transactional_publish_meets_the_queue_of_its_name_at_commit(conn):
     # which refuses it: the commit fails.
     assert channel_error(ch.tx_commit) == (406, "PRECONDITION_FAILED - partial tx completion")
     other.queue_delete(q)
+
+
+def test_queue_delete_checks_if_empty_before_if_unused(conn):
+    ch = conn.channel()
+    q = unique("del-order")
+    ch.queue_declare(q)
+    ch.confirm_delivery()
+    ch.basic_publish("", q, b"keeps it non-empty")
+    consumer = conn.channel()
+    consumer.basic_qos(prefetch_count=1)
+    consumer.basic_consume(q, lambda *_: None)
+    ch.basic_publish("", q, b"still ready")  # the consumer holds the first, unacked
+    assert channel_error(lambda: ch.queue_delete(q, if_unused=True, if_empty=True)) == (
+        406, f"PRECONDITION_FAILED - queue '{q}' in vhost '/' not empty")
+    conn.channel().queue_delete(q)
+
+
+def test_a_deleted_queue_cancels_a_channels_consumers_in_tag_order(conn):
+    ch = conn.channel()
+    q = unique("cancel-order")
+    ch.queue_declare(q)
+    cancelled: list[str] = []
+    ch.add_on_cancel_callback(lambda frame: cancelled.append(frame.method.consumer_tag))
+    for tag in ("c2", "c0", "c1"):
+        ch.basic_consume(q, lambda *_: None, consumer_tag=tag)
+    conn.channel().queue_delete(q)
+    ch.exchange_declare("amq.direct", passive=True)  # a round trip: the cancels came first
+    conn.process_data_events(time_limit=0)
+    assert cancelled == ["c0", "c1", "c2"]
