@@ -274,6 +274,7 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
     opts = Options(node=default_node(), port=default_port())
     positional: list[str] = []
     invalid: list[str] = []
+    no_headers_at: int | None = None  # where --no-table-headers falls among the invalid options
     command: str | None = None
     i = 0
     while i < len(argv):
@@ -318,6 +319,7 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
         if not takes_value:
             if attr == "no_headers":
                 opts.headers = False
+                no_headers_at = len(invalid)
             elif attr == "help":
                 opts.help = True
             elif attr != "longnames":
@@ -351,6 +353,12 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
             opts.formatter = inline
         else:
             setattr(opts, attr, inline)
+    # --no-table-headers belongs to the table formatter of the listing commands: rabbitmqctl
+    # refuses it with --formatter json or csv, and from commands that print no table.
+    spec = COMMANDS.get(command or "")
+    if no_headers_at is not None and (opts.formatter != "table" or spec is None
+                                      or "--no-table-headers" not in spec.usage):
+        invalid.insert(no_headers_at, "--no-table-headers : ")
     problems = ["Invalid options for this command:\n" + "\n".join(invalid)] if invalid else []
     return command, positional, opts, problems
 

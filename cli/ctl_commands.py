@@ -81,6 +81,9 @@ def _show_rows(ctx: Context, rows: list[dict[str, Any]], columns: Sequence[str],
         ctx.out(json_rows(rows, columns, streamed=streamed))
         return
     if opts.formatter == "csv":
+        if not rows and not streamed:
+            # What rabbitmqctl 3.10.8's CSV formatter prints for no rows: "\r\n\r\n\n".
+            ctx.out("\r\n\r\n")
         for line in csv_lines(rows, columns):
             ctx.out(line)
         return

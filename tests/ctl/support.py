@@ -30,8 +30,10 @@ def ctl(node: NodeProcess, *args: str, cookie: str | None = None, port: int | No
     full_env.update(env or {})
     cmd = [sys.executable, "-c", "from cli.ctl import main; main()",
            "-n", node_name or node.name, "--port", str(port or node.dist_port), *args]
-    proc = subprocess.run(cmd, env=full_env, cwd=REPO, capture_output=True, text=True, timeout=90, input=stdin)
-    return Result(proc.stdout, proc.stderr, proc.returncode)
+    # Bytes, decoded here: text mode would turn the "\r\n" rabbitmqctl prints in places into "\n".
+    proc = subprocess.run(cmd, env=full_env, cwd=REPO, capture_output=True, timeout=90,
+                          input=stdin.encode() if stdin is not None else None)
+    return Result(proc.stdout.decode(), proc.stderr.decode(), proc.returncode)
 
 
 def ok(node: NodeProcess, *args: str) -> Result:

@@ -217,3 +217,16 @@ def test_timeout_is_whole_seconds() -> None:
     # rabbitmqctl list_queues -t 2.5: "Invalid options for this command:\n-t : 2.5", exit 64.
     assert parse(["list_queues", "-t", "2.5"])[3] == ["Invalid options for this command:\n-t : 2.5"]
     assert parse(["list_queues", "--timeout=5"])[2].timeout == 5.0
+
+
+def test_no_table_headers_only_with_the_table_formatter_of_a_listing() -> None:
+    # rabbitmqctl list_users --formatter json --no-table-headers --bogus
+    assert parse(["list_users", "--formatter", "json", "--no-table-headers", "--bogus"])[3] == [
+        "Invalid options for this command:\n--no-table-headers : \n--bogus : "]
+    # rabbitmqctl list_users --no-table-headers --formatter csv (the formatter given after it)
+    assert parse(["list_users", "--no-table-headers", "--formatter", "csv"])[3] == [
+        "Invalid options for this command:\n--no-table-headers : "]
+    # rabbitmqctl add_vhost v --no-table-headers
+    assert parse(["add_vhost", "v", "--no-table-headers"])[3] == [
+        "Invalid options for this command:\n--no-table-headers : "]
+    assert parse(["list_users", "--no-table-headers"])[3] == []
