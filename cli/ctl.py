@@ -19,6 +19,7 @@ The command table is `cli.ctl_commands`; cell and JSON rendering is
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -261,6 +262,7 @@ _GLOBAL = {
 }
 
 FORMATTERS = ("table", "json", "csv")
+_NUMBER = re.compile(r"-\d+(\.\d+)?")
 
 
 def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
@@ -283,7 +285,8 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
         if token == "--":
             positional += argv[i:]
             break
-        if not token.startswith("-") or token == "-" or len(token) == 1:
+        # A negative number is an argument, not an option (as Elixir's OptionParser sees it).
+        if not token.startswith("-") or token == "-" or len(token) == 1 or _NUMBER.fullmatch(token):
             if command is None:
                 command = token
             else:

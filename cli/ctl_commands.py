@@ -510,23 +510,33 @@ def cmd_await_startup(ctx: Context, args: list[str]) -> None:
 # --------------------------------------------------------------------------- resource limits
 
 
+def _limit_arguments(ctx: Context, args: list[str], keyword: str) -> None:
+    """rabbitmqctl's argument count checks for set_vm_memory_high_watermark (`absolute`)
+    and set_disk_free_limit (`mem_relative`): usage errors, exit 64."""
+    if not args or args == [keyword]:
+        ctx.usage_error("not enough arguments.")
+    if len(args) > 2 or (len(args) == 2 and args[0] != keyword):
+        ctx.usage_error("too many arguments.")
+
+
 @command("<fraction> | absolute <value>", "Sets the vm_memory_high_watermark setting", rest=True)
 def cmd_set_vm_memory_high_watermark(ctx: Context, args: list[str]) -> None:
     node = ctx.options.node
-    if len(args) == 2 and args[0] == "absolute":
+    _limit_arguments(ctx, args, "absolute")
+    if len(args) == 2:
         try:
             size = parse_size(args[1])
         except ValueError:
-            ctx.usage_error("Bad argument: The threshold should be an integer or a size like 1GB", EX_DATAERR)
+            # rabbitmqctl: a number with a unit it does not know is "Invalid units.".
+            ctx.usage_error("Bad argument: Invalid units." if re.match(r"\d", args[1]) else "Bad argument.",
+                            EX_DATAERR)
         ctx.info(f"Setting memory threshold on {node} to {args[1]} bytes ...")
         ctx.call("set_vm_memory_high_watermark", {"absolute": size})
         return
-    if len(args) != 1:
-        ctx.usage_error("Bad argument.", EX_DATAERR)
     try:
         fraction = float(args[0])
     except ValueError:
-        fraction = -1.0
+        ctx.usage_error("Bad argument.", EX_DATAERR)
     if not 0.0 <= fraction <= 1.0:
         ctx.usage_error("Bad argument: The threshold should be a fraction between 0.0 and 1.0", EX_DATAERR)
     ctx.info(f"Setting memory threshold on {node} to {args[0]} ...")
@@ -536,16 +546,17 @@ def cmd_set_vm_memory_high_watermark(ctx: Context, args: list[str]) -> None:
 @command("<disk_limit> | mem_relative <fraction>", "Sets the disk_free_limit setting", rest=True)
 def cmd_set_disk_free_limit(ctx: Context, args: list[str]) -> None:
     node = ctx.options.node
-    if len(args) == 2 and args[0] == "mem_relative":
+    _limit_arguments(ctx, args, "mem_relative")
+    if len(args) == 2:
         try:
             fraction = float(args[1])
         except ValueError:
+            fraction = -1.0
+        if not fraction >= 0.0:
             ctx.usage_error("Bad argument.", EX_DATAERR)
         ctx.info(f"Setting disk free limit on {node} to {args[1]} times the total RAM ...")
         ctx.call("set_disk_free_limit", {"mem_relative": fraction})
         return
-    if len(args) != 1:
-        ctx.usage_error("Bad argument.", EX_DATAERR)
     try:
         size = parse_size(args[0])
     except ValueError:
@@ -809,18 +820,22 @@ def cmd_close_connection(ctx: Context, args: list[str]) -> None:
     _done(ctx)
 
 
-@command("[-p <vhost> --limit <limit>] [-n <node> --global] [--per-connection-delay <delay>] <explanation>",
+@command("[--vhost <vhost> --limit <limit>] [-n <node> --global] [--per-connection-delay <delay>] <explanation>",
          "Instructs the broker to close all connections for the specified vhost or the entire node",
          args=("explanation",), options={"--global": "flag", "--limit": "int", "--per-connection-delay": "int"})
 def cmd_close_all_connections(ctx: Context, args: list[str]) -> None:
     o = ctx.options.command_options
     reason = args[0]
-    request: dict[str, Any] = {"reason": reason, "limit": o.get("limit")}
+    # rabbitmqctl: --limit 0 (the default) means every connection; --global ignores --limit.
+    limit = int(o.get("limit") or 0)
+    request: dict[str, Any] = {"reason": reason, "limit": None}
     if o.get("global"):
         ctx.info(f"Closing all connections to node {ctx.options.node} (across all vhosts), reason: {reason}...")
     else:
         request["vhost"] = ctx.options.vhost
-        ctx.info(f"Closing all connections in vhost {ctx.options.vhost}, reason: {reason}...")
+        request["limit"] = limit or None
+        which = f"{limit} connections" if limit else "all connections"
+        ctx.info(f"Closing {which} in vhost {ctx.options.vhost}, reason: {reason}...")
     closed = ctx.call("close_all_connections", request)
     if ctx.options.formatter == "json":
         ctx.out(json_value({"node": ctx.options.node, "result": "ok", "value": f"Closed {closed} connections"}))

@@ -230,3 +230,36 @@ def test_no_table_headers_only_with_the_table_formatter_of_a_listing() -> None:
     assert parse(["add_vhost", "v", "--no-table-headers"])[3] == [
         "Invalid options for this command:\n--no-table-headers : "]
     assert parse(["list_users", "--no-table-headers"])[3] == []
+
+
+@pytest.mark.parametrize("args, code, problem", [
+    # rabbitmqctl 3.10.8's answers; none of these reaches the node.
+    (["set_vm_memory_high_watermark"], 64, "not enough arguments."),
+    (["set_vm_memory_high_watermark", "absolute"], 64, "not enough arguments."),
+    (["set_vm_memory_high_watermark", "absolute", "1", "2"], 64, "too many arguments."),
+    (["set_vm_memory_high_watermark", "a", "b"], 64, "too many arguments."),
+    (["set_vm_memory_high_watermark", "abc"], 65, "Bad argument."),
+    (["set_vm_memory_high_watermark", "-1"], 65, "Bad argument: The threshold should be a fraction between 0.0 and 1.0"),
+    (["set_vm_memory_high_watermark", "absolute", "abc"], 65, "Bad argument."),
+    (["set_vm_memory_high_watermark", "absolute", "10XB"], 65, "Bad argument: Invalid units."),
+    (["set_disk_free_limit"], 64, "not enough arguments."),
+    (["set_disk_free_limit", "mem_relative"], 64, "not enough arguments."),
+    (["set_disk_free_limit", "a", "b"], 64, "too many arguments."),
+    (["set_disk_free_limit", "mem_relative", "-1"], 65, "Bad argument."),
+    (["set_disk_free_limit", "10XB"], 65, "Bad argument."),
+])
+def test_resource_limit_argument_errors(args: list[str], code: int, problem: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([*NODE, *args]) == code
+    assert capsys.readouterr().err.startswith(f"Error (argument validation): {problem}\nArguments given:\n")
+
+
+def test_negative_numbers_are_arguments() -> None:
+    command, positional, _, problems = parse(["set_disk_free_limit", "mem_relative", "-1"])
+    assert (command, positional, problems) == ("set_disk_free_limit", ["mem_relative", "-1"], [])
+
+
+def test_close_all_connections_usage() -> None:
+    assert COMMANDS["close_all_connections"].usage == (
+        "close_all_connections [--vhost <vhost> --limit <limit>] [-n <node> --global] "
+        "[--per-connection-delay <delay>] <explanation>")

@@ -260,3 +260,21 @@ def test_list_consumers_prints_columns_in_its_own_order(node: NodeProcess) -> No
         assert r.out == '[\n{"ack_required":true,"prefetch_count":0,"arguments":[]}\n]\n'
     finally:
         conn.close()
+
+
+def test_close_all_connections_limit(node: NodeProcess) -> None:
+    ok(node, "add_vhost", "closing")
+    ok(node, "set_permissions", "-p", "closing", "guest", ".*", ".*", ".*")
+    conns = [connect(node, "closing") for _ in range(3)]
+    try:
+        r = ok(node, "close_all_connections", "-p", "closing", "--limit", "2", "bye")
+        assert r.lines == ["Closing 2 connections in vhost closing, reason: bye...", "Closed 2 connections"]
+        # --limit 0 is no limit, as in rabbitmqctl.
+        r = ok(node, "close_all_connections", "-p", "closing", "--limit", "0", "bye")
+        assert r.lines == ["Closing all connections in vhost closing, reason: bye...", "Closed 1 connections"]
+    finally:
+        for conn in conns:
+            try:
+                conn.close()
+            except pika.exceptions.AMQPError:
+                pass
