@@ -93,6 +93,9 @@ class Node:
         self.metadata = md.MetadataState()
         self.router = Router()
         self.leaders: dict[tuple[str, str], QueueLeader] = {}
+        # While one publish is handed to its queues: the dead letters they produce, routed
+        # after it (see `hold_dead_letters`).
+        self._held_dead_letters: list[tuple[str, str, DeadLetter, int]] | None = None
         self.sessions: dict[str, Session] = {}  # open connections, by id
         self.all_sessions: set[Session] = set()  # including those still in the handshake
         # direct reply-to token -> (session, channel, consumer tag)
@@ -371,16 +374,39 @@ class Node:
         methods, bound once, as they run once per message."""
         self.staged.add(ops, on_done)
 
+    def hold_dead_letters(self) -> None:
+        """Until `release_dead_letters`, keep the dead letters queues produce. A publish
+        routed to several queues reaches all of them before any dead letter one of them
+        produces (overflow, TTL 0) reaches another: in RabbitMQ the channel sends to every
+        queue process at once, and a dead letter travels later, from the queue's process."""
+        self._held_dead_letters = []
+
+    def release_dead_letters(self) -> None:
+        held, self._held_dead_letters = self._held_dead_letters, None
+        for vhost, queue, e, now_ms in held or ():
+            self.dead_letter(vhost, queue, e, now_ms)
+
     def dead_letter(self, vhost: str, queue: str, e: DeadLetter, now_ms: int) -> None:
+        held = self._held_dead_letters
+        if held is not None:
+            held.append((vhost, queue, e, now_ms))
+            return
         copy = dead_letter(e.message, e.reason, queue, e.exchange, e.routing_key, now_ms,
                            message_id=self.next_message_id())
         routed: set[str] = set()
         for key in copy.routing_keys:
             routed |= self.router.route(vhost, e.exchange, key, copy.message.properties.headers).queues
-        for name in without_cycles(e.reason, copy.message, sorted(routed)):
-            leader = self.leaders.get((vhost, name))
-            if leader is not None:
-                leader.publish(copy.message, now_ms, None)
+        targets = without_cycles(e.reason, copy.message, sorted(routed))
+        if len(targets) > 1:
+            self.hold_dead_letters()
+        try:
+            for name in targets:
+                leader = self.leaders.get((vhost, name))
+                if leader is not None:
+                    leader.publish(copy.message, now_ms, None)
+        finally:
+            if len(targets) > 1:
+                self.release_dead_letters()
 
     async def _expire_messages(self) -> None:
         """Applies TTL expiry and x-expires deletion; both are commands with `now_ms`."""

@@ -379,7 +379,6 @@ class Session:
                  tx: "_TxCommit | None") -> None:
         node = self.node
         method = ev.method
-        vhost = self.vhost
         channel = ev.channel
         self.publishing = True
         seq = ev.seq
@@ -398,6 +397,19 @@ class Session:
             return
         if now is None:
             now = node.now_ms()
+        if len(queues) > 1:
+            node.hold_dead_letters()
+            try:
+                self._enqueue_each(channel, message, queues, now, seq, tx)
+            finally:
+                node.release_dead_letters()
+        else:
+            self._enqueue_each(channel, message, queues, now, seq, tx)
+
+    def _enqueue_each(self, channel: int, message: Message, queues: Collection[str], now: int,
+                      seq: int | None, tx: "_TxCommit | None") -> None:
+        node = self.node
+        vhost = self.vhost
         if seq is None and tx is None:
             for q in queues:
                 leader = node.leader(vhost, q)

@@ -242,3 +242,28 @@ def test_a_deleted_queue_cancels_a_channels_consumers_in_tag_order(conn):
     ch.exchange_declare("amq.direct", passive=True)  # a round trip: the cancels came first
     conn.process_data_events(time_limit=0)
     assert cancelled == ["c0", "c1", "c2"]
+
+
+def test_a_publish_reaches_all_its_queues_before_a_dead_letter_one_of_them_produces(conn):
+    ch = conn.channel()
+    x, sink = unique("dl-order-x"), unique("dl-order-sink")
+    full = [unique("dl-order-full") for _ in range(4)]
+    ch.exchange_declare(x, "fanout", auto_delete=True)
+    ch.queue_declare(sink)
+    for q in full:
+        ch.queue_declare(q, arguments={"x-max-length": 0, "x-overflow": "reject-publish-dlx",
+                                       "x-dead-letter-exchange": "", "x-dead-letter-routing-key": sink})
+        ch.queue_bind(q, x)
+    ch.queue_bind(sink, x)
+    got = []
+    for n in range(2):
+        # No confirms: reject-publish-dlx nacks what a full queue refused.
+        ch.basic_publish(x, "", b"m%d" % n)
+        time.sleep(0.1)  # dead-lettering is asynchronous in RabbitMQ
+        while (r := ch.basic_get(sink, auto_ack=True))[0] is not None:
+            got.append((r[2], "dead" if r[1].headers else "direct"))
+    # Whichever order the exchange's queues come in, the copy straight from the exchange
+    # arrives first, then the four dead-lettered by the full queues.
+    assert got == [(b"m0", "direct")] + [(b"m0", "dead")] * 4 + [(b"m1", "direct")] + [(b"m1", "dead")] * 4
+    for q in full + [sink]:
+        ch.queue_delete(q)
