@@ -82,13 +82,26 @@ def plain(value: Any) -> Any:
     return value
 
 
+def typed_value(value: Any) -> tuple[str, Any]:
+    """(AMQP type, value) with the value as the CLI renders it: tables as triples, arrays as
+    [type, value] pairs, a decimal as [scale, unscaled] (RabbitMQ's {Scale, Value})."""
+    kind = md.amqp_type(value)
+    if kind == "table":
+        return kind, typed_table(value)
+    if kind == "array":
+        return kind, [list(typed_value(v)) for v in value]
+    if kind == "decimal":
+        sign, digits, exponent = value.as_tuple()
+        unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
+        if isinstance(exponent, int) and exponent > 0:
+            unscaled, exponent = unscaled * 10 ** exponent, 0
+        return kind, [-exponent if isinstance(exponent, int) else 0, unscaled]
+    return kind, plain(value)
+
+
 def typed_table(table: Mapping[str, Any] | None) -> list[list[Any]]:
     """A field table as [key, AMQP type, value] triples (rabbitmqctl's JSON shape)."""
-    rows = []
-    for key, value in (table or {}).items():
-        kind = md.amqp_type(value)
-        rows.append([key, kind, typed_table(value) if kind == "table" else plain(value)])
-    return rows
+    return [[key, *typed_value(value)] for key, value in (table or {}).items()]
 
 
 def _connection_pid(session: "Session") -> str:

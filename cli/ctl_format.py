@@ -31,13 +31,40 @@ def is_typed_table(value: Any) -> bool:
         isinstance(t, list) and len(t) == 3 and isinstance(t[0], str) and isinstance(t[1], str) for t in value)
 
 
+def _typed_cell(kind: str, value: Any) -> str:
+    """One typed value as rabbitmqctl's table shows it (an Erlang term)."""
+    if kind == "table":
+        return typed_table_cell(value)
+    if kind == "array":
+        return "[" + ",".join(_typed_cell(k, v) for k, v in value) + "]"
+    if kind == "binary":
+        return f"<<{json.dumps(value, ensure_ascii=False)}>>"
+    if kind == "decimal":
+        return "{" + ",".join(str(v) for v in value) + "}"
+    return _erlang_value(value)
+
+
 def typed_table_cell(rows: list[list[Any]]) -> str:
     """[[key, type, value]] as rabbitmqctl's table shows an argument table: [{"k",v}]."""
-    parts = []
-    for key, kind, value in rows:
-        shown = typed_table_cell(value) if kind == "table" else _erlang_value(value)
-        parts.append(f"{{{json.dumps(key, ensure_ascii=False)},{shown}}}")
-    return "[" + ",".join(parts) + "]"
+    return "[" + ",".join(f"{{{json.dumps(key, ensure_ascii=False)},{_typed_cell(kind, value)}}}"
+                          for key, kind, value in rows) + "]"
+
+
+def _typed_json(kind: str, value: Any) -> Any:
+    """One typed value as rabbitmqctl's JSON shows it: a void is "undefined", a decimal
+    [scale, unscaled], and an array an object from element type to value (so elements of
+    the same type collapse to the last one, as rabbitmqctl's map does)."""
+    if kind == "table":
+        return typed_table_json(value)
+    if kind == "array":
+        return {k: _typed_json(k, v) for k, v in value}
+    if kind == "void":
+        return "undefined"
+    return value
+
+
+def typed_table_json(rows: list[list[Any]]) -> list[list[Any]]:
+    return [[key, kind, _typed_json(kind, value)] for key, kind, value in rows]
 
 
 def cell(key: str, value: Any) -> str:
@@ -82,8 +109,15 @@ def json_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, stre
     # before knowing there are none, so an empty answer is "[\n]"; the others print "[]".
     if not rows:
         return "[\n]" if streamed else "[]"
-    encoded = [json.dumps({c: row.get(c) for c in columns}, ensure_ascii=False, separators=(",", ":"))
-               for row in rows]
+    def field(column: str) -> Any:
+        value = row.get(column)
+        if column in ("arguments", "client_properties") and is_typed_table(value):
+            return typed_table_json(value)
+        return value
+
+    encoded = []
+    for row in rows:
+        encoded.append(json.dumps({c: field(c) for c in columns}, ensure_ascii=False, separators=(",", ":")))
     return "[\n" + "\n,".join(encoded) + "\n]"
 
 

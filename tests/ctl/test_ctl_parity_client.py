@@ -263,3 +263,27 @@ def test_close_all_connections_usage() -> None:
     assert COMMANDS["close_all_connections"].usage == (
         "close_all_connections [--vhost <vhost> --limit <limit>] [-n <node> --global] "
         "[--per-connection-delay <delay>] <explanation>")
+
+
+def test_argument_tables_of_every_field_type() -> None:
+    """As rabbitmqctl 3.10.8 showed a queue declared by pika with these arguments."""
+    import datetime
+    import decimal
+
+    from broker.control_handlers import typed_table
+
+    arguments = {"x-bool": True, "x-int": 2 ** 40, "x-neg": -5, "x-str": 'sé"q', "x-list": [1, "a", True],
+                 "x-table": {"a": 1, "b": {"c": "d"}}, "x-bytes": b"raw", "x-none": None,
+                 "x-dec": decimal.Decimal("1.25"), "x-ts": datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc)}
+    row = {"name": "q", "arguments": typed_table(arguments)}
+    assert cell("arguments", row["arguments"]) == (
+        '[{"x-bool",true},{"x-int",1099511627776},{"x-neg",-5},{"x-str","sé\\"q"},{"x-list",[1,"a",true]},'
+        '{"x-table",[{"a",1},{"b",[{"c","d"}]}]},{"x-bytes",<<"raw">>},{"x-none",undefined},{"x-dec",{2,125}},'
+        '{"x-ts",1577836800}]')
+    assert json_rows([row], ("name", "arguments")) == (
+        '[\n{"name":"q","arguments":[["x-bool","bool",true],["x-int","long",1099511627776],'
+        '["x-neg","signedint",-5],["x-str","longstr","sé\\"q"],'
+        '["x-list","array",{"signedint":1,"longstr":"a","bool":true}],'
+        '["x-table","table",[["a","signedint",1],["b","table",[["c","longstr","d"]]]]],'
+        '["x-bytes","binary","raw"],["x-none","void","undefined"],["x-dec","decimal",[2,125]],'
+        '["x-ts","timestamp",1577836800]]}\n]')
