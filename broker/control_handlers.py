@@ -112,13 +112,16 @@ def _connection_name(session: "Session") -> str:
     return f"{session.peer[0]}:{session.peer[1]} -> {session.local[0]}:{session.local[1]}"
 
 
-def _check_regexes(patterns: list[str], user: str, vhost: str) -> None:
+def _check_regexes(patterns: list[str], user: str, vhost: str, *, topic: bool = False) -> None:
     for pattern in patterns:
         error = pcre_error(pattern)
         if error is not None:
-            log.warning("Failed to set permissions for '%s' in virtual host '%s': regular expression '%s' "
-                        "is invalid", user, vhost, pattern)
-            raise ControlError(f"{{:invalid_regexp, '{pattern}', {{'{error[0]}', {error[1]}}}}}", EX_UNAVAILABLE)
+            log.warning("Failed to set %spermissions for '%s' in virtual host '%s': regular expression '%s' "
+                        "is invalid", "topic " if topic else "", user, vhost, pattern)
+            # RabbitMQ hands set_permissions' patterns to re as charlists ('('), and
+            # set_topic_permissions' as binaries ("("); the error term shows which.
+            shown = json.dumps(pattern) if topic else f"'{pattern}'"
+            raise ControlError(f"{{:invalid_regexp, {shown}, {{'{error[0]}', {error[1]}}}}}", EX_UNAVAILABLE)
 
 
 _BLANK_PASSWORD = ("user '{}' attempted to log in with a blank password, which is prohibited by the internal "
@@ -438,7 +441,7 @@ class ControlHandlers:
         vhost, user = self._vhost(args), str(args["user"])
         self._user_then_vhost(user, vhost)
         regexes = [str(args["write"]), str(args["read"])]
-        _check_regexes(regexes, user, vhost)
+        _check_regexes(regexes, user, vhost, topic=True)
         await self._propose(md.SetTopicPermissions(vhost, user, str(args["exchange"]), *regexes), EX_UNAVAILABLE)
         return None
 

@@ -278,3 +278,10 @@ def test_close_all_connections_limit(node: NodeProcess) -> None:
                 conn.close()
             except pika.exceptions.AMQPError:
                 pass
+
+
+def test_invalid_topic_permission_regexp_is_shown_as_a_binary(node: NodeProcess) -> None:
+    r = ctl(node, "set_topic_permissions", "guest", "amq.topic", "(", "^b")
+    assert (r.err, r.code) == ("Error:\n{:invalid_regexp, \"(\", {'missing )', 1}}\n", 69)
+    r = ctl(node, "set_permissions", "guest", "(", ".*", ".*")
+    assert (r.err, r.code) == ("Error:\n{:invalid_regexp, '(', {'missing )', 1}}\n", 69)
