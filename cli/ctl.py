@@ -372,12 +372,12 @@ def command_listing() -> str:
 
     lines = ["", "Usage", "", f"{GLOBAL_USAGE_ALL} <command> [<command options>]", "", "Available commands:", "",
              # `help` is answered by `run` itself, before any command is looked up.
-             "Help:", "", f"   {'help':<30}Displays usage information for a command", ""]
+             "Help:", "", f"   {'help':<30}Displays usage information for a command"]
     for category, names in CATEGORIES:
-        lines += [f"{category}:", ""]
+        if category != "Help":
+            lines += ["", f"{category}:", ""]
         lines += [f"   {name:<30}{COMMANDS[name].summary.splitlines()[0]}" for name in names]
-        lines.append("")
-    lines.append("Use 'leveretctl help <command>' to learn more about a specific command")
+    lines += ["", "Use 'leveretctl help <command>' to learn more about a specific command"]
     return "\n".join(lines)
 
 

@@ -352,6 +352,17 @@ def cmd_status(ctx: Context, args: list[str]) -> None:
     ctx.out("\n".join(_status_lines(status, unit)))
 
 
+@command("", "Displays CLI tools version")
+def cmd_version(ctx: Context, args: list[str]) -> None:
+    # The CLI's own version, without asking any node (rabbitmqctl's JSON names its default node).
+    from broker import __version__
+
+    if ctx.options.formatter == "json":
+        ctx.out(json_value({"node": ctx.options.node, "result": "ok", "value": {"version": __version__}}))
+    else:
+        ctx.out(__version__)
+
+
 # --------------------------------------------------------------------------- cluster
 
 
@@ -904,6 +915,7 @@ def cmd_import_definitions(ctx: Context, args: list[str]) -> None:
 # rabbitmqctl 3.10's command groups, in its order, holding the commands Leveret has
 # (`help` itself is listed by cli.ctl). tests/ctl checks that every command is in one.
 _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Help", ("version",)),
     ("Nodes", ("await_startup", "start_app", "stop", "stop_app")),
     ("Cluster", ("cluster_status",)),
     ("Users", ("add_user", "authenticate_user", "change_password", "clear_password", "delete_user", "list_users",

@@ -287,3 +287,14 @@ def test_argument_tables_of_every_field_type() -> None:
         '["x-table","table",[["a","signedint",1],["b","table",[["c","longstr","d"]]]]],'
         '["x-bytes","binary","raw"],["x-none","void","undefined"],["x-dec","decimal",[2,125]],'
         '["x-ts","timestamp",1577836800]]}\n]')
+
+
+def test_version_needs_no_node(capsys: pytest.CaptureFixture[str]) -> None:
+    from broker import __version__
+
+    # rabbitmqctl -n nosuch@localhost version: "3.10.8", exit 0.
+    assert run([*NODE, "version"]) == 0
+    assert capsys.readouterr() == (f"{__version__}\n", "")
+    assert run([*NODE, "version", "--formatter", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"node": "nobody@localhost", "result": "ok",
+                                                   "value": {"version": __version__}}
