@@ -488,6 +488,7 @@ class Session:
             leader.settle(seqs, now)
 
     def _rejected(self, ev: Rejected) -> None:
+        self.conn.release_held(ev)
         now = self.node.now_ms()
         for leader, seqs in _by_leader(ev.handles).items():
             if ev.requeue:

@@ -42,7 +42,8 @@ times more; "the node must ..." says what the receiver does):
 - `Acked(channel, handles)`: settle these deliveries (delivery order).
 - `Rejected(channel, handles, requeue)`: return them to their queues (requeue,
   flagged redelivered) or drop / dead-letter them (not requeue). Also emitted by
-  basic.recover.
+  basic.recover. One method's deliveries come as one event per consumer tag, in
+  RabbitMQ's order (see `_per_consumer`).
 - `ConsumerCancelled(channel, consumer_tag)`: the client cancelled; detach the
   consumer (cancel-ok was already sent). Later `deliver` calls for it return None.
 - `QosChanged(channel, prefetch_count, global_)`: credit may have grown; the node
@@ -66,7 +67,7 @@ from __future__ import annotations
 import base64
 import enum
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from broker.amqp import codec, spec
@@ -175,6 +176,10 @@ class Rejected:
     channel: int
     handles: tuple[Any, ...]
     requeue: bool
+    # Consumers whose per-consumer prefetch these deliveries still count against; the node
+    # gives it back (`Connection.release_held`) as it hands them to their queues.
+    # Bookkeeping, not what the event says: left out of comparisons.
+    held: tuple["Consumer", ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +272,23 @@ class Consumer:
     prefetch: int
     # Deliveries to this consumer awaiting ack.
     unacked: int = 0
+
+
+def _per_consumer(entries: list[tuple[Any, Consumer | None]]) -> list[list[tuple[Any, Consumer | None]]]:
+    """Rejected (or recovered) deliveries, in the groups RabbitMQ's channel
+    settles them in: one per consumer tag, basic.get deliveries (tag `none`, an atom, which
+    Erlang orders before any binary) first, then the consumers by tag, each group in
+    delivery order (rabbit_channel:foreach_per_queue folds a gb_tree keyed by {queue, tag}).
+    Each group reaches its queue, which requeues and delivers, before the next one."""
+    if len(entries) == 1:
+        return [entries]
+    groups: dict[str | None, list[tuple[Any, Consumer | None]]] = {}
+    for entry in entries:
+        consumer = entry[1]
+        groups.setdefault(consumer.tag if consumer is not None else None, []).append(entry)
+    if len(groups) == 1:
+        return [entries]
+    return [groups[tag] for tag in sorted(groups, key=lambda t: (t is not None, t or ""))]
 
 
 def generate_consumer_tag(rng: random.Random) -> str:
@@ -592,8 +614,7 @@ class Channel:
         if self.unacked:
             entries = list(self.unacked.values())
             self.unacked = {}
-            self._release(entries)
-            events.append(Rejected(self.number, tuple(handle for handle, _ in entries), True))
+            events.extend(self._rejections(entries, True))
         if type(method) is spec.BasicRecover:
             self._out += codec.encode_method(self.number, spec.BasicRecoverOk())
 
@@ -626,16 +647,37 @@ class Channel:
             taken = [(tag, entry)]
         if not taken:
             return
-        handles = tuple(entry[0] for _, entry in taken)
-        event: Acked | Rejected = (
-            Acked(self.number, handles) if requeue is None else Rejected(self.number, handles, requeue)
-        )
-        if self.tx is TxState.NONE:
-            self._release([entry for _, entry in taken])
-            events.append(event)
-        else:
+        entries = [entry for _, entry in taken]
+        if self.tx is not TxState.NONE:
+            # Held until tx.commit, which gives all their credit back at once.
             self._tx_taken.update(taken)
-            self._tx_settlements.append(event)
+            if requeue is None:
+                self._tx_settlements.append(Acked(self.number, tuple(handle for handle, _ in entries)))
+            else:
+                self._tx_settlements.extend(
+                    Rejected(self.number, tuple(handle for handle, _ in group), requeue)
+                    for group in _per_consumer(entries))
+        elif requeue is None:
+            self._release(entries)
+            events.append(Acked(self.number, tuple(handle for handle, _ in entries)))
+        else:
+            events.extend(self._rejections(entries, requeue))
+
+    def _rejections(self, entries: list[tuple[Any, Consumer | None]], requeue: bool) -> list[Rejected]:
+        """One Rejected per consumer group (see `_per_consumer`). The channel-wide prefetch
+        credit comes back at once, as RabbitMQ's channel tells its limiter after sending
+        every group; a consumer's own prefetch credit only when its group reaches the
+        queue, as RabbitMQ's queue counts it, so an earlier group's requeued messages do
+        not go to a consumer whose own deliveries are not back yet."""
+        self._credit_used -= sum(1 for _, consumer in entries if consumer is not None)
+        return [Rejected(self.number, tuple(handle for handle, _ in group), requeue,
+                         tuple(consumer for _, consumer in group if consumer is not None))
+                for group in _per_consumer(entries)]
+
+    def release_held(self, ev: Rejected) -> None:
+        """The node hands `ev`'s deliveries to their queues: their consumers' prefetch is free."""
+        for consumer in ev.held:
+            consumer.unacked -= 1
 
     def _release(self, entries: list[tuple[Any, Consumer | None]]) -> None:
         """Give back the prefetch credit that settled consumer deliveries held."""

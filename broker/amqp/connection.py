@@ -473,6 +473,13 @@ class Connection:
         self._confirm_dirty.add(ch)
         return True
 
+    def release_held(self, ev: Rejected) -> None:
+        """`ev`'s deliveries are being handed back to their queues: free their consumers'
+        prefetch (see `Rejected.held`)."""
+        ch = self._channels.get(ev.channel)
+        if ch is not None and ev.held:
+            ch.release_held(ev)
+
     def tx_commit_ok(self, channel: int) -> bool:
         ch = self._channels.get(channel)
         if ch is None:

@@ -8,7 +8,7 @@ import time
 
 import pika
 
-from tests.integration.conftest import channel_error, connect, connection_error, drain, message_count, unique
+from tests.integration.conftest import channel_error, connect, connection_error, drain, message_count, unique, wait_until
 
 
 def test_an_empty_queue_name_means_the_queue_this_channel_declared_last(conn):
@@ -267,3 +267,49 @@ def test_a_publish_reaches_all_its_queues_before_a_dead_letter_one_of_them_produ
     assert got == [(b"m0", "direct")] + [(b"m0", "dead")] * 4 + [(b"m1", "direct")] + [(b"m1", "dead")] * 4
     for q in full + [sink]:
         ch.queue_delete(q)
+
+
+def _recover_with_two_consumers(amqp_url: str, prefetch: int, get_first: bool) -> list[tuple[str, bytes]]:
+    c = connect(amqp_url)
+    try:
+        ch = c.channel()
+        q = unique("recover-groups")
+        ch.queue_declare(q)
+        ch.basic_qos(prefetch_count=prefetch)
+        if get_first:
+            ch.basic_publish("", q, b"g")
+            wait_until(lambda: ch.basic_get(q)[0] is not None)
+        got: list[tuple[str, bytes]] = []
+        for tag in ("c2", "c1"):  # registered c2 first: the requeue order is the tags' order
+            ch.basic_consume(q, lambda _c, m, _p, b, tag=tag: got.append((tag, b)), consumer_tag=tag)
+        for n in range(4):
+            ch.basic_publish("", q, b"m%d" % n)
+        wait_until(lambda: c.process_data_events(time_limit=0.02) or len(got) == 4)
+        assert got == [("c2", b"m0"), ("c1", b"m1"), ("c2", b"m2"), ("c1", b"m3")]
+        got.clear()
+        ch.basic_recover(requeue=True)
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            c.process_data_events(time_limit=0.05)
+        ch.queue_delete(q)
+        return got
+    finally:
+        if c.is_open:
+            c.close()
+
+
+def test_recover_requeues_each_consumers_deliveries_in_turn_by_tag(amqp_url):
+    # RabbitMQ's channel hands unacked deliveries back per consumer tag, basic.get ones
+    # first, then the consumers in tag order; the queue requeues and delivers each group
+    # before the next arrives.
+    assert _recover_with_two_consumers(amqp_url, 0, False) == [
+        ("c2", b"m1"), ("c1", b"m3"), ("c2", b"m0"), ("c1", b"m2")]
+    assert _recover_with_two_consumers(amqp_url, 0, True) == [
+        ("c2", b"g"), ("c1", b"m1"), ("c2", b"m3"), ("c1", b"m0"), ("c2", b"m2")]
+
+
+def test_recover_gives_a_consumers_prefetch_back_when_its_own_deliveries_are_requeued(amqp_url):
+    # c1's deliveries are requeued first, while c2 still counts its own two against its
+    # prefetch of 2: c1 takes back both of its own, then c2 its own.
+    assert _recover_with_two_consumers(amqp_url, 2, False) == [
+        ("c1", b"m1"), ("c1", b"m3"), ("c2", b"m0"), ("c2", b"m2")]
