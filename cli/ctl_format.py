@@ -9,6 +9,7 @@ rabbitmqctl does; argument tables stay [key, type, value] triples.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -104,6 +105,19 @@ def csv_lines(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list
         ",".join(quoted(cell(c, row.get(c))) for c in columns) for row in rows]
 
 
+def address_json(host: str) -> Any:
+    """An IP address as rabbitmqctl's JSON shows a connection's host and peer_host: Erlang's
+    address tuple, [127,0,0,1] (eight 16-bit groups for IPv6); anything else as it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv4Address):
+        return list(address.packed)
+    packed = address.packed
+    return [int.from_bytes(packed[i:i + 2], "big") for i in range(0, 16, 2)]
+
+
 def json_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, streamed: bool = False) -> str:
     # Commands that stream their rows (list_queues, list_exchanges, ...) open the array
     # before knowing there are none, so an empty answer is "[\n]"; the others print "[]".
@@ -113,6 +127,8 @@ def json_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, stre
         value = row.get(column)
         if column in ("arguments", "client_properties") and is_typed_table(value):
             return typed_table_json(value)
+        if column in ("host", "peer_host") and isinstance(value, str):
+            return address_json(value)
         return value
 
     encoded = []

@@ -298,3 +298,11 @@ def test_version_needs_no_node(capsys: pytest.CaptureFixture[str]) -> None:
     assert run([*NODE, "version", "--formatter", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"node": "nobody@localhost", "result": "ok",
                                                    "value": {"version": __version__}}
+
+
+def test_connection_addresses_in_json_are_erlang_tuples() -> None:
+    # rabbitmqctl list_connections host peer_host --formatter json: "host":[127,0,0,1]; the table shows 127.0.0.1.
+    rows = [{"host": "127.0.0.1", "peer_host": "::1"}]
+    assert json.loads(json_rows(rows, ("host", "peer_host"))) == [{"host": [127, 0, 0, 1],
+                                                                   "peer_host": [0, 0, 0, 0, 0, 0, 0, 1]}]
+    assert cell("host", "127.0.0.1") == "127.0.0.1"
