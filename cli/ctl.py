@@ -177,8 +177,8 @@ class Context:
             shown = int((limit or 0) * 1000) if limit else 0
             self.error(f"Error: operation {self.command} on node {opts.node} timed out. Timeout value used: {shown}")
             raise Exit(EX_TEMPFAIL)
-        self._flush_banners()
         if reply.get("ok"):
+            self._flush_banners()
             return reply.get("result")
         code = reply.get("exit_code")
         self._refused(str(reply.get("error")), code if type(code) is int and 0 < code < 256 else EX_SOFTWARE,
@@ -187,6 +187,11 @@ class Context:
     def _refused(self, text: str, code: int, json_error: Callable[[str], str | None] | None = None) -> NoReturn:
         from cli.ctl_commands import COMMANDS
 
+        if text.startswith("this command requires"):
+            # rabbitmqctl checks that the app runs before it prints a banner.
+            self._pending = None
+        else:
+            self._flush_banners()
         message = json_error(text) if json_error is not None and self.options.formatter == "json" else None
         if message is not None:
             self.error(json_value({"message": message, "node": self.options.node, "result": "error"}))

@@ -285,3 +285,17 @@ def test_invalid_topic_permission_regexp_is_shown_as_a_binary(node: NodeProcess)
     assert (r.err, r.code) == ("Error:\n{:invalid_regexp, \"(\", {'missing )', 1}}\n", 69)
     r = ctl(node, "set_permissions", "guest", "(", ".*", ".*")
     assert (r.err, r.code) == ("Error:\n{:invalid_regexp, '(', {'missing )', 1}}\n", 69)
+
+
+def test_a_stopped_app_is_reported_before_any_banner(node: NodeProcess) -> None:
+    ok(node, "stop_app")
+    try:
+        r = ctl(node, "list_queues")
+        assert r.out == "" and r.code == 64
+        assert r.err.startswith("Error: this command requires the 'leveret' app to be running on the target node. "
+                                "Start it with 'leveretctl start_app'.\nArguments given:\n")
+        assert ctl(node, "cluster_status").out == ""
+        assert ctl(node, "node_health_check").code == 64
+    finally:
+        ok(node, "start_app")
+        ok(node, "await_startup")
