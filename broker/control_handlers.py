@@ -538,10 +538,15 @@ class ControlHandlers:
             owner = q.exclusive_owner.split(" ", 1)[0]
         consumers = leader.consumer_count() if leader is not None else 0
         persistent = self._persistent(q, state) if state is not None and not paged else None
-        utilisation = self._utilisation(leader) if leader is not None else 0
+        # A queue declared with x-queue-type quorum is served as Leveret's replicated queue
+        # (broker.arguments); list it with the type it was declared with, as RabbitMQ does.
+        queue_type = str((q.arguments or {}).get("x-queue-type") or q.type)
+        # consumer_utilisation is a classic queue metric: RabbitMQ leaves it empty for quorum queues.
+        utilisation: Any = (self._utilisation(leader) if leader is not None else 0) \
+            if queue_type == "classic" else ""
         # leader, members and online describe quorum queues; RabbitMQ leaves them empty for
-        # classic ones, and so does Leveret (whose queues all report type classic).
-        replicated = q.type != "classic"
+        # classic ones.
+        replicated = queue_type != "classic"
         return {
             "name": q.name,
             "durable": q.durable,
@@ -579,7 +584,7 @@ class ControlHandlers:
             "slave_pids": "",
             "synchronised_slave_pids": "",
             "state": "running" if leader is not None else "down",
-            "type": q.type,
+            "type": queue_type,
             "leader": q.node if replicated else "",
             "members": [q.node] if replicated else "",
             "online": [q.node] if replicated and leader is not None else "",

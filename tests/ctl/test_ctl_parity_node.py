@@ -299,3 +299,16 @@ def test_a_stopped_app_is_reported_before_any_banner(node: NodeProcess) -> None:
     finally:
         ok(node, "start_app")
         ok(node, "await_startup")
+
+
+def test_a_quorum_queue_is_listed_as_one(node: NodeProcess) -> None:
+    conn = connect(node)
+    try:
+        conn.channel().queue_declare("qq", durable=True, arguments={"x-queue-type": "quorum"})
+        rows = json.loads(ok(node, "list_queues", "name", "type", "leader", "members", "online",
+                             "consumer_utilisation", "--formatter", "json").out)
+        # As rabbitmqctl 3.10.8 listed a quorum queue on a single node.
+        assert {"name": "qq", "type": "quorum", "leader": node.name, "members": [node.name],
+                "online": [node.name], "consumer_utilisation": ""} in rows
+    finally:
+        conn.close()
