@@ -371,6 +371,43 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
     return command, positional, opts, problems
 
 
+def jaro(a: str, b: str) -> float:
+    """Jaro similarity (Elixir's String.jaro_distance), what rabbitmqctl ranks suggestions by."""
+    if a == b:
+        return 1.0
+    if not a or not b:
+        return 0.0
+    window = max(max(len(a), len(b)) // 2 - 1, 0)
+    a_matched = [False] * len(a)
+    b_matched = [False] * len(b)
+    matches = 0
+    for i, ch in enumerate(a):
+        for j in range(max(0, i - window), min(len(b), i + window + 1)):
+            if not b_matched[j] and b[j] == ch:
+                a_matched[i] = b_matched[j] = True
+                matches += 1
+                break
+    if not matches:
+        return 0.0
+    a_seq = [ch for ch, m in zip(a, a_matched) if m]
+    b_seq = [ch for ch, m in zip(b, b_matched) if m]
+    transpositions = sum(x != y for x, y in zip(a_seq, b_seq)) // 2
+    return (matches / len(a) + matches / len(b) + (matches - transpositions) / matches) / 3
+
+
+# How similar a typed name must be to a command's for rabbitmqctl to suggest it ("shu"
+# gets "shutdown" at 0.79, "lis" nothing at 0.77 or less).
+SUGGESTION_THRESHOLD = 0.77
+
+
+def suggest_command(typed: str, commands: Any) -> str | None:
+    """The most similar command name, if similar enough: rabbitmqctl's "Did you mean"."""
+    best = max(commands, key=lambda name: jaro(name, typed), default=None)
+    if best is None or jaro(best, typed) < SUGGESTION_THRESHOLD:
+        return None
+    return str(best)
+
+
 def command_listing() -> str:
     """`leveretctl help`: the commands grouped as rabbitmqctl 3.10 groups them, one line each."""
     from cli.ctl_commands import CATEGORIES, COMMANDS
@@ -414,7 +451,11 @@ def run(argv: list[str]) -> int:
         return EX_USAGE
     spec = COMMANDS.get(command)
     if spec is None:
-        print(f"\nCommand '{command}' not found. \n{command_listing()}", file=sys.stderr)
+        suggestion = suggest_command(command, COMMANDS)
+        if suggestion is not None:
+            print(f"\nCommand '{command}' not found. \nDid you mean '{suggestion}'? \n", file=sys.stderr)
+        else:
+            print(f"\nCommand '{command}' not found. \n{command_listing()}", file=sys.stderr)
         return EX_USAGE
     if opts.help:
         print(command_help(command))

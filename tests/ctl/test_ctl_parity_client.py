@@ -306,3 +306,27 @@ def test_connection_addresses_in_json_are_erlang_tuples() -> None:
     assert json.loads(json_rows(rows, ("host", "peer_host"))) == [{"host": [127, 0, 0, 1],
                                                                    "peer_host": [0, 0, 0, 0, 0, 0, 0, 1]}]
     assert cell("host", "127.0.0.1") == "127.0.0.1"
+
+
+@pytest.mark.parametrize("typed, suggestion", [
+    # rabbitmqctl 3.10.8: "Command 'list_queue' not found. \nDid you mean 'list_queues'? "
+    ("list_queue", "list_queues"), ("lst_users", "list_users"), ("add_usr", "add_user"), ("stat", "status"),
+    ("purge", "purge_queue"), ("delete", "delete_user"), ("status_", "status"),
+    # ... and no suggestion, but the command listing, for these.
+    ("lis", None), ("LIST_USERS", None), ("zzzz", None),
+])
+def test_unknown_command_suggestion(typed: str, suggestion: str | None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run([*NODE, typed]) == 64
+    err = capsys.readouterr().err
+    if suggestion is None:
+        assert err.startswith(f"\nCommand '{typed}' not found. \n\nUsage\n")
+    else:
+        assert err == f"\nCommand '{typed}' not found. \nDid you mean '{suggestion}'? \n\n"
+
+
+def test_jaro() -> None:
+    from cli.ctl import jaro
+
+    assert jaro("stat", "status") == pytest.approx(8 / 9)
+    assert jaro("martha", "marhta") == pytest.approx(0.9444, abs=1e-4)
+    assert jaro("abc", "xyz") == 0.0
