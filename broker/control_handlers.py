@@ -166,7 +166,9 @@ class ControlHandlers:
         return result
 
     def _vhost(self, args: Mapping[str, Any]) -> str:
-        return str(args.get("vhost") or "/")
+        # "" is a vhost name like any other (one that seldom exists), not the default vhost.
+        vhost = args.get("vhost")
+        return "/" if vhost is None else str(vhost)
 
     def _require_vhost(self, vhost: str, error: ControlError | None = None) -> None:
         if self.node.metadata.vhost(vhost) is None:

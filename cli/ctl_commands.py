@@ -605,6 +605,8 @@ _ADD_USER_DONE = ("Done. Don't forget to grant the user permissions to some virt
          optional=("password",))
 def cmd_add_user(ctx: Context, args: list[str]) -> None:
     name = args[0]
+    if not name:
+        ctx.usage_error("Bad argument: user cannot be an empty string", EX_DATAERR)
     ctx.info(f'Adding user "{name}" ...')
     password = _password(ctx, args, EX_DATAERR)
     ctx.call("add_user", {"name": name, "password": password}, json_error=user_json_error)

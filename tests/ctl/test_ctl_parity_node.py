@@ -312,3 +312,18 @@ def test_a_quorum_queue_is_listed_as_one(node: NodeProcess) -> None:
                 "online": [node.name], "consumer_utilisation": ""} in rows
     finally:
         conn.close()
+
+
+def test_an_empty_vhost_name_is_not_the_default_vhost(node: NodeProcess) -> None:
+    # rabbitmqctl 3.10.8 with -p '': a vhost named "", which does not exist.
+    r = ctl(node, "list_permissions", "-p", "")
+    assert (r.out, r.err, r.code) == ('Listing permissions for vhost "" ...\n', "Virtual host '' does not exist\n", 65)
+    r = ctl(node, "set_permissions", "-p", "", "guest", ".*", ".*", ".*")
+    assert (r.err, r.code) == ("Error:\nVirtual host  does not exist\n", 69)
+    assert ok(node, "list_exchanges", "-p", "").out == "Listing exchanges for vhost  ...\n"
+
+
+def test_add_user_with_an_empty_name(node: NodeProcess) -> None:
+    r = ctl(node, "add_user", "", "x")
+    assert r.out == "" and r.code == 65
+    assert r.err.startswith("Error (argument validation): Bad argument: user cannot be an empty string\n")
