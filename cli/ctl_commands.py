@@ -808,6 +808,8 @@ def cmd_purge_queue(ctx: Context, args: list[str]) -> None:
 @command("<queue_name> [--if-empty|-e] [--if-unused|-u] [--timeout <timeout>]", "Deletes a queue", args=("queue",),
          options={"--if-empty": "flag", "-e": "flag", "--if-unused": "flag", "-u": "flag"})
 def cmd_delete_queue(ctx: Context, args: list[str]) -> None:
+    if not args[0]:
+        ctx.usage_error("Bad argument: queue name cannot be an empty string", EX_DATAERR)
     o = ctx.options.command_options
     if_empty = bool(o.get("if_empty") or o.get("e"))
     if_unused = bool(o.get("if_unused") or o.get("u"))

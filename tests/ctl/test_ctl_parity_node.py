@@ -323,7 +323,10 @@ def test_an_empty_vhost_name_is_not_the_default_vhost(node: NodeProcess) -> None
     assert ok(node, "list_exchanges", "-p", "").out == "Listing exchanges for vhost  ...\n"
 
 
-def test_add_user_with_an_empty_name(node: NodeProcess) -> None:
+def test_empty_user_and_queue_names_are_bad_arguments(node: NodeProcess) -> None:
     r = ctl(node, "add_user", "", "x")
     assert r.out == "" and r.code == 65
     assert r.err.startswith("Error (argument validation): Bad argument: user cannot be an empty string\n")
+    r = ctl(node, "delete_queue", "")
+    assert r.out == "" and r.code == 65
+    assert r.err.startswith("Error (argument validation): Bad argument: queue name cannot be an empty string\n")
