@@ -89,6 +89,9 @@ class Context:
         self.argv = argv
         # Banners wait for the node's first answer: an unreachable node gets diagnostics only.
         self._pending: list[str] | None = []
+        # A command's own text for a node that cannot be reached or does not answer in time
+        # (ping's), printed after its banner instead of the diagnostics, with exit 69.
+        self.unreachable: str | None = None
 
     # ------------------------------------------------------------------ output
 
@@ -174,6 +177,8 @@ class Context:
             self.error(f"Error:\nInternal error on node {opts.node}: {exc}")
             raise Exit(EX_SOFTWARE) from None
         if reply is _TIMED_OUT:
+            if self.unreachable is not None:
+                self._unreachable()
             shown = int((limit or 0) * 1000) if limit else 0
             self.error(f"Error: operation {self.command} on node {opts.node} timed out. Timeout value used: {shown}")
             raise Exit(EX_TEMPFAIL)
@@ -212,7 +217,15 @@ class Context:
             self.error(f"Error: {exc}")
             raise Exit(EX_CONFIG) from None
 
+    def _unreachable(self) -> NoReturn:
+        assert self.unreachable is not None
+        self._flush_banners()
+        self.error(f"Error:\n{self.unreachable}")
+        raise Exit(EX_UNAVAILABLE)
+
     def _diagnostics(self, cookie: str, what: str, suggestions: list[str]) -> NoReturn:
+        if self.unreachable is not None:
+            self._unreachable()
         node = self.options.node
         lines = [
             f"Error: unable to perform an operation on node '{node}'. "

@@ -211,6 +211,7 @@ def cmd_ping(ctx: Context, args: list[str]) -> None:
     timeout = ctx.options.timeout if ctx.options.timeout is not None else 60.0
     ctx.info(f"Will ping {ctx.options.node}. This only checks if the OS process is running and the CLI tool can "
              f"authenticate with it. Timeout: {int(timeout * 1000)} ms.")
+    ctx.unreachable = f"Failed to connect and authenticate to {ctx.options.node} in {int(timeout * 1000)} ms"
     ctx.call("ping", timeout=timeout)
     _message(ctx, "Ping succeeded")
 

@@ -330,3 +330,13 @@ def test_jaro() -> None:
     assert jaro("stat", "status") == pytest.approx(8 / 9)
     assert jaro("martha", "marhta") == pytest.approx(0.9444, abs=1e-4)
     assert jaro("abc", "xyz") == 0.0
+
+
+def test_ping_of_a_node_that_is_not_there(capsys: pytest.CaptureFixture[str]) -> None:
+    # rabbitmqctl -n nosuch@localhost ping -t 3: its banner, then this, exit 69 (no diagnostics).
+    assert run([*NODE, "ping", "-t", "3"]) == 69
+    out, err = capsys.readouterr()
+    assert out.startswith("Will ping nobody@localhost. ") and out.endswith(" Timeout: 3000 ms.\n")
+    assert err == "Error:\nFailed to connect and authenticate to nobody@localhost in 3000 ms\n"
+    assert run([*NODE, "-q", "ping", "-t", "3"]) == 69
+    assert capsys.readouterr() == ("", "Error:\nFailed to connect and authenticate to nobody@localhost in 3000 ms\n")
