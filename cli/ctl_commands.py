@@ -502,7 +502,7 @@ def cmd_start_app(ctx: Context, args: list[str]) -> None:
     ctx.call("start_app")
 
 
-@command("[--timeout <timeout>]", "Waits for the Leveret application to start on the target node")
+@command("", "Waits for the Leveret application to start on the target node")
 def cmd_await_startup(ctx: Context, args: list[str]) -> None:
     import socket
 
@@ -517,6 +517,7 @@ def cmd_await_startup(ctx: Context, args: list[str]) -> None:
             time.sleep(0.1)
     remaining = max(deadline - time.monotonic(), 0.001)
     ctx.call("await_startup", {"timeout": remaining}, timeout=remaining + 1)
+    _done(ctx)
 
 
 # --------------------------------------------------------------------------- resource limits
@@ -544,6 +545,7 @@ def cmd_set_vm_memory_high_watermark(ctx: Context, args: list[str]) -> None:
                             EX_DATAERR)
         ctx.info(f"Setting memory threshold on {node} to {args[1]} bytes ...")
         ctx.call("set_vm_memory_high_watermark", {"absolute": size})
+        _done(ctx)
         return
     try:
         fraction = float(args[0])
@@ -553,6 +555,7 @@ def cmd_set_vm_memory_high_watermark(ctx: Context, args: list[str]) -> None:
         ctx.usage_error("Bad argument: The threshold should be a fraction between 0.0 and 1.0", EX_DATAERR)
     ctx.info(f"Setting memory threshold on {node} to {args[0]} ...")
     ctx.call("set_vm_memory_high_watermark", {"fraction": fraction})
+    _done(ctx)
 
 
 @command("<disk_limit> | mem_relative <fraction>", "Sets the disk_free_limit setting", rest=True)
@@ -568,6 +571,7 @@ def cmd_set_disk_free_limit(ctx: Context, args: list[str]) -> None:
             ctx.usage_error("Bad argument.", EX_DATAERR)
         ctx.info(f"Setting disk free limit on {node} to {args[1]} times the total RAM ...")
         ctx.call("set_disk_free_limit", {"mem_relative": fraction})
+        _done(ctx)
         return
     try:
         size = parse_size(args[0])
@@ -575,6 +579,7 @@ def cmd_set_disk_free_limit(ctx: Context, args: list[str]) -> None:
         ctx.usage_error("Bad argument.", EX_DATAERR)
     ctx.info(f"Setting disk free limit on {node} to {args[0]} bytes ...")
     ctx.call("set_disk_free_limit", {"absolute": size})
+    _done(ctx)
 
 
 # --------------------------------------------------------------------------- users

@@ -244,6 +244,7 @@ def test_node_health_check(node: NodeProcess) -> None:
         "Timeout: 70 seconds ...", f"Checking health of node {node.name} ...", "Health check passed"]
     assert ok(node, "-q", "node_health_check").out == "Health check passed\n"
     assert ok(node, "node_health_check", "--formatter", "json").out == '{"message":"Health check passed"}\n'
+    assert ok(node, "await_startup", "--formatter", "json").out == f'{{"node":"{node.name}","result":"ok"}}\n'
     assert ok(node, "-t", "5", "node_health_check").lines[3] == "Timeout: 5 seconds ..."
 
 
@@ -330,3 +331,14 @@ def test_empty_user_and_queue_names_are_bad_arguments(node: NodeProcess) -> None
     r = ctl(node, "delete_queue", "")
     assert r.out == "" and r.code == 65
     assert r.err.startswith("Error (argument validation): Bad argument: queue name cannot be an empty string\n")
+
+
+def test_resource_limit_commands_in_json(node: NodeProcess) -> None:
+    done = f'{{"node":"{node.name}","result":"ok"}}\n'
+    assert ok(node, "set_vm_memory_high_watermark", "0.4", "--formatter", "json").out == done
+    assert ok(node, "set_disk_free_limit", "50000000", "--formatter", "json").out == done
+    assert "Low free disk space watermark: 50.0 mb" in ok(node, "status", "--unit", "mb").lines
+    ok(node, "set_disk_free_limit", "60MB")
+    # status shows the limit in force, not the configured one.
+    assert "Low free disk space watermark: 60.0 mb" in ok(node, "status", "--unit", "mb").lines
+    ok(node, "set_disk_free_limit", "50000000")
