@@ -381,6 +381,9 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
                                       or "--no-table-headers" not in spec.usage):
         invalid.insert(no_headers_at, "--no-table-headers : ")
     problems = ["Invalid options for this command:\n" + "\n".join(invalid)] if invalid else []
+    if "@" not in opts.node:
+        # rabbitmqctl -n rabbit means rabbit@<this host's short name>.
+        opts.node = f"{opts.node}@{socket.gethostname().split('.')[0]}"
     return command, positional, opts, problems
 
 

@@ -890,7 +890,7 @@ def cmd_export_definitions(ctx: Context, args: list[str]) -> None:
         raise Exit(EX_DATAERR) from None
 
 
-@command("<file_path | \"-\"> [--format <json>] [--timeout <timeout>]",
+@command("<file_path | \"-\"> [--format <json>] [--skip-if-unchanged] [--timeout <timeout>]",
          "Imports definitions in JSON (as exported by RabbitMQ or Leveret)", args=("path",),
          options={"--format": "str", "--skip-if-unchanged": "flag"})
 def cmd_import_definitions(ctx: Context, args: list[str]) -> None:

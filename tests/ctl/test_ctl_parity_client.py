@@ -340,3 +340,11 @@ def test_ping_of_a_node_that_is_not_there(capsys: pytest.CaptureFixture[str]) ->
     assert err == "Error:\nFailed to connect and authenticate to nobody@localhost in 3000 ms\n"
     assert run([*NODE, "-q", "ping", "-t", "3"]) == 69
     assert capsys.readouterr() == ("", "Error:\nFailed to connect and authenticate to nobody@localhost in 3000 ms\n")
+
+
+def test_a_node_name_without_host_gets_this_hosts_short_name() -> None:
+    import socket
+
+    # rabbitmqctl -n ref list_users contacts ref@<short hostname>.
+    assert parse(["-n", "ref", "list_users"])[2].node == f"ref@{socket.gethostname().split('.')[0]}"
+    assert parse(["-n", "ref@elsewhere", "list_users"])[2].node == "ref@elsewhere"
