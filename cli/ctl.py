@@ -296,12 +296,25 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
     invalid: list[str] = []
     no_headers_at: int | None = None  # where --no-table-headers falls among the invalid options
     command: str | None = None
+    argv = list(argv)
+    # Single-letter options run together ("-qs") stand for each letter in turn, as Elixir's
+    # OptionParser reads them; one that takes a value gets none inside such a run.
+    cluster_end = 0
     i = 0
     while i < len(argv):
         token = argv[i]
         i += 1
+        if (i > cluster_end and len(token) > 2 and token[0] == "-" and token[1] != "-"
+                and not _NUMBER.fullmatch(token)):
+            argv[i - 1:i] = [f"-{letter}" for letter in token[1:]]
+            cluster_end = i - 1 + len(token) - 1
+            token = argv[i - 1]
+        in_cluster = i <= cluster_end
         if token == "--":
-            positional += argv[i:]
+            rest = argv[i:]
+            if command is None and rest:
+                command, rest = rest[0], rest[1:]
+            positional += rest
             break
         # A negative number is an argument, not an option (as Elixir's OptionParser sees it).
         if not token.startswith("-") or token == "-" or len(token) == 1 or _NUMBER.fullmatch(token):
@@ -320,6 +333,9 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
                 opts.command_options[key] = True
                 continue
             if not eq:
+                if in_cluster:
+                    invalid.append(f"{name} : ")
+                    continue
                 if i >= len(argv):
                     invalid.append(f"{name} : ")
                     break
@@ -347,6 +363,9 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], Options, list[str]]:
                 setattr(opts, attr, True)
             continue
         if not eq:
+            if in_cluster:
+                invalid.append(f"{name} : ")
+                continue
             if i >= len(argv):
                 invalid.append(f"{name} : ")
                 break

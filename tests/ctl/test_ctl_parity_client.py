@@ -348,3 +348,20 @@ def test_a_node_name_without_host_gets_this_hosts_short_name() -> None:
     # rabbitmqctl -n ref list_users contacts ref@<short hostname>.
     assert parse(["-n", "ref", "list_users"])[2].node == f"ref@{socket.gethostname().split('.')[0]}"
     assert parse(["-n", "ref@elsewhere", "list_users"])[2].node == "ref@elsewhere"
+
+
+def test_single_letter_options_run_together() -> None:
+    # rabbitmqctl -qs list_vhosts: quiet and silent.
+    _, _, opts, problems = parse(["-qs", "list_vhosts"])
+    assert (opts.quiet, opts.silent, problems) == (True, True, [])
+    # rabbitmqctl list_vhosts -pctlprobe: each letter an option, -p and -t without their values.
+    assert parse(["list_vhosts", "-pctlprobe"])[3] == [
+        "Invalid options for this command:\n-p : \n-c : \n-t : \n-p : \n-r : \n-o : \n-b : \n-e : "]
+    # rabbitmqctl delete_queue q -eu: --if-empty and --if-unused.
+    _, positional, opts, problems = parse(["delete_queue", "q", "-eu"])
+    assert (positional, opts.command_options, problems) == (["q"], {"e": True, "u": True}, [])
+
+
+def test_double_dash_before_the_command() -> None:
+    assert parse(["-q", "--", "list_users"])[:2] == ("list_users", [])
+    assert parse(["add_user", "u", "--", "-pw"])[:2] == ("add_user", ["u", "-pw"])
