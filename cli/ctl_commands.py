@@ -68,7 +68,8 @@ def _items(ctx: Context, given: list[str], allowed: Sequence[str], default: Sequ
         ctx.usage_error(f"Info key(s) {','.join(unknown)} are not supported")
     if fixed_order:
         return [i for i in allowed if i in items]
-    return items
+    # A column asked for twice is shown once, where it was first asked for.
+    return list(dict.fromkeys(items))
 
 
 def _show_rows(ctx: Context, rows: list[dict[str, Any]], columns: Sequence[str], *, headers: bool = True,

@@ -342,3 +342,10 @@ def test_resource_limit_commands_in_json(node: NodeProcess) -> None:
     # status shows the limit in force, not the configured one.
     assert "Low free disk space watermark: 60.0 mb" in ok(node, "status", "--unit", "mb").lines
     ok(node, "set_disk_free_limit", "50000000")
+
+
+def test_a_column_asked_for_twice_is_shown_once(node: NodeProcess) -> None:
+    # rabbitmqctl -q list_exchanges name type name type durable name: "name\ttype\tdurable".
+    assert ok(node, "-q", "list_exchanges", "name", "type", "name", "type", "durable", "name").lines[0] == \
+        "name\ttype\tdurable"
+    assert ok(node, "-q", "list_vhosts", "tracing", "name", "tracing").lines[0] == "tracing\tname"
