@@ -378,7 +378,9 @@ class Node:
         """Until `release_dead_letters`, keep the dead letters queues produce. A publish
         routed to several queues reaches all of them before any dead letter one of them
         produces (overflow, TTL 0) reaches another: in RabbitMQ the channel sends to every
-        queue process at once, and a dead letter travels later, from the queue's process."""
+        queue process at once, and a dead letter travels later, from the queue's process.
+        Never nested: `dead_letter` routes held ones and only holds when nothing is."""
+        assert self._held_dead_letters is None
         self._held_dead_letters = []
 
     def release_dead_letters(self) -> None:

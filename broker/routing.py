@@ -436,6 +436,13 @@ class Router:
 
     # ------------------------------------------------------------------ questions
 
+    def exchange_ref(self, vhost: str, exchange: str) -> object | None:
+        """An opaque token for `exchange` as declared now (None if it does not exist): a
+        different one once it is deleted and declared again, so that a caller may keep
+        what it checked about it for as long as the token is the same."""
+        v = self._vhosts.get(vhost)
+        return v.exchanges.get(exchange) if v is not None else None
+
     def has_exchange(self, vhost: str, exchange: str) -> bool:
         v = self._vhosts.get(vhost)
         return v is not None and exchange in v.exchanges
@@ -500,8 +507,11 @@ class Router:
         while pending:
             name = pending.pop()
             if name == "":
-                # An alternate exchange may name the default exchange.
-                found.update(self._route_default(v, routing_key, extra_keys).queues)
+                # The default exchange as an alternate (the only way to reach it but a publish
+                # to it: bindings to or from it are refused) routes nothing in RabbitMQ 3.10:
+                # its routes to queues are implicit, taken only by a publish to it
+                # (rabbit_exchange:route/2's first clause); otherwise it is a direct exchange
+                # without bindings.
                 continue
             x = v.exchanges.get(name)
             if x is None:

@@ -88,7 +88,10 @@ class Session:
         self.consumers: dict[int, dict[str, QueueLeader]] = defaultdict(dict)
         self.publishing = False
         self.connected_at = node.now_ms()
-        self._write_checks_ok: set[str] = set()
+        # exchange -> the router's token for it when this connection last checked a publish
+        # to it (permissions, internal): RabbitMQ looks the exchange up on every publish, so
+        # one deleted and declared again (perhaps internal now) is checked again.
+        self._write_checks_ok: dict[str, object] = {}
         self._throttled = False
         self._login_refused = False
         # A queue this connection published to whose consumers fall behind (publisher flow).
@@ -268,21 +271,24 @@ class Session:
         exchange = method.exchange
         vhost = self.vhost
         channel = ev.channel
-        if exchange not in self._write_checks_ok:
+        current = node.router.exchange_ref(vhost, exchange) if exchange else _DEFAULT_EXCHANGE
+        checked = self._write_checks_ok.get(exchange)
+        if checked is None or checked is not current:
+            if checked is not None:
+                del self._write_checks_ok[exchange]
+                if current is None:  # permissions were checked already
+                    self._refuse(channel, spec.NOT_FOUND, f"no exchange '{exchange}' in vhost '{vhost}'", method)
+                    return None
             if not self._check(channel, auth.checks_for_publish(vhost, exchange), method):
                 return None
-            if exchange and not node.router.has_exchange(vhost, exchange):
+            if current is None:
                 self._refuse(channel, spec.NOT_FOUND, f"no exchange '{exchange}' in vhost '{vhost}'", method)
                 return None
             if node.router.is_internal(vhost, exchange):
                 self._refuse(channel, spec.ACCESS_REFUSED,
                              f"cannot publish to internal exchange '{exchange}' in vhost '{vhost}'", method)
                 return None
-            self._write_checks_ok.add(exchange)
-        elif exchange and not node.router.has_exchange(vhost, exchange):
-            self._write_checks_ok.discard(exchange)
-            self._refuse(channel, spec.NOT_FOUND, f"no exchange '{exchange}' in vhost '{vhost}'", method)
-            return None
+            self._write_checks_ok[exchange] = current
         if method.immediate:
             self._refuse(channel, spec.NOT_IMPLEMENTED, "immediate=true", method)
             return None
@@ -607,7 +613,7 @@ class Session:
         if not self._check(channel, auth.checks_for_exchange_delete(vhost, m.exchange), m):
             return
         if await self._propose(channel, md.DeleteExchange(vhost, m.exchange, m.if_unused), m) is not None:
-            self._write_checks_ok.discard(m.exchange)
+            self._write_checks_ok.pop(m.exchange, None)
             self._reply(channel, m.nowait, spec.ExchangeDeleteOk())
 
     async def _exchange_bind(self, channel: int, m: Any) -> None:
@@ -841,6 +847,10 @@ def _replace_reply_to(props: spec.BasicProperties, reply_to: str) -> spec.BasicP
 
 # What `_admit` hands to routing: the properties as they will be stored, the expiry in ms,
 # the headers (for headers exchanges) and the extra routing keys of CC/BCC.
+# What `_write_checks_ok` keeps for the default exchange, which always exists.
+_DEFAULT_EXCHANGE = object()
+
+
 @dataclass(frozen=True, slots=True)
 class _BufferedPublish:
     """A transactional publish as routed when it arrived."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import pika
+import pytest
 
 from tests.integration.conftest import channel_error, connect, connection_error, drain, message_count, unique, wait_until
 
@@ -313,3 +314,34 @@ def test_recover_gives_a_consumers_prefetch_back_when_its_own_deliveries_are_req
     # prefetch of 2: c1 takes back both of its own, then c2 its own.
     assert _recover_with_two_consumers(amqp_url, 2, False) == [
         ("c1", b"m1"), ("c1", b"m3"), ("c2", b"m0"), ("c2", b"m2")]
+
+
+def test_a_publish_checks_the_exchange_as_it_is_now_not_as_it_was(amqp_url, conn):
+    ch = conn.channel()
+    x = unique("redeclared-internal")
+    ch.exchange_declare(x, "fanout")
+    ch.basic_publish(x, "", b"fine: not internal yet")
+    ch.exchange_declare("amq.direct", passive=True)
+    other = connect(amqp_url)
+    try:
+        och = other.channel()
+        och.exchange_delete(x)
+        och.exchange_declare(x, "fanout", internal=True)
+        ch.basic_publish(x, "", b"refused: internal now")
+        assert channel_error(lambda: ch.exchange_declare("amq.direct", passive=True)) == (
+            403, f"ACCESS_REFUSED - cannot publish to internal exchange '{x}' in vhost '/'")
+        och.exchange_delete(x)
+    finally:
+        other.close()
+
+
+def test_the_default_exchange_as_an_alternate_exchange_routes_nothing(conn):
+    ch = conn.channel()
+    x, q = unique("ae-default"), unique("ae-default-q")
+    ch.queue_declare(q)
+    ch.exchange_declare(x, "direct", auto_delete=True, arguments={"alternate-exchange": ""})
+    ch.confirm_delivery()
+    # The default exchange routes by queue name only what is published to it directly.
+    with pytest.raises(pika.exceptions.UnroutableError):
+        ch.basic_publish(x, q, b"unroutable", mandatory=True)
+    assert ch.queue_delete(q).method.message_count == 0

@@ -130,7 +130,8 @@ def naive_route(metadata: MetadataState, vhost: str, exchange: str, key: str,
                 if isinstance(ae, str):
                     targets.append(ae)
             for t in targets:
-                if t not in visited and metadata.exchange(vhost, t) is not None:
+                # The default exchange routes by queue name only when published to directly.
+                if t not in visited and t != "" and metadata.exchange(vhost, t) is not None:
                     visited.add(t)
                     nxt.append(t)
         frontier = nxt
