@@ -27,11 +27,8 @@ def node():
     """One real leveret-server shared by a test session (guest/guest on a free loopback port)."""
     from tests.support.node_process import NodeProcess
 
-    proc = NodeProcess(name="shared@localhost").start()
-    try:
+    with NodeProcess(name="shared@localhost").start() as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pika
+
 from tests.support.node_process import REPO, NodeProcess
 
 
@@ -49,3 +51,10 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
+
+
+def connect(node: NodeProcess, vhost: str = "/") -> pika.BlockingConnection:
+    """A pika connection to `node` as guest, in `vhost`."""
+    params = pika.URLParameters(node.url)
+    params.virtual_host = vhost
+    return pika.BlockingConnection(params)

@@ -11,7 +11,7 @@ import pika.exceptions
 import pytest
 
 from cluster.cookie import cookie_hash
-from tests.ctl.support import ctl, ok, wait_until
+from tests.ctl.support import connect, ctl, ok, wait_until
 from tests.support.node_process import NodeProcess, free_port
 
 FIXTURE = Path(__file__).with_name("rabbitmq-3.10.8-definitions.json")
@@ -19,11 +19,8 @@ FIXTURE = Path(__file__).with_name("rabbitmq-3.10.8-definitions.json")
 
 @pytest.fixture(scope="module")
 def node():
-    proc = NodeProcess(name="ctl@localhost").start()
-    try:
+    with NodeProcess(name="ctl@localhost").start() as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 class CookieFileNode(NodeProcess):
@@ -33,12 +30,6 @@ class CookieFileNode(NodeProcess):
         env = super().env()
         del env["LEVERET_COOKIE"]
         return env
-
-
-def connect(node: NodeProcess, vhost: str = "/") -> pika.BlockingConnection:
-    params = pika.URLParameters(node.url)
-    params.virtual_host = vhost
-    return pika.BlockingConnection(params)
 
 
 # --------------------------------------------------------------------------- users

@@ -10,23 +10,14 @@ import pika
 import pika.exceptions
 import pytest
 
-from tests.ctl.support import ctl, ok
+from tests.ctl.support import connect, ctl, ok
 from tests.support.node_process import NodeProcess
 
 
 @pytest.fixture(scope="module")
 def node():
-    proc = NodeProcess(name="parity@localhost").start()
-    try:
+    with NodeProcess(name="parity@localhost").start() as proc:
         yield proc
-    finally:
-        proc.stop()
-
-
-def connect(node: NodeProcess, vhost: str = "/") -> pika.BlockingConnection:
-    params = pika.URLParameters(node.url)
-    params.virtual_host = vhost
-    return pika.BlockingConnection(params)
 
 
 def test_json_formatter_results_of_commands_that_change_something(node: NodeProcess) -> None:

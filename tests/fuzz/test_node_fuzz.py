@@ -80,11 +80,8 @@ class WellBehavedClient(threading.Thread):
 
 @pytest.fixture(scope="module")
 def fuzz_node():
-    proc = NodeProcess(name="fuzz@localhost").start()
-    try:
+    with NodeProcess(name="fuzz@localhost").start() as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _check(o: Outcome) -> list[str]:

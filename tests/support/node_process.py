@@ -13,6 +13,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -116,6 +117,12 @@ class NodeProcess:
         code = self.proc.returncode
         self.proc = None
         return code
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def kill(self) -> None:
         """SIGKILL: nothing is flushed, as after a power cut of the process."""
