@@ -10,7 +10,10 @@ RabbitMQ 3.10 rules (`rabbit_queue_consumers`, `rabbit_amqqueue_process`):
 * Round robin among the consumers of the highest priority (`x-priority` consumer
   argument, default 0) that have credit; lower-priority consumers receive only
   while every higher-priority one is out of credit. A consumer that receives a
-  message goes to the back of its priority's line.
+  message goes to the back of its priority's line. A consumer found out of credit
+  when a message is on offer leaves its line ("blocked"); it rejoins at the back
+  once it has credit again (`unblock`, at the next dispatch or offer), so a
+  consumer that waited for its acks comes after those that did not have to.
 * `basic.consume` with exclusive=true is refused while the queue has any
   consumer or is a single-active-consumer queue, and any consumer is refused
   while an exclusive one exists:
@@ -59,9 +62,12 @@ class ConsumerSet:
         self.vhost = vhost
         self.single_active = single_active
         self._by_key: dict[tuple[Hashable, str], Consumer] = {}
-        # priority -> consumers in round-robin order; `_priorities` sorted highest first.
+        # priority -> consumers in round-robin order; `_priorities` sorted highest first,
+        # those of every consumer, in a line or blocked (a line may be empty).
         self._lines: dict[int, deque[Consumer]] = {}
         self._priorities: list[int] = []
+        # Consumers found out of credit, in the order they were found so.
+        self._blocked: list[Consumer] = []
         self._registrations = 0
         self._exclusive: Consumer | None = None
 
@@ -113,8 +119,11 @@ class ConsumerSet:
         if consumer is None:
             return None
         line = self._lines[consumer.priority]
-        line.remove(consumer)
-        if not line:
+        if consumer in self._blocked:
+            self._blocked.remove(consumer)
+        else:
+            line.remove(consumer)
+        if not line and all(c.priority != consumer.priority for c in self._by_key.values()):
             del self._lines[consumer.priority]
             self._priorities.remove(consumer.priority)
         if self._exclusive is consumer:
@@ -137,11 +146,27 @@ class ConsumerSet:
         if self.single_active:
             active = self.active
             return active if active is not None and has_credit(active) else None
+        if self._blocked:
+            self.unblock(has_credit)
         for priority in self._priorities:
             line = self._lines[priority]
-            for _ in range(len(line)):
+            while line:
                 consumer = line[0]
-                line.rotate(-1)
                 if has_credit(consumer):
+                    line.rotate(-1)
                     return consumer
+                # rabbit_queue_consumers:deliver_to_consumer blocks it (block_consumer).
+                line.popleft()
+                self._blocked.append(consumer)
         return None
+
+    def unblock(self, has_credit: Callable[[Consumer], bool]) -> None:
+        """Blocked consumers that have credit again rejoin their lines at the back, in the
+        order they were blocked (rabbit_queue_consumers:unblock/2 after an ack)."""
+        still: list[Consumer] = []
+        for consumer in self._blocked:
+            if has_credit(consumer):
+                self._lines[consumer.priority].append(consumer)
+            else:
+                still.append(consumer)
+        self._blocked = still

@@ -218,6 +218,9 @@ class QueueLeader:
         self._dispatching = True
         try:
             state = self.state
+            # Credit may have come back (an ack, a requeue, basic.qos): consumers blocked for
+            # want of it rejoin the round robin now, as RabbitMQ's queue unblocks them on the ack.
+            self.consumers.unblock(self._has_credit)
             while state.messages_ready and len(self.consumers):
                 consumer = self.consumers.next_consumer(self._has_credit)
                 if consumer is None:

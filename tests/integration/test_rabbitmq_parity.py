@@ -345,3 +345,39 @@ def test_the_default_exchange_as_an_alternate_exchange_routes_nothing(conn):
     with pytest.raises(pika.exceptions.UnroutableError):
         ch.basic_publish(x, q, b"unroutable", mandatory=True)
     assert ch.queue_delete(q).method.message_count == 0
+
+
+def test_a_consumer_that_waited_for_its_acks_rejoins_the_round_robin_at_the_back(amqp_url):
+    c = connect(amqp_url)
+    try:
+        q = unique("rr-unblocked")
+        setup = c.channel()
+        setup.queue_declare(q)
+        got: list[tuple[str, bytes]] = []
+
+        def consumer(tag: str):
+            ch = c.channel()
+            ch.basic_qos(prefetch_count=1)
+            ch.basic_consume(q, lambda _c, m, _p, b: got.append((tag, b)), consumer_tag=tag)
+            return ch
+
+        def settle() -> None:
+            for _ in range(3):
+                setup.queue_declare(q, passive=True)  # a round trip through the queue
+            c.process_data_events(time_limit=0.05)
+
+        a = consumer("a")
+        setup.basic_publish("", q, b"m0")
+        setup.basic_publish("", q, b"m1")  # offered while a is full: a is blocked
+        settle()
+        assert setup.basic_get(q, auto_ack=True)[2] == b"m1"
+        consumer("b")  # registered while a is blocked
+        a.basic_ack(delivery_tag=1)  # a has credit again: it rejoins behind b
+        settle()
+        setup.basic_publish("", q, b"m2")
+        settle()
+        assert got == [("a", b"m0"), ("b", b"m2")]
+        setup.queue_delete(q)
+    finally:
+        if c.is_open:
+            c.close()
