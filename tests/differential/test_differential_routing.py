@@ -27,6 +27,14 @@ passive declare of every pool queue (a round trip through each queue), then a sy
 round trip on both consumer channels; deliveries are recorded per consumer tag in arrival
 order, with broker-sent basic.cancel.
 
+Known difference from RabbitMQ 3.10.8 (a RabbitMQ bug, left): when the active consumer of
+a single-active-consumer queue is cancelled while messages are ready, RabbitMQ delivers
+nothing to the consumer that becomes active until the next publish to the queue (its
+basic_cancel handler never runs the message queue); Leveret delivers at once. Minimal:
+x-single-active-consumer queue, consumers a then b (prefetch 1), publish m0 and m1 (a gets
+m0), cancel a: b gets m1 from Leveret, nothing from RabbitMQ. Sequences that do this fail
+the comparison.
+
 Without LEVERET_COMPARE_URL only the base invariants are checked (every delivered body was
 published, a body comes again only redelivered or dead-lettered, counts are never negative,
 a purged queue has nothing to get). With it every outcome must equal RabbitMQ's.
