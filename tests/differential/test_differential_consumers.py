@@ -382,7 +382,7 @@ class ConsumerRunner(Runner):
             for ctag, info in st.consumers.items():
                 if info["auto_ack"] or not info["prefetch"]:
                     continue
-                held = sum(1 for u in st.unacked if u[3] == ctag)
+                held = sum(1 for u in st.unacked if u[3] == ctag and u[0] > info["since"])
                 if held > info["prefetch"]:
                     self.violations.append(f"consumer {ctag} holds {held} unacked, prefetch {info['prefetch']}")
 
@@ -445,7 +445,10 @@ class ConsumerRunner(Runner):
 
             ch.basic_consume(q, on_message, auto_ack=op["auto_ack"], exclusive=op["exclusive"],
                              consumer_tag=ctag, arguments=args)
-            st.consumers[ctag] = {"queue": q, "auto_ack": op["auto_ack"], "prefetch": st.prefetch}
+            # Deliveries to an earlier consumer with the same tag (cancelled, its deliveries still
+            # unacked) are not this one's: it holds only those with a later delivery tag.
+            since = max(st.tag_ord, default=0)
+            st.consumers[ctag] = {"queue": q, "auto_ack": op["auto_ack"], "prefetch": st.prefetch, "since": since}
             return ("consume_ok",)
         if k == "qos":
             ch.basic_qos(prefetch_count=op["prefetch_count"], global_qos=op["global_qos"])
