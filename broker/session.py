@@ -264,8 +264,10 @@ class Session:
     # ------------------------------------------------------------------ publish
 
     def _admit(self, ev: PublishReceived) -> "_Admitted | None":
-        """RabbitMQ's checks of a publish (exchange, permissions, properties), in its order;
-        None when one failed (the channel or connection is being closed)."""
+        """RabbitMQ's checks of a publish (exchange, permissions, properties), in its order,
+        then its routing: (properties as stored, expiry in ms, the queues it goes to, or
+        None for a direct reply-to); None when a check failed (the channel or connection
+        is being closed)."""
         node = self.node
         method = ev.method
         exchange = method.exchange
@@ -324,19 +326,19 @@ class Session:
                 self._refuse(channel, spec.PRECONDITION_FAILED, "fast reply consumer does not exist", method)
                 return None
             props = _replace_reply_to(props, f"{REPLY_TO}.{reply[0]}")
-        return props, expiration_ms, headers, extra_keys
+        if not exchange and method.routing_key.startswith(REPLY_TO_PREFIX):
+            return props, expiration_ms, None
+        return props, expiration_ms, node.router.route(vhost, exchange, method.routing_key, headers, extra_keys).queues
 
     def _publish(self, ev: PublishReceived, now: int | None = None) -> None:
         admitted = self._admit(ev)
         if admitted is None:
             return
-        props, expiration_ms, headers, extra_keys = admitted
-        method = ev.method
-        if not method.exchange and method.routing_key.startswith(REPLY_TO_PREFIX):
+        props, expiration_ms, queues = admitted
+        if queues is None:
             self._publish_reply(ev, props, expiration_ms)
-            return
-        routed = self.node.router.route(self.vhost, method.exchange, method.routing_key, headers, extra_keys)
-        self._enqueue(ev, self._message(ev, props, expiration_ms), routed.queues, now, None)
+        else:
+            self._enqueue(ev, self._message(ev, props, expiration_ms), queues, now, None)
 
     def _publish_buffered(self, ev: PublishReceived) -> None:
         """A publish inside a transaction: checked and routed now, as RabbitMQ does (its
@@ -346,13 +348,11 @@ class Session:
         admitted = self._admit(ev)
         if admitted is None:
             return
-        props, expiration_ms, headers, extra_keys = admitted
-        method = ev.method
-        if not method.exchange and method.routing_key.startswith(REPLY_TO_PREFIX):
+        props, expiration_ms, queues = admitted
+        if queues is None:
             ev.routed = _BufferedReply(props, expiration_ms)
-            return
-        routed = self.node.router.route(self.vhost, method.exchange, method.routing_key, headers, extra_keys)
-        ev.routed = _BufferedPublish(self._message(ev, props, expiration_ms), routed.queues)
+        else:
+            ev.routed = _BufferedPublish(self._message(ev, props, expiration_ms), queues)
 
     def _commit(self, ev: TxCommitted) -> None:
         commit = _TxCommit(self, ev.channel)
@@ -845,8 +845,6 @@ def _replace_reply_to(props: spec.BasicProperties, reply_to: str) -> spec.BasicP
     return dataclasses.replace(props, reply_to=reply_to)
 
 
-# What `_admit` hands to routing: the properties as they will be stored, the expiry in ms,
-# the headers (for headers exchanges) and the extra routing keys of CC/BCC.
 # What `_write_checks_ok` keeps for the default exchange, which always exists.
 _DEFAULT_EXCHANGE = object()
 
@@ -867,7 +865,9 @@ class _BufferedReply:
     expiration_ms: int | None
 
 
-_Admitted = tuple[spec.BasicProperties, "int | None", Any, tuple[str, ...]]
+# What `_admit` returns: the properties as they will be stored, the expiry in ms, and the
+# queues the publish is routed to (None for a direct reply-to).
+_Admitted = tuple[spec.BasicProperties, "int | None", "Collection[str] | None"]
 
 
 class _TxCommit:

@@ -39,9 +39,15 @@ from typing import Any
 
 import pytest
 
-SEEDS = int(os.environ.get("LEVERET_DIFF_SEEDS", "20"))
-OPS = int(os.environ.get("LEVERET_DIFF_OPS", "60"))
-SEED_BASE = int(os.environ.get("LEVERET_DIFF_SEED_BASE", "0"))
+
+def run_size(seeds: int, ops: int) -> tuple[int, int, int]:
+    """(seeds, operations per seed, first seed): the defaults given, or the environment's."""
+    env = os.environ
+    return (int(env.get("LEVERET_DIFF_SEEDS", seeds)), int(env.get("LEVERET_DIFF_OPS", ops)),
+            int(env.get("LEVERET_DIFF_SEED_BASE", 0)))
+
+
+SEEDS, OPS, SEED_BASE = run_size(20, 60)
 
 # Pools. Names are symbolic here ("x0", "q3", "gen1") and resolved per run with a prefix.
 N_EXCHANGES = 3
@@ -344,24 +350,53 @@ class Runner:
 
     # ---- running ----
     def run(self, ops: list[dict]) -> list[Any]:
+        for op in ops:
+            self.outcomes.append(self.record(op, self.answer(op)))
+        return self.outcomes
+
+    def answer(self, op: dict) -> Any:
+        """What the broker answered `op`; a channel or connection it closed is opened again."""
         import pika.exceptions as pe
 
-        for op in ops:
-            try:
-                out = self._do(op)
-            except pe.ChannelClosedByBroker as e:
-                out = ("channel_closed", e.reply_code, self.norm(e.reply_text))
-                self._open_channel()
-            except pe.ConnectionClosedByBroker as e:
-                out = ("connection_closed", e.reply_code, self.norm(e.reply_text))
-                self._reconnect()
-            except (pe.AMQPError, OSError) as e:
-                out = ("client_error", type(e).__name__)
-                self._reconnect()
-            self.outcomes.append(out)
-            if self.dlx_seen and op["op"] in DEAD_LETTER_SENSITIVE:
-                time.sleep(0.01)  # dead-lettering is asynchronous in RabbitMQ
-        return self.outcomes
+        try:
+            out = self._do(op)
+            self._after(op)
+        except pe.ChannelClosedByBroker as e:
+            out = ("channel_closed", e.reply_code, self.norm(e.reply_text))
+            self._after_channel_close(op)
+        except pe.ConnectionClosedByBroker as e:
+            out = ("connection_closed", e.reply_code, self.norm(e.reply_text))
+            self._reconnect()
+        except (pe.AMQPError, OSError) as e:
+            out = ("client_error", type(e).__name__)
+            self._reconnect()
+        return out
+
+    def record(self, op: dict, out: Any) -> Any:
+        """The outcome of `op` as compared between brokers."""
+        if self.dlx_seen and op["op"] in DEAD_LETTER_SENSITIVE:
+            time.sleep(0.01)  # dead-lettering is asynchronous in RabbitMQ
+        return out
+
+    def settled(self) -> Any:
+        """What `settle` observed (runners that watch deliveries define it), or how the
+        connection was closed meanwhile."""
+        import pika.exceptions as pe
+
+        try:
+            return self.settle()
+        except pe.ConnectionClosedByBroker as e:
+            self._reconnect()
+            return ("connection_closed", e.reply_code, self.norm(e.reply_text))
+
+    def settle(self) -> Any:
+        raise NotImplementedError("a runner that records deliveries defines settle")
+
+    def _after(self, op: dict) -> None:
+        """Hook: run after an operation the broker accepted."""
+
+    def _after_channel_close(self, op: dict) -> None:
+        self._open_channel()
 
     def _reconnect(self) -> None:
         self.close()

@@ -51,18 +51,15 @@ LEVERET_DIFF_SEEDS (default 10), LEVERET_DIFF_OPS (default 40), LEVERET_DIFF_SEE
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from typing import Any
 
 import pytest
 
-from tests.differential.test_differential import Runner, check_sequence
+from tests.differential.test_differential import Runner, check_sequence, run_size
 
-SEEDS = int(os.environ.get("LEVERET_DIFF_SEEDS", "10"))
-OPS = int(os.environ.get("LEVERET_DIFF_OPS", "40"))
-SEED_BASE = int(os.environ.get("LEVERET_DIFF_SEED_BASE", "0"))
+SEEDS, OPS, SEED_BASE = run_size(10, 40)
 
 N_EXCHANGES = 3
 N_QUEUES = 5  # q0..q3 carry per-seed arguments, q4 is a plain sink
@@ -278,33 +275,20 @@ class ConsumerRunner(Runner):
                 c.close()
 
     # ---- running ----
-    def run(self, ops: list[dict]) -> list[Any]:
-        import pika.exceptions as pe
+    @staticmethod
+    def _channel_of(op: dict) -> int | None:
+        return 0 if op["op"] == "publish" else op.get("ch")
 
-        for op in ops:
-            i = 0 if op["op"] == "publish" else op.get("ch")
-            try:
-                out = self._do(op)
-                if i is not None:
-                    self._chan_barrier(i)
-            except pe.ChannelClosedByBroker as e:
-                out = ("channel_closed", e.reply_code, self.norm(e.reply_text))
-                self._after_channel_close(i)
-            except pe.ConnectionClosedByBroker as e:
-                out = ("connection_closed", e.reply_code, self.norm(e.reply_text))
-                self._reconnect()
-            except (pe.AMQPError, OSError) as e:
-                out = ("client_error", type(e).__name__)
-                self._reconnect()
-            try:
-                observed = self.settle()
-            except pe.ConnectionClosedByBroker as e:
-                observed = ("connection_closed", e.reply_code, self.norm(e.reply_text))
-                self._reconnect()
-            self.outcomes.append((out, observed))
-        return self.outcomes
+    def _after(self, op: dict) -> None:
+        i = self._channel_of(op)
+        if i is not None:
+            self._chan_barrier(i)
 
-    def _after_channel_close(self, i: int | None) -> None:
+    def record(self, op: dict, out: Any) -> Any:
+        return (out, self.settled())
+
+    def _after_channel_close(self, op: dict) -> None:
+        i = self._channel_of(op)
         if i is None:
             self.probe = self.conn.channel()
             self.ch = self.probe

@@ -45,18 +45,15 @@ LEVERET_DIFF_SEEDS (default 12), LEVERET_DIFF_OPS (default 50), LEVERET_DIFF_SEE
 
 from __future__ import annotations
 
-import os
 import random
 import time
 from typing import Any
 
 import pytest
 
-from tests.differential.test_differential import Runner, check_sequence
+from tests.differential.test_differential import Runner, check_sequence, run_size
 
-SEEDS = int(os.environ.get("LEVERET_DIFF_SEEDS", "12"))
-OPS = int(os.environ.get("LEVERET_DIFF_OPS", "50"))
-SEED_BASE = int(os.environ.get("LEVERET_DIFF_SEED_BASE", "0"))
+SEEDS, OPS, SEED_BASE = run_size(12, 50)
 
 N_EXCHANGES = 4
 N_QUEUES = 4
@@ -300,7 +297,6 @@ class RoutingRunner(Runner):
 
     def cleanup(self) -> None:
         import pika
-
         import pika.exceptions as pe
 
         time.sleep(0.05)  # exclusive queues of the closed connections go away asynchronously
@@ -318,28 +314,8 @@ class RoutingRunner(Runner):
                 c.close()
 
     # ---- running ----
-    def run(self, ops: list[dict]) -> list[Any]:
-        import pika.exceptions as pe
-
-        for op in ops:
-            try:
-                out = self._do(op)
-            except pe.ChannelClosedByBroker as e:
-                out = ("channel_closed", e.reply_code, self.norm(e.reply_text))
-                self._open_channel()
-            except pe.ConnectionClosedByBroker as e:
-                out = ("connection_closed", e.reply_code, self.norm(e.reply_text))
-                self._reconnect()
-            except (pe.AMQPError, OSError) as e:
-                out = ("client_error", type(e).__name__)
-                self._reconnect()
-            try:
-                observed = self.settle()
-            except pe.ConnectionClosedByBroker as e:
-                observed = ("connection_closed", e.reply_code, self.norm(e.reply_text))
-                self._reconnect()
-            self.outcomes.append((out, observed))
-        return self.outcomes
+    def record(self, op: dict, out: Any) -> Any:
+        return (out, self.settled())
 
     def settle(self) -> dict[str, Any]:
         """Make every consequence of the last operation visible, then collect deliveries."""
