@@ -710,10 +710,13 @@ class Connection:
             self._blocked_sent = True
 
     def _on_update_secret(self, method: spec.ConnectionUpdateSecret, events: list[Event]) -> None:
-        assert self.username is not None
-        refusal = self._authenticate(self.username, method.new_secret.decode("utf-8", "surrogateescape"))
-        if refusal is not None:
-            raise ProtocolError.of(spec.NOT_ALLOWED, "New secret was refused by one of the backends", method)
+        # RabbitMQ passes the new secret only to backends whose state can expire
+        # (rabbit_access_control:update_state); the internal user database says
+        # state_can_expire() -> false, so with it every update-secret is answered with
+        # update-secret-ok and the secret is never checked. Leveret's users are that
+        # database, so a client rotating a credential keeps its connection as it would
+        # on RabbitMQ, whatever it sends ("New secret was refused by one of the
+        # backends" belongs to token backends such as OAuth 2, which Leveret has not).
         self._out += codec.encode_method(0, spec.ConnectionUpdateSecretOk())
 
     # --- frames -----------------------------------------------------------------------------

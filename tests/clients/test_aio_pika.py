@@ -16,6 +16,7 @@ from typing import Any
 import aio_pika
 import aio_pika.exceptions
 import aiormq.exceptions
+import pamqp.commands
 import pytest
 
 from tests.clients.common import BrokerAddress, unique
@@ -173,6 +174,27 @@ def test_channel_error_surfaces_and_connection_survives(broker: BrokerAddress) -
         q = await other.declare_queue(exclusive=True)
         await other.default_exchange.publish(aio_pika.Message(b"still here"), routing_key=q.name)
         assert (await q.get(no_ack=True, timeout=5)).body == b"still here"
+
+    run(broker, body)
+
+
+def test_update_secret_keeps_the_connection_whatever_the_secret(broker: BrokerAddress) -> None:
+    """connection.update-secret is answered with update-secret-ok for internal users.
+
+    RabbitMQ 3.10.8 hands the new secret only to auth backends whose state can
+    expire; its internal user database cannot, so even a secret that is not the
+    user's password is accepted and the connection carries on (a client rotating a
+    credential must not lose its connection)."""
+
+    async def body(conn: aio_pika.abc.AbstractRobustConnection) -> None:
+        amqp = conn.transport.connection
+        for secret in ("guest", "not-the-password"):
+            ok = await amqp.update_secret(secret, reason="rotation", timeout=5)
+            assert isinstance(ok, pamqp.commands.Connection.UpdateSecretOk)
+        ch = await conn.channel()
+        q = await ch.declare_queue(exclusive=True)
+        await ch.default_exchange.publish(aio_pika.Message(b"after rotation"), routing_key=q.name)
+        assert (await q.get(no_ack=True, timeout=5)).body == b"after rotation"
 
     run(broker, body)
 
