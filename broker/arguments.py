@@ -20,7 +20,10 @@ as RabbitMQ does.
 `x-queue-type`: "classic" and "quorum" are accepted. Every Leveret queue is
 already a replicated log whose replica count comes from policy, so a quorum
 queue is served as such a queue; quorum-only features (x-delivery-limit,
-at-most-once/at-least-once dead-lettering) are not implemented. "stream" is
+at-most-once/at-least-once dead-lettering) are not implemented. What RabbitMQ
+refuses for a quorum queue is refused here too, with its texts: a server-named,
+auto-delete, exclusive or non-durable one, x-max-priority and x-queue-mode
+(`check_quorum_declare`), and a consumer under global qos (the session). "stream" is
 refused with RabbitMQ's own text for an unsupported type, since non-destructive
 offset consumption does not exist here.
 
@@ -260,13 +263,53 @@ def _refuse(detail: str) -> Refusal:
     return Refusal(PRECONDITION_FAILED, reply_text(PRECONDITION_FAILED, detail))
 
 
+# rabbit_quorum_queue's arguments that a quorum queue refuses outright, whatever their value.
+QUORUM_INVALID_ARGUMENTS = ("x-max-priority", "x-queue-mode")
+# The queue type as RabbitMQ 3.10.8 names it in its refusals (the module, printed with ~tp).
+_QUORUM_TYPE_NAME = "rabbit_quorum_queue"
+
+
+def is_quorum(arguments: Mapping[str, Any] | None) -> bool:
+    return arguments is not None and _as_text(arguments.get("x-queue-type")) == "quorum"
+
+
+def server_named_refusal(arguments: Mapping[str, Any] | None) -> Refusal | None:
+    """rabbit_channel checks `is_server_named_allowed` before anything else about an
+    empty queue name: a quorum queue must be named by its client."""
+    if is_quorum(arguments):
+        return _refuse(f"Cannot declare a server-named queue for type {_QUORUM_TYPE_NAME}")
+    return None
+
+
+def check_quorum_declare(
+    queue: str, vhost: str, arguments: Mapping[str, Any] | None, *, durable: bool, exclusive: bool, auto_delete: bool
+) -> Refusal | None:
+    """rabbit_quorum_queue:declare/2's checks on a new quorum queue, in its order: the
+    arguments it refuses (the first one in the client's table), then auto-delete, an
+    exclusive owner, and a non-durable queue. They run after the generic argument
+    checks, which skip QUORUM_INVALID_ARGUMENTS for a quorum queue (so a malformed
+    x-max-priority is reported as refused by the queue type, as RabbitMQ does)."""
+    if not is_quorum(arguments):
+        return None
+    assert arguments is not None
+    resource = queue_resource(queue, vhost)
+    for key in arguments:
+        if key in QUORUM_INVALID_ARGUMENTS:
+            return _refuse(f"invalid arg '{key}' for {resource} of queue type {_QUORUM_TYPE_NAME}")
+    for refused, prop in ((auto_delete, "auto-delete"), (exclusive, "exclusive-owner"), (not durable, "non-durable")):
+        if refused:
+            return _refuse(f"invalid property '{prop}' for {resource}")
+    return None
+
+
 def _check_arguments(
     queue: str, vhost: str, arguments: Mapping[str, Any] | None, checks: tuple[tuple[str, _Check], ...]
 ) -> Refusal | None:
     if not arguments:
         return None
+    skipped = QUORUM_INVALID_ARGUMENTS if is_quorum(arguments) else ()
     for key, check in checks:
-        if key not in arguments:
+        if key not in arguments or key in skipped:
             continue
         error = check(arguments[key], arguments)
         if error is not None:

@@ -42,7 +42,14 @@ from broker.amqp.connection import (
     Rejected,
     TxCommitted,
 )
-from broker.arguments import check_consume_arguments, check_declare_arguments, parse_expiration
+from broker.arguments import (
+    check_consume_arguments,
+    check_declare_arguments,
+    check_quorum_declare,
+    is_quorum,
+    parse_expiration,
+    server_named_refusal,
+)
 from broker.message import Message
 from broker.queue_leader import FLOW_HIGH, ConsumerRef, QueueLeader
 from cluster import metadata as md
@@ -661,6 +668,10 @@ class Session:
             return
         server_named = not name
         if server_named:
+            refusal = server_named_refusal(m.arguments)
+            if refusal is not None:
+                self._fail(channel, refusal, m)
+                return
             name = _server_named_queue()
         refused = md.reserved_queue_name_refusal(name, server_named)
         if refused is not None:
@@ -677,7 +688,9 @@ class Session:
         if not self._check(channel, checks, m):
             return
         if creates:
-            refusal = check_declare_arguments(name, vhost, m.arguments)
+            refusal = check_declare_arguments(name, vhost, m.arguments) or check_quorum_declare(
+                name, vhost, m.arguments, durable=m.durable and not m.exclusive, exclusive=m.exclusive,
+                auto_delete=m.auto_delete)
             if refusal is not None:
                 self._fail(channel, refusal, m)
                 return
@@ -785,7 +798,9 @@ class Session:
         leader = self._queue_for(channel, m.queue, m)
         if leader is None:
             return
-        refusal = check_consume_arguments(m.queue, vhost, m.arguments) or leader.check_consume(m.exclusive)
+        refusal = (check_consume_arguments(m.queue, vhost, m.arguments)
+                   or self._global_qos_refusal(channel, m.queue)
+                   or leader.check_consume(m.exclusive))
         if refusal is not None:
             self._fail(channel, refusal, m)
             return
@@ -798,6 +813,18 @@ class Session:
         self.consumers[channel][tag] = leader
         self._reply(channel, m.nowait, spec.BasicConsumeOk(consumer_tag=tag))
         leader.dispatch(self.node.now_ms())
+
+    def _global_qos_refusal(self, channel: int, queue: str) -> md.Refusal | None:
+        """RabbitMQ's quorum queues take no channel-wide prefetch: consuming from one on a
+        channel with basic.qos global=true in force is a 540 connection error
+        (rabbit_quorum_queue:consume, global_qos_not_supported_for_queue_type). Celery
+        and kombu detect quorum queues and leave global qos off because of it."""
+        ch = self.conn.channel(channel)
+        record = self.node.metadata.queue(self.vhost, queue)
+        if ch is None or not ch.channel_prefetch or record is None or not is_quorum(record.arguments):
+            return None
+        return md.Refusal(spec.NOT_IMPLEMENTED, spec.reply_text(
+            spec.NOT_IMPLEMENTED, f"queue '{queue}' in vhost '{self.vhost}' does not support global qos"))
 
     async def _basic_get(self, channel: int, m: spec.BasicGet) -> None:
         if not self._check(channel, auth.checks_for_consume(self.vhost, m.queue), m):

@@ -207,6 +207,82 @@ def test_redeclare_with_other_arguments_is_precondition_failed(conn: amqp.Connec
     conn.channel().queue_delete(q)
 
 
+# (declare options, arguments besides x-queue-type, refusal detail with {q} for the queue
+# resource). py-amqp's queue_declare defaults to auto_delete=True, which a quorum queue
+# refuses, so every case names its options.
+QUORUM_REFUSALS = [
+    ({"durable": True, "auto_delete": True}, {}, "invalid property 'auto-delete' for {q}"),
+    ({"durable": False, "auto_delete": False}, {}, "invalid property 'non-durable' for {q}"),
+    ({"durable": True, "auto_delete": False, "exclusive": True}, {}, "invalid property 'exclusive-owner' for {q}"),
+    # auto-delete is checked before the exclusive owner and durability.
+    ({"durable": False, "auto_delete": True, "exclusive": True}, {}, "invalid property 'auto-delete' for {q}"),
+    ({"durable": True, "auto_delete": True}, {"x-max-priority": 5},
+     "invalid arg 'x-max-priority' for {q} of queue type rabbit_quorum_queue"),
+    # Refused for the queue type whatever its value...
+    ({"durable": True, "auto_delete": False}, {"x-max-priority": "high"},
+     "invalid arg 'x-max-priority' for {q} of queue type rabbit_quorum_queue"),
+    # ...the first one in the client's table...
+    ({"durable": True, "auto_delete": False}, {"x-queue-mode": "lazy", "x-max-priority": 5},
+     "invalid arg 'x-queue-mode' for {q} of queue type rabbit_quorum_queue"),
+    # ...after the generic argument checks.
+    ({"durable": True, "auto_delete": False}, {"x-max-length": -1, "x-max-priority": 5},
+     "invalid arg 'x-max-length' for {q}: {{value_negative,-1}}"),
+]
+
+
+@pytest.mark.parametrize(("options", "extra", "detail"), QUORUM_REFUSALS)
+def test_quorum_queue_declare_refusals(
+    conn: amqp.Connection, options: dict[str, bool], extra: dict[str, Any], detail: str
+) -> None:
+    """A quorum queue is durable, not auto-delete, not exclusive, and takes neither
+    priorities nor a queue mode: RabbitMQ 3.10.8 refuses such a declare with 406, so
+    code that only works against a more lenient broker is caught in testing."""
+    q = unique("pyamqp-quorum")
+    with pytest.raises(ae.PreconditionFailed) as info:
+        conn.channel().queue_declare(q, arguments={**extra, "x-queue-type": "quorum"}, **options)
+    assert info.value.reply_text == "PRECONDITION_FAILED - " + detail.format(q=f"queue '{q}' in vhost '/'")
+    ch = conn.channel()
+    with pytest.raises(ae.NotFound):
+        ch.queue_declare(q, passive=True)
+
+
+def test_quorum_queue_cannot_be_server_named_but_can_be_declared_durable(conn: amqp.Connection) -> None:
+    with pytest.raises(ae.PreconditionFailed) as info:
+        conn.channel().queue_declare("", durable=True, auto_delete=False, arguments={"x-queue-type": "quorum"})
+    assert info.value.reply_text == (
+        "PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_quorum_queue")
+    q = unique("pyamqp-quorum-ok")
+    ch = conn.channel()
+    args = {"x-queue-type": "quorum", "x-max-length": 5, "x-message-ttl": 1000, "x-single-active-consumer": True}
+    assert ch.queue_declare(q, durable=True, auto_delete=False, arguments=args) == (q, 0, 0)
+    ch.queue_delete(q)
+
+
+def test_consuming_a_quorum_queue_under_global_qos_is_not_implemented(broker: BrokerAddress) -> None:
+    """Celery detects quorum queues and turns global qos off because RabbitMQ refuses
+    the consume with a 540 connection error; per-consumer qos is fine."""
+    q = unique("pyamqp-quorum-qos")
+    c = open_connection(broker)
+    try:
+        ch = c.channel()
+        ch.queue_declare(q, durable=True, auto_delete=False, arguments={"x-queue-type": "quorum"})
+        ch.basic_qos(0, 5, False)
+        ch.basic_consume(q, callback=lambda m: None)
+        other = c.channel()
+        other.basic_qos(0, 5, True)
+        with pytest.raises(ae.AMQPNotImplementedError) as info:
+            other.basic_consume(q, callback=lambda m: None)
+        assert info.value.reply_text == f"NOT_IMPLEMENTED - queue '{q}' in vhost '/' does not support global qos"
+        assert info.value.method_sig == (60, 20)
+    finally:
+        c.collect()
+    c = open_connection(broker)
+    try:
+        c.channel().queue_delete(q)
+    finally:
+        c.close()
+
+
 def test_publish_to_missing_exchange_with_confirms_raises_not_found(conn: amqp.Connection) -> None:
     ch = conn.channel()
     ex = unique("pyamqp-nox")
