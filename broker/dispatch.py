@@ -146,7 +146,7 @@ class ConsumerSet:
         if self.single_active:
             active = self.active
             return active if active is not None and has_credit(active) else None
-        if self._blocked:
+        if self._blocked:  # inline: this runs once per message
             self.unblock(has_credit)
         for priority in self._priorities:
             line = self._lines[priority]
@@ -163,6 +163,8 @@ class ConsumerSet:
     def unblock(self, has_credit: Callable[[Consumer], bool]) -> None:
         """Blocked consumers that have credit again rejoin their lines at the back, in the
         order they were blocked (rabbit_queue_consumers:unblock/2 after an ack)."""
+        if not self._blocked:
+            return
         still: list[Consumer] = []
         for consumer in self._blocked:
             if has_credit(consumer):
