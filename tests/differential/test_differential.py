@@ -49,6 +49,14 @@ def run_size(seeds: int, ops: int) -> tuple[int, int, int]:
 
 SEEDS, OPS, SEED_BASE = run_size(20, 60)
 
+
+def settlement_fields(rng: random.Random, kind: str, multiple_share: float = 0.25) -> dict[str, Any]:
+    """An ack/nack/reject's pick (which unacked delivery), multiple and requeue flags."""
+    pick = rng.random()
+    multiple = kind != "reject" and rng.random() < multiple_share
+    requeue = kind != "ack" and rng.random() < 0.5
+    return {"pick": pick, "multiple": multiple, "requeue": requeue}
+
 # Pools. Names are symbolic here ("x0", "q3", "gen1") and resolved per run with a prefix.
 N_EXCHANGES = 3
 N_QUEUES = 4
@@ -190,9 +198,7 @@ def gen_ops(seed: int, n: int) -> list[dict[str, Any]]:
             op["auto_ack"] = rng.random() < 0.3
         elif kind in ("ack", "nack", "reject"):
             op["unknown"] = rng.random() < 0.1
-            op["pick"] = rng.random()
-            op["multiple"] = kind != "reject" and rng.random() < 0.25
-            op["requeue"] = kind != "ack" and rng.random() < 0.5
+            op.update(settlement_fields(rng, kind))
         elif kind == "qos":
             op["prefetch_count"] = rng.choice([0, 1, 10])
             op["global_qos"] = rng.random() < 0.3

@@ -57,7 +57,7 @@ from typing import Any
 
 import pytest
 
-from tests.differential.test_differential import Runner, check_sequence, run_size
+from tests.differential.test_differential import Runner, check_sequence, run_size, settlement_fields
 
 SEEDS, OPS, SEED_BASE = run_size(10, 40)
 
@@ -166,9 +166,7 @@ def gen_consumer_ops(seed: int, n: int) -> list[dict[str, Any]]:
             consumed[c].discard(op["ctag"])
         elif kind in ("ack", "nack", "reject"):
             op["ch"] = ack_channel()
-            op["pick"] = rng.random()
-            op["multiple"] = kind != "reject" and rng.random() < 0.3
-            op["requeue"] = kind != "ack" and rng.random() < 0.5
+            op.update(settlement_fields(rng, kind, multiple_share=0.3))
         elif kind == "recover":
             op["ch"] = ack_channel()
             op["requeue"] = rng.random() < 0.93

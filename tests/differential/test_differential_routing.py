@@ -51,7 +51,7 @@ from typing import Any
 
 import pytest
 
-from tests.differential.test_differential import Runner, check_sequence, run_size
+from tests.differential.test_differential import Runner, check_sequence, run_size, settlement_fields
 
 SEEDS, OPS, SEED_BASE = run_size(12, 50)
 
@@ -238,9 +238,7 @@ def gen_routing_ops(seed: int, n: int) -> list[dict[str, Any]]:
             op["auto_ack"] = rng.random() < 0.3
         elif kind in ("ack", "nack", "reject"):
             op["unknown"] = rng.random() < 0.05
-            op["pick"] = rng.random()
-            op["multiple"] = kind != "reject" and rng.random() < 0.25
-            op["requeue"] = kind != "ack" and rng.random() < 0.5
+            op.update(settlement_fields(rng, kind))
         elif kind == "consume":
             op["conn"] = c = rng.choice(CONSUMER_CHANNELS)
             op["ctag"] = f"{c[0]}{rng.randrange(N_CTAGS)}"
