@@ -51,7 +51,12 @@ from typing import Any
 
 import pytest
 
-from tests.differential.test_differential import Runner, check_sequence, run_size, settlement_fields
+from tests.differential.test_differential import (
+    Runner,
+    check_sequence,
+    run_size,
+    settlement_fields,
+)
 
 SEEDS, OPS, SEED_BASE = run_size(12, 50)
 
