@@ -24,8 +24,6 @@ from storage.interface import StoreError
 
 app = typer.Typer(add_completion=False, help="Start a Leveret node in the foreground.")
 
-SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
-
 
 def _banner(settings: Settings, listeners: list[tuple[str, str, int]]) -> str:
     lines = [
@@ -60,10 +58,9 @@ async def run_node(settings: Settings) -> None:
             async for signum in signals:
                 log.info("%s received: stopping node %s", signal.Signals(signum).name, settings.node_name)
                 break
-        node.close_all_connections(SHUTDOWN_TEXT)
-        with trio.move_on_after(3):
-            while node.all_sessions:
-                await trio.sleep(0.02)
+        await node.stop_clients()
+        with trio.move_on_after(5):
+            await node.wait_for_writes()
         nursery.cancel_scope.cancel()
     log.info("node %s stopped", settings.node_name)
 
