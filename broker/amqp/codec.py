@@ -943,6 +943,34 @@ class FrameDecoder:
             self._tail = bytearray()
         return frames, error
 
+    def feed_one(self, data: bytes | bytearray | memoryview) -> tuple[Frame | None, AMQPFrameError | None]:
+        """Like `feed`, but parse at most one frame; the octets after it stay buffered for
+        the next `feed` or `feed_one` (which may then be given b"").
+
+        For the handshake, where each frame may change how the next is read (tune-ok sets
+        frame_max) or whether it is read at all (a violation ends the connection). One
+        frame header is read to find where the frame ends, so a peer streaming small
+        frames costs one parse per frame, never one per octet."""
+        if self._error is not None:
+            return None, self._error
+        tail = self._tail
+        tail += data
+        if len(tail) < 7 or len(tail) < self._need:
+            return None, None
+        end = 8 + _U32.unpack_from(tail, 3)[0]
+        frames: list[Frame] = []
+        pos, need, error = self._parse(bytes(tail[:end]), frames)
+        if error is not None:
+            self._error = error
+            self._tail = bytearray()
+            return None, error
+        if not frames:
+            self._need = need
+            return None, None
+        del tail[:pos]  # CPython deletes a bytearray's head without moving the rest
+        self._need = 0
+        return frames[0], None
+
     def _parse(self, buf: bytes, frames: list[Frame]) -> tuple[int, int, AMQPFrameError | None]:
         """Parse frames from buf[0:]; returns (offset of the first unparsed octet, octets
         that the frame starting there needs in all, error or None)."""
