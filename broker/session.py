@@ -87,6 +87,7 @@ class Session:
             channel_max=node.settings.channel_max,
             frame_max=node.settings.frame_max,
             heartbeat=node.settings.heartbeat,
+            max_message_size=node.settings.max_message_size,
         )
         self.on_output: Callable[[], None] = lambda: None
         self.opened = False
