@@ -186,7 +186,7 @@ class Session:
             t = type(ev)
             if t is PublishReceived:
                 if self.node.alarms:
-                    await self._held_by_alarm()
+                    await self.held_by_alarm()
                     now = self.node.now_ms()
                 self._publish(ev, now)
             elif t is PublishBuffered:
@@ -201,9 +201,10 @@ class Session:
                 now = self.node.now_ms()
         self.on_output()
 
-    async def _held_by_alarm(self) -> None:
-        """A publish while a resource alarm is raised: tell the client (connection.blocked)
-        and take nothing more from it until the alarm clears, as RabbitMQ does."""
+    async def held_by_alarm(self) -> None:
+        """A publish while a resource alarm is raised (complete, or begun with its content
+        still to come): tell the client (connection.blocked) and take nothing more from
+        it until the alarm clears, as RabbitMQ does."""
         self.publishing = True
         while self.node.alarms:
             self.conn.block(block_reason(self.node.alarms))

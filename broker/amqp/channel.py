@@ -799,6 +799,11 @@ class Channel:
     def has_pending_confirms(self) -> bool:
         return bool(self._confirmed or self._rejected)
 
+    @property
+    def receiving_content(self) -> bool:
+        """A basic.publish whose header or body has not all arrived (and will be kept)."""
+        return self._expect != _EXPECT_METHOD and self.state is _OPEN
+
     # --- deliveries from the node ---------------------------------------------------------------
 
     def can_deliver(self, consumer_tag: str) -> bool:

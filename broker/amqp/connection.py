@@ -310,6 +310,11 @@ class Connection:
             self._internal_error(exc, events)
         return events
 
+    def receiving_content(self) -> bool:
+        """A publish has begun and its content is still arriving: RabbitMQ blocks such a
+        connection under a resource alarm before reading the rest (the shell's check)."""
+        return any(ch.receiving_content for ch in self._channels.values())
+
     @property
     def pending_output(self) -> int:
         """Octets queued for the client and not yet drained: the node's delivery back-pressure."""
