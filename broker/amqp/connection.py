@@ -40,8 +40,10 @@ client advertises `authentication_failure_close` and for tune-ok values outside
 the server's limits, which get a connection.close first. A malformed frame
 (a decoder error) leaves the stream out of sync, so after sending connection.close
 the machine goes straight to CLOSED, as RabbitMQ's fatal_frame_error does.
-RabbitMQ waits 3 s before dropping a connection whose handshake failed (a brake
-on password guessing); that delay is the shell's choice: `handshake_failed`.
+RabbitMQ waits 3 s before answering and dropping a connection whose handshake
+failed (a brake on password guessing; rabbit_reader:handle_exception/3); that
+delay is the shell's choice: `handshake_failed` says it is due. A wrong protocol
+header is refused at once and a handshake timeout needs no brake, as in RabbitMQ.
 
 Heartbeats (rabbit_heartbeat.erl): the server sends a heartbeat frame when it has
 sent nothing for half the negotiated interval and gives up on a client silent for
@@ -269,8 +271,9 @@ class Connection:
         self.blocked = False
         self._blocked_reason = ""
         self._blocked_sent = False
-        # True when the connection ended because the handshake failed (RabbitMQ
-        # waits ?SILENT_CLOSE_DELAY = 3 s before dropping such a client).
+        # True when the connection ended because the handshake failed: a refused login,
+        # a frame or method the handshake does not allow (RabbitMQ waits
+        # ?SILENT_CLOSE_DELAY = 3 s before answering and dropping such a client).
         self.handshake_failed = False
         self._finished = False  # ConnectionClosed emitted
 
@@ -349,7 +352,6 @@ class Connection:
             return events
         if state is not S.OPEN:
             if now - self._started_at >= self.handshake_timeout:
-                self.handshake_failed = True
                 self._finish(0, f"handshake timeout in connection state {state.value}", False, events)
                 self._set_state(S.CLOSED)
                 return events
@@ -597,7 +599,6 @@ class Connection:
     def _refuse_header(self, events: list[Event]) -> None:
         # Spec 4.2.2: answer a header we do not speak with the one we do, then close.
         self._out += spec.PROTOCOL_HEADER
-        self.handshake_failed = True
         self._finish(0, f"client did not start with AMQP protocol header: {_erlang_binary(self._header)}", False, events)
         self._set_state(S.CLOSED)
 
