@@ -78,11 +78,18 @@ def test_heartbeat_before_start_ok_drops_the_client() -> None:
     assert closed.text == "UNEXPECTED_FRAME - type 8, all octets = <<>>"
 
 
-def test_heartbeat_before_tune_ok_drops_the_client() -> None:
+def _tuning() -> Peer:
+    """Logged in; connection.tune read, tune-ok not sent yet."""
     peer = Peer()
     peer.header()
     peer.start_ok()
-    peer.received()  # connection.tune
+    (_, tune), = peer.methods()
+    assert isinstance(tune, pc.Connection.Tune)
+    return peer
+
+
+def test_heartbeat_before_tune_ok_drops_the_client() -> None:
+    peer = _tuning()
     events = peer.send_raw(HEARTBEAT)
     _dropped_silently(peer, events)
 
@@ -99,10 +106,7 @@ def test_nothing_after_the_first_violation_is_parsed(decoder_calls: list[int]) -
 
 def test_heartbeat_while_opening_is_fine() -> None:
     # Heartbeats are negotiated by tune-ok: a client may send one before connection.open.
-    peer = Peer()
-    peer.header()
-    peer.start_ok()
-    peer.received()
+    peer = _tuning()
     peer.tune_ok(heartbeat=10)
     assert peer.send_raw(HEARTBEAT) == []
     peer.send(pc.Connection.Open(virtual_host="/"))
