@@ -323,7 +323,9 @@ class PeerTransport:
         self._inbound: dict[str, set[PeerLink]] = {}
         self._raft_received_dropped = 0
         self._nursery: trio.Nursery | None = None
-        self._log = RefusalLog(log)
+        # On trio's clock, so that a simulation's MockClock also drives the rate limit.
+        self._log = RefusalLog(log, clock=lambda: trio.current_time())
+        self._connectivity_changed = trio.Event()
 
     # ------------------------------------------------------------------ the Raft driver's Transport
 
@@ -421,6 +423,7 @@ class PeerTransport:
         (their queued casts and waiting calls fail); a known peer keeps its link and outbox."""
         for name in [n for n in self._peers if n not in peers]:
             peer = self._peers.pop(name)
+            self._set_state(peer, "backoff")
             peer.scope.cancel()
             self._fail_queued(peer, "no longer a peer of this node")
             self._fail_written(peer, "no longer a peer of this node")
@@ -442,6 +445,17 @@ class PeerTransport:
     def reachable(self) -> frozenset[str]:
         """Peers whose outbound link is up now."""
         return frozenset(name for name, peer in self._peers.items() if peer.state == "up")
+
+    async def wait_connectivity_change(self) -> frozenset[str]:
+        """Wait until a peer's link comes up or goes down; the peers reachable then."""
+        await self._connectivity_changed.wait()
+        return self.reachable()
+
+    def _set_state(self, peer: _Peer, state: PeerState) -> None:
+        if (peer.state == "up") != (state == "up"):
+            self._connectivity_changed.set()
+            self._connectivity_changed = trio.Event()
+        peer.state = state
 
     def statistics(self) -> dict[str, PeerStatistics]:
         out = {}
@@ -498,9 +512,9 @@ class PeerTransport:
                         delay = min(self._max_backoff, self._initial_backoff * 2 ** failures)
                         failures += 1
                     await trio.sleep(delay * (0.5 + 0.5 * self._rng.random()))
-                    peer.state = "connecting"
+                    self._set_state(peer, "connecting")
             finally:
-                peer.state = "backoff"
+                self._set_state(peer, "backoff")
                 self._fail_queued(peer, "the transport stopped")
                 self._fail_written(peer, "the transport stopped")
 
@@ -520,6 +534,8 @@ class PeerTransport:
             return exc.refusal
 
     def _dial_failed(self, peer: _Peer, why: str | HandshakeRefused) -> None:
+        if isinstance(why, HandshakeRefused) and why.kind in (RefusalKind.TIMEOUT, RefusalKind.CLOSED):
+            why = f"the handshake did not complete: {peer_text(why.reason)}"  # not refused: unreachable
         if isinstance(why, HandshakeRefused):
             text, peer.refusal = describe_refusal(why), why.kind
             self._log.warning(f"refused {why.kind.value} {peer.name}",
@@ -528,14 +544,16 @@ class PeerTransport:
             text, peer.refusal = why, None
             self._log.log(logging.INFO, f"unreachable {peer.name}", "node '%s' is unreachable: %s",
                           peer_text(peer.name), text)
-        peer.state, peer.last_error = "backoff", text
+        self._set_state(peer, "backoff")
+        peer.last_error = text
         self._fail_queued(peer, text)
 
     async def _use_link(self, peer: _Peer, link: PeerLink) -> None:
         if peer.ever_connected:
             peer.reconnects += 1
         peer.ever_connected = True
-        peer.state, peer.link, peer.last_error, peer.refusal = "up", link, None, None
+        peer.link, peer.last_error, peer.refusal = link, None, None
+        self._set_state(peer, "up")
         log.info("peer link to node '%s' up", peer_text(peer.name))
         heard = [trio.current_time()]
         why = "the transport stopped"
@@ -544,7 +562,7 @@ class PeerTransport:
                                               self._read_replies(peer, link, heard))
         finally:
             peer.link = None
-            peer.state = "connecting"
+            self._set_state(peer, "connecting")
             peer.last_error = why
             self._traffic.setdefault(peer.name, _Traffic()).add(link.statistics())
             self._fail_written(peer, f"the link broke before the reply ({why}); the request may have been "
