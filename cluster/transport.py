@@ -227,21 +227,17 @@ class _Outbox:
         self.wake = trio.Event()
         return items
 
+    def withdraw(self, call_id: int) -> None:
+        kept = [item for item in self.items if item[2] != call_id]
+        if len(kept) != len(self.items):
+            self.items, self.size = kept, sum(len(item[1]) for item in kept)
 
-@dataclass(slots=True)
-class _Traffic:
-    """Counts of links that have closed; live links add their own `statistics()`."""
 
-    frames_sent: int = 0
-    frames_received: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
-
-    def add(self, stats: LinkStatistics) -> None:
-        self.frames_sent += stats.frames_sent
-        self.frames_received += stats.frames_received
-        self.bytes_sent += stats.bytes_sent
-        self.bytes_received += stats.bytes_received
+def _add_traffic(total: LinkStatistics, link: LinkStatistics) -> None:
+    total.frames_sent += link.frames_sent
+    total.frames_received += link.frames_received
+    total.bytes_sent += link.bytes_sent
+    total.bytes_received += link.bytes_received
 
 
 @dataclass(eq=False, slots=True)
@@ -319,7 +315,7 @@ class PeerTransport:
         self._call_handlers: dict[str, CallHandler] = {}
         self._call_ids = itertools.count(1)
         self._received_send, self._received = trio.open_memory_channel[PeerBatch](received_buffer)
-        self._traffic: dict[str, _Traffic] = {}
+        self._traffic: dict[str, LinkStatistics] = {}  # per peer, of the links that have closed
         self._inbound: dict[str, set[PeerLink]] = {}
         self._raft_received_dropped = 0
         self._nursery: trio.Nursery | None = None
@@ -338,11 +334,11 @@ class PeerTransport:
         if peer is None:
             return
         packed = _pack([_RAFT, batch.to_wire()])
-        if peer.state == "backoff" or len(packed) > self._max_batch_bytes or not peer.outbox.put(
-                (_RAFT, packed, 0)):
-            if len(packed) > self._max_batch_bytes:
-                self._log.warning(f"raft-too-large {peer.name}", "a Raft batch of %d bytes for node '%s' "
-                                  "exceeds the peer frame limit and was dropped", len(packed), peer.name)
+        if len(packed) > self._max_batch_bytes:
+            self._log.warning(f"raft-too-large {peer.name}", "a Raft batch of %d bytes for node '%s' exceeds "
+                              "the peer frame limit and was dropped", len(packed), peer_text(peer.name))
+            peer.raft_batches_dropped += 1
+        elif peer.state == "backoff" or not peer.outbox.put((_RAFT, packed, 0)):
             peer.raft_batches_dropped += 1
 
     @property
@@ -399,10 +395,9 @@ class PeerTransport:
         finally:
             peer.calls.pop(call_id, None)
             peer.written.discard(call_id)
+            if waiter.value is None:
+                peer.outbox.withdraw(call_id)  # if still queued, it never goes out: nobody would wait
         if waiter.value is None:
-            # Still queued? Then it never goes out: nobody waits for its answer.
-            peer.outbox.items = [i for i in peer.outbox.items if i[2] != call_id]
-            peer.outbox.size = sum(len(i[1]) for i in peer.outbox.items)
             return CallTimedOut(node, method, timeout)
         return waiter.value
 
@@ -460,14 +455,10 @@ class PeerTransport:
     def statistics(self) -> dict[str, PeerStatistics]:
         out = {}
         for name, peer in self._peers.items():
-            traffic = _Traffic()
-            closed = self._traffic.get(name)
-            if closed is not None:
-                traffic.add(LinkStatistics(closed.frames_sent, closed.frames_received, closed.bytes_sent,
-                                           closed.bytes_received))
-            live = [*self._inbound.get(name, ()), *([peer.link] if peer.link is not None else [])]
-            for link in live:
-                traffic.add(link.statistics())
+            traffic = LinkStatistics()
+            _add_traffic(traffic, self._traffic.get(name, LinkStatistics()))
+            for link in [*self._inbound.get(name, ()), *([peer.link] if peer.link is not None else [])]:
+                _add_traffic(traffic, link.statistics())
             out[name] = PeerStatistics(
                 node=name, state=peer.state, connected=peer.state == "up", last_error=peer.last_error,
                 refusal=peer.refusal, reconnects=peer.reconnects, frames_sent=traffic.frames_sent,
@@ -564,7 +555,7 @@ class PeerTransport:
             peer.link = None
             self._set_state(peer, "connecting")
             peer.last_error = why
-            self._traffic.setdefault(peer.name, _Traffic()).add(link.statistics())
+            _add_traffic(self._traffic.setdefault(peer.name, LinkStatistics()), link.statistics())
             self._fail_written(peer, f"the link broke before the reply ({why}); the request may have been "
                                      "carried out")
             with trio.CancelScope(shield=True):
@@ -577,11 +568,10 @@ class PeerTransport:
         while True:
             with trio.move_on_at(next_ping):
                 await peer.outbox.wake.wait()
-            if trio.current_time() >= next_ping:
-                # Rides in this cycle's batch; queued past the bound, it is a few bytes.
-                peer.outbox.items.append(ping)
-                next_ping = trio.current_time() + self._heartbeat_interval
             items = peer.outbox.take()
+            if trio.current_time() >= next_ping:
+                items.append(ping)  # rides in this cycle's frame
+                next_ping = trio.current_time() + self._heartbeat_interval
             for tag, _, call_id in items:
                 if tag == _CALL:
                     peer.written.add(call_id)
@@ -690,7 +680,7 @@ class PeerTransport:
             links.discard(link)
             if not links:
                 del self._inbound[link.peer_name]
-            self._traffic.setdefault(link.peer_name, _Traffic()).add(link.statistics())
+            _add_traffic(self._traffic.setdefault(link.peer_name, LinkStatistics()), link.statistics())
 
     async def _write_replies(self, link: PeerLink, replies: _Outbox) -> None:
         while True:

@@ -492,3 +492,68 @@ async def test_a_peer_breaking_the_protocol_is_cut_off_and_told_why(items: Any,
     assert recorder.casts == {"b@h": ["before"]}
     with pytest.raises(trio.WouldBlock):
         a.received.receive_nowait()
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.total = 0
+
+    def apply(self, index: int, data: bytes) -> int:
+        self.total += int(data)
+        return self.total
+
+    def snapshot(self) -> bytes:
+        return str(self.total).encode()
+
+    def restore(self, data: bytes) -> None:
+        self.total = int(data)
+
+
+async def test_raft_drivers_replicate_over_the_transport_through_a_partition(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The transport is the driver's `Transport`: three drivers elect, replicate, lose a node
+    to a partition, keep committing with the majority, and the cut-off node catches up after
+    the heal without anyone reconnecting by hand."""
+    from cluster.raft.driver import Applied, RaftDriver
+    from cluster.raft.group import RaftConfig
+    from cluster.raft.node import RaftNode
+    from storage.memory_store import MemoryStore
+
+    names = ("a@h", "b@h", "c@h")
+    async with trio.open_nursery() as nursery:
+        net = SimNetwork(nursery, seed=11, max_delay=0.005)
+        transports = {name: net.add(name) for name in names}
+        await start(nursery, net)
+        drivers = {}
+        for i, name in enumerate(names):
+            driver = RaftDriver(RaftNode(name, RaftConfig(), rng=random.Random(i)), MemoryStore(), transports[name],
+                                tick_interval=0.05)
+            driver.add_group("meta", Counter(), voters=names)
+            await nursery.start(driver.run)
+            drivers[name] = driver
+
+        async def leader() -> RaftDriver:
+            while True:
+                for driver in drivers.values():
+                    if driver.node.is_leader("meta"):
+                        return driver
+                await trio.sleep(0.05)
+
+        first = await leader()
+        for _ in range(10):
+            assert isinstance(await first.propose("meta", b"1"), Applied)
+        cut_off = next(name for name in names if name != first.node.id)
+        for other in names:
+            if other != cut_off:
+                net.partition(cut_off, other)
+        with trio.fail_after(60):
+            while True:  # the majority keeps committing (maybe after electing a new leader)
+                current = await leader()
+                if current.node.id != cut_off and isinstance(await current.propose("meta", b"1"), Applied):
+                    break
+        majority_total = current.machines["meta"].total
+        assert drivers[cut_off].machines["meta"].total < majority_total
+        net.heal()
+        await until(lambda: drivers[cut_off].machines["meta"].total == majority_total, timeout=60)
+        assert transports[cut_off].reachable() == frozenset(names) - {cut_off}
+        nursery.cancel_scope.cancel()

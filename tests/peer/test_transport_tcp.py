@@ -8,6 +8,7 @@ import random
 from functools import partial
 from typing import Any
 
+import pytest
 import trio
 
 from cluster import peer
@@ -80,7 +81,8 @@ async def test_a_node_with_another_cookie_gets_an_outcome_saying_so() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_a_peer_of_another_protocol_version_is_refused_with_both_versions_named() -> None:
+async def test_a_peer_of_another_protocol_version_is_refused_with_both_versions_named(
+        caplog: pytest.LogCaptureFixture) -> None:
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             _, a_port = await _node(nursery, "a@localhost")
@@ -97,4 +99,33 @@ async def test_a_peer_of_another_protocol_version_is_refused_with_both_versions_
                              "reason": f"unsupported peer protocol version 1 (this node speaks "
                                        f"{peer.PROTOCOL_VERSION})"}
             assert await stream.receive_some() == b""  # and closed
+            while not _lines(caplog, "leveret.peer"):
+                await trio.sleep(0.01)  # the node logs right after closing
             nursery.cancel_scope.cancel()
+    [line] = _lines(caplog, "leveret.peer")
+    assert line.startswith("connection attempt from node 'old@localhost' (127.0.0.1:")
+    assert line.endswith(f"refused: unsupported peer protocol version 1 (this node speaks {peer.PROTOCOL_VERSION})")
+
+
+def _lines(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == logger]
+
+
+async def test_the_connecting_node_logs_the_refusal_too(caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            # a node whose peer port serves leveretctl only (no transport wired)
+            port = await nursery.start(partial(serve_control, _control, cookie=COOKIE, node_name="a@localhost",
+                                               host="127.0.0.1", port=0))
+            b, _ = await _node(nursery, "b@localhost")
+            b.set_peers({"a@localhost": tcp_dial("127.0.0.1", port)})
+            outcome = await b.call("a@localhost", "whoami", None)
+            assert isinstance(outcome, PeerUnreachable) and outcome.refusal is peer.RefusalKind.PURPOSE
+            while not _lines(caplog, "leveret.peer"):
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    lines = {r.name: r.getMessage() for r in caplog.records if r.levelname == "WARNING"}
+    assert lines["leveret.transport"] == (
+        "peer link to node 'a@localhost' refused: unknown or unserved connection purpose 'peer' "
+        "(this node accepts: control)")
+    assert lines["leveret.peer"].startswith("connection attempt from node 'b@localhost' (127.0.0.1:")
