@@ -557,3 +557,41 @@ async def test_raft_drivers_replicate_over_the_transport_through_a_partition(
         await until(lambda: drivers[cut_off].machines["meta"].total == majority_total, timeout=60)
         assert transports[cut_off].reachable() == frozenset(names) - {cut_off}
         nursery.cancel_scope.cancel()
+
+
+async def test_a_cycle_beyond_the_frame_limit_is_split_into_as_few_frames_as_fit(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        net = SimNetwork(nursery, seed=12)
+        options = {"max_frame_size": 1024, "heartbeat_interval": 1000, "link_timeout": 2000}
+        a, b = net.add("a@h", **options), net.add("b@h", **options)
+        recorder = Recorder(b)
+        await start(nursery, net)
+        await until(lambda: a.reachable() == {"b@h"} and b.statistics()["a@h"].frames_received >= 1)
+        before = b.statistics()["a@h"].frames_received
+        payloads = [bytes([n]) * 300 for n in range(10)]  # three fit in a frame of 1024 bytes
+        for payload in payloads:
+            assert a.cast("b@h", "note", payload) is None
+        too_big = a.cast("b@h", "note", b"x" * 1024)
+        assert isinstance(too_big, Undeliverable) and "exceed the peer frame limit" in too_big.reason
+        await until(lambda: len(recorder.casts["a@h"]) == 10)
+        assert recorder.casts["a@h"] == payloads
+        assert b.statistics()["a@h"].frames_received - before == 4
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_call_given_up_before_it_was_written_never_goes_out(autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        net = SimNetwork(nursery, seed=13)
+        a, b = net.add("a@h", connect_timeout=100), net.add("b@h")
+        recorder = Recorder(b)
+        net.partition("a@h", "b@h")  # the dial hangs: the calls wait in the outbox
+        await start(nursery, net)
+        assert await a.call("b@h", "echo", "timed out", timeout=1) == CallTimedOut("b@h", "echo", 1)
+        with trio.move_on_after(1):
+            await a.call("b@h", "echo", "cancelled", timeout=50)
+        assert a.statistics()["b@h"].queued_items == 0 and a.statistics()["b@h"].calls_waiting == 0
+        net.heal()
+        assert await a.call("b@h", "echo", "after") == Replied({"from": "b@h", "args": "after"})
+        assert recorder.calls["a@h"] == ["after"]
+        nursery.cancel_scope.cancel()
