@@ -71,7 +71,6 @@ import trio
 from cluster.logtext import RefusalLog, peer_text
 from cluster.peer import (
     DEFAULT_FRAME_MAX,
-    FrameTooLarge,
     HandshakeFailed,
     HandshakeRefused,
     LinkStatistics,

@@ -494,21 +494,6 @@ async def test_a_peer_breaking_the_protocol_is_cut_off_and_told_why(items: Any,
         a.received.receive_nowait()
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.total = 0
-
-    def apply(self, index: int, data: bytes) -> int:
-        self.total += int(data)
-        return self.total
-
-    def snapshot(self) -> bytes:
-        return str(self.total).encode()
-
-    def restore(self, data: bytes) -> None:
-        self.total = int(data)
-
-
 async def test_raft_drivers_replicate_over_the_transport_through_a_partition(
         autojump_clock: trio.testing.MockClock) -> None:
     """The transport is the driver's `Transport`: three drivers elect, replicate, lose a node
@@ -518,6 +503,7 @@ async def test_raft_drivers_replicate_over_the_transport_through_a_partition(
     from cluster.raft.group import RaftConfig
     from cluster.raft.node import RaftNode
     from storage.memory_store import MemoryStore
+    from tests.raft.test_driver import Counter, leader_of
 
     names = ("a@h", "b@h", "c@h")
     async with trio.open_nursery() as nursery:
@@ -532,14 +518,7 @@ async def test_raft_drivers_replicate_over_the_transport_through_a_partition(
             await nursery.start(driver.run)
             drivers[name] = driver
 
-        async def leader() -> RaftDriver:
-            while True:
-                for driver in drivers.values():
-                    if driver.node.is_leader("meta"):
-                        return driver
-                await trio.sleep(0.05)
-
-        first = await leader()
+        first = await leader_of(drivers, "meta")
         for _ in range(10):
             assert isinstance(await first.propose("meta", b"1"), Applied)
         cut_off = next(name for name in names if name != first.node.id)
@@ -548,7 +527,7 @@ async def test_raft_drivers_replicate_over_the_transport_through_a_partition(
                 net.partition(cut_off, other)
         with trio.fail_after(60):
             while True:  # the majority keeps committing (maybe after electing a new leader)
-                current = await leader()
+                current = await leader_of(drivers, "meta")
                 if current.node.id != cut_off and isinstance(await current.propose("meta", b"1"), Applied):
                     break
         majority_total = current.machines["meta"].total
