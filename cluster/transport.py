@@ -97,6 +97,8 @@ CallHandler = Callable[[str, Any], Awaitable[Any]]
 
 PeerState = Literal["connecting", "up", "backoff"]
 
+ERROR_TEXT_MAX: Final = 4096  # characters of a remote failure's text
+
 # Item tags on the wire.
 _RAFT: Final = "raft"
 _CAST: Final = "cast"
@@ -703,10 +705,10 @@ class PeerTransport:
                     case [str(_CALL), int(call_id), str(method), args]:
                         handler = self._call_handlers.get(method)
                         if handler is None:
-                            replies.put(_reply(call_id, False, f"node '{self.name}' has no handler for '{method}'"))
+                            replies.put(_error_reply(call_id, f"node '{self.name}' has no handler for '{method}'"))
                         elif in_progress[0] >= self._max_calls_in_progress:
-                            replies.put(_reply(call_id, False, f"node '{self.name}' is busy: "
-                                                               f"{in_progress[0]} calls in progress"))
+                            replies.put(_error_reply(call_id, f"node '{self.name}' is busy: "
+                                                              f"{in_progress[0]} calls in progress"))
                         else:
                             in_progress[0] += 1
                             nursery.start_soon(self._answer, handler, src, call_id, method, args, replies,
@@ -735,15 +737,15 @@ class PeerTransport:
                 result = await handler(src, args)
             except Exception as exc:
                 log.debug("call '%s' from node '%s' failed", peer_text(method), peer_text(src), exc_info=True)
-                replies.put(_reply(call_id, False, f"{type(exc).__name__}: {exc}"))
+                replies.put(_error_reply(call_id, f"{type(exc).__name__}: {exc}"))
                 return
             try:
                 item = _reply(call_id, True, result)
             except (TypeError, ValueError, OverflowError) as exc:
-                replies.put(_reply(call_id, False, f"the reply could not be encoded: {exc}"))
+                replies.put(_error_reply(call_id, f"the reply could not be encoded: {exc}"))
                 return
             if len(item[1]) > self._max_batch_bytes:
-                item = _reply(call_id, False, f"the reply of {len(item[1])} bytes exceeds the peer frame limit")
+                item = _error_reply(call_id, f"the reply of {len(item[1])} bytes exceeds the peer frame limit")
             replies.put(item)
         finally:
             in_progress[0] -= 1
@@ -757,6 +759,11 @@ class PeerTransport:
 
 def _reply(call_id: int, ok: bool, value: Any) -> _Item:
     return (_REPLY, _pack([_REPLY, call_id, ok, value]), 0)
+
+
+def _error_reply(call_id: int, text: str) -> _Item:
+    # Bounded: an exception's text may be anything, and a reply beyond the frame limit would cut the link.
+    return _reply(call_id, False, text if len(text) <= ERROR_TEXT_MAX else text[:ERROR_TEXT_MAX] + "...")
 
 
 def _items(message: Any) -> list[Any]:

@@ -574,3 +574,35 @@ async def test_a_call_given_up_before_it_was_written_never_goes_out(autojump_clo
         assert await a.call("b@h", "echo", "after") == Replied({"from": "b@h", "args": "after"})
         assert recorder.calls["a@h"] == ["after"]
         nursery.cancel_scope.cancel()
+
+
+async def test_failing_or_oversized_answers_are_remote_failures_and_the_link_survives(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        net = SimNetwork(nursery, seed=14)
+        options = {"max_frame_size": 64 * 1024}
+        a, b = net.add("a@h", **options), net.add("b@h", **options)
+        Recorder(b)
+
+        async def huge_error(src: str, args: Any) -> Any:
+            raise RuntimeError("e" * 100_000)
+
+        async def huge_reply(src: str, args: Any) -> Any:
+            return b"r" * 100_000
+
+        async def unencodable(src: str, args: Any) -> Any:
+            return object()
+
+        b.on_call("huge_error", huge_error)
+        b.on_call("huge_reply", huge_reply)
+        b.on_call("unencodable", unencodable)
+        await start(nursery, net)
+        error = await a.call("b@h", "huge_error", None)
+        assert isinstance(error, RemoteFailure) and error.text.startswith("RuntimeError: eee")
+        assert len(error.text) <= 4096 + 3
+        reply = await a.call("b@h", "huge_reply", None)
+        assert isinstance(reply, RemoteFailure) and "exceeds the peer frame limit" in reply.text
+        assert isinstance(await a.call("b@h", "unencodable", None), RemoteFailure)
+        assert await a.call("b@h", "echo", 1) == Replied({"from": "b@h", "args": 1})
+        assert a.statistics()["b@h"].reconnects == 0
+        nursery.cancel_scope.cancel()
