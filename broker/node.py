@@ -121,8 +121,11 @@ class Node:
         self.forget_message = self.staged.delete
         self._connections = 0
         self._expiring: set[QueueLeader] = set()
-        self._nursery: trio.Nursery | None = None
+        self._outer: trio.Nursery | None = None  # the process's: the core and the peer port
+        self._nursery: trio.Nursery | None = None  # the core's
+        self._core_scope: trio.CancelScope | None = None
         self._app_scope: trio.CancelScope | None = None  # the AMQP listener, while the app runs
+        self._app_wanted = True  # stop_app / start_app; a reset keeps the app as it was
 
     # ------------------------------------------------------------------ clocks and ids
 
@@ -141,37 +144,20 @@ class Node:
     # ------------------------------------------------------------------ running
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-
+        """The node: the data directory and the peer port live as long as the process; the
+        core inside them (writer, Raft, metadata, queues, the AMQP application) is started
+        again, from an empty store, when the node is reset (`reset`, `join_cluster`)."""
         settings = self.settings
         # Refuse a bad cookie (say, a world-readable cookie file) before touching anything.
         cookie = settings.cookie or load_cookie(os.environ, Path.home())
-        store = self.store = open_data_dir(settings.data_dir, self.name)
+        self.store = open_data_dir(settings.data_dir, self.name)
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self.writer = GroupCommitWriter(store)
-                self.writer.attach(self.staged)
-                self.staged.on_staged = self.writer.poke
-                await nursery.start(self.writer.run)
-                raft = RaftNode(self.name, RaftConfig(), incarnation=int(time.time()))
-                transport = MemoryNetwork().transport(self.name)
-                self.driver = RaftDriver(raft, store, transport, write=self.writer.write)
-                self.driver.add_group(METADATA_GROUP, _MetadataMachine(self), voters=(self.name,))
-                await nursery.start(self.driver.run)
-                await self._await_leadership()
-                first_start = not self.metadata.users() and not self.metadata.vhosts()
-                await self.propose_metadata(md.DropTransient(self.name, exchanges=True))
-                if first_start:
-                    await self._bootstrap()
-                self._recover_messages()
+                self._outer = nursery
+                await nursery.start(self._run_core)
                 host = settings.node_ip_address
-                port = await nursery.start(self._serve_app, host, settings.node_port)
-                self.listeners.append(("amqp", host or "::", port))
                 dist_port = await nursery.start(self._serve_control, host, cookie)
                 self.listeners.append(("clustering", host or "::", dist_port))
-                nursery.start_soon(self._tick_connections)
-                nursery.start_soon(self._watch_resources)
-                nursery.start_soon(self._expire_messages)
                 # Everything made at start-up (modules, metadata, recovered queues) lives as
                 # long as the node: keep it out of the collector's generations, and collect the
                 # young generation less often — the per-message path allocates short-lived
@@ -182,8 +168,44 @@ class Node:
                 self.started.set()
                 task_status.started()
         finally:
-            self._nursery = None
-            store.close()
+            self._outer = None
+            self.store.close()
+
+    async def _run_core(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the core and run it until the node stops or is reset; started once the
+        metadata is replayed, messages are recovered and (unless stopped) the app listens."""
+        settings = self.settings
+        store = self.store
+        assert store is not None
+        with trio.CancelScope() as scope:
+            self._core_scope = scope
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self.writer = GroupCommitWriter(store)
+                    self.writer.attach(self.staged)
+                    self.staged.on_staged = self.writer.poke
+                    await nursery.start(self.writer.run)
+                    raft = RaftNode(self.name, RaftConfig(), incarnation=int(time.time()))
+                    transport = MemoryNetwork().transport(self.name)
+                    self.driver = RaftDriver(raft, store, transport, write=self.writer.write)
+                    self.driver.add_group(METADATA_GROUP, _MetadataMachine(self), voters=(self.name,))
+                    await nursery.start(self.driver.run)
+                    await self._await_leadership()
+                    first_start = not self.metadata.users() and not self.metadata.vhosts()
+                    await self.propose_metadata(md.DropTransient(self.name, exchanges=True))
+                    if first_start:
+                        await self._bootstrap()
+                    self._recover_messages()
+                    if self._app_wanted:
+                        await self._start_listener(settings.node_port)
+                    nursery.start_soon(self._tick_connections)
+                    nursery.start_soon(self._watch_resources)
+                    nursery.start_soon(self._expire_messages)
+                    task_status.started()
+            finally:
+                self._nursery = None
+                self._core_scope = None
 
     async def _serve_app(self, host: str, port: int, *, task_status: trio.TaskStatus[int]) -> None:
         from broker.server import serve_amqp
@@ -205,6 +227,7 @@ class Node:
     async def stop_app(self) -> None:
         """rabbitmqctl stop_app: clients are disconnected and the AMQP listener closed;
         the process, the metadata, the queues and the control endpoint stay."""
+        self._app_wanted = False
         if self._app_scope is None:
             return
         scope, self._app_scope = self._app_scope, None
@@ -227,10 +250,18 @@ class Node:
 
     async def start_app(self) -> None:
         """rabbitmqctl start_app: listen for AMQP clients again, on the port used before."""
+        self._app_wanted = True
         if self._app_scope is not None or self._nursery is None:
             return
         port = next((p for proto, _h, p in self.listeners if proto == "amqp"), self.settings.node_port)
-        await self._nursery.start(self._serve_app, self.settings.node_ip_address, port)
+        await self._start_listener(port)
+
+    async def _start_listener(self, port: int) -> None:
+        assert self._nursery is not None
+        host = self.settings.node_ip_address
+        port = await self._nursery.start(self._serve_app, host, port)
+        if not any(proto == "amqp" for proto, _h, _p in self.listeners):
+            self.listeners.insert(0, ("amqp", host or "::", port))
 
     async def _await_leadership(self) -> None:
         assert self.driver is not None
