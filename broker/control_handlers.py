@@ -39,6 +39,7 @@ import trio
 from broker import __version__, auth
 from broker.alarms import ResourceLimits
 from broker.config import DiskFreeLimit, MemoryWatermark
+from broker.control_cluster import ClusterControl
 from cluster import metadata as md
 from cluster.control import (
     EX_DATAERR,
@@ -143,12 +144,15 @@ class ControlHandlers:
         self._methods: dict[str, Callable[[Mapping[str, Any]], Awaitable[Any]]] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")
         }
+        cluster = ClusterControl(node)
+        self._methods.update(cluster.methods())
+        self._without_app = _WITHOUT_APP | cluster.WITHOUT_APP
 
     async def handle(self, method: str, args: Mapping[str, Any]) -> Any:
         op = self._methods.get(method)
         if op is None:
             raise ControlError(f"Command '{method}' not found.", EX_USAGE)
-        if method not in _WITHOUT_APP and not self.node.app_running:
+        if method not in self._without_app and not self.node.app_running:
             raise ControlError(APP_NOT_RUNNING, EX_USAGE)
         try:
             return await op(args)
@@ -230,11 +234,6 @@ class ControlHandlers:
                 if proto != "amqp" or node.app_running
             ],
         }
-
-    async def op_cluster_status(self, args: Mapping[str, Any]) -> Any:
-        # What cluster_status shows of a cluster of one is this node's status; unlike status
-        # it needs the application running, as rabbitmqctl's does.
-        return await self.op_status(args)
 
     async def op_environment(self, args: Mapping[str, Any]) -> Any:
         s = self.node.settings

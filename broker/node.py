@@ -51,7 +51,7 @@ from cluster.cookie import load_cookie
 from cluster.raft.driver import Applied, MemoryNetwork, RaftDriver
 from cluster.raft.group import RaftConfig
 from cluster.raft.node import RaftNode
-from storage.datadir import open_data_dir
+from storage.datadir import open_data_dir, wipe_store_files
 from storage.interface import Store, WriteBatch
 from storage.staging import StagedWrites
 from storage.writer import GroupCommitWriter
@@ -91,16 +91,9 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.name = settings.node_name
-        self.metadata = md.MetadataState()
-        self.router = Router()
-        self.leaders: dict[tuple[str, str], QueueLeader] = {}
-        # While one publish is handed to its queues: the dead letters they produce, routed
-        # after it (see `hold_dead_letters`).
-        self._held_dead_letters: list[tuple[str, str, DeadLetter, int]] | None = None
+        self._fresh_core_state()
         self.sessions: dict[str, Session] = {}  # open connections, by id
         self.all_sessions: set[Session] = set()  # including those still in the handshake
-        # direct reply-to token -> (session, channel, consumer tag)
-        self.reply_consumers: dict[str, tuple[Session, int, str]] = {}
         self.alarms: frozenset[str] = frozenset()
         # Current limits: from the settings, changed at run time by leveretctl.
         self.memory_watermark: MemoryWatermark = settings.vm_memory_high_watermark
@@ -114,18 +107,13 @@ class Node:
         self.driver: RaftDriver | None = None
         self.started = trio.Event()
         self.listeners: list[tuple[str, str, int]] = []
-        self._message_ids = 0
-        # Store operations waiting for the writer's next cycle (see `stage`).
-        self.staged = StagedWrites()
-        self.stage_message = self.staged.add_row
-        self.forget_message = self.staged.delete
         self._connections = 0
-        self._expiring: set[QueueLeader] = set()
         self._outer: trio.Nursery | None = None  # the process's: the core and the peer port
         self._nursery: trio.Nursery | None = None  # the core's
         self._core_scope: trio.CancelScope | None = None
         self._app_scope: trio.CancelScope | None = None  # the AMQP listener, while the app runs
         self._app_wanted = True  # stop_app / start_app; a reset keeps the app as it was
+        self._core_stopped = trio.Event()
 
     # ------------------------------------------------------------------ clocks and ids
 
@@ -177,8 +165,10 @@ class Node:
         settings = self.settings
         store = self.store
         assert store is not None
+        self._fresh_core_state()
         with trio.CancelScope() as scope:
             self._core_scope = scope
+            self._core_stopped = trio.Event()
             try:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
@@ -206,6 +196,59 @@ class Node:
             finally:
                 self._nursery = None
                 self._core_scope = None
+                self._core_stopped.set()
+
+    def _fresh_core_state(self) -> None:
+        """What the core holds, empty: filled by replaying the store's metadata and messages."""
+        self.metadata = md.MetadataState()
+        self.router = Router()
+        self.leaders: dict[tuple[str, str], QueueLeader] = {}
+        # While one publish is handed to its queues: the dead letters they produce, routed
+        # after it (see `hold_dead_letters`).
+        self._held_dead_letters: list[tuple[str, str, DeadLetter, int]] | None = None
+        # direct reply-to token -> (session, channel, consumer tag)
+        self.reply_consumers: dict[str, tuple[Session, int, str]] = {}
+        self._message_ids = 0
+        self._expiring: set[QueueLeader] = set()
+        # Store operations waiting for the writer's next cycle (see `stage`).
+        self.staged = StagedWrites()
+        self.stage_message = self.staged.add_row
+        self.forget_message = self.staged.delete
+
+    # ------------------------------------------------------------------ the cluster
+
+    @property
+    def cluster_name(self) -> str:
+        return self.name
+
+    def cluster_members(self) -> frozenset[str]:
+        """The members of the cluster: those of the metadata group."""
+        if self.driver is None or METADATA_GROUP not in self.driver.node.groups:
+            return frozenset({self.name})
+        status = self.driver.node.status(METADATA_GROUP)
+        return status.voters | status.learners
+
+    def reachable_nodes(self) -> frozenset[str]:
+        """Other nodes this node has a working peer link to."""
+        return frozenset()
+
+    async def peer_summaries(self, nodes: tuple[str, ...]) -> dict[str, Any]:
+        """cluster_status's summary of each of `nodes` other than this one that answers."""
+        return {}
+
+    async def reset(self, *, force: bool = False) -> None:
+        """rabbitmqctl reset (the caller checked that the app is stopped and, for a member of
+        a cluster, left it): the core stops, the store is deleted, and a fresh core starts
+        as a new cluster of one, with the first start's defaults."""
+        assert self._outer is not None and self._core_scope is not None and self.store is not None
+        await self.wait_for_writes()
+        self._core_scope.cancel()
+        await self._core_stopped.wait()
+        store, self.store = self.store, None
+        store.close()
+        wipe_store_files(self.settings.data_dir)
+        self.store = open_data_dir(self.settings.data_dir, self.name)
+        await self._outer.start(self._run_core)
 
     async def _serve_app(self, host: str, port: int, *, task_status: trio.TaskStatus[int]) -> None:
         from broker.server import serve_amqp

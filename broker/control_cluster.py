@@ -1,0 +1,93 @@
+"""leveretctl's cluster commands on a node: cluster_status, reset, node types, waiting for nodes.
+
+The node's members are its metadata group's (`cluster.membership`); the nodes it
+lists as running are those it can reach. Texts and exit codes are rabbitmqctl
+3.10.8's (tests/ctl/rabbitmq-3.10.8-cluster-commands.txt records them).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from broker import __version__
+from cluster.control import EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE, ControlError
+from cluster.membership import cluster_view
+
+if TYPE_CHECKING:
+    from broker.node import Node
+
+APP_NOT_STOPPED: Final = ("this command requires the 'leveret' app to be stopped on the target node. "
+                          "Stop it with 'leveretctl stop_app'.")
+ONLY_DISC: Final = "Every Leveret node is a disc node: ram nodes are not supported."
+
+Op = Callable[[Mapping[str, Any]], Awaitable[Any]]
+
+
+def node_summary(node: "Node") -> dict[str, Any]:
+    """What cluster_status shows of one running node."""
+    return {
+        "product_name": "Leveret",
+        "product_version": __version__,
+        "python_version": platform.python_version(),
+        "alarms": sorted(node.alarms),
+        "listeners": [
+            {"node": node.name, "protocol": proto, "interface": host, "port": port,
+             "purpose": "inter-node and CLI tool communication" if proto == "clustering" else "AMQP 0-9-1"}
+            for proto, host, port in node.listeners
+            if proto != "amqp" or node.app_running
+        ],
+    }
+
+
+class ClusterControl:
+    # Operations on the node's membership, which the app must not be serving during.
+    WITHOUT_APP: Final = frozenset({"reset", "change_cluster_node_type"})
+
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+
+    def methods(self) -> dict[str, Op]:
+        return {name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")}
+
+    def _require_app_stopped(self) -> None:
+        if self.node.app_running:
+            raise ControlError(APP_NOT_STOPPED, EX_USAGE)
+
+    async def op_cluster_status(self, args: Mapping[str, Any]) -> Any:
+        node = self.node
+        view = cluster_view(node.name, node.cluster_members(), node.reachable_nodes())
+        summaries = {node.name: node_summary(node)}
+        for name, summary in (await node.peer_summaries(view.running_nodes)).items():
+            summaries[name] = summary
+        return {
+            "cluster_name": node.cluster_name,
+            "disk_nodes": list(view.disk_nodes),
+            "running_nodes": [n for n in view.running_nodes if n in summaries],
+            "partitions": {n: list(peers) for n, peers in view.partitions.items()},
+            "nodes": summaries,
+        }
+
+    async def op_reset(self, args: Mapping[str, Any]) -> Any:
+        self._require_app_stopped()
+        await self.node.reset(force=bool(args.get("force")))
+        return None
+
+    async def op_change_cluster_node_type(self, args: Mapping[str, Any]) -> Any:
+        self._require_app_stopped()
+        if args["type"] != "disc":
+            raise ControlError(ONLY_DISC, EX_UNAVAILABLE)
+        return None
+
+    async def op_await_online_nodes(self, args: Mapping[str, Any]) -> Any:
+        count = int(args["count"])
+        node = self.node
+        with trio.move_on_after(float(args.get("timeout") or 300)):
+            while len(cluster_view(node.name, node.cluster_members(), node.reachable_nodes()).running_nodes) < count:
+                await trio.sleep(0.1)
+            return None
+        raise ControlError(f"Error: timed out while waiting. Not enough nodes joined {node.name}'s cluster.",
+                           EX_SOFTWARE)
