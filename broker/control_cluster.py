@@ -15,7 +15,9 @@ import trio
 
 from broker import __version__
 from cluster.control import EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE, ControlError
-from cluster.membership import cluster_view
+from broker.clustering import JoinRefused
+from cluster.membership import METADATA_GROUP, cluster_view, remove_member
+from cluster.raft.driver import Applied
 
 if TYPE_CHECKING:
     from broker.node import Node
@@ -34,6 +36,7 @@ def node_summary(node: "Node") -> dict[str, Any]:
         "product_version": __version__,
         "python_version": platform.python_version(),
         "alarms": sorted(node.alarms),
+        "app_running": node.app_running,
         "listeners": [
             {"node": node.name, "protocol": proto, "interface": host, "port": port,
              "purpose": "inter-node and CLI tool communication" if proto == "clustering" else "AMQP 0-9-1"}
@@ -45,7 +48,7 @@ def node_summary(node: "Node") -> dict[str, Any]:
 
 class ClusterControl:
     # Operations on the node's membership, which the app must not be serving during.
-    WITHOUT_APP: Final = frozenset({"reset", "change_cluster_node_type"})
+    WITHOUT_APP: Final = frozenset({"reset", "change_cluster_node_type", "join_cluster", "forget_cluster_node"})
 
     def __init__(self, node: "Node") -> None:
         self.node = node
@@ -73,7 +76,50 @@ class ClusterControl:
 
     async def op_reset(self, args: Mapping[str, Any]) -> Any:
         self._require_app_stopped()
-        await self.node.reset(force=bool(args.get("force")))
+        if not args.get("force"):
+            # force_reset skips this: it is for a node whose cluster cannot be reached.
+            refused = await self.node.clustering.leave()
+            if refused is not None:
+                raise ControlError(refused, EX_UNAVAILABLE)
+        await self.node.reset()
+        return None
+
+    async def op_join_cluster(self, args: Mapping[str, Any]) -> Any:
+        self._require_app_stopped()
+        node = self.node
+        target = str(args["target"])
+        if target == node.name:
+            raise ControlError(f"Error: cannot cluster node with itself: {node.name}", EX_SOFTWARE)
+        members = await node.clustering.members_of(target)
+        if isinstance(members, JoinRefused):
+            raise ControlError(members.text, members.exit_code)
+        if node.name in members:
+            return "already_member"
+        if not members:
+            raise ControlError(f"{target} is not a member of a cluster (it is joining one itself)", EX_UNAVAILABLE)
+        refused = await node.clustering.leave()
+        if refused is not None:
+            raise ControlError(refused, EX_UNAVAILABLE)
+        refused = await node.join_cluster(target)
+        if refused is not None:
+            raise ControlError(refused, EX_UNAVAILABLE)
+        return None
+
+    async def op_forget_cluster_node(self, args: Mapping[str, Any]) -> Any:
+        node = self.node
+        gone = str(args["node"])
+        if gone not in node.cluster_members():
+            raise ControlError("{:not_a_cluster_node, 'The node selected is not in the cluster.'}", EX_UNAVAILABLE)
+        if gone == node.name or gone in node.reachable_nodes():
+            summary = (await node.peer_summaries((gone,))).get(gone) if gone != node.name else None
+            if gone == node.name or summary is None or summary.get("app_running", True):
+                raise ControlError(f"Leveret on node {gone} must be stopped with 'leveretctl -n {gone} stop_app' "
+                                   "before it can be removed", EX_UNAVAILABLE)
+        groups = node.clustering.groups
+        assert groups is not None
+        outcome = await remove_member(groups, METADATA_GROUP, gone)
+        if not isinstance(outcome, Applied):
+            raise ControlError(f"could not remove {gone} from the cluster: {outcome.reason}", EX_UNAVAILABLE)
         return None
 
     async def op_change_cluster_node_type(self, args: Mapping[str, Any]) -> Any:

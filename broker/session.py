@@ -582,6 +582,12 @@ class Session:
         """Commit a metadata change; None if it was refused (the channel is then closed)."""
         result = await self.node.propose_metadata(cmd)
         if isinstance(result, md.Refusal):
+            if result.code == spec.INTERNAL_ERROR:
+                # The cluster could not commit it (no majority reachable from this node): the
+                # channel goes, not the connection, so the client may retry on a new channel.
+                self.handle_sync(self.conn.close_channel(channel, result.code, result.text,
+                                                         method.CLASS_ID, method.METHOD_ID))
+                return None
             self._fail(channel, result, method)
             return None
         return result

@@ -34,6 +34,7 @@ import trio
 
 from cluster.raft.driver import Applied, Lost, RaftDriver
 from cluster.raft.group import ConfChange, NotLeader, Refused
+from cluster.transport import PeerTransport, PeerUnreachable, Replied, Undeliverable
 
 log = logging.getLogger("leveret.cluster")
 
@@ -170,3 +171,22 @@ class GroupClient:
                 return {"unknown": outcome.reason}
             return {"not_leader": None}  # another entry won the index: ours was never applied
         return {"unknown": f"not committed within {self.timeout:g} s"}
+
+
+class TransportCalls:
+    """`PeerCalls` over a `cluster.transport.PeerTransport`: its call outcomes sorted into
+    what forwarding needs to know — answered, surely not carried out (safe to retry), or
+    perhaps carried out."""
+
+    def __init__(self, transport: PeerTransport) -> None:
+        self.transport = transport
+
+    async def call(self, node: str, method: str, args: Mapping[str, Any],
+                   timeout: float) -> Any | NotSent | NoAnswer:
+        outcome = await self.transport.call(node, method, dict(args), timeout=timeout)
+        if isinstance(outcome, Replied):
+            return outcome.value
+        if isinstance(outcome, Undeliverable) or (
+                isinstance(outcome, PeerUnreachable) and not outcome.maybe_delivered):
+            return NotSent(outcome.reason)
+        return NoAnswer(str(outcome))

@@ -30,6 +30,8 @@ from cluster.group_client import GroupClient, Unavailable
 from cluster.raft.driver import Applied
 from cluster.raft.group import ConfChange, Refused
 
+# The Raft group every node belongs to: vhosts, users, exchanges, queues, bindings, policies.
+METADATA_GROUP: Final = "metadata"
 # How long a learner may take to catch up before its join is given up.
 CATCH_UP_TIMEOUT: Final = 60.0
 PROMOTE_RETRY: Final = 0.1

@@ -1,0 +1,143 @@
+"""Three real nodes on loopback: join_cluster, cluster_status, metadata replicated by Raft over
+peer links, a killed node catching up, a minority refusing changes, forget_cluster_node."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pika
+import pika.exceptions
+import pytest
+
+from tests.ctl.support import connect, ctl, ok, wait_until
+from tests.support.node_process import NodeProcess
+
+NAMES = ("a@localhost", "b@localhost", "c@localhost")
+
+
+@pytest.fixture
+def trio_nodes():
+    nodes = [NodeProcess(name=n) for n in NAMES]
+    try:
+        for n in nodes:
+            n.start()
+        yield nodes
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def join(node: NodeProcess, target: str) -> None:
+    ok(node, "stop_app")
+    joined = ok(node, "join_cluster", target)
+    assert joined.out == f"Clustering node {node.name} with {target}\n"
+    ok(node, "start_app")
+
+
+def status(node: NodeProcess) -> dict:
+    return json.loads(ok(node, "cluster_status", "--formatter", "json").out)
+
+
+def users(node: NodeProcess) -> list[str]:
+    return sorted(u["user"] for u in json.loads(ok(node, "list_users", "--formatter", "json").out))
+
+
+def test_join_replicate_lose_a_node_and_catch_up(trio_nodes: list[NodeProcess]) -> None:
+    a, b, c = trio_nodes
+    join(b, a.name)
+    join(c, b.name)  # through any member
+    for n in trio_nodes:
+        s = status(n)
+        assert s["disk_nodes"] == list(NAMES)
+        assert sorted(s["running_nodes"]) == list(NAMES)
+        assert s["partitions"] == {}
+        assert sorted(s["versions"]) == list(NAMES)
+    text = ok(a, "cluster_status").out
+    assert "Disk Nodes\n\na@localhost\nb@localhost\nc@localhost\n" in text
+    # Joining again is a no-op, as in RabbitMQ.
+    ok(c, "stop_app")
+    assert ok(c, "join_cluster", a.name).lines[-1] == "The node is already a member of this cluster"
+    ok(c, "start_app")
+
+    # A change made on any node is on every node once its reply came back.
+    ok(c, "add_user", "from-c", "pw")
+    conn = connect(a)
+    ch = conn.channel()
+    ch.exchange_declare("x.replicated", "topic", durable=True)
+    ch.queue_declare("q.replicated", durable=True)
+    ch.queue_bind("q.replicated", "x.replicated", "k.#")
+    conn.close()
+    for n in trio_nodes:
+        assert users(n) == ["from-c", "guest"]
+        exchanges = json.loads(ok(n, "list_exchanges", "name", "--formatter", "json").out)
+        assert "x.replicated" in {e["name"] for e in exchanges}
+        bindings = json.loads(ok(n, "list_bindings", "source_name", "destination_name", "--formatter", "json").out)
+        assert {"source_name": "x.replicated", "destination_name": "q.replicated"} in bindings
+
+    # kill -9 a node: the majority keeps changing metadata; the node catches up on restart.
+    c.kill()
+    ok(a, "add_user", "while-c-down", "pw")
+    wait_until(lambda: sorted(status(a)["running_nodes"]) == ["a@localhost", "b@localhost"], 20)
+    assert status(a)["partitions"] == {"a@localhost": ["c@localhost"]}
+    c.start()
+    wait_until(lambda: "while-c-down" in users(c), 30)
+    wait_until(lambda: sorted(status(a)["running_nodes"]) == list(NAMES), 20)
+
+
+def test_a_minority_refuses_changes_then_catches_up(trio_nodes: list[NodeProcess]) -> None:
+    a, b, c = trio_nodes
+    join(b, a.name)
+    join(c, a.name)
+    a.kill()
+    b.kill()
+    # The AMQP client gets a channel error 541 naming the cause, within the 5 s bound.
+    conn = connect(c)
+    ch = conn.channel()
+    started = time.monotonic()
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        ch.queue_declare("q.minority", durable=True)
+    assert time.monotonic() - started < 15
+    assert refused.value.reply_code == 541
+    assert "not committed" in refused.value.reply_text and "c@localhost" in refused.value.reply_text
+    assert conn.is_open  # a channel error, not a connection error
+    conn.close()
+    failed = ctl(c, "add_user", "lost", "pw")
+    assert failed.code == 69 and "not committed" in failed.err
+    a.start(timeout=60)
+    b.start(timeout=60)
+    wait_until(lambda: ctl(c, "add_user", "after-heal", "pw").code == 0, 60)
+    assert "after-heal" in users(a)
+
+
+def test_forget_a_dead_node_and_reset_leaves(trio_nodes: list[NodeProcess]) -> None:
+    a, b, c = trio_nodes
+    join(b, a.name)
+    join(c, a.name)
+    running = ctl(a, "forget_cluster_node", c.name)
+    assert running.code == 69 and "must be stopped" in running.err
+    unknown = ctl(a, "forget_cluster_node", "nobody@localhost")
+    assert unknown.code == 69 and "not_a_cluster_node" in unknown.err
+    c.kill()
+    assert ok(a, "forget_cluster_node", c.name).out == f"Removing node {c.name} from the cluster\n"
+    assert status(b)["disk_nodes"] == ["a@localhost", "b@localhost"]
+    # reset leaves the cluster cleanly: the other member carries on alone.
+    ok(b, "stop_app")
+    ok(b, "reset")
+    ok(b, "start_app")
+    assert status(b)["disk_nodes"] == ["b@localhost"]
+    wait_until(lambda: status(a)["disk_nodes"] == ["a@localhost"], 20)
+    ok(a, "add_user", "alone", "pw")
+
+
+def test_a_node_with_another_cookie_cannot_join(trio_nodes: list[NodeProcess]) -> None:
+    a, b, c = trio_nodes
+    c.stop()
+    stranger = NodeProcess(name=c.name, dist_port=c.dist_port, port=c.port, data_dir=c.data_dir,
+                           cookie="ANOTHERCOOKIEXYZ")
+    trio_nodes[2] = stranger.start()
+    ok(stranger, "stop_app")
+    refused = ctl(stranger, "join_cluster", a.name)
+    assert refused.code == 69 and "the cookie differs" in refused.err
+    assert "cookie differs" in a.log_text()
+    assert status(a)["disk_nodes"] == ["a@localhost"]
