@@ -109,6 +109,11 @@ class QueueLeader:
         self._dispatching = False
         # Publishers waiting for this queue's consumers to catch up (see `congested`).
         self._uncongested: trio.Event | None = None
+        # Messages handed to consumers so far, and that count when a publisher's flow
+        # pause last passed without a single delivery (-1: never): consumers that took
+        # nothing since then are stuck, not falling behind (see `congested`).
+        self.deliveries = 0
+        self._deliveries_when_stuck = -1
 
     # ------------------------------------------------------------------ info
 
@@ -130,17 +135,31 @@ class QueueLeader:
         they take. Publishers feeding the queue then pause reading (RabbitMQ's credit
         flow in spirit), so the backlog stays in memory instead of being paged out and
         the consumers get the CPU. Queues without consumers are never congested: a
-        backlog with nobody reading is paged, not throttled."""
-        return self.state.messages_ready > FLOW_HIGH and len(self.consumers) > 0
+        backlog with nobody reading is paged, not throttled. Nor are queues whose
+        consumers take nothing at all (no credit: a prefetch they never ack, or a
+        connection whose socket does not drain): throttling publishers would not help
+        them, so such a backlog is paged as well. That is judged by deliveries, not by
+        anything a consumer's connection shows, so it holds for a consumer anywhere."""
+        return (self.state.messages_ready > FLOW_HIGH and len(self.consumers) > 0
+                and self.deliveries != self._deliveries_when_stuck)
 
-    async def wait_uncongested(self) -> None:
+    async def pause_publisher(self, max_seconds: float) -> None:
+        """A publisher to this congested queue waits until its consumers bring the backlog
+        down to FLOW_LOW, `max_seconds` at most. A whole pause without one delivery means
+        the consumers take nothing: the queue is not congested again until they take one."""
+        deliveries = self.deliveries
         if self._uncongested is None:
             self._uncongested = trio.Event()
-        await self._uncongested.wait()
+        with trio.move_on_after(max_seconds) as waited:
+            await self._uncongested.wait()
+        if waited.cancelled_caught and self.deliveries == deliveries:
+            self._deliveries_when_stuck = deliveries
+            self._release_publishers()
 
     def _release_publishers(self) -> None:
         if self._uncongested is not None and (
-                self.state.messages_ready <= FLOW_LOW or not len(self.consumers) or self.deleted):
+                self.state.messages_ready <= FLOW_LOW or not len(self.consumers) or self.deleted
+                or self.deliveries == self._deliveries_when_stuck):
             self._uncongested.set()
             self._uncongested = None
 
@@ -271,6 +290,7 @@ class QueueLeader:
             if ack_required:
                 self._carry_out(self.state.apply(Requeue((seq,), now_ms)), now_ms, None)
             return
+        self.deliveries += 1
         if not ack_required and self.durable:
             self._forget((m,))
 
