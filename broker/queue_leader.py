@@ -114,6 +114,9 @@ class QueueLeader:
         # nothing since then are stuck, not falling behind (see `congested`).
         self.deliveries = 0
         self._deliveries_when_stuck = -1
+        # Why the store last refused a write of this queue's (None: no failure since the
+        # store last took a write); `leveretctl list_queues` shows it as the queue's state.
+        self.store_error: str | None = None
 
     # ------------------------------------------------------------------ info
 
@@ -388,11 +391,20 @@ class QueueLeader:
         self.node.stage_message(MESSAGES_TABLE, persisted_key(self._prefix, m.id), partial(encode_persisted, m),
                                 on_done, len(m.body))
 
+    def not_stored(self, message_id: int, value: bytes) -> None:
+        """The row of persisted message `message_id` failed to be written. The message
+        stays in the queue, in memory (its publisher was nacked, which allows either
+        outcome); a page that already names it by id reads `value` instead of the store."""
+        if self.pages is not None:
+            self.pages.keep_unstored(message_id, value)
+
     def _forget(self, messages: Any) -> None:
         """Delete the persisted copies of `messages` that left this queue (a message
         never persisted here — a rejected publish — deletes nothing that exists)."""
         if not self.durable:
             return
+        if self.pages is not None:
+            self.pages.forget_unstored(messages)
         forget, prefix = self.node.forget_message, self._prefix
         for m in messages:
             if m.persistent:
