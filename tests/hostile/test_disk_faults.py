@@ -32,9 +32,10 @@ import pytest
 import trio
 
 from broker.amqp import spec
-from broker.amqp.codec import BodyFrame, MethodFrame, encode_content, encode_method, encode_properties
+from broker.amqp.codec import MethodFrame, encode_content, encode_method, encode_properties
 from cli.perf.client import Connection
 from tests.ctl.support import ctl
+from tests.integration.test_backlog import drain
 from tests.support.node_process import NodeProcess, scratch_dir
 
 FILESYSTEM_BYTES = 32 << 20
@@ -149,31 +150,13 @@ class ConfirmedPublisher:
 async def consume_all(url: str, *, expect_at_least: int) -> list[int]:
     """Consume (with acks) every message the queue has; their numbers."""
     conn = await Connection.open(url)
-    numbers: list[int] = []
     try:
         await conn.open_channel(1)
         ok = await conn.call(1, spec.QueueDeclare(queue=QUEUE, durable=True), spec.QueueDeclareOk)
-        count = ok.message_count
-        assert count >= expect_at_least
-        await conn.call(1, spec.BasicQos(0, 200, False), spec.BasicQosOk)
-        await conn.call(1, spec.BasicConsume(queue=QUEUE, consumer_tag="drain"), spec.BasicConsumeOk)
-        last_tag = acked = 0
-        with trio.fail_after(120):
-            while len(numbers) < count:
-                for frame in await conn.receive():
-                    if type(frame) is MethodFrame:
-                        conn.check(frame)
-                        if type(frame.method) is spec.BasicDeliver:
-                            last_tag = frame.method.delivery_tag
-                    elif type(frame) is BodyFrame:
-                        numbers.append(_INDEX.unpack_from(frame.payload)[0])
-                if last_tag - acked >= 100 or len(numbers) == count:
-                    await conn.send(encode_method(1, spec.BasicAck(last_tag, True)))
-                    acked = last_tag
-        ok = await conn.call(1, spec.QueueDeclare(queue=QUEUE, durable=True), spec.QueueDeclareOk)
-        assert ok.message_count == 0
     finally:
         await conn.close()
+    assert ok.message_count >= expect_at_least
+    numbers, _redelivered = await drain(url, QUEUE, ok.message_count, durable=True)
     return numbers
 
 

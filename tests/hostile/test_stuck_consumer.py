@@ -18,6 +18,7 @@ import socket
 import trio
 
 from broker.amqp import spec
+from broker.amqp.codec import MethodFrame, encode_method
 from cli.perf.client import Connection
 from tests.integration.test_backlog import fill
 from tests.ctl.support import ctl
@@ -67,7 +68,7 @@ async def test_a_consumer_that_takes_nothing_does_not_throttle_publishers() -> N
             assert row["messages_ready"] > COUNT // 2
             assert row["messages_ready_ram"] < COUNT // 4
         finally:
-            stuck.stream.socket.close()
+            await trio.aclose_forcefully(stuck.stream)
 
 
 async def test_a_consumer_falling_behind_still_throttles_publishers() -> None:
@@ -82,8 +83,6 @@ async def test_a_consumer_falling_behind_still_throttles_publishers() -> None:
         await conn.call(1, spec.BasicConsume(queue="slow_q", consumer_tag="slow"), spec.BasicConsumeOk)
 
         async def consume_slowly() -> None:
-            from broker.amqp.codec import MethodFrame, encode_method
-
             while True:
                 for frame in await conn.receive():
                     if type(frame) is MethodFrame and type(frame.method) is spec.BasicDeliver:
@@ -95,4 +94,5 @@ async def test_a_consumer_falling_behind_still_throttles_publishers() -> None:
             with trio.fail_after(180):
                 await fill(node.url, "slow_q", 20_000, durable=False, persistent=False, body_size=BODY)
             nursery.cancel_scope.cancel()
+        await trio.aclose_forcefully(conn.stream)
         assert node.log_text().count(FLOW_PAUSE_LINE) > MAX_PAUSES
