@@ -187,6 +187,7 @@ class StorePages:
                 for entry in self.peek_page(number):
                     if entry.message.persistent:
                         batch.delete(MESSAGES_TABLE, persisted_key(self._prefix, entry.message.id))
+                        self._unstored.pop(entry.message.id, None)
             self._live.discard(number)
             self._unwritten.pop(number, None)
             batch.delete(PAGED_TABLE, self._key(number))

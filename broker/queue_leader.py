@@ -393,8 +393,9 @@ class QueueLeader:
 
     def not_stored(self, message_id: int, value: bytes) -> None:
         """The row of persisted message `message_id` failed to be written. The message
-        stays in the queue, in memory (its publisher was nacked, which allows either
-        outcome); a page that already names it by id reads `value` instead of the store."""
+        stays in the queue, in memory (a publisher that asked for confirms was nacked,
+        which allows either outcome); a page naming it by id reads `value` instead of the
+        store until the message leaves the queue."""
         if self.pages is not None:
             self.pages.keep_unstored(message_id, value)
 

@@ -140,3 +140,24 @@ async def test_a_refused_metadata_write_is_written_once_the_store_takes_writes(n
         await written.wait()
     assert store.get("meta_test", b"k") == b"v"
     assert node.store_failure is None
+
+
+async def test_a_queue_with_refused_rows_paged_out_purges_and_deletes(nursery: trio.Nursery) -> None:
+    node, store, leader = await node_with_queue(nursery)
+    outcomes: dict[int, bool] = {}
+    store.refusing = True
+    for number in range(100):
+        leader.publish(persistent(node, number), 0, lambda ok, number=number: outcomes.__setitem__(number, ok))
+    await settled(outcomes, 100)
+    assert not any(outcomes.values()) and leader.state.messages_paged_out > 0
+    assert leader.purge(0) == 100
+    # Refused again, paged again: deleting the queue drops those pages too.
+    refused = store.refused
+    for number in range(100, 200):
+        leader.publish(persistent(node, number), 0, None)
+    assert leader.state.messages_paged_out > 0
+    await node.wait_for_writes()
+    with trio.fail_after(10):
+        while store.refused == refused or node.writer.statistics().batches_in_flight:
+            await trio.sleep(0.005)
+    assert leader.delete() == []
