@@ -585,7 +585,8 @@ class ControlHandlers:
             "memory": 2048 + bytes_ready + bytes_unacked + 256 * (ready + unacked),
             "slave_pids": "",
             "synchronised_slave_pids": "",
-            "state": "running" if leader is not None else "down",
+            # A queue whose writes the store refused (a full disk) says so until one succeeds.
+            "state": "down" if leader is None else "store_error" if leader.store_error else "running",
             "type": queue_type,
             "leader": q.node if replicated else "",
             "members": [q.node] if replicated else "",
