@@ -52,6 +52,8 @@ from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 import msgpack
 
+from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, is_container
+
 __all__ = [
     "ACCESS_REFUSED", "NOT_FOUND", "PRECONDITION_FAILED", "RESOURCE_LOCKED",
     "EXCHANGE_TYPES", "STANDARD_EXCHANGES", "exchange_type_refusal", "reserved_queue_name_refusal", "QUEUE_EQUIVALENCE_KEYS",
@@ -685,9 +687,12 @@ def _erl_float(f: float) -> str:
     return text
 
 
-def _erl_term(value: Any) -> str:
+def _erl_term(value: Any, depth: int = 1) -> str:
     """Erlang ~tp rendering of a decoded field value (nested tables and arrays
-    carry their element types, as RabbitMQ stores them)."""
+    carry their element types, as RabbitMQ stores them), `...` past the nesting bound
+    (a value stored before the bound may be deeper than the stack)."""
+    if is_container(value) and depth > MAX_TABLE_DEPTH:
+        return ELIDED
     if value is None:
         return "undefined"
     if isinstance(value, bool):
@@ -706,10 +711,10 @@ def _erl_term(value: Any) -> str:
     if isinstance(value, _dt.datetime):
         return str(int(value.replace(tzinfo=value.tzinfo or _dt.timezone.utc).timestamp()))
     if isinstance(value, Mapping):
-        items = (f"{{{_erl_term(str(k))},{amqp_type(v)},{_erl_term(v)}}}" for k, v in sorted(value.items()))
+        items = (f"{{{_erl_term(str(k))},{amqp_type(v)},{_erl_term(v, depth + 1)}}}" for k, v in sorted(value.items()))
         return "[" + ",".join(items) + "]"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(f"{{{amqp_type(v)},{_erl_term(v)}}}" for v in value) + "]"
+        return "[" + ",".join(f"{{{amqp_type(v)},{_erl_term(v, depth + 1)}}}" for v in value) + "]"
     return repr(value)
 
 
