@@ -49,6 +49,7 @@ from cluster.control import (
     EX_USAGE,
     ControlError,
 )
+from cluster.logtext import PEER_REASON_LIMIT, peer_text
 from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, is_container, too_deep
 from cluster.policy import parse_definition, pcre_error, validate_policy
 
@@ -125,7 +126,8 @@ def _check_regexes(patterns: list[str], user: str, vhost: str, *, topic: bool = 
         error = pcre_error(pattern)
         if error is not None:
             log.warning("Failed to set %spermissions for '%s' in virtual host '%s': regular expression '%s' "
-                        "is invalid", "topic " if topic else "", user, vhost, pattern)
+                        "is invalid", "topic " if topic else "", peer_text(user), peer_text(vhost),
+                        peer_text(pattern))
             # RabbitMQ hands set_permissions' patterns to re as charlists ('('), and
             # set_topic_permissions' as binaries ("("); the error term shows which.
             shown = json.dumps(pattern) if topic else f"'{pattern}'"
@@ -283,7 +285,7 @@ class ControlHandlers:
         # Answer first, then stop the way SIGTERM does (connections closed with 320 first).
         async def stop_soon() -> None:
             await trio.sleep(0.1)
-            log.info("stop requested by %s", args.get("by", "leveretctl"))
+            log.info("stop requested by %s", peer_text(args.get("by", "leveretctl")))
             os.kill(os.getpid(), signal.SIGTERM)
 
         trio.lowlevel.spawn_system_task(stop_soon)
@@ -782,10 +784,11 @@ class ControlHandlers:
                 # rabbitmqctl 3.10.8 prints "Error:" twice here.
                 raise ControlError(f'Error:\n{{:invalid_pid_syntax, "{ident}"}}', EX_UNAVAILABLE)
             # A well-formed pid that is no connection (any more): RabbitMQ logs it and succeeds.
-            log.warning("Asked to close connection %s (reason: %r) but it is not an active connection. "
-                        "Was it already closed?", ident, reason)
+            log.warning("Asked to close connection %s (reason: '%s') but it is not an active connection. "
+                        "Was it already closed?", peer_text(ident), peer_text(reason, PEER_REASON_LIMIT))
             return None
-        log.info("closing connection %s on request of leveretctl: %s", session.id, reason)
+        log.info("closing connection %s on request of leveretctl: %s", session.id,
+                 peer_text(reason, PEER_REASON_LIMIT))
         session.force_close(320, f"CONNECTION_FORCED - {reason}")
         return None
 
