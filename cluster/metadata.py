@@ -64,7 +64,7 @@ __all__ = [
     "SetUserTags", "SetPermissions", "ClearPermissions", "SetTopicPermissions",
     "ClearTopicPermissions", "DeclareExchange", "DeleteExchange", "DeclareQueue",
     "DeleteQueue", "SetQueueNode", "Bind", "Unbind", "SetPolicy", "ClearPolicy",
-    "DeleteQueuesOwnedBy", "DropTransient", "command_from_wire", "encode_command", "decode_command",
+    "DeleteQueuesOwnedBy", "DropTransient", "CreateDefaults", "command_from_wire", "encode_command", "decode_command",
     "Change", "VhostAdded", "VhostRemoved", "UserChanged", "PermissionChanged",
     "TopicPermissionChanged", "ExchangeAdded", "ExchangeRemoved", "QueueAdded",
     "QueueRemoved", "QueueMoved", "BindingAdded", "BindingRemoved", "PolicyChanged",
@@ -525,6 +525,27 @@ class DropTransient(Command):
     exchanges: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class CreateDefaults(Command):
+    """The default vhost, user and its permissions, proposed by every node when it starts.
+
+    Whether they are made is decided here, from the replicated metadata, never by a node
+    from what it has replayed so far (a node sees its own state empty until the stored
+    log commits again, which let a deleted guest come back: issue 12, item 9). The first
+    one the cluster applies decides: it makes them if the metadata is empty, and marks
+    the decision taken; every later one (another restart, another node joining the
+    cluster) changes nothing. Its result is whether they were made."""
+
+    vhost: str
+    user: str
+    password_hash: str
+    hashing_algorithm: str
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", _as_tuple(self.tags))
+
+
 # --------------------------------------------------------------------------- changes
 
 
@@ -812,6 +833,8 @@ class MetadataState:
         self._by_destination: dict[tuple[str, str, str], dict[tuple, Binding]] = {}
         # Derived: the policy currently applied to each exchange and queue.
         self._applied: dict[_PolicyKey, PolicyRecord] = {}
+        # Set by the first CreateDefaults applied: the defaults are never made again.
+        self.defaults_decided = False
 
     # ------------------------------------------------------------------ apply
 
@@ -1121,6 +1144,18 @@ class MetadataState:
                     self._remove_exchange(x, changes)
         return len(doomed_queues) + len(doomed_exchanges)
 
+    def _create_defaults(self, cmd: CreateDefaults, changes: list[Change]) -> Any:
+        if self.defaults_decided:
+            return False
+        self.defaults_decided = True
+        if self._vhosts or self._users:
+            # Metadata from before the decision was replicated: its defaults were made then.
+            return False
+        self._add_vhost(AddVhost(cmd.vhost, "Default virtual host"), changes)
+        self._add_user(AddUser(cmd.user, cmd.password_hash, cmd.hashing_algorithm, cmd.tags), changes)
+        self._set_permissions(SetPermissions(cmd.vhost, cmd.user, ".*", ".*", ".*"), changes)
+        return True
+
     # ------------------------------------------------------------------ bindings
 
     def _bind(self, cmd: Bind, changes: list[Change]) -> Any:
@@ -1332,6 +1367,7 @@ class MetadataState:
             "queues": rows(q for qs in self._queues.values() for q in qs.values()),
             "bindings": rows(self._bindings.values()),
             "policies": rows(p for ps in self._policies.values() for p in ps.values()),
+            "defaults_decided": self.defaults_decided,
         })
 
     @classmethod
@@ -1341,6 +1377,8 @@ class MetadataState:
         assert raw["format"] == 1, raw["format"]
         state = cls()
         state.version = raw["version"]
+        # Absent from snapshots taken before the decision was replicated.
+        state.defaults_decided = raw.get("defaults_decided", False)
         for row in raw["vhosts"]:
             v = VhostRecord(*row)
             state._vhosts[v.name] = v
@@ -1430,6 +1468,7 @@ _HANDLERS: dict[type, Any] = {
     ClearPolicy: MetadataState._clear_policy,
     DeleteQueuesOwnedBy: MetadataState._delete_queues_owned_by,
     DropTransient: MetadataState._drop_transient,
+    CreateDefaults: MetadataState._create_defaults,
 }
 
 
