@@ -17,13 +17,14 @@ import pytest
 import trio
 
 from broker import auth
-from broker.config import Settings
 from broker.node import Node
 from cluster import metadata as md
 from storage.writer import GroupCommitWriter
 from tests.ctl.support import ctl, ok
+from tests.support.in_process import run_node_once
 from tests.support.node_process import NodeProcess, scratch_dir
 
+NAME = "first-start@localhost"
 CREATING = "creating user 'guest', vhost '/' and granting full permissions"
 
 
@@ -95,20 +96,6 @@ class _SlowDisk:
         return write
 
 
-async def _run_once(data_dir: Path, work) -> None:
-    settings = Settings(node_name="first-start@localhost", node_ip_address="127.0.0.1", node_port=0,
-                        dist_port=0, management_port=0, data_dir=data_dir, cookie="FIRSTSTARTCOOKIE")
-    node = Node(settings)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        try:
-            await work(node)
-        finally:
-            await node.stop_clients()
-            await node.wait_for_writes()
-            nursery.cancel_scope.cancel()
-
-
 async def test_guest_stays_deleted_across_restarts_on_a_slow_disk(monkeypatch: pytest.MonkeyPatch,
                                                                   tmp_path: Path) -> None:
     monkeypatch.setattr(GroupCommitWriter, "write", _SlowDisk(GroupCommitWriter.write))
@@ -124,15 +111,15 @@ async def test_guest_stays_deleted_across_restarts_on_a_slow_disk(monkeypatch: p
     async def look(node: Node) -> None:
         seen.append((node.metadata.user("guest") is None, node.metadata.user("admin") is not None))
 
-    await _run_once(data_dir, delete_guest)
+    await run_node_once(data_dir, NAME, delete_guest)
     for _ in range(5):
-        await _run_once(data_dir, look)
+        await run_node_once(data_dir, NAME, look)
     assert seen == [(True, True)] * 5
 
 
 @pytest.fixture
 def node() -> Iterator[NodeProcess]:
-    with NodeProcess(name="first-start@localhost", data_dir=scratch_dir()) as proc:
+    with NodeProcess(name=NAME, data_dir=scratch_dir()) as proc:
         yield proc
 
 

@@ -20,8 +20,10 @@ from cli.ctl_format import cell, json_rows
 from cluster import metadata as md
 from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, nesting_depth
 from cluster.policy import validate_definition
+from broker.node import Node
 from tests.ctl.support import connect, ok
-from tests.support.node_process import NodeProcess
+from tests.support.in_process import run_node_once
+from tests.support.node_process import NodeProcess, scratch_dir
 
 
 def nested(levels: int, leaf: Any = "leaf", *, arrays: bool = False) -> Any:
@@ -94,6 +96,28 @@ def test_import_of_definitions_nested_beyond_the_bound_is_refused() -> None:
 
 # A store written before the bound (or any value handed to a renderer) may be deeper still:
 # every renderer stops at the bound with Erlang's "..." instead of recursing on.
+
+
+async def test_a_queue_stored_deeper_before_the_bound_still_lists() -> None:
+    data_dir = scratch_dir()
+    name = "nested-store@localhost"
+
+    async def declare_as_before(node: Node) -> None:
+        # The metadata applies what its log holds; the bound is checked before proposing.
+        result = await node.propose_metadata(md.DeclareQueue("/", "deep-stored", True, False, None,
+                                                             {"x-deep": nested(400)}, node.name))
+        assert not isinstance(result, md.Refusal)
+
+    await run_node_once(data_dir, name, declare_as_before)
+    with NodeProcess(name=name, data_dir=data_dir).start() as node:
+        for columns in (["name"], ["name", "arguments"]):
+            for formatter in ("table", "json"):
+                out = ok(node, "list_queues", *columns, "--formatter", formatter).out
+                assert "deep-stored" in out
+        assert ELIDED in ok(node, "list_queues", "name", "arguments").out
+        definitions = json.loads(ok(node, "export_definitions", "-").out)
+        [queue] = [q for q in definitions["queues"] if q["name"] == "deep-stored"]
+        assert nesting_depth(queue["arguments"]) == MAX_TABLE_DEPTH
 
 
 @pytest.mark.parametrize("arrays", [False, True])
