@@ -176,10 +176,8 @@ class Node:
                 self.driver.add_group(METADATA_GROUP, _MetadataMachine(self), voters=(self.name,))
                 await nursery.start(self.driver.run)
                 await self._await_leadership()
-                first_start = not self.metadata.users() and not self.metadata.vhosts()
                 await self.propose_metadata(md.DropTransient(self.name, exchanges=True))
-                if first_start:
-                    await self._bootstrap()
+                await self._propose_defaults()
                 self._recover_messages()
                 host = settings.node_ip_address
                 port = await nursery.start(self._serve_app, host, settings.node_port)
@@ -258,13 +256,17 @@ class Node:
                 self.driver._kick.set()
                 await trio.sleep(0.01)
 
-    async def _bootstrap(self) -> None:
+    async def _propose_defaults(self) -> None:
+        """The default vhost, user and permissions, on every start. Whether they are made is
+        the metadata's decision (`CreateDefaults`): the first one the cluster applies makes
+        them, into empty metadata only, and no later one does, so neither a restart (however
+        far its replay has got) nor a node joining a cluster makes defaults of its own."""
         s = self.settings
-        log.info("creating user '%s', vhost '%s' and granting full permissions", s.default_user, s.default_vhost)
-        await self.propose_metadata(md.AddVhost(s.default_vhost, "Default virtual host"))
-        await self.propose_metadata(md.AddUser(s.default_user, auth.hash_password(s.default_pass),
-                                               tags=("administrator",)))
-        await self.propose_metadata(md.SetPermissions(s.default_vhost, s.default_user, ".*", ".*", ".*"))
+        made = await self.propose_metadata(md.CreateDefaults(
+            s.default_vhost, s.default_user, auth.hash_password(s.default_pass), auth.DEFAULT_HASHING,
+            ("administrator",)))
+        if made is True:
+            log.info("creating user '%s', vhost '%s' and granting full permissions", s.default_user, s.default_vhost)
 
     def _recover_messages(self) -> None:
         assert self.store is not None
