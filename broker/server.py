@@ -256,9 +256,9 @@ async def _read(session: Session, stream: trio.SocketStream, waits: _ReaderWaits
             if congested is not None:
                 session.congested = None
                 if congested.congested:
+                    log.debug("publisher flow: pausing connection %s for queue '%s'", session.id, congested.name)
                     # Bounded: a consumer on this very connection needs its acks read.
-                    with trio.move_on_after(FLOW_PAUSE_MAX):
-                        await congested.wait_uncongested()
+                    await congested.pause_publisher(FLOW_PAUSE_MAX)
             if session.publishing and node.writer_lagging():
                 # The disk is behind (paging, persisting): publishers wait for the writer
                 # rather than piling batches up in memory.
