@@ -91,8 +91,11 @@ class Clustering:
     # ------------------------------------------------------------------ peers
 
     def follow_members(self) -> None:
-        """Dial exactly the members (and the extra peers); a no-op when nothing changed."""
-        wanted = frozenset(self.node.cluster_members() | self.extra_peers) - {self.node.name}
+        """Dial exactly the members, the extra peers and the leader (a joining node is not yet
+        among the members it knows, but must answer the leader that is adding it); a no-op
+        when nothing changed."""
+        wanted = frozenset(self.node.cluster_members() | self.extra_peers | self.node.metadata_leader()) - {
+            self.node.name}
         if wanted != self._peers:
             port = self.node.settings.port_mapper_port
             self.transport.set_peers({n: mapped_dial(n, mapper_port=port) for n in sorted(wanted)})

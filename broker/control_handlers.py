@@ -176,7 +176,9 @@ class ControlHandlers:
     async def _propose(self, cmd: md.Command, exit_code: int = EX_SOFTWARE) -> Any:
         result = await self.node.propose_metadata(cmd)
         if isinstance(result, md.Refusal):
-            raise ControlError(result.text, exit_code)
+            # 541: the cluster could not commit it (no majority reachable): unavailable, as
+            # rabbitmqctl reports a node it cannot get an answer from.
+            raise ControlError(result.text, EX_UNAVAILABLE if result.code == 541 else exit_code)
         return result
 
     def _vhost(self, args: Mapping[str, Any]) -> str:

@@ -273,6 +273,13 @@ class Node:
         status = self.driver.node.status(METADATA_GROUP)
         return status.voters | status.learners
 
+    def metadata_leader(self) -> frozenset[str]:
+        """The metadata group's leader as this node knows it (none, or one node)."""
+        if self.driver is None or METADATA_GROUP not in self.driver.node.groups:
+            return frozenset()
+        leader = self.driver.node.status(METADATA_GROUP).leader
+        return frozenset({leader}) if leader else frozenset()
+
     def reachable_nodes(self) -> frozenset[str]:
         """Other nodes this node has a working peer link to."""
         return self.clustering.transport.reachable()

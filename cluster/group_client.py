@@ -125,6 +125,10 @@ class GroupClient:
                     return Unavailable(group, f"outcome unknown: the leader {leader} did not answer "
                                               f"({reply.reason if isinstance(reply, NoAnswer) else 'bad reply'})")
                 if "index" in reply:
+                    if args.get("op") == "remove" and args.get("node") == self.driver.node.id:
+                        # This node's own removal: the leader stops replicating to it at that
+                        # entry, so it would never see the entry applied here. Committed is done.
+                        return Applied(group, int(reply["index"]), None)
                     result = await watch.result(int(reply["index"]))
                     if isinstance(result, Lost):
                         return Unavailable(group, result.reason)

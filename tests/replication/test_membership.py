@@ -103,3 +103,15 @@ async def test_adding_a_member_from_a_minority_is_refused(autojump_clock: trio.t
         net.down.add(follower)
         assert isinstance(await add_member(clients[follower], GROUP, "d"), Unavailable)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_follower_removes_itself(autojump_clock: trio.testing.MockClock) -> None:
+    """The leader stops replicating to a node at its removal, so the node never sees that
+    entry applied; its own removal is done once committed."""
+    async with trio.open_nursery() as nursery:
+        net, drivers, clients = await start(nursery, ("a", "b", "c"), ("a", "b", "c"))
+        lead = await leader(drivers)
+        follower = next(n for n in drivers if n != lead)
+        assert isinstance(await remove_member(clients[follower], GROUP, follower), Applied)
+        assert drivers[lead].node.status(GROUP).voters == {"a", "b", "c"} - {follower}
+        nursery.cancel_scope.cancel()
