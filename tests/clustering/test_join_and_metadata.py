@@ -141,3 +141,25 @@ def test_a_node_with_another_cookie_cannot_join(trio_nodes: list[NodeProcess]) -
     assert refused.code == 69 and "the cookie differs" in refused.err
     assert "cookie differs" in a.log_text()
     assert status(a)["disk_nodes"] == ["a@localhost"]
+
+
+def test_a_queue_homed_on_another_node_is_never_confirmed_and_dropped(trio_nodes: list[NodeProcess]) -> None:
+    """Until another node forwards to a queue's home node, it refuses to serve it: a confirmed
+    publish is nacked (never confirmed and dropped), gets and consumes are refused by name."""
+    a, b, c = trio_nodes
+    join(b, a.name)
+    on_a = connect(a)
+    on_a.channel().queue_declare("homed-on-a", durable=True)
+    on_b = connect(b)
+    ch = on_b.channel()
+    ch.confirm_delivery()
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish("", "homed-on-a", b"x", pika.BasicProperties(delivery_mode=2))
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        ch.basic_get("homed-on-a")
+    assert refused.value.reply_code == 404
+    assert "home node 'a@localhost'" in refused.value.reply_text
+    on_b.close()
+    got = on_a.channel().basic_get("homed-on-a", auto_ack=True)
+    assert got == (None, None, None)
+    on_a.close()
