@@ -163,3 +163,20 @@ def test_a_queue_homed_on_another_node_is_never_confirmed_and_dropped(trio_nodes
     got = on_a.channel().basic_get("homed-on-a", auto_ack=True)
     assert got == (None, None, None)
     on_a.close()
+
+
+def test_a_joining_node_never_makes_defaults_of_its_own(trio_nodes: list[NodeProcess]) -> None:
+    """Item 9 of the hardening issue, for clusters: the cluster decided its defaults once; a node
+    that joins takes the cluster's metadata (guest deleted there) and keeps it across restarts."""
+    a, b, c = trio_nodes
+    ok(a, "add_user", "admin", "pw")
+    ok(a, "delete_user", "guest")
+    join(b, a.name)
+    assert users(b) == ["admin"]
+    for _ in range(3):
+        b.stop()
+        b.start(timeout=60)
+        assert users(b) == ["admin"]
+    # Once, by b's own first start before it joined; never after.
+    assert b.log_text().count("creating user") == 1
+    assert users(a) == ["admin"]
