@@ -180,3 +180,22 @@ def test_a_joining_node_never_makes_defaults_of_its_own(trio_nodes: list[NodePro
     # Once, by b's own first start before it joined; never after.
     assert b.log_text().count("creating user") == 1
     assert users(a) == ["admin"]
+
+
+def test_leveretctl_finds_a_node_by_name_through_the_port_mapper(trio_nodes: list[NodeProcess]) -> None:
+    """Several nodes on one host, each on its own peer port: `-n name` alone reaches the right
+    one, as rabbitmqctl finds nodes through epmd."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.node_process import REPO, port_mapper_port
+
+    env = dict(os.environ, LEVERET_COOKIE=trio_nodes[0].cookie, LEVERET_PORT_MAPPER_PORT=str(port_mapper_port()))
+    env.pop("LEVERET_DIST_PORT", None)
+    for node in trio_nodes:
+        done = subprocess.run([sys.executable, "-c", "from cli.ctl import main; main()", "-n", node.name,
+                               "cluster_status", "--formatter", "json"],
+                              env=env, cwd=REPO, capture_output=True, timeout=60)
+        assert done.returncode == 0, done
+        assert json.loads(done.stdout)["running_nodes"] == [node.name]
