@@ -150,6 +150,8 @@ def test_a_queue_homed_on_another_node_is_never_confirmed_and_dropped(trio_nodes
     join(b, a.name)
     on_a = connect(a)
     on_a.channel().queue_declare("homed-on-a", durable=True)
+    # Applied on a when a answered; b applies it moments later (a client of b would wait for it).
+    wait_until(lambda: "homed-on-a" in ok(b, "list_queues", "name").out, 10)
     on_b = connect(b)
     ch = on_b.channel()
     ch.confirm_delivery()
