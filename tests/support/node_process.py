@@ -123,11 +123,20 @@ class NodeProcess:
         return cmd
 
     def start(self, timeout: float = 30.0) -> "NodeProcess":
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> "NodeProcess":
+        """Start the process without waiting for it (nodes that wait for each other)."""
         if self.log_path is None:
             self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), env=self.env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> "NodeProcess":
+        """Until the AMQP port accepts."""
         wait_for_port(self.host, self.port, timeout, self.proc)
         return self
 
