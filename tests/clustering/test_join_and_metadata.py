@@ -201,3 +201,29 @@ def test_leveretctl_finds_a_node_by_name_through_the_port_mapper(trio_nodes: lis
                               env=env, cwd=REPO, capture_output=True, timeout=60)
         assert done.returncode == 0, done
         assert json.loads(done.stdout)["running_nodes"] == [node.name]
+
+
+def test_a_pika_client_with_every_node_listed_reconnects_to_a_live_one(trio_nodes: list[NodeProcess]) -> None:
+    """The seed documents' client: all three nodes as a multi-host parameter list. When its node
+    is killed it connects to the next live one, where the cluster's metadata is already there."""
+    a, b, c = trio_nodes
+    join(b, a.name)
+    join(c, a.name)
+    params = [pika.URLParameters(n.url) for n in trio_nodes]
+    for p in params:
+        p.connection_attempts = 1
+    conn = pika.BlockingConnection(params)
+    conn.channel().exchange_declare("x.everywhere", "fanout", durable=True)
+    conn.close()
+    a.kill()
+    conn = pika.BlockingConnection(params)
+    try:
+        ch = conn.channel()
+        ch.exchange_declare("x.everywhere", "fanout", durable=True, passive=True)
+        q = ch.queue_declare("", exclusive=True).method.queue
+        ch.queue_bind(q, "x.everywhere")
+        ch.confirm_delivery()
+        ch.basic_publish("x.everywhere", "", b"after failover")
+        assert ch.basic_get(q, auto_ack=True)[2] == b"after failover"
+    finally:
+        conn.close()
