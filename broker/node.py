@@ -707,12 +707,20 @@ class Node:
     def register(self, session: Session) -> None:
         self.sessions[session.id] = session
 
-    def unregister(self, session: Session) -> None:
+    def unregister(self, session: Session, *, release_exclusive: bool = True) -> None:
+        """A connection is gone. Its exclusive queues go too: in the background, unless the
+        session awaits `delete_exclusive_queues` itself (a client's connection.close, whose
+        close-ok waits for it)."""
         self.sessions.pop(session.id, None)
-        if self._nursery is not None and any(
-            q.exclusive_owner == session.id for v in self.metadata.vhosts() for q in self.metadata.queues(v.name)
-        ):
-            self._nursery.start_soon(self.propose_metadata, md.DeleteQueuesOwnedBy(session.id))
+        if release_exclusive and self._nursery is not None and self._owns_exclusive(session.id):
+            self._nursery.start_soon(self.delete_exclusive_queues, session.id)
+
+    def _owns_exclusive(self, owner: str) -> bool:
+        return any(q.exclusive_owner == owner for v in self.metadata.vhosts() for q in self.metadata.queues(v.name))
+
+    async def delete_exclusive_queues(self, owner: str) -> None:
+        if self._owns_exclusive(owner):
+            await self.propose_metadata(md.DeleteQueuesOwnedBy(owner))
 
     async def _watch_resources(self) -> None:
         """Samples memory and free disk once a second (or at once when a limit changes)

@@ -297,7 +297,7 @@ async def _write(session: Session, stream: trio.SocketStream, output: _Output, d
                 await stream.send_all(data)
                 # Room in the socket again: queues may push more deliveries.
                 session.output_drained()
-            if conn.state is ConnectionState.CLOSED and not conn.pending_output:
+            if conn.state is ConnectionState.CLOSED and not conn.pending_output and not conn.close_ok_owed:
                 return
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         return

@@ -103,6 +103,7 @@ class Session:
             frame_max=node.settings.frame_max,
             heartbeat=node.settings.heartbeat,
             max_message_size=node.settings.max_message_size,
+            defer_close_ok=True,
         )
         self.on_output: Callable[[], None] = lambda: None
         self.opened = False
@@ -259,6 +260,11 @@ class Session:
                      peer_text(ev.username), peer_text(ev.vhost))
         elif t is ConnectionClosed:
             self._connection_closed(ev)
+            if self.conn.close_ok_owed:
+                # RabbitMQ answers close-ok once the connection's exclusive queues are gone, so
+                # a connection declaring the same queue right after never finds it locked.
+                await self.node.delete_exclusive_queues(self.id)
+                self.conn.send_close_ok()
         elif t is TxCommitted:
             self._commit(ev)
         elif t is ChannelOpened:
@@ -565,7 +571,7 @@ class Session:
         for channel in list(self.consumers):
             self._channel_closed(ChannelClosed(channel, (), ()))
         if self.opened:
-            self.node.unregister(self)
+            self.node.unregister(self, release_exclusive=not self.conn.close_ok_owed)
             if not ev.by_client:
                 log.info("closing connection %s: %s", self.id, peer_text(ev.text, PEER_REASON_LIMIT))
         elif not ev.by_client and not self._login_refused:

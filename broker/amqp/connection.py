@@ -210,7 +210,7 @@ class Connection:
     # Slotted: a node holds tens of thousands of these, mostly idle.
     __slots__ = (
         "_authenticate", "_open_vhost", "server_properties", "server_channel_max", "server_frame_max",
-        "server_heartbeat", "handshake_timeout", "max_message_size", "_rng", "state", "_header", "_decoder",
+        "server_heartbeat", "handshake_timeout", "max_message_size", "_defer_close_ok", "close_ok_owed", "_rng", "state", "_header", "_decoder",
         "_out", "_channels", "_confirm_dirty", "channel_max", "frame_max", "heartbeat", "username",
         "mechanism", "vhost", "client_properties", "capabilities", "blocked", "_blocked_reason",
         "_blocked_sent", "handshake_failed", "_finished", "_received", "_sent_total", "_sent_seen",
@@ -228,11 +228,16 @@ class Connection:
         heartbeat: int = 60,
         handshake_timeout: float = 10.0,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        defer_close_ok: bool = False,
         rng: random.Random | None = None,
     ) -> None:
         """`authenticate(username, password)` and `open_vhost(username, vhost)` are pure
         checks returning None when allowed, else the refusal detail (RabbitMQ's wording,
-        e.g. "vhost x not found" or "access to vhost '/' refused for user 'u'")."""
+        e.g. "vhost x not found" or "access to vhost '/' refused for user 'u'").
+
+        `defer_close_ok`: the client's connection.close is answered only when the shell
+        calls `send_close_ok`, after it has released what the connection held (its
+        exclusive queues), as RabbitMQ answers once the connection's resources are gone."""
         assert frame_max == 0 or frame_max >= spec.FRAME_MIN_SIZE
         self._authenticate = authenticate
         self._open_vhost = open_vhost
@@ -248,6 +253,8 @@ class Connection:
         self.server_heartbeat = heartbeat
         self.handshake_timeout = handshake_timeout
         self.max_message_size = max_message_size
+        self._defer_close_ok = defer_close_ok
+        self.close_ok_owed = False
         # Only consumer tags are drawn from it; a generator per connection would cost 2.5 KiB.
         self._rng = rng if rng is not None else _SHARED_RNG
 
@@ -389,6 +396,12 @@ class Connection:
         return events
 
     # --- the node's side -------------------------------------------------------------------
+
+    def send_close_ok(self) -> None:
+        """Answer the client's connection.close (see `defer_close_ok`)."""
+        if self.close_ok_owed:
+            self.close_ok_owed = False
+            self._out += codec.encode_method(0, spec.ConnectionCloseOk())
 
     def channel(self, number: int) -> Channel | None:
         """The open channel with this number (None when absent or closing)."""
@@ -838,7 +851,10 @@ class Connection:
             self._fail(error, 0, events)
 
     def _on_client_close(self, method: spec.ConnectionClose, events: list[Event]) -> None:
-        self._out += codec.encode_method(0, spec.ConnectionCloseOk())
+        if self._defer_close_ok:
+            self.close_ok_owed = True
+        else:
+            self._out += codec.encode_method(0, spec.ConnectionCloseOk())
         if self.state is not S.CLOSING:
             self._finish(method.reply_code, method.reply_text, True, events)
         self._set_state(S.CLOSED)

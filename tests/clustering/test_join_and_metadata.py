@@ -227,3 +227,19 @@ def test_a_pika_client_with_every_node_listed_reconnects_to_a_live_one(trio_node
         assert ch.basic_get(q, auto_ack=True)[2] == b"after failover"
     finally:
         conn.close()
+
+
+def test_an_exclusive_queue_is_gone_when_close_ok_arrives_on_any_node(trio_nodes: list[NodeProcess]) -> None:
+    """Its deletion goes through the metadata leader, which may be another node: still done
+    before the owner's close-ok, so a declare right after never gets 405."""
+    a, b, c = trio_nodes
+    join(b, a.name)
+    join(c, a.name)
+    for node in (b, c, a):
+        for i in range(10):
+            owner = connect(node)
+            owner.channel().queue_declare(f"excl-{node.name}-{i}", exclusive=True)
+            owner.close()
+            other = connect(node)
+            other.channel().queue_declare(f"excl-{node.name}-{i}", exclusive=True)
+            other.close()

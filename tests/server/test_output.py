@@ -19,6 +19,7 @@ class FakeConn:
         self.out = bytearray()
         self.state = ConnectionState.OPEN
         self.handshake_failed = False
+        self.close_ok_owed = False
 
     @property
     def pending_output(self) -> int:
