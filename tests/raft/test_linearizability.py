@@ -1,5 +1,9 @@
 """A key-value store replicated by the simulated Raft groups, driven by concurrent clients,
-checked for linearizability; and a deliberately broken read path the checker must catch."""
+checked for linearizability; and a deliberately broken read path the checker must catch.
+
+Clients send each operation to a node that believes it leads, as a client holding a stale
+leader hint would: nodes pause and resume unaware that a newer leader took over, so
+deposed leaders are asked too."""
 
 from __future__ import annotations
 
@@ -85,7 +89,7 @@ class KVClients:
                 continue
             key = self.rng.choice(KEYS)
             if self.rng.random() < 0.5:
-                leader = sim.leader_of("g1")
+                leader = sim.client_leader("g1", self.rng)
                 if leader is None:
                     continue
                 self.next_value += 1
@@ -107,7 +111,7 @@ class KVClients:
                 inv = self.tick()
                 self.history.append(Op("read", key, sm.data.get(key), inv, self.tick()))
             else:
-                leader = sim.leader_of("g1")
+                leader = sim.client_leader("g1", self.rng)
                 if leader is None:
                     continue
                 inv = self.tick()
@@ -152,7 +156,7 @@ class KVClients:
 
 
 CONFIG = SimConfig(nodes=3, groups=1, steps=150, crash=0.02, partition=0.04, membership=0.0, read=0.0,
-                   propose=0.0, snapshot_every=10)
+                   propose=0.0, snapshot_every=10, pause=0.03)
 
 
 def run_kv(seed: int, broken: bool) -> tuple[list[str], list[Op]]:
