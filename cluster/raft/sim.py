@@ -166,6 +166,7 @@ class Sim:
         self.pending: dict[tuple[str, str, int], tuple[int, bytes]] = {}
         self.read_seq = 0
         self.paused: dict[str, int] = {}  # node → the step it resumes at
+        self.contests: dict[str, int] = {}  # group → the step an operator gives up handing it to two
         self.figure8 = Figure8Schedule(self, "g1") if cfg.figure8 else None
         self.proposal_seq = 0
         self.apply_hooks: list[Callable[[str, str, LogEntry, Any], None]] = []
@@ -400,7 +401,9 @@ class Sim:
         if cfg.partial:
             self.strike_partial_replication()
         if rng.random() < cfg.pause:
-            n = self.nodes[rng.choice(ids)]
+            # The pause that matters is a leader's: it resumes believing it still leads.
+            leaders = self.believed_leaders(rng.choice(self.group_ids))
+            n = rng.choice(leaders) if leaders else self.nodes[rng.choice(ids)]
             if n.up and n.id not in self.paused:
                 self.paused[n.id] = self.now + rng.randint(cfg.election_ticks, 5 * cfg.election_ticks)
         for nid, until in list(self.paused.items()):
@@ -415,7 +418,11 @@ class Sim:
                 voters = sorted(leader.raft.groups[gid].conf.voters)
                 leader.raft.transfer_leadership(gid, rng.choice(voters))
         if rng.random() < cfg.contest:
-            self.contest(rng.choice(self.group_ids))
+            # An operator waits (an election timeout at most) for two voters to catch up.
+            self.contests[rng.choice(self.group_ids)] = self.now + cfg.election_ticks
+        for gid, until in list(self.contests.items()):
+            if self.contest(gid) or until <= self.now:
+                del self.contests[gid]
         for gid in self.group_ids:
             if rng.random() < cfg.propose:
                 self.propose(gid)
@@ -451,16 +458,21 @@ class Sim:
                           for v in g.conf.voters), reverse=True)
         return matches[len(matches) // 2] if matches else 0
 
-    def contest(self, gid: str) -> None:
-        """Hand leadership to two voters at once: both campaign in the same term."""
+    def contest(self, gid: str) -> bool:
+        """Hand leadership to two caught-up voters at once: each is told to campaign at once
+        (TimeoutNow), so both stand in the same term and the other voters choose. False if
+        there is no leader with two caught-up voters right now."""
         leader = self.leader_of(gid)
         if leader is None:
-            return
-        voters = sorted(leader.raft.groups[gid].conf.voters - {leader.id})
-        if len(voters) < 2:
-            return
-        for target in self.rng.sample(voters, 2):
+            return False
+        g = leader.raft.groups[gid]
+        caught_up = sorted(v for v in g.conf.voters - {leader.id}
+                           if v in g.progress and g.progress[v].match == g.log.last_index)
+        if len(caught_up) < 2:
+            return False
+        for target in self.rng.sample(caught_up, 2):
             leader.raft.transfer_leadership(gid, target)
+        return True
 
     def change_membership(self, gid: str) -> None:
         rng = self.rng

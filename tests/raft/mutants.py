@@ -157,6 +157,27 @@ def hunt(name: str, seeds_per_mix: int | None = None) -> Detection | None:
     return None
 
 
+def catch_rates(name: str, seeds: int) -> dict[str, tuple[int, int]]:
+    """For each CI mix: how many of its first `seeds` seeds catch the mutant, and the median
+    step of those failures (the figures docs/raft.md quotes)."""
+    from dataclasses import asdict
+
+    from .mixes import MIXES
+
+    sim_module = mutant_sim(name)
+    rates = {}
+    for mix, cfg in MIXES.items():
+        steps = []
+        for seed in range(seeds):
+            sim = sim_module.Sim(seed, sim_module.SimConfig(**asdict(cfg)))
+            try:
+                sim.run()
+            except sim_module.SimFailure:
+                steps.append(sim.now)
+        rates[mix] = (len(steps), sorted(steps)[len(steps) // 2] if steps else 0)
+    return rates
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -164,7 +185,16 @@ def main(argv: list[str] | None = None) -> int:
                                 description="Hunt mutants of the Raft core through the CI's simulation mixes.")
     p.add_argument("mutants", nargs="*", default=[m.name for m in MUTANTS], help="names (default: all)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per mix (default: the CI's)")
+    p.add_argument("--rates", action="store_true",
+                   help="instead of hunting, count the seeds of each mix that catch each mutant")
     a = p.parse_args(argv)
+    if a.rates:
+        seeds = a.seeds or 40
+        for name in a.mutants:
+            rates = catch_rates(name, seeds)
+            print(f"{name}: " + ", ".join(f"{mix} {n}/{seeds}" + (f" (median step {st})" if n else "")
+                                          for mix, (n, st) in rates.items()), flush=True)
+        return 0
     survivors = 0
     for name in a.mutants:
         d = hunt(name, a.seeds)

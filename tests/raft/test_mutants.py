@@ -17,20 +17,30 @@ import pytest
 from .mutants import MUTANTS, Detection, hunt, mutated_source
 
 
+def _hunt(name: str) -> Detection | str | None:
+    """The hunt, or the text of what stopped it (a mutant that no longer applies)."""
+    try:
+        return hunt(name)
+    except AssertionError as e:
+        return str(e)
+
+
 @pytest.fixture(scope="module")
-def detections() -> dict[str, Detection | None]:
+def detections() -> dict[str, Detection | str | None]:
     names = [m.name for m in MUTANTS]
     workers = max(1, min(os.cpu_count() or 1, len(names)))
     with ProcessPoolExecutor(workers) as pool:
-        found = dict(zip(names, pool.map(hunt, names)))
+        found = dict(zip(names, pool.map(_hunt, names)))
     for name, d in found.items():
-        print(f"{name}: " + (f"caught after {d.runs} runs ({d.mix} seed {d.seed}, step {d.step})" if d else "SURVIVED"))
+        if isinstance(d, Detection):
+            print(f"{name}: caught after {d.runs} runs ({d.mix} seed {d.seed}, step {d.step})")
     return found
 
 
 @pytest.mark.parametrize("name", [m.name for m in MUTANTS])
-def test_mutant_is_caught(name: str, detections: dict[str, Detection | None]) -> None:
+def test_mutant_is_caught(name: str, detections: dict[str, Detection | str | None]) -> None:
     d = detections[name]
+    assert not isinstance(d, str), d
     assert d is not None, (
         f"mutant {name} survived every seed of every CI mix: the simulation cannot see this bug\n"
         f"reproduce: python -m tests.raft.mutants {name}"
@@ -38,6 +48,8 @@ def test_mutant_is_caught(name: str, detections: dict[str, Detection | None]) ->
 
 
 def test_mutations_apply_to_the_core_as_it_is() -> None:
-    # Each edit must match the core's source exactly once; a refactor must update the mutant.
+    # Each edit must match the core's source exactly once (mutated_source asserts it) and change it.
+    from .mutants import RAFT_DIR
+
     for m in MUTANTS:
-        assert mutated_source(m) != open(__import__("cluster.raft." + m.module[:-3], fromlist=["x"]).__file__).read()
+        assert mutated_source(m) != (RAFT_DIR / m.module).read_text(), m.name
