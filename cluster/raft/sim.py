@@ -612,7 +612,8 @@ def run_seed(seed: int, cfg: SimConfig = SimConfig()) -> Sim:
     return sim
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, SimConfig]:
+    """The command line of a reproduce line: the seed(s) and the configuration."""
     p = argparse.ArgumentParser(prog="python -m cluster.raft.sim", description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=None, help="run this one seed")
     p.add_argument("--seeds", type=int, default=100, help="run seeds 0..N-1 (without --seed)")
@@ -622,7 +623,11 @@ def main(argv: list[str] | None = None) -> int:
         conv = (lambda v: v.lower() in ("1", "true", "yes")) if kind is bool else kind
         p.add_argument(f"--{f.name.replace('_', '-')}", type=conv, default=f.default)
     a = p.parse_args(argv)
-    cfg = SimConfig(**{f.name: getattr(a, f.name) for f in fields(SimConfig)})
+    return a, SimConfig(**{f.name: getattr(a, f.name) for f in fields(SimConfig)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, cfg = parse_args(argv)
     seeds = [a.seed] if a.seed is not None else range(a.start, a.start + a.seeds)
     failed = 0
     for s in seeds:

@@ -64,6 +64,16 @@ def test_reproduction_line_names_the_seed_and_options() -> None:
     assert "python -m cluster.raft.sim --seed 7 --nodes 3 --drop 0.5" in str(info.value)
 
 
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_reproduction_line_rebuilds_the_mix(mix: str) -> None:
+    # A failure's reproduce line must run the very configuration that failed.
+    from cluster.raft.sim import parse_args
+
+    cfg = MIXES[mix]
+    args, parsed = parse_args(["--seed", "1", *cfg.options().split()])
+    assert args.seed == 1 and parsed == cfg
+
+
 def test_a_run_elects_commits_snapshots_and_acknowledges() -> None:
     # Guards against a simulation that passes because nothing happens in it.
     sim = run_seed(3)
