@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import asdict
+from types import ModuleType
 
 import msgpack
 import pytest
@@ -159,14 +161,23 @@ CONFIG = SimConfig(nodes=3, groups=1, steps=150, crash=0.02, partition=0.04, mem
                    propose=0.0, snapshot_every=10, pause=0.03)
 
 
-def run_kv(seed: int, broken: bool) -> tuple[list[str], list[Op]]:
-    sim = Sim(seed, CONFIG, machine=KVMachine)
+def run_kv(seed: int, broken: bool, sim_module: ModuleType | None = None) -> tuple[list[str], list[Op]]:
+    """One seed of KV clients; `sim_module` is a mutant core's sim (its own checks' failures end
+    the run early, and the history so far is still checked)."""
+    if sim_module is None:
+        sim = Sim(seed, CONFIG, machine=KVMachine)
+    else:
+        sim = sim_module.Sim(seed, sim_module.SimConfig(**asdict(CONFIG)), machine=KVMachine)
     clients = KVClients(sim, 4, broken)
-    for _ in range(CONFIG.steps):
-        sim.step()
-    sim.heal()
-    for _ in range(60):
-        sim.step()
+    try:
+        for _ in range(CONFIG.steps):
+            sim.step()
+        sim.heal()
+        for _ in range(60):
+            sim.step()
+    except AssertionError:
+        if sim_module is None:
+            raise
     clients.finish()
     return check_history(clients.history), clients.history
 
@@ -184,6 +195,16 @@ def test_kv_is_linearizable(block: int) -> None:
 def test_checker_catches_reads_from_any_replica() -> None:
     caught = [seed for seed in range(30) if run_kv(seed, broken=True)[0]]
     assert len(caught) >= 5, f"the broken read path went unnoticed (caught in seeds {caught})"
+
+
+def test_checker_catches_a_core_reading_without_a_quorum() -> None:
+    # Reads go to deposed leaders too, so a core serving ReadIndex without a quorum's
+    # confirmation yields histories no sequential order explains.
+    from .mutants import mutant_sim
+
+    sim_module = mutant_sim("read-without-quorum")
+    caught = [seed for seed in range(10) if run_kv(seed, broken=False, sim_module=sim_module)[0]]
+    assert len(caught) >= 3, f"reads without a quorum went unnoticed (caught in seeds {caught})"
 
 
 def test_checker_on_small_histories() -> None:
