@@ -187,7 +187,10 @@ def test_kv_is_linearizable(block: int) -> None:
     ops_checked = 0
     for seed in range(block * 25, block * 25 + 25):
         bad, history = run_kv(seed, broken=False)
-        assert not bad, f"KV history not linearizable for keys {bad} (seed {seed}, ReadIndex reads)"
+        assert not bad, (
+            f"KV history not linearizable for keys {bad} (seed {seed}, ReadIndex reads)\n"
+            f"reproduce: python -c 'from tests.raft.test_linearizability import run_kv; print(run_kv({seed}, False))'"
+        )
         ops_checked += sum(1 for o in history if o.kind == "read" and o.response != math.inf)
     assert ops_checked > 200  # the clients really did read
 
