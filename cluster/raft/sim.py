@@ -286,7 +286,7 @@ class Sim:
         for gid, entries in rd.committed.items():
             sm = n.machines[gid]
             for e in entries:
-                self.inv.applied(n.id, gid, e.index, e.term, e.data, up)
+                self.inv.applied(n, gid, e.index, e.term, e.data, up)
                 payload = entry_payload(e)
                 result = sm.apply(e.index, payload) if payload is not None else None
                 n.applied[gid] = e.index

@@ -17,7 +17,11 @@ cheap:
 * Leader completeness: a leader holds every entry committed in earlier terms.
   Checked when a node is first seen leading a term (against everything
   committed so far) and when an entry is first seen committed (against every
-  leader of a later term).
+  leader of a later term). "Committed in term U" is the term of the node the
+  commit is first seen on: a node learns of a commit only from a leader of
+  the committing term or a later one, so that term is never below U, and a
+  deposed leader of a term between the entry's own and U (say paused since
+  before U began) is rightly not held to it.
 * No acknowledged proposal lost: an entry whose proposer was told it
   committed is in the log of every leader elected after that; the same check,
   on the acknowledged entries, with its own message.
@@ -52,6 +56,8 @@ class Invariants:
         # (index, term) → (payload, term of the entry before it, or None if unknown).
         self.entries: dict[str, dict[tuple[int, int], tuple[bytes, int | None]]] = {g: {} for g in group_ids}
         self.committed: dict[str, dict[int, tuple[int, bytes]]] = {g: {} for g in group_ids}
+        # index → the term of the node the commit was first seen on (at least the committing term).
+        self.committed_in: dict[str, dict[int, int]] = {g: {} for g in group_ids}
         self.commit_seen: dict[tuple[str, str], int] = {}
         self.acked: dict[str, dict[int, tuple[int, bytes]]] = {g: {} for g in group_ids}
         self.acked_max: dict[str, int] = {g: 0 for g in group_ids}
@@ -101,7 +107,7 @@ class Invariants:
             self.fail(f"read index: {node} served a read of {rs.group} at {rs.index}, but {r[2]} was "
                       f"acknowledged before the read was asked")
 
-    def applied(self, node: str, gid: str, index: int, term: int, data: bytes, up: list["SimNode"]) -> None:
+    def applied(self, node: "SimNode", gid: str, index: int, term: int, data: bytes, up: list["SimNode"]) -> None:
         self._committed(node, gid, index, term, data, "applies", up)
 
     # ------------------------------------------------------------------ after every step
@@ -127,30 +133,32 @@ class Invariants:
         log = g.log
         for index in range(max(seen, log.snap_index) + 1, g.commit + 1):
             e = log.entry(index)
-            self._committed(n.id, gid, index, e.term, e.data, "commits", up)
+            self._committed(n, gid, index, e.term, e.data, "commits", up)
         self.commit_seen[key] = g.commit
 
-    def _committed(self, node: str, gid: str, index: int, term: int, data: bytes, verb: str,
+    def _committed(self, node: "SimNode", gid: str, index: int, term: int, data: bytes, verb: str,
                    up: list["SimNode"]) -> None:
         known = self.committed[gid].get(index)
         if known is None:
             self.committed[gid][index] = (term, data)
-            # Leaders elected before this commit became visible must hold it too.
+            committed_in = self.committed_in[gid][index] = node.raft.groups[gid].term
+            # Leaders of later terms, elected before this commit became visible, must hold it too.
             for m in up:
                 g = m.raft.groups.get(gid)
-                if g is not None and g.role == LEADER and g.term > term:
+                if g is not None and g.role == LEADER and g.term > committed_in:
                     self._check_holds(m, gid, index, term, data, "leader completeness")
         elif known != (term, data):
-            self.fail(f"state machine safety: {node} {verb} {gid}[{index}] = {term}/{data!r}, "
+            self.fail(f"state machine safety: {node.id} {verb} {gid}[{index}] = {term}/{data!r}, "
                       f"another node committed {known[0]}/{known[1]!r}")
 
     def _check_new_leader(self, n: "SimNode", gid: str) -> None:
         term = n.raft.groups[gid].term
+        committed_in = self.committed_in[gid]
         for index, (t, data) in self.acked[gid].items():
-            if t < term:
+            if committed_in[index] < term:
                 self._check_holds(n, gid, index, t, data, "acknowledged proposal lost")
         for index, (t, data) in self.committed[gid].items():
-            if t < term:
+            if committed_in[index] < term:
                 self._check_holds(n, gid, index, t, data, "leader completeness")
 
     def _check_holds(self, m: "SimNode", gid: str, index: int, term: int, data: bytes, what: str) -> None:

@@ -84,6 +84,14 @@ def test_a_run_elects_commits_snapshots_and_acknowledges() -> None:
     assert any(n.incarnation > 1 for n in sim.nodes.values())
 
 
+def test_a_deposed_leader_is_not_held_to_commits_of_later_terms() -> None:
+    # Seed 607: n2 leads g2 in term 2, pauses, and n5 (term 3) commits entry 11 of term 1
+    # while n2 still believes it leads. Leader completeness binds leaders of terms after the
+    # commit's (3), not after the entry's (1); the check once reported this as a loss.
+    sim = run_seed(607, MIXES["stale-leaders"])
+    assert sim.committed["g2"][11][0] == 1
+
+
 def test_the_figure8_schedule_plays_out() -> None:
     # Guards against a schedule that never reaches the shape it exists for.
     sim = run_seed(1, MIXES["figure8"])
