@@ -13,7 +13,9 @@ Modules
 - `group`     one group's Raft state (`RaftGroup`), `RaftConfig`, result values.
 - `node`      `RaftNode`: all groups of a node, one `Ready`, quiescence.
 - `driver`    `RaftDriver`: the trio shell (store, `Transport`, `StateMachine`s).
-- `sim`       the deterministic simulation (`python -m cluster.raft.sim --seed N`).
+- `sim`       the deterministic simulation (`python -m cluster.raft.sim --seed N`): fault
+  model, clients, operators; `sim_invariants` the safety checks it runs after every
+  step; `sim_schedules` the scripted Figure 8 schedule (docs/raft.md).
 - `bench`     `python -m cluster.raft.bench`, figures for docs/performance.md.
 
 Core API (`cluster.raft.node.RaftNode`)

@@ -832,7 +832,10 @@ class RaftGroup:
                 self._queue_read(ctx)
         if self.me not in self.conf.voters and self.commit >= self.log.last_conf_index:
             # Our own removal is committed: hand over to the most caught-up voter and step down.
-            best = max(self.conf.voters, key=lambda v: self.progress[v].match if v in self.progress else -1)
+            # Sorted first: among equally caught-up voters a frozenset's order would pick by
+            # PYTHONHASHSEED, and a seeded simulation must replay the same hand-over.
+            best = max(sorted(self.conf.voters),
+                       key=lambda v: self.progress[v].match if v in self.progress else -1)
             self._broadcast_append()
             self.host.send(TimeoutNow(self.id, self.term, self.me, best))
             self.become_follower(self.term, None)

@@ -2,17 +2,37 @@
 
 N `RaftNode`s, each with a `MemoryStore` as its disk, exchange `PeerBatch`es
 through a simulated network that delays, drops, duplicates and reorders them,
-and honours symmetric and one-way partitions. Nodes crash (losing everything
-in memory, sometimes in the middle of a cycle: before its write or between
-its write and its sends) and restart from their disk. Operators change
-membership and transfer leadership; clients propose and read. Everything is
-driven by one seed.
+and honours symmetric and one-way partitions. Everything is driven by one seed.
 
-After every step the simulation checks election safety, leader completeness,
-state machine safety and ReadIndex freshness; every few steps log matching.
-Then the faults heal and liveness is checked: a leader within a bounded
+The fault model (docs/raft.md has the whole of it):
+
+* Crashes lose everything in memory and whatever the disk was not asked to
+  sync. A cycle writes its Ready unsynced, then syncs, then sends; a crash may
+  strike before the write, between write and sync (the disk keeps a random
+  prefix of the unsynced batches, as `MemoryStore.durable_copy` allows), or
+  between sync and send. A node relying on anything it did not have synced
+  before acting on it (a vote, an acknowledged entry) is caught on restart.
+* Vote amnesia: a node that has just granted a vote may crash right after
+  sending it and restart at once, so a vote it failed to persist is forgotten
+  while the election is still on.
+* Clients send proposals and reads to whichever node believes it leads the
+  group, deposed leaders stranded in a minority included.
+* Adversarial schedules, not only random faults: a leader caught in the
+  Figure 8 shape (entries of an earlier term on a quorum but its own first
+  entry not yet) or with a partially replicated tail is crashed or isolated;
+  leadership is handed to two voters at once, so two candidates contest one
+  term.
+* Operators change membership and transfer leadership.
+
+After every step `Invariants` (sim_invariants.py) checks election safety, log
+matching, leader completeness, no acknowledged proposal lost, state machine
+safety and ReadIndex freshness, each on what the step changed. Then the
+faults heal and liveness is checked group by group: a leader within a bounded
 number of ticks, then a new proposal commits on every member, and every
 acknowledged proposal is present on every member.
+
+A run is bounded by its steps and `liveness_ticks`, never by the wall clock;
+an exception escaping the core is reported as a failure of the seed too.
 
 A failing run raises `SimFailure` whose message ends with the one-line
 command reproducing it:  python -m cluster.raft.sim --seed N [options]
@@ -29,13 +49,15 @@ from typing import Any, Callable, Protocol
 
 import msgpack
 
-from storage.interface import LogEntry
+from storage.interface import AppendEntries, LogEntry, WriteBatch
 from storage.memory_store import MemoryStore
 
-from .group import LEADER, ConfChange, NotLeader, Proposed, RaftConfig, ReadState, Refused
+from .group import LEADER, ConfChange, NotLeader, Proposed, RaftConfig, RaftGroup, Refused
 from .log import entry_payload
-from .messages import PeerBatch
+from .messages import PeerBatch, VoteReply
 from .node import RaftNode
+from .sim_invariants import Invariants
+from .sim_schedules import Figure8Schedule
 
 
 class SimFailure(AssertionError):
@@ -82,9 +104,16 @@ class SimConfig:
     read: float = 0.1
     snapshot_every: int = 15
     liveness_ticks: int = 600
-    check_logs_every: int = 10
     quiesce: bool = True
     election_ticks: int = 10
+    max_append_entries: int = 8
+    max_inflight: int = 4
+    restart: float = 0.05  # per down node per step
+    pause: float = 0.0  # a node stops (no ticks, no messages) for a while, then resumes unaware
+    partial: float = 0.0  # strike a leader whose entries are on less than a quorum
+    figure8: bool = False  # play the Figure 8 schedule on g1 (which needs five voters)
+    contest: float = 0.0  # hand a group's leadership to two voters at once
+    amnesia: float = 0.0  # a node that just granted a vote crashes and restarts at once
 
     def options(self) -> str:
         default = SimConfig()
@@ -103,11 +132,15 @@ class SimNode:
     machines: dict[str, StateMachine] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     incarnation: int = 0
-    crash_point: str | None = None  # crash inside the next cycle: "before-write" / "after-write"
+    crash_point: str | None = None  # crash inside the next cycle: see CRASH_POINTS
 
     @property
     def up(self) -> bool:
         return self.raft is not None
+
+
+# Where a crash may strike inside a driver cycle (write, sync, send, apply).
+CRASH_POINTS = ("before-write", "before-sync", "before-send")
 
 
 class Sim:
@@ -118,7 +151,8 @@ class Sim:
         self.rng = random.Random(seed)
         self.machine = machine
         self.raft_cfg = RaftConfig(
-            election_ticks=cfg.election_ticks, heartbeat_ticks=1, max_inflight=4, max_append_entries=8,
+            election_ticks=cfg.election_ticks, heartbeat_ticks=1, max_inflight=cfg.max_inflight,
+            max_append_entries=cfg.max_append_entries,
             quiesce=cfg.quiesce, quiesce_after_ticks=2 * cfg.election_ticks,
             node_heartbeat_ticks=2, node_timeout_ticks=cfg.election_ticks,
         )
@@ -129,15 +163,11 @@ class Sim:
         self.blocked: set[tuple[str, str]] = set()
         self.faults = True
         self.drop, self.duplicate, self.max_delay = cfg.drop, cfg.duplicate, cfg.max_delay
-        # What the checks know.
-        self.leaders: dict[tuple[str, int], str] = {}
-        self.leader_seen: dict[tuple[str, str], int] = {}
-        self.committed: dict[str, dict[int, tuple[int, bytes]]] = {}
-        self.acked: dict[str, dict[int, bytes]] = {}
-        self.acked_max: dict[str, int] = {}
         self.pending: dict[tuple[str, str, int], tuple[int, bytes]] = {}
-        self.reads: dict[object, tuple[str, str, int]] = {}
         self.read_seq = 0
+        self.paused: dict[str, int] = {}  # node → the step it resumes at
+        self.contests: dict[str, int] = {}  # group → the step an operator gives up handing it to two
+        self.figure8 = Figure8Schedule(self, "g1") if cfg.figure8 else None
         self.proposal_seq = 0
         self.apply_hooks: list[Callable[[str, str, LogEntry, Any], None]] = []
         self.read_hooks: list[Callable[[str, ReadState], None]] = []
@@ -146,11 +176,12 @@ class Sim:
         # metadata would know it), so a node that crashed before persisting one recreates it.
         self.placed: set[tuple[str, str]] = set()
         self.initial: dict[str, tuple[str, ...]] = {}
+        self.group_ids = [f"g{i + 1}" for i in range(cfg.groups)]
+        self.inv = Invariants(self.fail, self.group_ids)
         ids = [f"n{i + 1}" for i in range(cfg.nodes)]
         for nid in ids:
             self.nodes[nid] = SimNode(nid, MemoryStore())
             self._start(self.nodes[nid])
-        self.group_ids = [f"g{i + 1}" for i in range(cfg.groups)]
         for gid in self.group_ids:
             members = self.rng.sample(ids, min(cfg.group_size, len(ids)))
             self.initial[gid] = tuple(members)
@@ -159,9 +190,19 @@ class Sim:
                 self.nodes[nid].raft.create_group(gid, members)
                 self.nodes[nid].machines[gid] = self.machine()
                 self.nodes[nid].applied[gid] = 0
-            self.committed[gid] = {}
-            self.acked[gid] = {}
-            self.acked_max[gid] = 0
+
+    # What the checks know, under the names tests read.
+    @property
+    def leaders(self) -> dict[tuple[str, int], str]:
+        return self.inv.leaders
+
+    @property
+    def committed(self) -> dict[str, dict[int, tuple[int, bytes]]]:
+        return self.inv.committed
+
+    @property
+    def acked(self) -> dict[str, dict[int, bytes]]:
+        return {gid: {i: data[1:] for i, (_, data) in acked.items()} for gid, acked in self.inv.acked.items()}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -177,6 +218,8 @@ class Sim:
                           incarnation=n.incarnation)
         n.machines, n.applied = {}, {}
         n.crash_point = None
+        self.paused.pop(n.id, None)
+        self.inv.restarted(n.id)
         for gid in n.store.groups():
             st = n.store
             entries = st.entries(gid, st.first_index(gid), st.last_index(gid) + 1)
@@ -186,6 +229,9 @@ class Sim:
                 sm.restore(snap.data)
             n.machines[gid] = sm
             n.applied[gid] = snap.index if snap is not None else 0
+            if gid in self.inv.entries:
+                log = n.raft.groups[gid].log
+                self.inv.wrote(n.id, gid, log, log.snap_index + 1)
         for nid, gid in sorted(self.placed):
             if nid == n.id and gid not in n.raft.groups:
                 initial = self.initial[gid] if n.id in self.initial[gid] else ()
@@ -193,10 +239,10 @@ class Sim:
                 n.machines[gid] = self.machine()
                 n.applied[gid] = 0
 
-    def crash(self, n: SimNode) -> None:
+    def crash(self, n: SimNode, keep_unsynced: int = 0) -> None:
         n.raft = None
         n.machines, n.applied = {}, {}
-        n.store = n.store.durable_copy(keep_unsynced=0)
+        n.store = n.store.durable_copy(keep_unsynced=keep_unsynced)
 
     def restart(self, n: SimNode) -> None:
         self._start(n)
@@ -204,6 +250,7 @@ class Sim:
     # ------------------------------------------------------------------ driver cycle
 
     def cycle(self, n: SimNode) -> None:
+        """One driver cycle: write, sync, send, apply, advance (node.py's contract), with crashes."""
         raft = n.raft
         assert raft is not None
         rd = raft.ready()
@@ -213,20 +260,33 @@ class Sim:
             self.crash(n)
             return
         if rd.batch.ops:
-            n.store.write(rd.batch, sync=True)
-        if n.crash_point == "after-write":
+            n.store.write(rd.batch, sync=False)
+            if n.crash_point == "before-sync":
+                self.crash(n, keep_unsynced=self.rng.randint(0, n.store.unsynced_batches()))
+                return
+            n.store.write(WriteBatch(), sync=True)  # the fsync: every earlier write is durable
+        if n.crash_point == "before-send":
             self.crash(n)
             return
+        for op in rd.batch.ops:
+            if isinstance(op, AppendEntries) and op.group in self.inv.entries:
+                self.inv.wrote(n.id, op.group, raft.groups[op.group].log, op.entries[0].index)
         for b in rd.messages:
             self.send(b)
+        if self.faults and self.cfg.amnesia and self._granted_a_vote(rd.messages) \
+                and self.rng.random() < self.cfg.amnesia:
+            self.crash(n)
+            self.restart(n)
+            return
         for gid, snap in rd.snapshots.items():
             n.machines[gid].restore(snap.data)
             n.applied[gid] = snap.index
             self._check_snapshot(n, gid)
+        up = self.up_nodes()
         for gid, entries in rd.committed.items():
             sm = n.machines[gid]
             for e in entries:
-                self._record_commit(n, gid, e)
+                self.inv.applied(n, gid, e.index, e.term, e.data, up)
                 payload = entry_payload(e)
                 result = sm.apply(e.index, payload) if payload is not None else None
                 n.applied[gid] = e.index
@@ -236,10 +296,14 @@ class Sim:
             if n.applied[gid] - raft.groups[gid].log.snap_index >= self.cfg.snapshot_every:
                 raft.compact(gid, n.applied[gid], sm.snapshot())
         for rs in rd.read_states:
-            self._check_read(n, rs)
+            self.inv.read_served(n.id, rs)
             for rhook in self.read_hooks:
                 rhook(n.id, rs)
         raft.advance(rd)
+
+    @staticmethod
+    def _granted_a_vote(batches: list[PeerBatch]) -> bool:
+        return any(isinstance(m, VoteReply) and m.granted and not m.pre for b in batches for m in b.messages)
 
     def send(self, b: PeerBatch) -> None:
         if (b.src, b.dst) in self.blocked:
@@ -261,7 +325,12 @@ class Sim:
             due.append(heapq.heappop(self.net)[2])
         for b in due:
             n = self.nodes[b.dst]
-            if n.up and (b.src, b.dst) not in self.blocked:
+            resume = self.paused.get(b.dst)
+            if resume is not None:
+                # A paused process reads its socket when it resumes.
+                self.net_seq += 1
+                heapq.heappush(self.net, (resume, self.net_seq, b))
+            elif n.up and (b.src, b.dst) not in self.blocked:
                 n.raft.step(b)
 
     def step(self) -> None:
@@ -274,10 +343,10 @@ class Sim:
         order = list(self.nodes.values())
         self.rng.shuffle(order)
         for n in order:
-            if n.up:
+            if n.up and n.id not in self.paused:
                 n.raft.tick()
                 self.cycle(n)
-        self.check()
+        self.inv.check_step(self.up_nodes())
 
     # ------------------------------------------------------------------ faults and operators
 
@@ -285,12 +354,23 @@ class Sim:
         return [n for n in self.nodes.values() if n.up]
 
     def leader_of(self, gid: str) -> SimNode | None:
+        """The leader of the highest term among the up nodes (what an operator would find)."""
         best: SimNode | None = None
         for n in self.up_nodes():
             g = n.raft.groups.get(gid)
             if g is not None and g.role == LEADER and (best is None or g.term > best.raft.groups[gid].term):
                 best = n
         return best
+
+    def believed_leaders(self, gid: str) -> list[SimNode]:
+        """Every up node that believes it leads `gid`, deposed ones not yet told included."""
+        return [n for n in self.up_nodes() if gid in n.raft.groups and n.raft.groups[gid].role == LEADER]
+
+    def client_leader(self, gid: str, rng: random.Random) -> SimNode | None:
+        """The node a client talks to: any node that believes it leads, as a client with a stale
+        leader hint (or on the minority side of a partition) would."""
+        believers = self.believed_leaders(gid)
+        return rng.choice(believers) if believers else None
 
     def inject_faults(self) -> None:
         cfg, rng = self.cfg, self.rng
@@ -301,24 +381,34 @@ class Sim:
                 if rng.random() < 0.5:
                     self.crash(n)
                 else:
-                    n.crash_point = rng.choice(["before-write", "after-write"])
+                    n.crash_point = rng.choice(CRASH_POINTS)
             else:
                 self.restart(n)
         for n in self.nodes.values():
-            if not n.up and rng.random() < 0.05:
+            if not n.up and rng.random() < cfg.restart:
                 self.restart(n)
-        if rng.random() < cfg.partition:
+        if self.figure8 is None and rng.random() < cfg.partition:  # else the schedule owns partitions
             a, b = rng.sample(ids, 2)
             self.blocked.add((a, b))
             if rng.random() < 0.6:
                 self.blocked.add((b, a))
             if rng.random() < 0.3:  # isolate a whole node
-                for c in ids:
-                    if c != a:
-                        self.blocked.add((a, c))
-                        self.blocked.add((c, a))
-        if self.blocked and rng.random() < cfg.heal:
+                self.isolate(a)
+        if self.figure8 is None and self.blocked and rng.random() < cfg.heal:
             self.blocked.clear()
+        if self.figure8 is not None:
+            self.figure8.step()
+        if cfg.partial:
+            self.strike_partial_replication()
+        if rng.random() < cfg.pause:
+            # The pause that matters is a leader's: it resumes believing it still leads.
+            leaders = self.believed_leaders(rng.choice(self.group_ids))
+            n = rng.choice(leaders) if leaders else self.nodes[rng.choice(ids)]
+            if n.up and n.id not in self.paused:
+                self.paused[n.id] = self.now + rng.randint(cfg.election_ticks, 5 * cfg.election_ticks)
+        for nid, until in list(self.paused.items()):
+            if until <= self.now:
+                del self.paused[nid]
         if rng.random() < cfg.membership:
             self.change_membership(rng.choice(self.group_ids))
         if rng.random() < cfg.transfer:
@@ -327,11 +417,62 @@ class Sim:
             if leader is not None:
                 voters = sorted(leader.raft.groups[gid].conf.voters)
                 leader.raft.transfer_leadership(gid, rng.choice(voters))
+        if rng.random() < cfg.contest:
+            # An operator waits (an election timeout at most) for two voters to catch up.
+            self.contests[rng.choice(self.group_ids)] = self.now + cfg.election_ticks
+        for gid, until in list(self.contests.items()):
+            if self.contest(gid) or until <= self.now:
+                del self.contests[gid]
         for gid in self.group_ids:
             if rng.random() < cfg.propose:
                 self.propose(gid)
             if rng.random() < cfg.read:
                 self.read(gid)
+
+    def isolate(self, a: str) -> None:
+        for c in self.nodes:
+            if c != a:
+                self.blocked.add((a, c))
+                self.blocked.add((c, a))
+
+    def strike(self, n: SimNode) -> None:
+        """Take a leader away mid-replication: crash it, or cut it off from everyone."""
+        if self.rng.random() < 0.5:
+            self.crash(n)
+        else:
+            self.isolate(n.id)
+
+    def strike_partial_replication(self) -> None:
+        """Strike leaders whose entries sit on less than a quorum: the diverging tails of
+        several terms that the Figure 8 shape is made of (sim_schedules.py plays it out)."""
+        for gid in self.group_ids:
+            for n in self.believed_leaders(gid):
+                g = n.raft.groups[gid]
+                if self.quorum_match(g) < g.log.last_index and self.rng.random() < self.cfg.partial:
+                    self.strike(n)
+
+    @staticmethod
+    def quorum_match(g: RaftGroup) -> int:
+        """The highest index a leader knows a quorum of voters to hold (its progress, not its commit)."""
+        matches = sorted((g.stable if v == g.me else (g.progress[v].match if v in g.progress else 0)
+                          for v in g.conf.voters), reverse=True)
+        return matches[len(matches) // 2] if matches else 0
+
+    def contest(self, gid: str) -> bool:
+        """Hand leadership to two caught-up voters at once: each is told to campaign at once
+        (TimeoutNow), so both stand in the same term and the other voters choose. False if
+        there is no leader with two caught-up voters right now."""
+        leader = self.leader_of(gid)
+        if leader is None:
+            return False
+        g = leader.raft.groups[gid]
+        caught_up = sorted(v for v in g.conf.voters - {leader.id}
+                           if v in g.progress and g.progress[v].match == g.log.last_index)
+        if len(caught_up) < 2:
+            return False
+        for target in self.rng.sample(caught_up, 2):
+            leader.raft.transfer_leadership(gid, target)
+        return True
 
     def change_membership(self, gid: str) -> None:
         rng = self.rng
@@ -366,8 +507,10 @@ class Sim:
             target = rng.choice(sorted(conf.members))
         leader.raft.change_membership(gid, ConfChange(op, target))
 
-    def propose(self, gid: str, payload: bytes | None = None) -> Proposed | NotLeader | Refused | None:
-        leader = self.leader_of(gid)
+    def propose(self, gid: str, payload: bytes | None = None,
+                to: SimNode | None = None) -> Proposed | NotLeader | Refused | None:
+        """A client's proposal, to `to` or else to a node that believes it leads."""
+        leader = to or self.client_leader(gid, self.rng)
         if leader is None:
             return None
         if payload is None:
@@ -379,44 +522,31 @@ class Sim:
         return r
 
     def read(self, gid: str) -> None:
-        leader = self.leader_of(gid)
+        leader = self.client_leader(gid, self.rng)
         if leader is None:
             return
         self.read_seq += 1
         ctx = ("r", self.read_seq)
         if leader.raft.read_index(gid, ctx) is None:
-            self.reads[ctx] = (leader.id, gid, self.acked_max[gid])
+            self.inv.read_asked(ctx, leader.id, gid)
 
     def heal(self) -> None:
         self.faults = False
         self.blocked.clear()
+        self.paused.clear()
         self.drop = self.duplicate = 0.0
         for n in self.nodes.values():
             if not n.up:
                 self.restart(n)
             n.crash_point = None
 
-    # ------------------------------------------------------------------ checks
-
-    def _record_commit(self, n: SimNode, gid: str, e: LogEntry) -> None:
-        known = self.committed[gid].get(e.index)
-        if known is None:
-            self.committed[gid][e.index] = (e.term, e.data)
-            # Leader completeness for leaders elected before this commit became visible.
-            for m in self.up_nodes():
-                g = m.raft.groups.get(gid)
-                if g is not None and g.role == LEADER and g.term > e.term:
-                    self._check_contains(m, gid, e.index, e.term, e.data)
-        elif known != (e.term, e.data):
-            self.fail(f"state machine safety: {n.id} applies {gid}[{e.index}] = {e.term}/{e.data!r}, "
-                      f"another node applied {known[0]}/{known[1]!r}")
+    # ------------------------------------------------------------------ outcomes
 
     def _resolve(self, n: SimNode, gid: str, e: LogEntry) -> None:
+        """The proposer of the entry applied at `e.index` learns its fate: acknowledged if it is ours."""
         p = self.pending.pop((n.id, gid, e.index), None)
         if p is not None and p == (e.term, e.data[1:]):
-            self.acked[gid][e.index] = p[1]
-            if e.index > self.acked_max[gid]:
-                self.acked_max[gid] = e.index
+            self.inv.acknowledged(gid, e.index, e.term, e.data)
 
     def _check_snapshot(self, n: SimNode, gid: str) -> None:
         sm = n.machines[gid]
@@ -426,60 +556,19 @@ class Sim:
                 if known is not None and known[1][1:] != data:
                     self.fail(f"state machine safety: {n.id} restored {gid}[{index}] = {data!r} from a snapshot")
 
-    def _check_read(self, n: SimNode, rs: ReadState) -> None:
-        r = self.reads.pop(rs.ctx, None)
-        if r is None or not rs.ok:
-            return
-        if rs.index < r[2]:
-            self.fail(f"read index: {n.id} served a read of {rs.group} at {rs.index}, but {r[2]} was "
-                      f"acknowledged before the read was asked")
-
-    def _check_contains(self, m: SimNode, gid: str, index: int, term: int, data: bytes) -> None:
-        log = m.raft.groups[gid].log
-        if index <= log.snap_index:
-            return
-        t = log.term_at(index)
-        if t != term or log.entry(index).data != data:
-            self.fail(f"leader completeness: leader {m.id} of {gid} term {m.raft.groups[gid].term} "
-                      f"lacks committed entry {index} (term {term}), has term {t}")
-
-    def check(self) -> None:
-        for n in self.up_nodes():
-            for gid, g in n.raft.groups.items():
-                if g.role != LEADER:
-                    continue
-                holder = self.leaders.setdefault((gid, g.term), n.id)
-                if holder != n.id:
-                    self.fail(f"election safety: {holder} and {n.id} both lead {gid} in term {g.term}")
-                if self.leader_seen.get((n.id, gid)) != g.term:
-                    self.leader_seen[(n.id, gid)] = g.term
-                    for index, (term, data) in self.committed[gid].items():
-                        if term < g.term:
-                            self._check_contains(n, gid, index, term, data)
-        if self.now % self.cfg.check_logs_every == 0:
-            self.check_log_matching()
-
-    def check_log_matching(self) -> None:
-        for gid in self.group_ids:
-            logs = [(n.id, n.raft.groups[gid].log) for n in self.up_nodes() if gid in n.raft.groups]
-            for i, (a, la) in enumerate(logs):
-                for b, lb in logs[i + 1:]:
-                    lo = max(la.snap_index, lb.snap_index) + 1
-                    hi = min(la.last_index, lb.last_index)
-                    top = hi
-                    while top >= lo and la.term_at(top) != lb.term_at(top):
-                        top -= 1
-                    for k in range(lo, top + 1):
-                        if la.entry(k) != lb.entry(k):
-                            self.fail(f"log matching: {a} and {b} agree on {gid}[{top}] but differ at {k}")
-
     # ------------------------------------------------------------------ run
 
     def run(self) -> None:
-        for _ in range(self.cfg.steps):
-            self.step()
-        self.heal()
-        self.check_liveness()
+        try:
+            for _ in range(self.cfg.steps):
+                self.step()
+            self.heal()
+            self.check_liveness()
+            self.inv.check_logs(self.up_nodes(), self.group_ids)
+        except SimFailure:
+            raise
+        except Exception as e:  # the core's own assertions, or a crash of it: a failed seed too
+            self.fail(f"{type(e).__name__} raised: {e}")
 
     def check_liveness(self) -> None:
         deadline = self.now + self.cfg.liveness_ticks
@@ -512,9 +601,9 @@ class Sim:
             sm = self.nodes[m].machines[gid]
             if not isinstance(sm, RecorderMachine):
                 continue
-            for index, payload in self.acked[gid].items():
-                if sm.record.get(index) != payload:
-                    self.fail(f"acknowledged proposal lost: {gid}[{index}] = {payload!r} missing on {m}")
+            for index, (_, data) in self.inv.acked[gid].items():
+                if sm.record.get(index) != data[1:]:
+                    self.fail(f"acknowledged proposal lost: {gid}[{index}] = {data[1:]!r} missing on {m}")
 
 
 def run_seed(seed: int, cfg: SimConfig = SimConfig()) -> Sim:
@@ -523,7 +612,8 @@ def run_seed(seed: int, cfg: SimConfig = SimConfig()) -> Sim:
     return sim
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, SimConfig]:
+    """The command line of a reproduce line: the seed(s) and the configuration."""
     p = argparse.ArgumentParser(prog="python -m cluster.raft.sim", description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=None, help="run this one seed")
     p.add_argument("--seeds", type=int, default=100, help="run seeds 0..N-1 (without --seed)")
@@ -533,7 +623,11 @@ def main(argv: list[str] | None = None) -> int:
         conv = (lambda v: v.lower() in ("1", "true", "yes")) if kind is bool else kind
         p.add_argument(f"--{f.name.replace('_', '-')}", type=conv, default=f.default)
     a = p.parse_args(argv)
-    cfg = SimConfig(**{f.name: getattr(a, f.name) for f in fields(SimConfig)})
+    return a, SimConfig(**{f.name: getattr(a, f.name) for f in fields(SimConfig)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, cfg = parse_args(argv)
     seeds = [a.seed] if a.seed is not None else range(a.start, a.start + a.seeds)
     failed = 0
     for s in seeds:

@@ -1,10 +1,16 @@
 """A key-value store replicated by the simulated Raft groups, driven by concurrent clients,
-checked for linearizability; and a deliberately broken read path the checker must catch."""
+checked for linearizability; and a deliberately broken read path the checker must catch.
+
+Clients send each operation to a node that believes it leads, as a client holding a stale
+leader hint would: nodes pause and resume unaware that a newer leader took over, so
+deposed leaders are asked too."""
 
 from __future__ import annotations
 
 import math
 import random
+from dataclasses import asdict
+from types import ModuleType
 
 import msgpack
 import pytest
@@ -85,7 +91,7 @@ class KVClients:
                 continue
             key = self.rng.choice(KEYS)
             if self.rng.random() < 0.5:
-                leader = sim.leader_of("g1")
+                leader = sim.client_leader("g1", self.rng)
                 if leader is None:
                     continue
                 self.next_value += 1
@@ -107,7 +113,7 @@ class KVClients:
                 inv = self.tick()
                 self.history.append(Op("read", key, sm.data.get(key), inv, self.tick()))
             else:
-                leader = sim.leader_of("g1")
+                leader = sim.client_leader("g1", self.rng)
                 if leader is None:
                     continue
                 inv = self.tick()
@@ -152,17 +158,26 @@ class KVClients:
 
 
 CONFIG = SimConfig(nodes=3, groups=1, steps=150, crash=0.02, partition=0.04, membership=0.0, read=0.0,
-                   propose=0.0, snapshot_every=10)
+                   propose=0.0, snapshot_every=10, pause=0.03)
 
 
-def run_kv(seed: int, broken: bool) -> tuple[list[str], list[Op]]:
-    sim = Sim(seed, CONFIG, machine=KVMachine)
+def run_kv(seed: int, broken: bool, sim_module: ModuleType | None = None) -> tuple[list[str], list[Op]]:
+    """One seed of KV clients; `sim_module` is a mutant core's sim (its own checks' failures end
+    the run early, and the history so far is still checked)."""
+    if sim_module is None:
+        sim = Sim(seed, CONFIG, machine=KVMachine)
+    else:
+        sim = sim_module.Sim(seed, sim_module.SimConfig(**asdict(CONFIG)), machine=KVMachine)
     clients = KVClients(sim, 4, broken)
-    for _ in range(CONFIG.steps):
-        sim.step()
-    sim.heal()
-    for _ in range(60):
-        sim.step()
+    try:
+        for _ in range(CONFIG.steps):
+            sim.step()
+        sim.heal()
+        for _ in range(60):
+            sim.step()
+    except AssertionError:
+        if sim_module is None:
+            raise
     clients.finish()
     return check_history(clients.history), clients.history
 
@@ -172,7 +187,10 @@ def test_kv_is_linearizable(block: int) -> None:
     ops_checked = 0
     for seed in range(block * 25, block * 25 + 25):
         bad, history = run_kv(seed, broken=False)
-        assert not bad, f"KV history not linearizable for keys {bad} (seed {seed}, ReadIndex reads)"
+        assert not bad, (
+            f"KV history not linearizable for keys {bad} (seed {seed}, ReadIndex reads)\n"
+            f"reproduce: python -c 'from tests.raft.test_linearizability import run_kv; print(run_kv({seed}, False))'"
+        )
         ops_checked += sum(1 for o in history if o.kind == "read" and o.response != math.inf)
     assert ops_checked > 200  # the clients really did read
 
@@ -180,6 +198,16 @@ def test_kv_is_linearizable(block: int) -> None:
 def test_checker_catches_reads_from_any_replica() -> None:
     caught = [seed for seed in range(30) if run_kv(seed, broken=True)[0]]
     assert len(caught) >= 5, f"the broken read path went unnoticed (caught in seeds {caught})"
+
+
+def test_checker_catches_a_core_reading_without_a_quorum() -> None:
+    # Reads go to deposed leaders too, so a core serving ReadIndex without a quorum's
+    # confirmation yields histories no sequential order explains.
+    from .mutants import mutant_sim
+
+    sim_module = mutant_sim("read-without-quorum")
+    caught = [seed for seed in range(10) if run_kv(seed, broken=False, sim_module=sim_module)[0]]
+    assert len(caught) >= 3, f"reads without a quorum went unnoticed (caught in seeds {caught})"
 
 
 def test_checker_on_small_histories() -> None:
