@@ -268,17 +268,13 @@ class Node:
 
     def cluster_members(self) -> frozenset[str]:
         """The members of the cluster: those of the metadata group (none while joining)."""
-        if self.driver is None or METADATA_GROUP not in self.driver.node.groups:
-            return frozenset()
-        status = self.driver.node.status(METADATA_GROUP)
-        return status.voters | status.learners
+        status = self.driver.status(METADATA_GROUP) if self.driver is not None else None
+        return status.voters | status.learners if status is not None else frozenset()
 
     def metadata_leader(self) -> frozenset[str]:
         """The metadata group's leader as this node knows it (none, or one node)."""
-        if self.driver is None or METADATA_GROUP not in self.driver.node.groups:
-            return frozenset()
-        leader = self.driver.node.status(METADATA_GROUP).leader
-        return frozenset({leader}) if leader else frozenset()
+        status = self.driver.status(METADATA_GROUP) if self.driver is not None else None
+        return frozenset({status.leader}) if status is not None and status.leader else frozenset()
 
     def reachable_nodes(self) -> frozenset[str]:
         """Other nodes this node has a working peer link to."""

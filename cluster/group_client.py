@@ -103,7 +103,7 @@ class GroupClient:
         with self.driver.watch_results(group) as watch, trio.move_on_at(deadline):
             leader: str | None = None
             while True:
-                if leader is None or leader == self.driver.node.id:
+                if leader is None or leader == self.driver.node_id:
                     outcome = await local()
                     if isinstance(outcome, Applied | Refused):
                         return outcome
@@ -113,7 +113,7 @@ class GroupClient:
                         leader = None  # another leader's entry won that index: ours was never applied
                     else:
                         leader = outcome.leader
-                    if leader is None or leader == self.driver.node.id:
+                    if leader is None or leader == self.driver.node_id:
                         await trio.sleep(RETRY_PAUSE)
                     continue
                 reply = await self.peers.call(leader, method, args, max(deadline - trio.current_time(), 0.0))
@@ -125,7 +125,7 @@ class GroupClient:
                     return Unavailable(group, f"outcome unknown: the leader {leader} did not answer "
                                               f"({reply.reason if isinstance(reply, NoAnswer) else 'bad reply'})")
                 if "index" in reply:
-                    if args.get("op") == "remove" and args.get("node") == self.driver.node.id:
+                    if args.get("op") == "remove" and args.get("node") == self.driver.node_id:
                         # This node's own removal: the leader stops replicating to it at that
                         # entry, so it would never see the entry applied here. Committed is done.
                         return Applied(group, int(reply["index"]), None)

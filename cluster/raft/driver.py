@@ -33,7 +33,7 @@ from storage.interface import Store, WriteBatch
 from .group import ConfChange, NotLeader, Proposed, Refused
 from .log import entry_payload
 from .messages import PeerBatch
-from .node import RaftNode
+from .node import GroupStatus, RaftNode
 
 
 class Transport(Protocol):
@@ -188,6 +188,15 @@ class RaftDriver:
 
     async def transfer_leadership(self, group: str, target: str) -> NotLeader | Refused | None:
         return await self._request(lambda: self.node.transfer_leadership(group, target))
+
+    @property
+    def node_id(self) -> str:
+        return self.node.id
+
+    def status(self, group: str) -> "GroupStatus | None":
+        """A snapshot of `group`'s role, term, leader and members here (None if not hosted).
+        A read between cycles: the core is never mid-change when another task runs."""
+        return self.node.status(group) if group in self.node.groups else None
 
     async def campaign(self, group: str) -> None:
         """Start an election for `group` now (a single-voter group elects itself at once)."""
