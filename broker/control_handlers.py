@@ -21,21 +21,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import re
-import resource
 import signal
-import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-import psutil
 import trio
 
-from broker import __version__, auth
-from broker.alarms import ResourceLimits
+from broker import auth
 from broker.config import DiskFreeLimit, MemoryWatermark
 from broker.node_view import NodeView, plain
 from cluster import metadata as md
@@ -60,9 +54,6 @@ APP_NOT_RUNNING = ("this command requires the 'leveret' app to be running on the
 
 # Operations that work while the app is stopped (they manage the node itself).
 _WITHOUT_APP = frozenset({"ping", "status", "environment", "stop", "stop_app", "start_app", "await_startup"})
-
-_STARTED_AT = time.monotonic()
-
 
 def typed_value(value: Any) -> tuple[str, Any]:
     """(AMQP type, value) with the value as the CLI renders it: tables as triples, arrays as
@@ -155,56 +146,7 @@ class ControlHandlers:
         return "pong"
 
     async def op_status(self, args: Mapping[str, Any]) -> Any:
-        node = self.node
-        s = node.settings
-        proc = psutil.Process()
-        try:
-            disk_free = psutil.disk_usage(str(Path(s.data_dir).resolve())).free
-        except OSError:
-            disk_free = None
-        meta = node.metadata
-        # The limits in force now (set_vm_memory_high_watermark and set_disk_free_limit change
-        # them at run time), and the bytes they come to, which rabbitmqctl status shows.
-        watermark, disk_limit = node.memory_watermark, node.disk_free_limit
-        limits = ResourceLimits.from_settings(watermark, disk_limit, psutil.virtual_memory().total)
-        try:
-            fd_limit: int | None = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        except (OSError, ValueError):
-            fd_limit = None
-        return {
-            "pid": os.getpid(),
-            "os": platform.system(),
-            "uptime": int(time.monotonic() - _STARTED_AT),
-            "product_name": "Leveret",
-            "product_version": __version__,
-            "node_name": node.name,
-            "runtime": f"Python {platform.python_version()} ({sys.implementation.name})",
-            "python_version": platform.python_version(),
-            "app_running": node.app_running,
-            "data_directory": str(Path(s.data_dir).resolve()),
-            "config_files": [s.config_file] if s.config_file else [],
-            "alarms": sorted(self.node.alarms),
-            "memory_used": proc.memory_info().rss,
-            "memory_calculation_strategy": "rss",
-            "vm_memory_high_watermark": (
-                {"relative": watermark.relative} if watermark.relative is not None
-                else {"absolute": watermark.absolute}),
-            "vm_memory_limit": limits.memory_bytes,
-            "disk_free_limit": limits.disk_free_bytes,
-            "disk_free": disk_free,
-            "file_descriptors": proc.num_fds() if hasattr(proc, "num_fds") else None,
-            "file_descriptor_limit": fd_limit if fd_limit is not None and fd_limit >= 0 else None,
-            "connection_count": len(node.sessions),
-            "queue_count": sum(len(meta.queues(v.name)) for v in meta.vhosts()),
-            "virtual_host_count": len(meta.vhosts()),
-            "listeners": [
-                {"node": node.name, "protocol": proto, "interface": host, "port": port,
-                 "purpose": "inter-node and CLI tool communication" if proto == "clustering"
-                 else "AMQP 0-9-1"}
-                for proto, host, port in node.listeners
-                if proto != "amqp" or node.app_running
-            ],
-        }
+        return self.view.status()
 
     async def op_cluster_status(self, args: Mapping[str, Any]) -> Any:
         # What cluster_status shows of a cluster of one is this node's status; unlike status

@@ -16,16 +16,36 @@ from __future__ import annotations
 
 import datetime as _dt
 import decimal
+import os
+import platform
+import resource
+import sys
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from broker import __version__, auth
+from broker.alarms import ResourceLimits
 from cluster import metadata as md
 
 if TYPE_CHECKING:
     from broker.node import Node
     from broker.queue_leader import QueueLeader
     from broker.session import Session
+
+
+_STARTED_AT = time.monotonic()
+
+# What each listener is for, in rabbitmqctl status' words.
+LISTENER_PURPOSES = {
+    "amqp": "AMQP 0-9-1",
+    "clustering": "inter-node and CLI tool communication",
+    "http": "HTTP API",
+    "http/prometheus": "Prometheus exporter API over HTTP",
+}
 
 
 def plain(value: Any) -> Any:
@@ -69,6 +89,73 @@ class NodeView:
 
     def leader(self, vhost: str, name: str) -> "QueueLeader | None":
         return self.node.leaders.get((vhost, name))
+
+    # ------------------------------------------------------------------ the node
+
+    def status(self) -> dict[str, Any]:
+        """rabbitmqctl status: the process, its limits and alarms, and its listeners."""
+        node = self.node
+        s = node.settings
+        proc = psutil.Process()
+        try:
+            disk_free = psutil.disk_usage(str(Path(s.data_dir).resolve())).free
+        except OSError:
+            disk_free = None
+        meta = node.metadata
+        # The limits in force now (set_vm_memory_high_watermark and set_disk_free_limit change
+        # them at run time), and the bytes they come to, which rabbitmqctl status shows.
+        watermark, disk_limit = node.memory_watermark, node.disk_free_limit
+        limits = ResourceLimits.from_settings(watermark, disk_limit, psutil.virtual_memory().total)
+        try:
+            fd_limit: int | None = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (OSError, ValueError):
+            fd_limit = None
+        return {
+            "pid": os.getpid(),
+            "os": platform.system(),
+            "uptime": int(time.monotonic() - _STARTED_AT),
+            "product_name": "Leveret",
+            "product_version": __version__,
+            "node_name": node.name,
+            "runtime": f"Python {platform.python_version()} ({sys.implementation.name})",
+            "python_version": platform.python_version(),
+            "app_running": node.app_running,
+            "data_directory": str(Path(s.data_dir).resolve()),
+            "config_files": [s.config_file] if s.config_file else [],
+            "alarms": sorted(node.alarms),
+            "memory_used": proc.memory_info().rss,
+            "memory_calculation_strategy": "rss",
+            "vm_memory_high_watermark": (
+                {"relative": watermark.relative} if watermark.relative is not None
+                else {"absolute": watermark.absolute}),
+            "vm_memory_limit": limits.memory_bytes,
+            "disk_free_limit": limits.disk_free_bytes,
+            "disk_free": disk_free,
+            "file_descriptors": proc.num_fds() if hasattr(proc, "num_fds") else None,
+            "file_descriptor_limit": fd_limit if fd_limit is not None and fd_limit >= 0 else None,
+            "connection_count": len(node.sessions),
+            "queue_count": sum(len(meta.queues(v.name)) for v in meta.vhosts()),
+            "virtual_host_count": len(meta.vhosts()),
+            "listeners": [
+                {"node": node.name, "protocol": proto, "interface": host, "port": port,
+                 "purpose": LISTENER_PURPOSES.get(proto, proto)}
+                for proto, host, port in node.listeners
+                if proto != "amqp" or node.app_running
+            ],
+        }
+
+    def raft_groups(self) -> list[Any]:
+        """The `GroupStatus` of every Raft group this node hosts (today the metadata group)."""
+        driver = self.node.driver
+        if driver is None:
+            return []
+        raft = driver.node
+        return [raft.status(group) for group in sorted(raft.groups)]
+
+    def writer_statistics(self) -> Any:
+        """The group-commit writer's `WriterStatistics`, None before it starts."""
+        writer = self.node.writer
+        return writer.statistics() if writer is not None else None
 
     # ------------------------------------------------------------------ queues
 
