@@ -169,6 +169,11 @@ class Node:
                 self.listeners.append(("amqp", host or "::", port))
                 dist_port = await nursery.start(self._serve_control, host, cookie)
                 self.listeners.append(("clustering", host or "::", dist_port))
+                for protocol, http_port in (("http", settings.management_port),
+                                            ("http/prometheus", settings.prometheus_port)):
+                    if http_port:  # 0 turns the listener off
+                        bound = await nursery.start(self._serve_http, protocol, host, http_port)
+                        self.listeners.append((protocol, host or "::", bound))
                 nursery.start_soon(self._tick_connections)
                 nursery.start_soon(self._watch_resources)
                 nursery.start_soon(self._expire_messages)
@@ -197,6 +202,11 @@ class Node:
 
         await serve_control(ControlHandlers(self).handle, cookie=cookie, node_name=self.name, host=host,
                             port=self.settings.dist_port, task_status=task_status)
+
+    async def _serve_http(self, protocol: str, host: str, port: int, *, task_status: trio.TaskStatus[int]) -> None:
+        from broker.management.server import serve_http
+
+        await serve_http(self, protocol, host, port, task_status=task_status)
 
     @property
     def app_running(self) -> bool:
