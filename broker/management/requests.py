@@ -79,7 +79,9 @@ def str_field(body: Mapping[str, Any], key: str, default: str) -> str:
 
 def object_field(body: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = body.get(key)
-    if value is None:
+    # An empty list is an empty object too: JSON [] and {} are both Erlang's [] to RabbitMQ,
+    # and clients send either (pyrabbit2 sends "arguments": []).
+    if value is None or value == []:
         return {}
     if isinstance(value, dict):
         return value
