@@ -437,3 +437,27 @@ def test_aliveness_and_health_checks(api: Api, http_node: NodeProcess) -> None:
     assert api.get("/api/health/checks/protocol-listener/mqtt").status == 503
     for check in ("node-is-quorum-critical", "node-is-mirror-sync-critical"):
         assert api.ok("GET", f"/api/health/checks/{check}") == {"status": "ok", "reason": "single node cluster"}
+
+
+# --------------------------------------------------------------------------- rates
+
+
+def test_message_rates_follow_the_sampled_counters(api: Api) -> None:
+    """The node samples counters every 5 s; a publish stream shows as a positive rate on the
+    queue and in the overview within two samples."""
+    api.ok("PUT", "/api/queues/%2F/rates-q")
+    deadline = time.monotonic() + 15
+    queue: dict = {}
+    while time.monotonic() < deadline:
+        for _ in range(20):
+            publish(api, "amq.default", "rates-q", "tick")
+        queue = api.ok("GET", "/api/queues/%2F/rates-q")
+        if queue["message_stats"]["publish_details"]["rate"] > 0:
+            break
+        time.sleep(0.5)
+    assert queue["message_stats"]["publish_details"]["rate"] > 0, queue["message_stats"]
+    assert queue["messages_details"]["rate"] > 0 and queue["messages_ready_details"]["rate"] > 0
+    overview = api.ok("GET", "/api/overview")
+    assert overview["message_stats"]["publish_details"]["rate"] > 0
+    assert overview["queue_totals"]["messages_details"]["rate"] > 0
+    api.ok("DELETE", "/api/queues/%2F/rates-q")
