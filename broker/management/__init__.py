@@ -7,7 +7,8 @@ running Starlette applications).
 - `listing`: pagination, filtering, sorting and column selection of list answers (pure);
 - `rates`: message rates from counters sampled by the node (pure, time passed in);
 - `shapes`: RabbitMQ's JSON objects built from `NodeView` rows (pure);
-- `api`: the routes and their handlers (thin: parse, check, call, shape);
+- `api`: the handlers (thin: parse, check, call, shape);
+- `routes`: the route table and the ASGI application (authentication, 405, errors as JSON);
 - `prometheus`: the metrics text (pure rendering) and its application;
 - `server`: binding the listeners, the sampler task, Hypercorn.
 

@@ -1,34 +1,25 @@
-"""The management HTTP API: RabbitMQ 3.10's routes (rabbit_mgmt_dispatcher), their methods,
-status codes and JSON, as a Starlette application.
+"""The management HTTP API's handlers: RabbitMQ 3.10's status codes and JSON for each route
+of `broker.management.routes`.
 
 Handlers are thin: read the path and body (`requests`), check the caller (`access`),
 read through `NodeView` or change through the node's `propose_metadata`, and shape the
 answer (`shapes`, `listing`). A refusal is an `ApiError`, turned into RabbitMQ's JSON at
-the boundary (`_endpoint`). Queue actions that are not metadata (publish, get, purge)
+the boundary (`routes`). Queue actions that are not metadata (publish, get, purge)
 go to the queue's leader as an AMQP channel's would, after the same permission checks.
-
-Path segments arrive still percent-encoded (see `_raw_path`): a vhost named "/" is
-"%2F" in a URL and must stay one segment.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import os
 import platform
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker import __version__, auth
 from broker.amqp import spec
@@ -40,12 +31,16 @@ from broker.management.listing import apply_list_query, parse_bool, parse_list_q
 from broker.management.rates import QUEUE_TOTALS, RateSamples, message_stats_counts, sum_counts
 from broker.management.requests import (
     bool_field,
+    check_base64,
+    check_regexes,
     exchange_name,
     int_field,
     missing_keys,
     object_field,
     parse_body,
     path_name,
+    payload_field,
+    properties_field,
     refusal_reason,
     str_field,
     tags_field,
@@ -53,14 +48,13 @@ from broker.management.requests import (
 from broker.message import Message
 from broker.node_view import NodeView
 from cluster import metadata as md
-from cluster.policy import pcre_error, validate_policy
+from cluster.policy import validate_policy
 
 if TYPE_CHECKING:
     from broker.node import Node
 
 log = logging.getLogger("leveret.management")
 
-REALM = 'Basic realm="RabbitMQ Management"'
 ACK_MODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
 GET_ENCODINGS = ("auto", "base64")
 # The vhost aliveness-test declares, publishes to and gets from (as RabbitMQ's does).
@@ -192,6 +186,11 @@ class ManagementApi:
                 raise not_authorised("User not authorised to access virtual host")
             return [vhost]
         return [v.name for v in meta.vhosts() if call.who.sees_vhost(v.name)]
+
+    def listing_vhosts(self, call: Call) -> list[str]:
+        """The vhosts a list route covers: the one in its path, or all the caller sees."""
+        vhost = call.params.get("vhost")
+        return self.visible_vhosts(call, path_name(vhost) if vhost is not None else None)
 
     # ------------------------------------------------------------------ rates
 
@@ -378,14 +377,12 @@ class ManagementApi:
         return [shapes.consumer_json(r, self.view.node_name) for v in vhosts for r in self.view.consumer_rows(v)]
 
     async def consumers(self, call: Call) -> Response:
-        vhost = call.params.get("vhost")
-        return self.listed(call, self.consumers_of(self.visible_vhosts(call, path_name(vhost) if vhost else None)))
+        return self.listed(call, self.consumers_of(self.listing_vhosts(call)))
 
     # ------------------------------------------------------------------ exchanges
 
     async def exchanges(self, call: Call) -> Response:
-        vhost = call.params.get("vhost")
-        vhosts = self.visible_vhosts(call, path_name(vhost) if vhost else None)
+        vhosts = self.listing_vhosts(call)
         return self.listed(call, [shapes.exchange_json(r) for v in vhosts for r in self.view.exchange_rows(v)])
 
     def exchange_row(self, call: Call) -> dict[str, Any]:
@@ -431,8 +428,8 @@ class ManagementApi:
         body = await call.body()
         _check(missing_keys(body, "routing_key", "properties", "payload", "payload_encoding"))
         routing_key = str_field(body, "routing_key", "")
-        payload = _payload(body)
-        properties = _properties(object_field(body, "properties"), call.who.name)
+        payload = payload_field(body)
+        properties = properties_field(object_field(body, "properties"), call.who.name)
         self.check_amqp(call, vhost, auth.checks_for_publish(vhost, name))
         node = self.node
         if name and node.router.exchange_ref(vhost, name) is None:
@@ -475,8 +472,7 @@ class ManagementApi:
         return shapes.queue_json(row, self.queue_counts(row["vhost"], row["name"]), self.rates)
 
     async def queues(self, call: Call) -> Response:
-        vhost = call.params.get("vhost")
-        vhosts = self.visible_vhosts(call, path_name(vhost) if vhost else None)
+        vhosts = self.listing_vhosts(call)
         return self.listed(call, [self.queue_json(r) for v in vhosts for r in self.view.queue_rows(v)])
 
     def queue_record(self, call: Call) -> md.QueueRecord:
@@ -592,8 +588,7 @@ class ManagementApi:
     # ------------------------------------------------------------------ bindings
 
     async def bindings(self, call: Call) -> Response:
-        vhost = call.params.get("vhost")
-        vhosts = self.visible_vhosts(call, path_name(vhost) if vhost else None)
+        vhosts = self.listing_vhosts(call)
         return self.listed(call, [b for v in vhosts for b in shapes.bindings_json(self.view.metadata, v)])
 
     async def exchange_bindings(self, call: Call) -> Response:
@@ -758,7 +753,7 @@ class ManagementApi:
             algorithm = str_field(body, "hashing_algorithm", "rabbit_password_hashing_sha256")
             if not auth.is_known_hashing_algorithm(algorithm):
                 raise bad_request(f"unknown 'hashing_algorithm' {json.dumps(algorithm)}")
-            _check_base64("password_hash", password_hash)
+            check_base64("password_hash", password_hash)
         elif "password" in body:
             password = str_field(body, "password", "")
             password_hash, algorithm = (auth.hash_password(password) if password else ""), \
@@ -826,7 +821,7 @@ class ManagementApi:
         body = await call.body()
         _check(missing_keys(body, "configure", "write", "read"))
         regexes = [str_field(body, key, "") for key in ("configure", "write", "read")]
-        _check_regexes(regexes)
+        check_regexes(regexes)
         existed = self.view.metadata.permission(vhost, user) is not None
         await self.propose(md.SetPermissions(vhost, user, *regexes))
         return created_or_updated(existed)
@@ -854,7 +849,7 @@ class ManagementApi:
         body = await call.body()
         _check(missing_keys(body, "exchange", "write", "read"))
         regexes = [str_field(body, key, "") for key in ("write", "read")]
-        _check_regexes(regexes)
+        check_regexes(regexes)
         exchange = str_field(body, "exchange", "")
         existed = bool(self.view.metadata.topic_permissions(vhost, user, exchange))
         await self.propose(md.SetTopicPermissions(vhost, user, exchange, *regexes))
@@ -872,8 +867,7 @@ class ManagementApi:
     async def policies(self, call: Call) -> Response:
         if not call.who.is_policymaker and not call.who.is_monitor:
             raise not_authorised("Not policymaker user")
-        vhost = call.params.get("vhost")
-        vhosts = self.visible_vhosts(call, path_name(vhost) if vhost else None)
+        vhosts = self.listing_vhosts(call)
         return self.listed(call, [shapes.policy_json(p) for v in vhosts for p in self.view.metadata.policies(v)])
 
     def policy_target(self, call: Call) -> tuple[str, str]:
@@ -1007,219 +1001,3 @@ class ManagementApi:
     async def check_single_node(self, call: Call) -> Response:
         # node-is-quorum-critical / node-is-mirror-sync-critical: nothing depends on a peer.
         return json_reply({"status": "ok", "reason": "single node cluster"})
-
-
-def _check_regexes(patterns: list[str]) -> None:
-    for pattern in patterns:
-        error = pcre_error(pattern)
-        if error is not None:
-            raise bad_request(f"invalid regular expression '{pattern}': {error[0]}")
-
-
-def _check_base64(key: str, value: str) -> None:
-    try:
-        base64.b64decode(value, validate=True)
-    except binascii.Error:
-        raise bad_request(f"'{key}' is not base64") from None
-
-
-def _payload(body: Mapping[str, Any]) -> bytes:
-    payload = str_field(body, "payload", "")
-    encoding = str_field(body, "payload_encoding", "string")
-    if encoding == "string":
-        return payload.encode("utf-8")
-    if encoding == "base64":
-        try:
-            return base64.b64decode(payload, validate=True)
-        except binascii.Error:
-            raise bad_request("'payload' is not base64") from None
-    raise bad_request(f"'payload_encoding' must be string or base64, got {json.dumps(encoding)}")
-
-
-_TEXT_PROPERTIES = ("content_type", "content_encoding", "correlation_id", "reply_to", "expiration", "message_id",
-                    "type", "user_id", "app_id", "cluster_id")
-_OCTET_PROPERTIES = ("delivery_mode", "priority")
-
-
-def _properties(raw: Mapping[str, Any], username: str) -> spec.BasicProperties:
-    """Message properties from the publish body's "properties" object, each checked by name."""
-    fields: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in _TEXT_PROPERTIES:
-            fields[key] = str_field(raw, key, "")
-        elif key in _OCTET_PROPERTIES:
-            number = int_field(raw, key, None)
-            if number is None or not 0 <= number <= 255:
-                raise bad_request(f"property '{key}' must be an integer from 0 to 255, got {json.dumps(value)}")
-            fields[key] = number
-        elif key == "timestamp":
-            fields[key] = int_field(raw, key, None)
-        elif key == "headers":
-            fields[key] = object_field(raw, key)
-        else:
-            raise bad_request(f"unknown message property '{key}'")
-    if fields.get("user_id") not in (None, username):
-        raise bad_request(f"406 PRECONDITION_FAILED - user_id property set to '{fields['user_id']}' but "
-                          f"authenticated user was '{username}'")
-    return spec.BasicProperties(**fields)
-
-
-# --------------------------------------------------------------------------- routes
-
-# (path, {method: handler}) in rabbit_mgmt_dispatcher's order. docs/openapi.yaml describes
-# the same paths and methods (a test holds them equal).
-ROUTES: tuple[tuple[str, dict[str, Handler]], ...] = (
-    ("/api/overview", {"GET": ManagementApi.overview}),
-    ("/api/cluster-name", {"GET": ManagementApi.cluster_name}),
-    ("/api/nodes", {"GET": ManagementApi.nodes}),
-    ("/api/nodes/{node}", {"GET": ManagementApi.node}),
-    ("/api/extensions", {"GET": ManagementApi.extensions}),
-    ("/api/definitions", {"GET": ManagementApi.definitions, "POST": ManagementApi.import_definitions}),
-    ("/api/definitions/{vhost}", {"GET": ManagementApi.definitions, "POST": ManagementApi.import_definitions}),
-    ("/api/connections", {"GET": ManagementApi.connections}),
-    ("/api/vhosts/{vhost}/connections", {"GET": ManagementApi.vhost_connections}),
-    ("/api/connections/{connection}", {"GET": ManagementApi.connection, "DELETE": ManagementApi.close_connection}),
-    ("/api/connections/{connection}/channels", {"GET": ManagementApi.connection_channels}),
-    ("/api/channels", {"GET": ManagementApi.channels}),
-    ("/api/vhosts/{vhost}/channels", {"GET": ManagementApi.vhost_channels}),
-    ("/api/channels/{channel}", {"GET": ManagementApi.channel}),
-    ("/api/consumers", {"GET": ManagementApi.consumers}),
-    ("/api/consumers/{vhost}", {"GET": ManagementApi.consumers}),
-    ("/api/exchanges", {"GET": ManagementApi.exchanges}),
-    ("/api/exchanges/{vhost}", {"GET": ManagementApi.exchanges}),
-    ("/api/exchanges/{vhost}/{exchange}", {"GET": ManagementApi.exchange, "PUT": ManagementApi.put_exchange,
-                                           "DELETE": ManagementApi.delete_exchange}),
-    ("/api/exchanges/{vhost}/{exchange}/bindings/source", {"GET": ManagementApi.exchange_bindings}),
-    ("/api/exchanges/{vhost}/{exchange}/bindings/destination", {"GET": ManagementApi.exchange_bindings}),
-    ("/api/exchanges/{vhost}/{exchange}/publish", {"POST": ManagementApi.publish}),
-    ("/api/queues", {"GET": ManagementApi.queues}),
-    ("/api/queues/{vhost}", {"GET": ManagementApi.queues}),
-    ("/api/queues/{vhost}/{queue}", {"GET": ManagementApi.queue, "PUT": ManagementApi.put_queue,
-                                     "DELETE": ManagementApi.delete_queue}),
-    ("/api/queues/{vhost}/{queue}/bindings", {"GET": ManagementApi.queue_bindings}),
-    ("/api/queues/{vhost}/{queue}/contents", {"DELETE": ManagementApi.purge_queue}),
-    ("/api/queues/{vhost}/{queue}/get", {"POST": ManagementApi.get_messages}),
-    ("/api/queues/{vhost}/{queue}/actions", {"POST": ManagementApi.queue_actions}),
-    ("/api/bindings", {"GET": ManagementApi.bindings}),
-    ("/api/bindings/{vhost}", {"GET": ManagementApi.bindings}),
-    ("/api/bindings/{vhost}/e/{source}/{kind:kind}/{destination}",
-     {"GET": ManagementApi.bindings_of_pair, "POST": ManagementApi.create_binding}),
-    ("/api/bindings/{vhost}/e/{source}/{kind:kind}/{destination}/{props}",
-     {"GET": ManagementApi.get_binding, "DELETE": ManagementApi.delete_binding}),
-    ("/api/vhosts", {"GET": ManagementApi.vhosts}),
-    ("/api/vhosts/{vhost}", {"GET": ManagementApi.vhost, "PUT": ManagementApi.put_vhost,
-                             "DELETE": ManagementApi.delete_vhost}),
-    ("/api/vhosts/{vhost}/permissions", {"GET": ManagementApi.vhost_permissions}),
-    ("/api/vhosts/{vhost}/topic-permissions", {"GET": ManagementApi.vhost_topic_permissions}),
-    ("/api/users", {"GET": ManagementApi.users}),
-    ("/api/users/without-permissions", {"GET": ManagementApi.users_without_permissions}),
-    ("/api/users/bulk-delete", {"POST": ManagementApi.bulk_delete_users}),
-    ("/api/users/{user}", {"GET": ManagementApi.user, "PUT": ManagementApi.put_user,
-                           "DELETE": ManagementApi.delete_user}),
-    ("/api/users/{user}/permissions", {"GET": ManagementApi.user_permissions}),
-    ("/api/users/{user}/topic-permissions", {"GET": ManagementApi.user_topic_permissions}),
-    ("/api/whoami", {"GET": ManagementApi.whoami}),
-    ("/api/permissions", {"GET": ManagementApi.permissions}),
-    ("/api/permissions/{vhost}/{user}", {"GET": ManagementApi.permission, "PUT": ManagementApi.put_permission,
-                                         "DELETE": ManagementApi.delete_permission}),
-    ("/api/topic-permissions", {"GET": ManagementApi.topic_permissions}),
-    ("/api/topic-permissions/{vhost}/{user}", {"GET": ManagementApi.topic_permission,
-                                               "PUT": ManagementApi.put_topic_permission,
-                                               "DELETE": ManagementApi.delete_topic_permission}),
-    ("/api/parameters", {"GET": ManagementApi.parameters}),
-    ("/api/parameters/{component}", {"GET": ManagementApi.parameters}),
-    ("/api/parameters/{component}/{vhost}", {"GET": ManagementApi.parameters}),
-    ("/api/parameters/{component}/{vhost}/{name}", {"GET": ManagementApi.parameter,
-                                                    "PUT": ManagementApi.put_parameter}),
-    ("/api/global-parameters", {"GET": ManagementApi.global_parameters}),
-    ("/api/policies", {"GET": ManagementApi.policies}),
-    ("/api/policies/{vhost}", {"GET": ManagementApi.policies}),
-    ("/api/policies/{vhost}/{name}", {"GET": ManagementApi.policy, "PUT": ManagementApi.put_policy,
-                                      "DELETE": ManagementApi.delete_policy}),
-    ("/api/vhost-limits", {"GET": ManagementApi.vhost_limits}),
-    ("/api/aliveness-test/{vhost}", {"GET": ManagementApi.aliveness}),
-    ("/api/health/checks/alarms", {"GET": ManagementApi.check_alarms}),
-    ("/api/health/checks/local-alarms", {"GET": ManagementApi.check_alarms}),
-    ("/api/health/checks/certificate-expiration/{within}/{unit}",
-     {"GET": ManagementApi.check_certificate_expiration}),
-    ("/api/health/checks/port-listener/{port}", {"GET": ManagementApi.check_port_listener}),
-    ("/api/health/checks/protocol-listener/{protocol}", {"GET": ManagementApi.check_protocol_listener}),
-    ("/api/health/checks/virtual-hosts", {"GET": ManagementApi.check_virtual_hosts}),
-    ("/api/health/checks/node-is-mirror-sync-critical", {"GET": ManagementApi.check_single_node}),
-    ("/api/health/checks/node-is-quorum-critical", {"GET": ManagementApi.check_single_node}),
-)
-
-
-def _endpoint(api: ManagementApi, handlers: dict[str, Handler]) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        handler = handlers.get(request.method)
-        if handler is None:
-            if request.method == "HEAD" and "GET" in handlers:
-                handler = handlers["GET"]
-            else:
-                return Response(status_code=405, headers={"Allow": ", ".join(sorted(handlers))})
-        who = api.authenticate(request)
-        if isinstance(who, ApiError):
-            return _error_response(who)
-        call = Call(request, who, dict(request.path_params))
-        try:
-            return await handler(api, call)
-        except ApiError as refusal:
-            return _error_response(refusal)
-
-    return endpoint
-
-
-def _error_response(refusal: ApiError) -> Response:
-    headers = {"WWW-Authenticate": REALM} if refusal.status == 401 else None
-    return JSONResponse(refusal.body(), status_code=refusal.status, headers=headers)
-
-
-class _BindingKind:
-    """Starlette path convertor for the "q" or "e" of a binding path."""
-
-    regex = "[qe]"
-
-    def convert(self, value: str) -> str:
-        return value
-
-    def to_string(self, value: str) -> str:
-        return value
-
-
-def _register_convertors() -> None:
-    from starlette.convertors import CONVERTOR_TYPES, register_url_convertor
-
-    if "kind" not in CONVERTOR_TYPES:
-        register_url_convertor("kind", _BindingKind())  # type: ignore[arg-type]
-
-
-def _raw_path(app: ASGIApp) -> ASGIApp:
-    """Routes match the path as sent (percent-encoded): the server decodes %2F to "/", which
-    would split the default vhost's name into two segments. Handlers decode each segment."""
-
-    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("raw_path"):
-            raw = scope["raw_path"].split(b"?", 1)[0].decode("latin-1")
-            scope = {**scope, "path": re.sub(r"/+$", "", raw) or "/"}
-        await app(scope, receive, send)
-
-    return wrapped
-
-
-async def _not_found(request: Request, exc: Exception) -> Response:
-    return _error_response(NOT_FOUND)
-
-
-HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
-
-
-def management_app(node: "Node", rates: RateSamples) -> tuple[ASGIApp, ManagementApi]:
-    """The API as an ASGI application, and its handlers (the sampler reads their rate samples)."""
-    _register_convertors()
-    api = ManagementApi(node, rates)
-    # Every method reaches the endpoint, which answers 405 itself (Starlette's own would
-    # answer with text where RabbitMQ sends nothing).
-    routes = [Route(path, _endpoint(api, handlers), methods=HTTP_METHODS) for path, handlers in ROUTES]
-    app = Starlette(routes=routes, exception_handlers={404: _not_found})
-    return _raw_path(app), api

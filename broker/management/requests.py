@@ -7,12 +7,16 @@ strings rabbitmqadmin sends ("true", "1"), so both are read here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
+from broker.amqp import spec
 from broker.management.errors import ApiError, bad_request
+from cluster.policy import pcre_error
 
 # The default exchange has no name; URLs call it amq.default (rabbit_mgmt_util:id/2).
 DEFAULT_EXCHANGE_ALIAS = "amq.default"
@@ -101,3 +105,58 @@ def refusal_reason(text: str) -> str:
     """An AMQP refusal's text as the management API gives it: without the "NAME - " prefix."""
     head, sep, rest = text.partition(" - ")
     return rest if sep and head.replace("_", "").isupper() else text
+
+
+def check_regexes(patterns: list[str]) -> None:
+    for pattern in patterns:
+        error = pcre_error(pattern)
+        if error is not None:
+            raise bad_request(f"invalid regular expression '{pattern}': {error[0]}")
+
+
+def check_base64(key: str, value: str) -> None:
+    try:
+        base64.b64decode(value, validate=True)
+    except binascii.Error:
+        raise bad_request(f"'{key}' is not base64") from None
+
+
+def payload_field(body: Mapping[str, Any]) -> bytes:
+    payload = str_field(body, "payload", "")
+    encoding = str_field(body, "payload_encoding", "string")
+    if encoding == "string":
+        return payload.encode("utf-8")
+    if encoding == "base64":
+        try:
+            return base64.b64decode(payload, validate=True)
+        except binascii.Error:
+            raise bad_request("'payload' is not base64") from None
+    raise bad_request(f"'payload_encoding' must be string or base64, got {json.dumps(encoding)}")
+
+
+_TEXT_PROPERTIES = ("content_type", "content_encoding", "correlation_id", "reply_to", "expiration", "message_id",
+                    "type", "user_id", "app_id", "cluster_id")
+_OCTET_PROPERTIES = ("delivery_mode", "priority")
+
+
+def properties_field(raw: Mapping[str, Any], username: str) -> spec.BasicProperties:
+    """Message properties from the publish body's "properties" object, each checked by name."""
+    fields: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _TEXT_PROPERTIES:
+            fields[key] = str_field(raw, key, "")
+        elif key in _OCTET_PROPERTIES:
+            number = int_field(raw, key, None)
+            if number is None or not 0 <= number <= 255:
+                raise bad_request(f"property '{key}' must be an integer from 0 to 255, got {json.dumps(value)}")
+            fields[key] = number
+        elif key == "timestamp":
+            fields[key] = int_field(raw, key, None)
+        elif key == "headers":
+            fields[key] = object_field(raw, key)
+        else:
+            raise bad_request(f"unknown message property '{key}'")
+    if fields.get("user_id") not in (None, username):
+        raise bad_request(f"406 PRECONDITION_FAILED - user_id property set to '{fields['user_id']}' but "
+                          f"authenticated user was '{username}'")
+    return spec.BasicProperties(**fields)

@@ -21,7 +21,8 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from starlette.types import ASGIApp
 
-from broker.management.api import ManagementApi, management_app
+from broker.management.api import ManagementApi
+from broker.management.routes import management_app
 from broker.management.prometheus import prometheus_app
 from broker.management.rates import SAMPLE_INTERVAL_S, RateSamples
 

@@ -46,43 +46,30 @@ def queue_key(vhost: str, name: str) -> Hashable:
     return ("queue", vhost, name)
 
 
+# Queue fields the API shows as the view has them; and those rabbitmqctl shows as "" where
+# the API shows null.
+_QUEUE_AS_IS = ("auto_delete", "consumers", "durable", "exclusive", "memory", "message_bytes",
+                "message_bytes_paged_out", "message_bytes_ram", "message_bytes_ready", "message_bytes_unacknowledged",
+                "messages_paged_out", "messages_ram", "messages_ready_ram", "messages_unacknowledged_ram", "name",
+                "state", "type", "vhost")
+_QUEUE_OR_NULL = ("consumer_capacity", "consumer_utilisation", "exclusive_consumer_tag", "head_message_timestamp",
+                  "message_bytes_persistent", "messages_persistent", "policy")
+
+
 def queue_json(row: Mapping[str, Any], counts: Mapping[str, int], rates: RateSamples) -> dict[str, Any]:
     """One queue as GET /api/queues shows it. `counts` are its message_stats counters."""
     key = queue_key(row["vhost"], row["name"])
     out: dict[str, Any] = {
+        **{k: row[k] for k in _QUEUE_AS_IS},
+        **{k: _or_null(row[k]) for k in _QUEUE_OR_NULL},
         "arguments": plain(row["arguments"]),
-        "auto_delete": row["auto_delete"],
-        "consumer_capacity": _or_null(row["consumer_capacity"]),
-        "consumer_utilisation": _or_null(row["consumer_utilisation"]),
-        "consumers": row["consumers"],
-        "durable": row["durable"],
         "effective_policy_definition": plain(row["effective_policy_definition"]),
-        "exclusive": row["exclusive"],
-        "exclusive_consumer_tag": _or_null(row["exclusive_consumer_tag"]),
-        "head_message_timestamp": _or_null(row["head_message_timestamp"]),
-        "memory": row["memory"],
-        "message_bytes": row["message_bytes"],
-        "message_bytes_paged_out": row["message_bytes_paged_out"],
-        "message_bytes_persistent": _or_null(row["message_bytes_persistent"]),
-        "message_bytes_ram": row["message_bytes_ram"],
-        "message_bytes_ready": row["message_bytes_ready"],
-        "message_bytes_unacknowledged": row["message_bytes_unacknowledged"],
         "message_stats": rates.with_details(key, counts, MESSAGE_STATS),
         **rates.with_details(key, row, QUEUE_TOTALS),
-        "messages_paged_out": row["messages_paged_out"],
-        "messages_persistent": _or_null(row["messages_persistent"]),
-        "messages_ram": row["messages_ram"],
-        "messages_ready_ram": row["messages_ready_ram"],
-        "messages_unacknowledged_ram": row["messages_unacknowledged_ram"],
-        "name": row["name"],
         "node": row["home_node"],
         "operator_policy": None,
-        "policy": _or_null(row["policy"]),
         "recoverable_slaves": None,
         "single_active_consumer_tag": None,
-        "state": row["state"],
-        "type": row["type"],
-        "vhost": row["vhost"],
     }
     if row["type"] != "classic":
         # Quorum queues: their Raft members (one, on a single node).

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from openapi_spec_validator import validate
 
-from broker.management.api import ROUTES
+from broker.management.routes import ROUTES
 from tests.management.http import Api
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
