@@ -202,10 +202,8 @@ class ManagementApi:
         """What the sampler records each interval: every queue's counters and lengths, and
         their sums for the overview."""
         samples: dict[Any, dict[str, int]] = {}
-        for row in self.view.queue_rows():
-            counts = self.queue_counts(row["vhost"], row["name"])
-            counts.update({k: row[k] for k in QUEUE_TOTALS})
-            samples[shapes.queue_key(row["vhost"], row["name"])] = counts
+        for vhost, name, counters, lengths in self.view.queue_activity():
+            samples[shapes.queue_key(vhost, name)] = {**message_stats_counts(counters), **lengths}
         samples[("overview",)] = sum_counts(list(samples.values()))
         return samples
 
