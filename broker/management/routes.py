@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.management.api import Call, Handler, ManagementApi
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from broker.node import Node
 
 REALM = 'Basic realm="RabbitMQ Management"'
+UI_DIRECTORY = Path(__file__).with_name("www")
 
 # (path, {method: handler}) in rabbit_mgmt_dispatcher's order. docs/openapi.yaml describes
 # the same paths and methods (a test holds them equal).
@@ -182,6 +185,9 @@ def management_app(node: "Node", rates: RateSamples) -> tuple[ASGIApp, Managemen
     api = ManagementApi(node, rates)
     # Every method reaches the endpoint, which answers 405 itself (Starlette's own would
     # answer with text where RabbitMQ sends nothing).
-    routes = [Route(path, _endpoint(api, handlers), methods=HTTP_METHODS) for path, handlers in ROUTES]
+    routes: list[BaseRoute] = [Route(path, _endpoint(api, handlers), methods=HTTP_METHODS)
+                               for path, handlers in ROUTES]
+    # The web UI: static files, served as they are (no build step), after every API route.
+    routes.append(Mount("/", StaticFiles(directory=UI_DIRECTORY, html=True)))
     app = Starlette(routes=routes, exception_handlers={404: _not_found})
     return _raw_path(app), api
