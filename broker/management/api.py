@@ -200,12 +200,14 @@ class ManagementApi:
 
     def rate_samples(self) -> dict[Any, dict[str, int]]:
         """What the sampler records each interval: every queue's counters and lengths, and
-        their sums for the overview."""
-        samples: dict[Any, dict[str, int]] = {}
+        their sums per vhost and for the overview."""
+        queues: dict[Any, dict[str, int]] = {}
+        by_vhost: dict[str, list[dict[str, int]]] = {}
         for vhost, name, counters, lengths in self.view.queue_activity():
-            samples[shapes.queue_key(vhost, name)] = {**message_stats_counts(counters), **lengths}
-        samples[("overview",)] = sum_counts(list(samples.values()))
-        return samples
+            sample = queues[shapes.queue_key(vhost, name)] = {**message_stats_counts(counters), **lengths}
+            by_vhost.setdefault(vhost, []).append(sample)
+        vhosts = {shapes.vhost_key(vhost): sum_counts(samples) for vhost, samples in by_vhost.items()}
+        return {**queues, **vhosts, ("overview",): sum_counts(list(queues.values()))}
 
     # ------------------------------------------------------------------ overview and nodes
 
@@ -219,7 +221,7 @@ class ManagementApi:
         key = ("overview",)
         connections = [r for r in view.connection_rows() if call.who.sees_user_objects(r["user"])]
         channels = [r for r in view.channel_rows() if call.who.sees_user_objects(r["user"])]
-        return json_reply({
+        return self.one(call, {
             "management_version": shapes.RABBITMQ_VERSION,
             "rates_mode": "basic",
             "sample_retention_policies": {"global": [600, 3600, 28800, 86400], "basic": [600, 3600],
@@ -657,14 +659,19 @@ class ManagementApi:
 
     # ------------------------------------------------------------------ vhosts
 
+    def vhost_item(self, name: str) -> dict[str, Any]:
+        record = self.view.metadata.vhost(name)
+        assert record is not None
+        activity = [(message_stats_counts(counters), lengths)
+                    for vhost, _queue, counters, lengths in self.view.queue_activity() if vhost == name]
+        return shapes.vhost_json(record, self.view.node_name, sum_counts([lengths for _c, lengths in activity]),
+                                 sum_counts([counts for counts, _l in activity]), self.rates)
+
     async def vhosts(self, call: Call) -> Response:
-        meta = self.view.metadata
-        return self.listed(call, [shapes.vhost_json(meta.vhost(v), self.view.node_name)  # type: ignore[arg-type]
-                                  for v in self.visible_vhosts(call, None)])
+        return self.listed(call, [self.vhost_item(v) for v in self.visible_vhosts(call, None)])
 
     async def vhost(self, call: Call) -> Response:
-        name = self.visible_vhosts(call, path_name(call.params["vhost"]))[0]
-        return self.one(call, shapes.vhost_json(self.view.metadata.vhost(name), self.view.node_name))  # type: ignore[arg-type]
+        return self.one(call, self.vhost_item(self.visible_vhosts(call, path_name(call.params["vhost"]))[0]))
 
     async def put_vhost(self, call: Call) -> Response:
         _check(access.require_admin(call.who))

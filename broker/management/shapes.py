@@ -206,8 +206,17 @@ def consumer_json(row: Mapping[str, Any], node: str) -> dict[str, Any]:
     }
 
 
-def vhost_json(v: md.VhostRecord, node: str) -> dict[str, Any]:
+def vhost_key(name: str) -> Hashable:
+    return ("vhost", name)
+
+
+def vhost_json(v: md.VhostRecord, node: str, lengths: Mapping[str, int], counts: Mapping[str, int],
+               rates: RateSamples) -> dict[str, Any]:
+    """A vhost with its queues' totals: `lengths` summed queue lengths, `counts` summed counters."""
+    key = vhost_key(v.name)
     return {
+        **rates.with_details(key, {name: lengths.get(name, 0) for name in QUEUE_TOTALS}, QUEUE_TOTALS),
+        "message_stats": rates.with_details(key, counts, MESSAGE_STATS),
         "cluster_state": {node: "running"},
         "default_queue_type": v.default_queue_type or "undefined",
         "description": v.description,

@@ -293,9 +293,12 @@ def test_vhosts_users_permissions(api: Api, http_node: NodeProcess) -> None:
     assert api.put("/api/vhosts/vh1", {"description": "for tests", "tags": "a,b"}).status == 201
     assert api.put("/api/vhosts/vh1", {}).status == 204
     vhost = api.ok("GET", "/api/vhosts/vh1")
-    assert vhost == {"cluster_state": {http_node.name: "running"}, "default_queue_type": "undefined",
-                     "description": "for tests", "metadata": {"description": "for tests", "tags": ["a", "b"]},
-                     "name": "vh1", "tags": ["a", "b"], "tracing": False}
+    assert {k: v for k, v in vhost.items() if not k.startswith("message")} == {
+        "cluster_state": {http_node.name: "running"}, "default_queue_type": "undefined",
+        "description": "for tests", "metadata": {"description": "for tests", "tags": ["a", "b"]},
+        "name": "vh1", "tags": ["a", "b"], "tracing": False}
+    assert (vhost["messages"], vhost["messages_ready"], vhost["messages_unacknowledged"]) == (0, 0, 0)
+    assert vhost["messages_details"] == {"rate": 0.0} and vhost["message_stats"] == {}
     assert "vh1" in [v["name"] for v in api.ok("GET", "/api/vhosts")]
 
     assert api.put("/api/users/u1", {"password": "pw1", "tags": "management"}).status == 201
@@ -331,6 +334,10 @@ def test_vhosts_users_permissions(api: Api, http_node: NodeProcess) -> None:
     conn.channel().queue_declare("u1-q")
     conn.close()
     assert api.ok("GET", "/api/queues/vh1/u1-q")["vhost"] == "vh1"
+    publish_body = {"routing_key": "u1-q", "payload": "x", "payload_encoding": "string", "properties": {}}
+    api.as_user("u1", "pw2").ok("POST", "/api/exchanges/vh1/amq.default/publish", publish_body)
+    vhost = api.ok("GET", "/api/vhosts/vh1")
+    assert vhost["messages"] == 1 and vhost["message_stats"]["publish"] == 1
 
     assert api.delete("/api/permissions/vh1/u1").status == 204
     assert api.get("/api/permissions/vh1/u1").status == 404
