@@ -1,6 +1,7 @@
 """`NodeView`: what this node knows about its queues, connections, channels and consumers,
 read in one place for every reader (leveretctl's control handlers, the management HTTP
-API, the Prometheus metrics).
+API, the Prometheus metrics), and the queue operations an operator's tool makes that are
+not metadata changes (publish, get, purge).
 
 Rows are plain dicts keyed by rabbitmqctl's info items (the management API and the
 metrics reshape them); argument and client-property tables are left as mappings, for each
@@ -9,7 +10,9 @@ A row may carry more than the info items (say `vhost` or `home_node`): readers p
 
 Readers never reach into `QueueLeader` or `Session` objects themselves. Today the view
 reads this node's leaders and sessions; a cluster-wide view answers the same calls with
-rows gathered from every node, so the readers do not change when queues live elsewhere.
+rows gathered from every node (and sends the operations to the queue's leader over the
+peer link), so the readers do not change when queues live elsewhere. Metadata changes
+go through `propose`, the node's metadata log, like a client's.
 """
 
 from __future__ import annotations
@@ -29,12 +32,17 @@ import psutil
 
 from broker import __version__, auth
 from broker.alarms import ResourceLimits
+from broker.message import Message
 from cluster import metadata as md
 
 if TYPE_CHECKING:
     from broker.node import Node
+    from broker.queue import Delivered
     from broker.queue_leader import QueueLeader
     from broker.session import Session
+
+# How messages taken by `get_messages` are settled (the management API's ackmode values).
+SETTLE_MODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
 
 
 _STARTED_AT = time.monotonic()
@@ -89,6 +97,101 @@ class NodeView:
 
     def leader(self, vhost: str, name: str) -> "QueueLeader | None":
         return self.node.leaders.get((vhost, name))
+
+    @property
+    def cluster_name(self) -> str:
+        return str(self.node.server_properties.get("cluster_name", self.node.name))
+
+    @property
+    def alarms(self) -> frozenset[str]:
+        return self.node.alarms
+
+    @property
+    def listeners(self) -> list[tuple[str, str, int]]:
+        """(protocol, interface, port) of every listener open now."""
+        return list(self.node.listeners)
+
+    @property
+    def loopback_users(self) -> tuple[str, ...]:
+        return self.node.settings.loopback_users
+
+    async def propose(self, cmd: md.Command) -> Any:
+        """Commit a metadata change through the metadata log; its result or a `md.Refusal`."""
+        return await self.node.propose_metadata(cmd)
+
+    # ------------------------------------------------------------------ queue operations
+
+    def exchange_accepts_publish(self, vhost: str, exchange: str) -> md.Refusal | None:
+        """Why a publish to `exchange` is refused (missing, internal), as a channel refuses it."""
+        router = self.node.router
+        if exchange and router.exchange_ref(vhost, exchange) is None:
+            return md.Refusal(404, f"NOT_FOUND - no exchange '{exchange}' in vhost '{vhost}'")
+        if router.is_internal(vhost, exchange):
+            return md.Refusal(403, f"ACCESS_REFUSED - cannot publish to internal exchange '{exchange}' in vhost "
+                                   f"'{vhost}'")
+        return None
+
+    def publish(self, vhost: str, exchange: str, routing_key: str, properties: Any, body: bytes,
+                expiration_ms: int | None) -> bool:
+        """Route a message and hand it to its queues, as a channel's unconfirmed publish does;
+        whether it reached any queue."""
+        node = self.node
+        queues = sorted(node.router.route(vhost, exchange, routing_key, properties.headers).queues)
+        message = Message(exchange, routing_key, properties, body, properties.delivery_mode == 2,
+                          properties.priority or 0, expiration_ms, None, node.next_message_id())
+        now = node.now_ms()
+        # As a channel's publish: every target queue first, the dead letters they make after.
+        if len(queues) > 1:
+            node.hold_dead_letters()
+        try:
+            for queue in queues:
+                leader = node.leader(vhost, queue)
+                if leader is not None:
+                    leader.publish(message, now, None)
+        finally:
+            if len(queues) > 1:
+                node.release_dead_letters()
+        return bool(queues)
+
+    def queue_counters(self, vhost: str, name: str) -> Any:
+        """A queue's running `QueueCounters` (what rates are made of), None if it has no leader."""
+        leader = self.leader(vhost, name)
+        return leader.counters if leader is not None else None
+
+    def queue_lengths(self, vhost: str, name: str) -> tuple[int, int] | None:
+        """(ready messages, consumers) of a queue, None if it has no leader."""
+        leader = self.leader(vhost, name)
+        return (leader.message_count(), leader.consumer_count()) if leader is not None else None
+
+    def purge(self, vhost: str, name: str) -> int | None:
+        """Purge a queue; how many messages went, None if it has no leader."""
+        leader = self.leader(vhost, name)
+        return leader.purge(self.node.now_ms()) if leader is not None else None
+
+    def get_messages(self, vhost: str, name: str, count: int, settle: str) -> "list[Delivered] | None":
+        """Take up to `count` messages as basic.get with acknowledgement does, then settle them
+        all by `settle` (one of SETTLE_MODES), as RabbitMQ's management get does; None if the
+        queue has no leader. A requeued message comes back redelivered."""
+        assert settle in SETTLE_MODES
+        leader = self.leader(vhost, name)
+        if leader is None:
+            return None
+        now = self.node.now_ms()
+        taken = []
+        for _ in range(max(count, 0)):
+            got = leader.get(now, False)
+            if got is None:
+                break
+            taken.append(got)
+        seqs = tuple(g.seq for g in taken)
+        if seqs:
+            if settle == "ack_requeue_false":
+                leader.settle(seqs, now)
+            elif settle == "reject_requeue_false":
+                leader.reject(seqs, now)
+            else:
+                leader.requeue(seqs, now)
+        return taken
 
     # ------------------------------------------------------------------ the node
 

@@ -45,8 +45,7 @@ from broker.management.requests import (
     str_field,
     tags_field,
 )
-from broker.message import Message
-from broker.node_view import NodeView
+from broker.node_view import SETTLE_MODES, NodeView
 from cluster import metadata as md
 from cluster.policy import validate_policy
 
@@ -55,7 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("leveret.management")
 
-ACK_MODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "reject_requeue_false")
 GET_ENCODINGS = ("auto", "base64")
 # The vhost aliveness-test declares, publishes to and gets from (as RabbitMQ's does).
 ALIVENESS_QUEUE = "aliveness-test"
@@ -115,7 +113,6 @@ class ManagementApi:
     """The handlers, sharing the node, its view and the sampled rates."""
 
     def __init__(self, node: "Node", rates: RateSamples) -> None:
-        self.node = node
         self.view = NodeView(node)
         self.rates = rates
 
@@ -129,7 +126,7 @@ class ManagementApi:
         meta = self.view.metadata
         client = request.client.host if request.client is not None else ""
         login = auth.authenticate(meta.user(username), username, password, mechanism="PLAIN",
-                                  local_address=client, loopback_users=self.node.settings.loopback_users)
+                                  local_address=client, loopback_users=self.view.loopback_users)
         if isinstance(login, auth.LoginRefused):
             log.warning("HTTP access denied: %s", login.log_message)
             return LOGIN_FAILED
@@ -157,7 +154,7 @@ class ManagementApi:
         return json_reply(answer[0])
 
     async def propose(self, cmd: md.Command) -> Any:
-        result = await self.node.propose_metadata(cmd)
+        result = await self.view.propose(cmd)
         if isinstance(result, md.Refusal):
             raise _amqp_refusal(result)
         return result
@@ -195,8 +192,8 @@ class ManagementApi:
     # ------------------------------------------------------------------ rates
 
     def queue_counts(self, vhost: str, name: str) -> dict[str, int]:
-        leader = self.view.leader(vhost, name)
-        return message_stats_counts(leader.counters) if leader is not None else {}
+        counters = self.view.queue_counters(vhost, name)
+        return message_stats_counts(counters) if counters is not None else {}
 
     def rate_samples(self) -> dict[Any, dict[str, int]]:
         """What the sampler records each interval: every queue's counters and lengths, and
@@ -230,7 +227,7 @@ class ManagementApi:
             "product_version": __version__,
             "product_name": "Leveret",
             "rabbitmq_version": shapes.RABBITMQ_VERSION,
-            "cluster_name": self.node.server_properties.get("cluster_name", view.node_name),
+            "cluster_name": view.cluster_name,
             "erlang_version": platform.python_version(),
             "erlang_full_version": f"Python {platform.python_version()}",
             "disable_stats": False,
@@ -253,11 +250,11 @@ class ManagementApi:
 
     def listeners_json(self) -> list[dict[str, Any]]:
         return [{"node": self.view.node_name, "protocol": proto, "ip_address": host, "port": port,
-                 "socket_opts": {}} for proto, host, port in self.node.listeners]
+                 "socket_opts": {}} for proto, host, port in self.view.listeners]
 
     def contexts_json(self) -> list[dict[str, Any]]:
         return [{"ssl_opts": [], "node": self.view.node_name, "description": "Leveret Management", "path": "/",
-                 "port": str(port)} for proto, _host, port in self.node.listeners if proto == "http"]
+                 "port": str(port)} for proto, _host, port in self.view.listeners if proto == "http"]
 
     def node_json(self) -> dict[str, Any]:
         status = self.view.status()
@@ -309,7 +306,7 @@ class ManagementApi:
         return self.one(call, self.node_json())
 
     async def cluster_name(self, call: Call) -> Response:
-        return json_reply({"name": self.node.server_properties.get("cluster_name", self.view.node_name)})
+        return json_reply({"name": self.view.cluster_name})
 
     async def extensions(self, call: Call) -> Response:
         return json_reply([])
@@ -431,11 +428,10 @@ class ManagementApi:
         payload = payload_field(body)
         properties = properties_field(object_field(body, "properties"), call.who.name)
         self.check_amqp(call, vhost, auth.checks_for_publish(vhost, name))
-        node = self.node
-        if name and node.router.exchange_ref(vhost, name) is None:
-            raise bad_request(f"404 NOT_FOUND - no exchange '{name}' in vhost '{vhost}'")
-        if node.router.is_internal(vhost, name):
-            raise bad_request(f"403 ACCESS_REFUSED - cannot publish to internal exchange '{name}' in vhost '{vhost}'")
+        refused = self.view.exchange_accepts_publish(vhost, name)
+        if refused is not None:
+            # RabbitMQ answers these 400, quoting the channel error with its code.
+            raise bad_request(f"{refused.code} {refused.text}")
         record = self.view.metadata.exchange(vhost, name)
         if record is not None and name:
             topic = self.view.metadata.topic_permissions(vhost, call.who.name, name)
@@ -450,21 +446,8 @@ class ManagementApi:
             if not isinstance(parsed, int):
                 raise bad_request(f"invalid 'expiration' property: {json.dumps(properties.expiration)}")
             expiration_ms = parsed
-        queues = sorted(node.router.route(vhost, name, routing_key, properties.headers).queues)
-        message = Message(name, routing_key, properties, payload, properties.delivery_mode == 2,
-                          properties.priority or 0, expiration_ms, None, node.next_message_id())
-        now = node.now_ms()
-        if len(queues) > 1:
-            node.hold_dead_letters()
-        try:
-            for queue in queues:
-                leader = node.leader(vhost, queue)
-                if leader is not None:
-                    leader.publish(message, now, None)
-        finally:
-            if len(queues) > 1:
-                node.release_dead_letters()
-        return json_reply({"routed": bool(queues)})
+        routed = self.view.publish(vhost, name, routing_key, properties, payload, expiration_ms)
+        return json_reply({"routed": routed})
 
     # ------------------------------------------------------------------ queues
 
@@ -511,66 +494,51 @@ class ManagementApi:
                 name, vhost, arguments, durable=durable, exclusive=False, auto_delete=auto_delete)
             if refused is not None:
                 raise _amqp_refusal(refused)
-        await self.propose(md.DeclareQueue(vhost, name, durable, auto_delete, None, arguments, self.node.name))
+        await self.propose(md.DeclareQueue(vhost, name, durable, auto_delete, None, arguments, self.view.node_name))
         return created_or_updated(existed)
 
     async def delete_queue(self, call: Call) -> Response:
         q = self.queue_record(call)
         self.check_amqp(call, q.vhost, auth.checks_for_queue_delete(q.vhost, q.name))
-        leader = self.view.leader(q.vhost, q.name)
-        if leader is not None:
-            # RabbitMQ checks if-empty (ready messages) before if-unused.
-            if parse_bool(call.query.get("if-empty")) and leader.message_count():
-                raise bad_request(f"queue '{q.name}' in vhost '{q.vhost}' not empty")
-            if parse_bool(call.query.get("if-unused")) and leader.consumer_count():
-                raise bad_request(f"queue '{q.name}' in vhost '{q.vhost}' in use")
+        ready, consumers = self.view.queue_lengths(q.vhost, q.name) or (0, 0)
+        # RabbitMQ checks if-empty (ready messages) before if-unused.
+        if parse_bool(call.query.get("if-empty")) and ready:
+            raise bad_request(f"queue '{q.name}' in vhost '{q.vhost}' not empty")
+        if parse_bool(call.query.get("if-unused")) and consumers:
+            raise bad_request(f"queue '{q.name}' in vhost '{q.vhost}' in use")
         await self.propose(md.DeleteQueue(q.vhost, q.name, None))
         return no_content()
 
-    def queue_leader(self, call: Call, checks: Callable[[str, str], tuple[auth.Check, ...]]) -> Any:
+    def queue_for_action(self, call: Call, checks: Callable[[str, str], tuple[auth.Check, ...]]) -> md.QueueRecord:
+        """The queue of a purge or get, once the caller's permissions allow it."""
         q = self.queue_record(call)
         self.check_amqp(call, q.vhost, checks(q.vhost, q.name))
         if q.exclusive_owner is not None:
             raise bad_request(f"RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{q.name}' "
                               f"in vhost '{q.vhost}'")
-        leader = self.view.leader(q.vhost, q.name)
-        if leader is None:
-            raise NOT_FOUND
-        return leader
+        return q
 
     async def purge_queue(self, call: Call) -> Response:
-        leader = self.queue_leader(call, auth.checks_for_queue_purge)
-        leader.purge(self.node.now_ms())
+        q = self.queue_for_action(call, auth.checks_for_queue_purge)
+        if self.view.purge(q.vhost, q.name) is None:
+            raise NOT_FOUND
         return no_content()
 
     async def get_messages(self, call: Call) -> Response:
-        leader = self.queue_leader(call, auth.checks_for_consume)
+        q = self.queue_for_action(call, auth.checks_for_consume)
         body = await call.body()
         _check(missing_keys(body, "count", "ackmode", "encoding"))
         count = int_field(body, "count", 1) or 0
         ackmode = str_field(body, "ackmode", "")
         encoding = str_field(body, "encoding", "auto")
         truncate = int_field(body, "truncate", None)
-        if ackmode not in ACK_MODES:
-            raise bad_request(f"'ackmode' must be one of {', '.join(ACK_MODES)}, got {json.dumps(ackmode)}")
+        if ackmode not in SETTLE_MODES:
+            raise bad_request(f"'ackmode' must be one of {', '.join(SETTLE_MODES)}, got {json.dumps(ackmode)}")
         if encoding not in GET_ENCODINGS:
             raise bad_request(f"'encoding' must be auto or base64, got {json.dumps(encoding)}")
-        now = self.node.now_ms()
-        taken = []
-        for _ in range(max(count, 0)):
-            got = leader.get(now, False)
-            if got is None:
-                break
-            taken.append(got)
-        seqs = tuple(g.seq for g in taken)
-        # RabbitMQ's get takes each message with an acknowledgement, then settles them as asked.
-        if seqs:
-            if ackmode == "ack_requeue_false":
-                leader.settle(seqs, now)
-            elif ackmode == "reject_requeue_false":
-                leader.reject(seqs, now)
-            else:
-                leader.requeue(seqs, now)
+        taken = self.view.get_messages(q.vhost, q.name, count, ackmode)
+        if taken is None:
+            raise NOT_FOUND
         return json_reply([shapes.message_json(g.message, g.redelivered, g.remaining, encoding, truncate)
                            for g in taken])
 
@@ -711,16 +679,12 @@ class ManagementApi:
         self.require_vhost_exists(vhost)
         _check(access.require_vhost(call.who, vhost))
         # As RabbitMQ's: declare the vhost's aliveness-test queue, publish to it, get it back.
-        await self.propose(md.DeclareQueue(vhost, ALIVENESS_QUEUE, False, False, None, {}, self.node.name))
-        leader = self.view.leader(vhost, ALIVENESS_QUEUE)
-        if leader is None:
-            return json_reply({"status": "failed", "reason": "aliveness-test queue has no leader"}, 503)
-        now = self.node.now_ms()
-        leader.purge(now)
-        leader.publish(Message("", ALIVENESS_QUEUE, spec.BasicProperties(), b"test_message",
-                               id=self.node.next_message_id()), now, None)
-        got = leader.get(now, True)
-        if got is None or got.message.body != b"test_message":
+        await self.propose(md.DeclareQueue(vhost, ALIVENESS_QUEUE, False, False, None, {}, self.view.node_name))
+        view = self.view
+        view.purge(vhost, ALIVENESS_QUEUE)
+        view.publish(vhost, "", ALIVENESS_QUEUE, spec.BasicProperties(), b"test_message", None)
+        got = view.get_messages(vhost, ALIVENESS_QUEUE, 1, "ack_requeue_false")
+        if not got or got[0].message.body != b"test_message":
             return json_reply({"status": "failed", "reason": "the test message did not come back"}, 503)
         return json_reply({"status": "ok"})
 
@@ -960,11 +924,11 @@ class ManagementApi:
             defs = {key: [{**item, "vhost": vhost} for item in defs.get(key) or [] if isinstance(item, dict)]
                     for key in ("policies", "queues", "exchanges", "bindings")}
         try:
-            commands = import_commands(defs, self.node.name, self.view.metadata)
+            commands = import_commands(defs, self.view.node_name, self.view.metadata)
         except (ValueError, TypeError, AttributeError) as exc:
             raise bad_request(f"Failed to import definitions: {exc}") from None
         for kind, cmd in commands:
-            result = await self.node.propose_metadata(cmd)
+            result = await self.view.propose(cmd)
             if isinstance(result, md.Refusal):
                 raise bad_request(f"Failed to import definitions: {kind or 'users'}: {refusal_reason(result.text)}")
         return no_content()
@@ -972,7 +936,7 @@ class ManagementApi:
     # ------------------------------------------------------------------ health checks
 
     async def check_alarms(self, call: Call) -> Response:
-        alarms = sorted(self.node.alarms)
+        alarms = sorted(self.view.alarms)
         if alarms:
             return json_reply({"status": "failed", "reason": "resource alarm(s) in effect in the cluster",
                                "alarms": [{"node": self.view.node_name, "resource": a} for a in alarms]}, 503)
@@ -986,7 +950,7 @@ class ManagementApi:
         text = call.params["port"]
         if not text.isdigit():
             raise bad_request(f"port must be a number, got {json.dumps(text)}")
-        ports = sorted(p for _proto, _host, p in self.node.listeners)
+        ports = sorted(p for _proto, _host, p in self.view.listeners)
         if int(text) in ports:
             return json_reply({"status": "ok", "port": int(text)})
         return json_reply({"status": "failed", "reason": "No active listener", "missing": int(text),
@@ -994,7 +958,7 @@ class ManagementApi:
 
     async def check_protocol_listener(self, call: Call) -> Response:
         protocol = path_name(call.params["protocol"])
-        protocols = sorted({proto for proto, _host, _port in self.node.listeners})
+        protocols = sorted({proto for proto, _host, _port in self.view.listeners})
         if protocol in protocols:
             return json_reply({"status": "ok", "protocol": protocol})
         return json_reply({"status": "failed", "reason": "No active listener", "missing": protocol,

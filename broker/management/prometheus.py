@@ -110,15 +110,15 @@ class MetricsSnapshot:
     writer: Any
 
 
-def metrics_snapshot(view: NodeView, cluster: str) -> MetricsSnapshot:
+def metrics_snapshot(view: NodeView) -> MetricsSnapshot:
     queues = []
     for row in view.queue_rows():
-        leader = view.leader(row["vhost"], row["name"])
-        queues.append({**row, "counts": message_stats_counts(leader.counters) if leader is not None else {}})
+        counters = view.queue_counters(row["vhost"], row["name"])
+        queues.append({**row, "counts": message_stats_counts(counters) if counters is not None else {}})
     meta = view.metadata
     return MetricsSnapshot(
         node=view.node_name,
-        cluster=cluster,
+        cluster=view.cluster_name,
         queues=queues,
         connections=len(view.connection_rows()),
         channels=len(view.channel_rows()),
@@ -240,8 +240,7 @@ def prometheus_app(node: "Node") -> Starlette:
 
     def scrape(per_object: bool) -> Any:
         async def endpoint(request: Request) -> Response:
-            cluster = str(node.server_properties.get("cluster_name", view.node_name))
-            text = render(families(metrics_snapshot(view, cluster), per_object))
+            text = render(families(metrics_snapshot(view), per_object))
             return PlainTextResponse(text, media_type=CONTENT_TYPE)
 
         return endpoint
