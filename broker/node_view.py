@@ -386,6 +386,14 @@ class NodeView:
                 return s
         return None
 
+    def close_connection(self, ident: str, reason: str) -> bool:
+        """Close a connection with 320 CONNECTION_FORCED and `reason`; False if there is none."""
+        session = self.find_connection(ident)
+        if session is None:
+            return False
+        session.force_close(320, f"CONNECTION_FORCED - {reason}")
+        return True
+
     def connection_rows(self) -> list[dict[str, Any]]:
         rows = []
         for s in self.open_sessions():

@@ -16,7 +16,7 @@ import os
 import platform
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -84,6 +84,16 @@ Handler = Callable[["ManagementApi", Call], Awaitable[Response]]
 def _check(refusal: ApiError | None) -> None:
     if refusal is not None:
         raise refusal
+
+
+T = TypeVar("T")
+
+
+def _found(value: T | None) -> T:
+    """The object a path names; 404 when there is none."""
+    if value is None:
+        raise NOT_FOUND
+    return value
 
 
 def json_reply(value: Any, status: int = 200) -> Response:
@@ -333,22 +343,18 @@ class ManagementApi:
 
     def find_connection(self, call: Call) -> dict[str, Any]:
         name = path_name(call.params["connection"])
-        found = next((c for c in self.visible_connections(call) if c["name"] == name), None)
-        if found is None:
-            raise NOT_FOUND
+        found = _found(next((c for c in self.visible_connections(call) if c["name"] == name), None))
         return found
 
     async def connection(self, call: Call) -> Response:
         return self.one(call, self.find_connection(call))
 
     async def close_connection(self, call: Call) -> Response:
-        found = self.find_connection(call)
-        session = self.view.find_connection(found["name"])
-        if session is None:
-            raise NOT_FOUND
+        name = self.find_connection(call)["name"]
         reason = call.request.headers.get("x-reason") or "Closed via management plugin"
-        log.info("closing connection %s on request of %s over HTTP: %s", session.id, call.who.name, reason)
-        session.force_close(320, f"CONNECTION_FORCED - {reason}")
+        log.info("closing connection %s on request of %s over HTTP: %s", name, call.who.name, reason)
+        if not self.view.close_connection(name, reason):
+            raise NOT_FOUND  # gone between the lookup and the close
         return no_content()
 
     async def connection_channels(self, call: Call) -> Response:
@@ -365,9 +371,7 @@ class ManagementApi:
 
     async def channel(self, call: Call) -> Response:
         name = path_name(call.params["channel"])
-        found = next((c for c in self.visible_channels(call) if c["name"] == name), None)
-        if found is None:
-            raise NOT_FOUND
+        found = _found(next((c for c in self.visible_channels(call) if c["name"] == name), None))
         return self.one(call, found)
 
     def consumers_of(self, vhosts: list[str]) -> list[dict[str, Any]]:
@@ -385,9 +389,7 @@ class ManagementApi:
     def exchange_row(self, call: Call) -> dict[str, Any]:
         vhost = self.visible_vhosts(call, path_name(call.params["vhost"]))[0]
         name = exchange_name(call.params["exchange"])
-        row = next((r for r in self.view.exchange_rows(vhost) if r["name"] == name), None)
-        if row is None:
-            raise NOT_FOUND
+        row = _found(next((r for r in self.view.exchange_rows(vhost) if r["name"] == name), None))
         return row
 
     async def exchange(self, call: Call) -> Response:
@@ -460,9 +462,7 @@ class ManagementApi:
 
     def queue_record(self, call: Call) -> md.QueueRecord:
         vhost = self.visible_vhosts(call, path_name(call.params["vhost"]))[0]
-        q = self.view.metadata.queue(vhost, path_name(call.params["queue"]))
-        if q is None:
-            raise NOT_FOUND
+        q = _found(self.view.metadata.queue(vhost, path_name(call.params["queue"])))
         return q
 
     async def queue(self, call: Call) -> Response:
@@ -536,9 +536,7 @@ class ManagementApi:
             raise bad_request(f"'ackmode' must be one of {', '.join(SETTLE_MODES)}, got {json.dumps(ackmode)}")
         if encoding not in GET_ENCODINGS:
             raise bad_request(f"'encoding' must be auto or base64, got {json.dumps(encoding)}")
-        taken = self.view.get_messages(q.vhost, q.name, count, ackmode)
-        if taken is None:
-            raise NOT_FOUND
+        taken = _found(self.view.get_messages(q.vhost, q.name, count, ackmode))
         return json_reply([shapes.message_json(g.message, g.redelivered, g.remaining, encoding, truncate)
                            for g in taken])
 
@@ -605,9 +603,7 @@ class ManagementApi:
 
     def binding(self, call: Call) -> dict[str, Any]:
         key = path_name(call.params["props"])
-        found = next((b for b in self.bindings_between(call) if b["properties_key"] == key), None)
-        if found is None:
-            raise NOT_FOUND
+        found = _found(next((b for b in self.bindings_between(call) if b["properties_key"] == key), None))
         return found
 
     async def get_binding(self, call: Call) -> Response:
@@ -702,9 +698,7 @@ class ManagementApi:
 
     def user_record(self, call: Call) -> md.UserRecord:
         _check(access.require_admin(call.who))
-        user = self.view.metadata.user(path_name(call.params["user"]))
-        if user is None:
-            raise NOT_FOUND
+        user = _found(self.view.metadata.user(path_name(call.params["user"])))
         return user
 
     async def user(self, call: Call) -> Response:
@@ -780,9 +774,7 @@ class ManagementApi:
 
     async def permission(self, call: Call) -> Response:
         vhost, user = self.permission_target(call)
-        p = self.view.metadata.permission(vhost, user)
-        if p is None:
-            raise NOT_FOUND
+        p = _found(self.view.metadata.permission(vhost, user))
         return self.one(call, shapes.permission_json(p))
 
     async def put_permission(self, call: Call) -> Response:
@@ -848,9 +840,7 @@ class ManagementApi:
 
     async def policy(self, call: Call) -> Response:
         vhost, name = self.policy_target(call)
-        p = self.view.metadata.policy(vhost, name)
-        if p is None:
-            raise NOT_FOUND
+        p = _found(self.view.metadata.policy(vhost, name))
         return self.one(call, shapes.policy_json(p))
 
     async def put_policy(self, call: Call) -> Response:
