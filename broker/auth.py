@@ -42,6 +42,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
+from cluster.logtext import peer_text
+
 # --------------------------------------------------------------------------
 # The records we read: cluster/metadata.py's UserRecord, Permission, TopicPermission
 # (or anything shaped like them); only the fields used here.
@@ -162,7 +164,7 @@ class LoginRefused:
     """A refused login.
 
     `log_message` is what RabbitMQ logs ("PLAIN login refused: user 'u' - invalid
-    credentials"). The client never sees the reason: if it announced the
+    credentials"), the user name in it escaped and bounded (`peer_text`). The client never sees the reason: if it announced the
     `authentication_failure_close` capability it gets connection.close with
     `reply_code`/`reply_text`; otherwise RabbitMQ just closes the socket.
     """
@@ -205,21 +207,23 @@ def authenticate(
 
     `user` is the record for `username`, or None if there is none. Order as in
     RabbitMQ: blank password, then credentials (an unknown user and a wrong
-    password give the same refusal), then the loopback restriction.
+    password give the same refusal), then the loopback restriction. The name in
+    the log message is escaped and bounded: whoever opened the socket chose it.
     """
+    shown = peer_text(username)
     if password == "":
         return _login_refused(
             username,
             mechanism,
-            f"user '{username}' attempted to log in with a blank password, which is prohibited by the "
+            f"user '{shown}' attempted to log in with a blank password, which is prohibited by the "
             "internal authN backend. To use TLS/x509 certificate-based authentication, see the "
             "rabbitmq_auth_mechanism_ssl plugin and configure the client to use the EXTERNAL "
             "authentication mechanism. Alternatively change the password for the user to be non-blank.",
         )
     if user is None or not check_password(user.password_hash, user.hashing_algorithm, password):
-        return _login_refused(username, mechanism, f"user '{username}' - invalid credentials")
+        return _login_refused(username, mechanism, f"user '{shown}' - invalid credentials")
     if not is_loopback(local_address) and username in set(loopback_users):
-        return _login_refused(username, mechanism, f"user '{username}' can only connect via localhost")
+        return _login_refused(username, mechanism, f"user '{shown}' can only connect via localhost")
     return Authenticated(username=user.name, tags=user_tags(user))
 
 

@@ -13,7 +13,8 @@ asks for the host name.
 Defaults follow RabbitMQ: listen on all interfaces, AMQP 5672, distribution
 port = AMQP port + 20000 (25672), management 15672, guest/guest on "/",
 loopback-only guest, heartbeat 60 s, frame_max 131072, channel_max 2047,
-memory high watermark 0.4 of RAM, disk free limit 50 MB. Sizes accept
+memory high watermark 0.4 of RAM, disk free limit 50 MB, max_message_size
+128 MiB (at most 512 MiB), 3 s before a failed login is answered. Sizes accept
 RabbitMQ's units: "50MB"/"50M"/"50k" are decimal (1000-based, as RabbitMQ
 3.13+ and Kubernetes read them), "2GiB"/"2Gi" binary, a bare number bytes.
 """
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from broker.amqp.channel import DEFAULT_MAX_MESSAGE_SIZE, MAX_MSG_SIZE
 
 DEFAULT_CONFIG_FILE = "leveret.yaml"
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "none")
@@ -88,6 +91,13 @@ class Settings:
     # (0: never page), and the same window in bytes of bodies.
     queue_memory_window: int = 10_000
     queue_memory_window_bytes: int = 32 << 20
+    # RabbitMQ 3.10's default and ceiling (512 MiB, rabbit.hrl ?MAX_MSG_SIZE).
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # Seconds a failed handshake (a refused login above all) waits before it is answered
+    # and closed, RabbitMQ's ?SILENT_CLOSE_DELAY; at most this many wait at once, the
+    # others are closed at once.
+    failed_auth_delay: float = 3.0
+    failed_auth_delay_max_connections: int = 1000
     config_file: str | None = None
 
 
@@ -235,6 +245,26 @@ def _positive_size(value: Any, hostname: str) -> int:
     return size
 
 
+def _message_size(value: Any, hostname: str) -> int:
+    size = _size(value, hostname)
+    if not 1 <= size <= MAX_MSG_SIZE:
+        raise _Invalid(f"must be a size between 1 byte and {MAX_MSG_SIZE} bytes (512MiB, RabbitMQ's maximum), "
+                       f"{_got(value)}")
+    return size
+
+
+def _seconds(low: float, high: float) -> Callable[[Any, str], float]:
+    def parse(value: Any, hostname: str) -> float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        return _fraction(value, low, high)
+
+    return parse
+
+
 def _path(value: Any, hostname: str) -> Path:
     return Path(_text(value, hostname))
 
@@ -262,6 +292,9 @@ _KEYS: dict[str, tuple[Callable[[Any, str], Any], str | None]] = {
     "cluster_nodes": (_node_names, None),
     "queue_memory_window": (_int_in(0, 2**31 - 1, " (0 turns paging off)"), "LEVERET_QUEUE_MEMORY_WINDOW"),
     "queue_memory_window_bytes": (_positive_size, None),
+    "max_message_size": (_message_size, None),
+    "failed_auth_delay": (_seconds(0.0, 60.0), None),
+    "failed_auth_delay_max_connections": (_int_in(0, 1_000_000, " (0: never delay)"), None),
 }
 
 ENVIRONMENT_VARIABLES = {env: key for key, (_, env) in _KEYS.items() if env}

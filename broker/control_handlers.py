@@ -42,6 +42,8 @@ from cluster.control import (
     EX_USAGE,
     ControlError,
 )
+from cluster.logtext import PEER_REASON_LIMIT, peer_text
+from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, too_deep
 from cluster.policy import parse_definition, pcre_error, validate_policy
 
 if TYPE_CHECKING:
@@ -55,14 +57,17 @@ APP_NOT_RUNNING = ("this command requires the 'leveret' app to be running on the
 # Operations that work while the app is stopped (they manage the node itself).
 _WITHOUT_APP = frozenset({"ping", "status", "environment", "stop", "stop_app", "start_app", "await_startup"})
 
-def typed_value(value: Any) -> tuple[str, Any]:
+def typed_value(value: Any, depth: int = 1) -> tuple[str, Any]:
     """(AMQP type, value) with the value as the CLI renders it: tables as triples, arrays as
-    [type, value] pairs, a decimal as [scale, unscaled] (RabbitMQ's {Scale, Value})."""
+    [type, value] pairs, a decimal as [scale, unscaled] (RabbitMQ's {Scale, Value}). A table
+    or array deeper than the bound keeps its type and has ELIDED for a value."""
     kind = md.amqp_type(value)
+    if kind in ("table", "array") and depth > MAX_TABLE_DEPTH:
+        return kind, ELIDED
     if kind == "table":
-        return kind, typed_table(value)
+        return kind, typed_table(value, depth)
     if kind == "array":
-        return kind, [list(typed_value(v)) for v in value]
+        return kind, [list(typed_value(v, depth + 1)) for v in value]
     if kind == "decimal":
         sign, digits, exponent = value.as_tuple()
         unscaled = int("".join(map(str, digits)) or "0") * (-1 if sign else 1)
@@ -72,9 +77,9 @@ def typed_value(value: Any) -> tuple[str, Any]:
     return kind, plain(value)
 
 
-def typed_table(table: Mapping[str, Any] | None) -> list[list[Any]]:
-    """A field table as [key, AMQP type, value] triples (rabbitmqctl's JSON shape)."""
-    return [[key, *typed_value(value)] for key, value in (table or {}).items()]
+def typed_table(table: Mapping[str, Any] | None, depth: int = 1) -> list[list[Any]]:
+    """A field table (at level `depth`) as [key, AMQP type, value] triples (rabbitmqctl's JSON shape)."""
+    return [[key, *typed_value(value, depth + 1)] for key, value in (table or {}).items()]
 
 
 def _check_regexes(patterns: list[str], user: str, vhost: str, *, topic: bool = False) -> None:
@@ -82,7 +87,8 @@ def _check_regexes(patterns: list[str], user: str, vhost: str, *, topic: bool = 
         error = pcre_error(pattern)
         if error is not None:
             log.warning("Failed to set %spermissions for '%s' in virtual host '%s': regular expression '%s' "
-                        "is invalid", "topic " if topic else "", user, vhost, pattern)
+                        "is invalid", "topic " if topic else "", peer_text(user), peer_text(vhost),
+                        peer_text(pattern))
             # RabbitMQ hands set_permissions' patterns to re as charlists ('('), and
             # set_topic_permissions' as binaries ("("); the error term shows which.
             shown = json.dumps(pattern) if topic else f"'{pattern}'"
@@ -192,7 +198,7 @@ class ControlHandlers:
         # Answer first, then stop the way SIGTERM does (connections closed with 320 first).
         async def stop_soon() -> None:
             await trio.sleep(0.1)
-            log.info("stop requested by %s", args.get("by", "leveretctl"))
+            log.info("stop requested by %s", peer_text(args.get("by", "leveretctl")))
             os.kill(os.getpid(), signal.SIGTERM)
 
         trio.lowlevel.spawn_system_task(stop_soon)
@@ -495,10 +501,11 @@ class ControlHandlers:
                 # rabbitmqctl 3.10.8 prints "Error:" twice here.
                 raise ControlError(f'Error:\n{{:invalid_pid_syntax, "{ident}"}}', EX_UNAVAILABLE)
             # A well-formed pid that is no connection (any more): RabbitMQ logs it and succeeds.
-            log.warning("Asked to close connection %s (reason: %r) but it is not an active connection. "
-                        "Was it already closed?", ident, reason)
+            log.warning("Asked to close connection %s (reason: '%s') but it is not an active connection. "
+                        "Was it already closed?", peer_text(ident), peer_text(reason, PEER_REASON_LIMIT))
             return None
-        log.info("closing connection %s on request of leveretctl: %s", session.id, reason)
+        log.info("closing connection %s on request of leveretctl: %s", session.id,
+                 peer_text(reason, PEER_REASON_LIMIT))
         session.force_close(320, f"CONNECTION_FORCED - {reason}")
         return None
 
@@ -555,6 +562,15 @@ def _need(item: Mapping[str, Any], kind: str, *keys: str) -> None:
             raise ValueError(f"{kind} {json.dumps(plain(dict(item)))[:200]} has no '{key}'")
 
 
+def _arguments(item: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """An imported item's arguments, held to the bound the AMQP codec holds a declare to."""
+    arguments = dict(item.get("arguments") or {})
+    if too_deep(arguments):
+        raise ValueError(f"{kind} '{item.get('name', item.get('destination'))}' in vhost '{item.get('vhost')}': "
+                         f"arguments nested too deeply (more than {MAX_TABLE_DEPTH} levels)")
+    return arguments
+
+
 def import_commands(defs: Mapping[str, Any], node_name: str,
                     meta: md.MetadataState) -> list[tuple[str, md.Command]]:
     """The metadata commands that import a RabbitMQ definitions document, in RabbitMQ's
@@ -605,7 +621,7 @@ def import_commands(defs: Mapping[str, Any], node_name: str,
                                              dict(p["definition"]), int(p.get("priority") or 0))))
     for q in defs.get("queues") or []:
         _need(q, "queue", "name", "vhost")
-        arguments = dict(q.get("arguments") or {})
+        arguments = _arguments(q, "queue")
         queue_type = str(q.get("type") or arguments.get("x-queue-type") or "classic")
         out.append(("queues", md.DeclareQueue(str(q["vhost"]), str(q["name"]), bool(q.get("durable", True)),
                                               bool(q.get("auto_delete", False)), None, arguments, node_name,
@@ -617,10 +633,10 @@ def import_commands(defs: Mapping[str, Any], node_name: str,
             continue  # every vhost has these already
         out.append(("exchanges", md.DeclareExchange(str(x["vhost"]), name, str(x["type"]),
                                                     bool(x.get("durable", True)), bool(x.get("auto_delete", False)),
-                                                    bool(x.get("internal", False)), dict(x.get("arguments") or {}))))
+                                                    bool(x.get("internal", False)), _arguments(x, "exchange"))))
     for b in defs.get("bindings") or []:
         _need(b, "binding", "source", "vhost", "destination", "destination_type")
         out.append(("bindings", md.Bind(str(b["vhost"]), str(b["source"]), str(b["destination"]),
                                         str(b["destination_type"]), str(b.get("routing_key") or ""),
-                                        dict(b.get("arguments") or {}))))
+                                        _arguments(b, "binding"))))
     return out

@@ -33,14 +33,14 @@ import psutil
 import trio
 
 from broker import __version__, auth
-from broker.alarms import ResourceLimits, block_reason
+from broker.alarms import DISK, ResourceLimits, block_reason
 from broker.amqp import codec
 from broker.amqp.connection import default_server_properties
 from broker.arguments import QueueSettings, parse_expiration
 from broker.config import DiskFreeLimit, MemoryWatermark, Settings
 from broker.deadletter import dead_letter, without_cycles
 from broker.message import Message
-from broker.paging import delete_leftover_pages
+from broker.paging import PAGED_TABLE, delete_leftover_pages
 from broker.queue import DeadLetter
 from broker.queue_leader import MESSAGES_TABLE, QueueLeader, decode_persisted, queue_key_prefix
 from broker.routing import Router
@@ -48,11 +48,12 @@ from broker.session import Session
 from cluster import metadata as md
 from cluster.control import serve_control
 from cluster.cookie import load_cookie
+from cluster.logtext import RefusalLog
 from cluster.raft.driver import Applied, MemoryNetwork, RaftDriver
 from cluster.raft.group import RaftConfig
 from cluster.raft.node import RaftNode
 from storage.datadir import open_data_dir
-from storage.interface import Store, WriteBatch
+from storage.interface import Delete, Put, Store, StoreError, WriteBatch
 from storage.staging import StagedWrites
 from storage.writer import GroupCommitWriter
 
@@ -66,6 +67,14 @@ SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reaso
 WRITER_BACKLOG_OPS = 50_000
 # ... and octets of values (message pages, persisted messages) not yet written.
 WRITER_BACKLOG_BYTES = 8 << 20
+# While the store refuses writes: how often a refused metadata write is tried again, and
+# how long after the last refusal a successful write clears the failure (seconds; a failing
+# store is also probed once per resource sample, every second); and at most one log line
+# per this many seconds about it.
+STORE_RETRY_SECONDS = 1.0
+STORE_ERROR_LOG_INTERVAL = 10.0
+# A row written and deleted in one batch: a write that changes nothing, to probe the store.
+STORE_PROBE_TABLE = "store_probe"
 
 
 class _MetadataMachine:
@@ -116,7 +125,15 @@ class Node:
         self.listeners: list[tuple[str, str, int]] = []
         self._message_ids = 0
         # Store operations waiting for the writer's next cycle (see `stage`).
-        self.staged = StagedWrites()
+        self.staged = StagedWrites(on_written=self._staged_written)
+        # Why the store refused the last write, while it refuses them (see `_store_failed`),
+        # and when (trio time) it last refused one.
+        self.store_failure: str | None = None
+        self._store_refused_at = 0.0
+        self._store_log = RefusalLog(log, interval=STORE_ERROR_LOG_INTERVAL)
+        # Keys of persisted messages whose deletion the store refused: deleted again once
+        # it takes writes, so acknowledged messages do not come back after a restart.
+        self._refused_deletes: list[bytes] = []
         self.stage_message = self.staged.add_row
         self.forget_message = self.staged.delete
         self._connections = 0
@@ -155,14 +172,12 @@ class Node:
                 await nursery.start(self.writer.run)
                 raft = RaftNode(self.name, RaftConfig(), incarnation=int(time.time()))
                 transport = MemoryNetwork().transport(self.name)
-                self.driver = RaftDriver(raft, store, transport, write=self.writer.write)
+                self.driver = RaftDriver(raft, store, transport, write=self.write_until_taken)
                 self.driver.add_group(METADATA_GROUP, _MetadataMachine(self), voters=(self.name,))
                 await nursery.start(self.driver.run)
                 await self._await_leadership()
-                first_start = not self.metadata.users() and not self.metadata.vhosts()
                 await self.propose_metadata(md.DropTransient(self.name, exchanges=True))
-                if first_start:
-                    await self._bootstrap()
+                await self._propose_defaults()
                 self._recover_messages()
                 host = settings.node_ip_address
                 port = await nursery.start(self._serve_app, host, settings.node_port)
@@ -251,13 +266,17 @@ class Node:
                 self.driver._kick.set()
                 await trio.sleep(0.01)
 
-    async def _bootstrap(self) -> None:
+    async def _propose_defaults(self) -> None:
+        """The default vhost, user and permissions, on every start. Whether they are made is
+        the metadata's decision (`CreateDefaults`): the first one the cluster applies makes
+        them, into empty metadata only, and no later one does, so neither a restart (however
+        far its replay has got) nor a node joining a cluster makes defaults of its own."""
         s = self.settings
-        log.info("creating user '%s', vhost '%s' and granting full permissions", s.default_user, s.default_vhost)
-        await self.propose_metadata(md.AddVhost(s.default_vhost, "Default virtual host"))
-        await self.propose_metadata(md.AddUser(s.default_user, auth.hash_password(s.default_pass),
-                                               tags=("administrator",)))
-        await self.propose_metadata(md.SetPermissions(s.default_vhost, s.default_user, ".*", ".*", ".*"))
+        made = await self.propose_metadata(md.CreateDefaults(
+            s.default_vhost, s.default_user, auth.hash_password(s.default_pass), auth.DEFAULT_HASHING,
+            ("administrator",)))
+        if made is True:
+            log.info("creating user '%s', vhost '%s' and granting full permissions", s.default_user, s.default_vhost)
 
     def _recover_messages(self) -> None:
         assert self.store is not None
@@ -270,7 +289,7 @@ class Node:
         if leftover.ops:
             self.submit_write(leftover)
         stale = WriteBatch()
-        by_prefix = {queue_key_prefix(v, n): leader for (v, n), leader in self.leaders.items()}
+        by_prefix = self._leaders_by_prefix()
         for key, value in self.store.items(MESSAGES_TABLE):
             leader = by_prefix.get(key[:-8])
             if leader is None or not leader.durable:
@@ -396,6 +415,97 @@ class Node:
         methods, bound once, as they run once per message."""
         self.staged.add(ops, on_done)
 
+    def _leaders_by_prefix(self) -> dict[bytes, QueueLeader]:
+        """Queue leaders by the key prefix of their rows (persisted messages and pages)."""
+        return {queue_key_prefix(v, n): leader for (v, n), leader in self.leaders.items()}
+
+    # ------------------------------------------------------------------ store failures
+    #
+    # A write the store refuses (a full disk, an I/O error) never ends the node. Nothing
+    # of a refused batch is in the store, and each part is answered for: a persisted
+    # message's publisher is nacked and the message stays in its queue, in memory (pages
+    # naming it by id read it from there); a page stays in memory; a refused deletion is
+    # made again once the store takes writes; a metadata write is tried again until it
+    # is taken. Until a write succeeds the disk alarm is raised (publishers are blocked,
+    # and the log says why), the queues concerned show the state `store_error`, and the
+    # store is probed with a write that changes nothing once a second.
+
+    def _staged_written(self, batch: WriteBatch, exc: BaseException | None) -> None:
+        """A write cycle of staged operations finished (see `storage.staging`)."""
+        if exc is None:
+            self._store_outcome(None)
+            return
+        by_prefix = self._leaders_by_prefix()
+        for op in batch.ops:
+            if not isinstance(op, (Put, Delete)) or op.table not in (MESSAGES_TABLE, PAGED_TABLE):
+                continue
+            # Both tables key a queue's rows by its prefix and an 8-octet id (message, page).
+            leader = by_prefix.get(op.key[:-8])
+            if leader is not None:
+                leader.store_error = str(exc)
+            if op.table == MESSAGES_TABLE:
+                if isinstance(op, Delete):
+                    self._refused_deletes.append(op.key)
+                elif leader is not None:
+                    leader.not_stored(int.from_bytes(op.key[-8:], "big"), op.value)
+        self._store_failed(exc)
+
+    def _store_outcome(self, exc: BaseException | None) -> None:
+        if exc is not None:
+            self._store_failed(exc)
+        elif self.store_failure is not None and trio.current_time() - self._store_refused_at >= STORE_RETRY_SECONDS:
+            # A nearly full disk takes small writes and refuses large ones: a success right
+            # after a refusal proves little, and lifting the alarm at once would let
+            # publishers in to be refused again, flapping the alarm with every write.
+            self._store_recovered()
+
+    def _store_failed(self, exc: BaseException) -> None:
+        raised = self.store_failure is None
+        self.store_failure = str(exc)
+        self._store_refused_at = trio.current_time()
+        self._store_log.log(logging.ERROR, "store", "the store refused a write (%s): what it held stays in "
+                            "memory, and publishers are blocked by the disk alarm until the store takes "
+                            "writes again", exc)
+        if raised:
+            self.set_alarms(self.alarms | {DISK})
+
+    def _store_recovered(self) -> None:
+        self.store_failure = None
+        log.warning("the store takes writes again")
+        for leader in self.leaders.values():
+            leader.store_error = None
+        deletes, self._refused_deletes = self._refused_deletes, []
+        if deletes:
+            self.stage([Delete(MESSAGES_TABLE, key) for key in deletes])
+        self._limits_changed.set()  # the disk alarm is decided afresh
+
+    def _probe_store(self) -> None:
+        """Ask a failing store whether it takes writes again."""
+        if self.writer is None:
+            return
+        probe = WriteBatch()
+        probe.put(STORE_PROBE_TABLE, b"probe", b"probe")
+        probe.delete(STORE_PROBE_TABLE, b"probe")
+        try:
+            self.writer.submit(probe, self._store_outcome)
+        except trio.ClosedResourceError:
+            pass  # stopping
+
+    async def write_until_taken(self, batch: WriteBatch) -> None:
+        """Write `batch` durably, trying again every STORE_RETRY_SECONDS while the store
+        refuses it: the metadata log's writes, which Raft cannot take back once handed
+        over, so a full disk stalls metadata changes instead of ending the node."""
+        assert self.writer is not None
+        while True:
+            try:
+                await self.writer.write(batch)
+            except (StoreError, OSError) as exc:
+                self._store_failed(exc)
+                await trio.sleep(STORE_RETRY_SECONDS)
+                continue
+            self._store_outcome(None)
+            return
+
     def hold_dead_letters(self) -> None:
         """Until `release_dead_letters`, keep the dead letters queues produce. A publish
         routed to several queues reaches all of them before any dead letter one of them
@@ -477,7 +587,12 @@ class Node:
                 disk_free = shutil.disk_usage(self.settings.data_dir).free
             except OSError:
                 disk_free = limits.disk_free_bytes  # unknown: do not alarm on a failed probe
-            self.set_alarms(limits.alarms(self.memory_bytes(), disk_free))
+            alarms = limits.alarms(self.memory_bytes(), disk_free)
+            if self.store_failure is not None:
+                # The store refuses writes, whatever the free space says (see `_store_failed`).
+                alarms |= {DISK}
+                self._probe_store()
+            self.set_alarms(alarms)
             with trio.move_on_after(1.0):
                 await self._limits_changed.wait()
                 self._limits_changed = trio.Event()

@@ -34,6 +34,7 @@ from broker import __version__, auth
 from broker.alarms import ResourceLimits
 from broker.message import Message
 from cluster import metadata as md
+from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, is_container
 
 if TYPE_CHECKING:
     from broker.node import Node
@@ -56,12 +57,16 @@ LISTENER_PURPOSES = {
 }
 
 
-def plain(value: Any) -> Any:
-    """A field-table value made msgpack- and JSON-friendly (RabbitMQ's CLI shows the same)."""
+def plain(value: Any, depth: int = 1) -> Any:
+    """A field-table value made msgpack- and JSON-friendly (RabbitMQ's CLI shows the same).
+    `depth` is the level a table or array `value` sits at; deeper than the bound it is
+    shown as ELIDED (cluster/nesting.py), so no stored value outgrows the stack."""
+    if is_container(value) and depth > MAX_TABLE_DEPTH:
+        return ELIDED
     if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
+        return [plain(v, depth + 1) for v in value]
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("utf-8", errors="replace")
     if isinstance(value, decimal.Decimal):
@@ -351,7 +356,8 @@ class NodeView:
             "memory": 2048 + bytes_ready + bytes_unacked + 256 * (ready + unacked),
             "slave_pids": "",
             "synchronised_slave_pids": "",
-            "state": "running" if leader is not None else "down",
+            # A queue whose writes the store refused (a full disk) says so until one succeeds.
+            "state": "down" if leader is None else "store_error" if leader.store_error else "running",
             "type": queue_type,
             "leader": q.node if replicated else "",
             "members": [q.node] if replicated else "",

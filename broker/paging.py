@@ -17,7 +17,10 @@ value (the very bytes the writer holds, so no second copy) stays in
 write failed, so nothing is lost). Likewise a page read back while the rows of
 its persisted messages are still staged or being written (a small window
 drained as fast as it fills) finds them with the writer
-(`GroupCommitWriter.find_unwritten`). Paged data need not survive a crash —
+(`GroupCommitWriter.find_unwritten`). A persisted message whose row failed to
+be written (a full disk) stays in its queue, in memory: the node hands its
+value back (`keep_unstored`) and a page that names it by id finds it there
+until the message leaves the queue. Paged data need not survive a crash —
 persistent messages are recovered from `queue_messages` and the node deletes
 every leftover page at start (`delete_leftover_pages`).
 
@@ -35,7 +38,6 @@ property octets in a page (a publisher's messages usually share them).
 
 from __future__ import annotations
 
-import logging
 import struct
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -50,7 +52,6 @@ from storage.interface import Store, WriteBatch
 if TYPE_CHECKING:
     from broker.node import Node
 
-log = logging.getLogger("leveret.paging")
 
 MESSAGES_TABLE = "queue_messages"
 PAGED_TABLE = "queue_paged"
@@ -116,6 +117,8 @@ class StorePages:
         self._next = 1
         self._live: set[int] = set()
         self._unwritten: dict[int, bytes] = {}
+        # Persisted messages (by id) whose row never reached the store: their values.
+        self._unstored: dict[int, bytes] = {}
         self.pages_written = 0
         self.pages_read = 0
 
@@ -156,6 +159,17 @@ class StorePages:
 
     # --- the leader's -------------------------------------------------------------------
 
+    def keep_unstored(self, message_id: int, value: bytes) -> None:
+        """The row of persisted message `message_id` failed to be written: pages that
+        refer to it by id read its value from here instead of the store."""
+        self._unstored[message_id] = value
+
+    def forget_unstored(self, messages: Iterable[Message]) -> None:
+        """`messages` left the queue: their values kept by `keep_unstored` go too."""
+        if self._unstored:
+            for m in messages:
+                self._unstored.pop(m.id, None)
+
     def drop_all(self) -> None:
         """The queue is deleted: its pages and the persisted messages they hold go."""
         self._drop(sorted(self._live))
@@ -173,6 +187,7 @@ class StorePages:
                 for entry in self.peek_page(number):
                     if entry.message.persistent:
                         batch.delete(MESSAGES_TABLE, persisted_key(self._prefix, entry.message.id))
+                        self._unstored.pop(entry.message.id, None)
             self._live.discard(number)
             self._unwritten.pop(number, None)
             batch.delete(PAGED_TABLE, self._key(number))
@@ -189,10 +204,9 @@ class StorePages:
             pass  # shutting down: unwritten pages stay in memory, paged data dies with the node anyway
 
     def _written(self, number: int, exc: BaseException | None) -> None:
+        # A failed page stays in `_unwritten`, in memory (the node reports the failure).
         if exc is None:
             self._unwritten.pop(number, None)
-        else:
-            log.error("paging out messages of %r failed, keeping them in memory: %s", self._prefix, exc)
 
     def _encode(self, entries: list[QueueEntry]) -> bytes:
         records: list[Any] = []
@@ -218,6 +232,10 @@ class StorePages:
             missing = {persisted_key(self._prefix, i): i for i in stored_ids if i not in stored}
             for key, value in self._node.writer.find_unwritten(MESSAGES_TABLE, set(missing)).items():
                 stored[missing[key]] = value
+        if len(stored) < len(stored_ids) and self._unstored:
+            for i in stored_ids:
+                if i not in stored and i in self._unstored:
+                    stored[i] = self._unstored[i]
         properties: dict[bytes, Any] = {}
         entries = []
         for seq, expires_at, deliveries, mid, persistent, priority, expiration_ms, exchange, rk, raw, body in records:

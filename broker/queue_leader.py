@@ -126,8 +126,20 @@ class QueueLeader:
         self._dispatching = False
         # Publishers waiting for this queue's consumers to catch up (see `congested`).
         self._uncongested: trio.Event | None = None
+        # `deliveries` when a publisher's flow pause last passed without a single delivery
+        # (-1: never): consumers that took nothing since then are stuck, not falling behind
+        # (see `congested`).
+        self._deliveries_when_stuck = -1
+        # Why the store last refused a write of this queue's (None: no failure since the
+        # store last took a write); `leveretctl list_queues` shows it as the queue's state.
+        self.store_error: str | None = None
 
     # ------------------------------------------------------------------ info
+
+    @property
+    def deliveries(self) -> int:
+        """Messages handed to consumers so far."""
+        return self.counters.deliver + self.counters.deliver_no_ack
 
     @property
     def settings(self) -> QueueSettings:
@@ -147,17 +159,31 @@ class QueueLeader:
         they take. Publishers feeding the queue then pause reading (RabbitMQ's credit
         flow in spirit), so the backlog stays in memory instead of being paged out and
         the consumers get the CPU. Queues without consumers are never congested: a
-        backlog with nobody reading is paged, not throttled."""
-        return self.state.messages_ready > FLOW_HIGH and len(self.consumers) > 0
+        backlog with nobody reading is paged, not throttled. Nor are queues whose
+        consumers take nothing at all (no credit: a prefetch they never ack, or a
+        connection whose socket does not drain): throttling publishers would not help
+        them, so such a backlog is paged as well. That is judged by deliveries, not by
+        anything a consumer's connection shows, so it holds for a consumer anywhere."""
+        return (self.state.messages_ready > FLOW_HIGH and len(self.consumers) > 0
+                and self.deliveries != self._deliveries_when_stuck)
 
-    async def wait_uncongested(self) -> None:
+    async def pause_publisher(self, max_seconds: float) -> None:
+        """A publisher to this congested queue waits until its consumers bring the backlog
+        down to FLOW_LOW, `max_seconds` at most. A whole pause without one delivery means
+        the consumers take nothing: the queue is not congested again until they take one."""
+        deliveries = self.deliveries
         if self._uncongested is None:
             self._uncongested = trio.Event()
-        await self._uncongested.wait()
+        with trio.move_on_after(max_seconds) as waited:
+            await self._uncongested.wait()
+        if waited.cancelled_caught and self.deliveries == deliveries:
+            self._deliveries_when_stuck = deliveries
+            self._release_publishers()
 
     def _release_publishers(self) -> None:
         if self._uncongested is not None and (
-                self.state.messages_ready <= FLOW_LOW or not len(self.consumers) or self.deleted):
+                self.state.messages_ready <= FLOW_LOW or not len(self.consumers) or self.deleted
+                or self.deliveries == self._deliveries_when_stuck):
             self._uncongested.set()
             self._uncongested = None
 
@@ -402,11 +428,21 @@ class QueueLeader:
         self.node.stage_message(MESSAGES_TABLE, persisted_key(self._prefix, m.id), partial(encode_persisted, m),
                                 on_done, len(m.body))
 
+    def not_stored(self, message_id: int, value: bytes) -> None:
+        """The row of persisted message `message_id` failed to be written. The message
+        stays in the queue, in memory (a publisher that asked for confirms was nacked,
+        which allows either outcome); a page naming it by id reads `value` instead of the
+        store until the message leaves the queue."""
+        if self.pages is not None:
+            self.pages.keep_unstored(message_id, value)
+
     def _forget(self, messages: Any) -> None:
         """Delete the persisted copies of `messages` that left this queue (a message
         never persisted here — a rejected publish — deletes nothing that exists)."""
         if not self.durable:
             return
+        if self.pages is not None:
+            self.pages.forget_unstored(messages)
         forget, prefix = self.node.forget_message, self._prefix
         for m in messages:
             if m.persistent:

@@ -14,6 +14,17 @@ non-blocking write of the socket, before yielding, instead of waiting for the
 writer task's turn in the next scheduler pass (~40 µs of a delivery's latency
 at low load); bursts over `DIRECT_WRITE_MAX` are left to the writer. Whatever the socket does not take is kept for the writer, which
 is woken as before; while a writer is sending, nobody else writes its socket.
+
+Under a resource alarm a connection that has published, or has begun a publish whose
+content is still arriving, is not read from (RabbitMQ's rule): at most the one read
+that carried the basic.publish is held of a body the alarm stops, whatever size the
+header declares.
+
+A connection whose handshake failed (a refused login above all) gets its answer and
+its close only after `failed_auth_delay` seconds, RabbitMQ's brake on password
+guessing (?SILENT_CLOSE_DELAY); nothing of it is read meanwhile, and at most
+`failed_auth_delay_max_connections` wait at once (`FailedHandshakes`): beyond that
+they are answered and closed at once, so a flood of failures cannot pile sockets up.
 """
 
 from __future__ import annotations
@@ -35,6 +46,31 @@ RECEIVE_SIZE = 256 * 1024
 # Larger outputs are left to the writer task: a burst that the socket would take only
 # in part gains nothing from an early write and costs a copy of the rest.
 DIRECT_WRITE_MAX = 64 * 1024
+
+
+# How long a closed connection's writer may take to flush its last output.
+FLUSH_TIMEOUT = 5.0
+
+
+class FailedHandshakes:
+    """The connections whose handshake failed that are waiting out the delay."""
+
+    __slots__ = ("delay", "limit", "waiting")
+
+    def __init__(self, delay: float, limit: int) -> None:
+        self.delay = delay
+        self.limit = limit
+        self.waiting = 0
+
+    async def wait(self) -> None:
+        """The delay, unless `limit` connections already wait (then none)."""
+        if self.delay <= 0 or self.waiting >= self.limit:
+            return
+        self.waiting += 1
+        try:
+            await trio.sleep(self.delay)
+        finally:
+            self.waiting -= 1
 
 
 class _ReaderWaits:
@@ -158,10 +194,12 @@ async def serve_amqp(node: "Node", host: str, port: int,  # type: ignore[name-de
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     bound = listeners[0].socket.getsockname()[1]
     task_status.started(bound)
-    await trio.serve_listeners(partial(_serve_connection, node), listeners)
+    failed = FailedHandshakes(node.settings.failed_auth_delay, node.settings.failed_auth_delay_max_connections)
+    await trio.serve_listeners(partial(_serve_connection, node, failed), listeners)
 
 
-async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  # type: ignore[name-defined]  # noqa: F821
+async def _serve_connection(node: "Node", failed: FailedHandshakes,  # type: ignore[name-defined]  # noqa: F821
+                            stream: trio.SocketStream) -> None:
     sock = stream.socket
     try:
         peer = sock.getpeername()[:2]
@@ -179,7 +217,7 @@ async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  #
         async with trio.open_nursery() as nursery:
 
             async def write_then_stop_reading() -> None:
-                await _write(session, stream, output, writer_done)
+                await _write(session, stream, output, writer_done, failed)
                 # The machine closed on its own (missed heartbeats, closing timeout) or the
                 # socket broke: a reader waiting on a silent client would otherwise hold the
                 # socket open forever.
@@ -190,7 +228,7 @@ async def _serve_connection(node: "Node", stream: trio.SocketStream) -> None:  #
             # The peer is gone or the machine closed: let the writer flush (close-ok,
             # connection.close) and finish, then stop.
             output.set()
-            with trio.move_on_after(5):
+            with trio.move_on_after(FLUSH_TIMEOUT + failed.delay):
                 await writer_done.wait()
             nursery.cancel_scope.cancel()
     finally:
@@ -208,18 +246,19 @@ async def _read(session: Session, stream: trio.SocketStream, waits: _ReaderWaits
     while conn.state is not ConnectionState.CLOSED:
         data = b""
         with waits.scope():
-            if node.alarms and session.publishing:
+            if node.alarms and (session.publishing or conn.receiving_content()):
                 # A resource alarm: stop reading from publishers until it clears (RabbitMQ's
-                # flow control); the connection machine pauses its heartbeat monitor meanwhile.
-                await node.alarms_cleared.wait()
+                # flow control), one in the middle of a message included, before its body;
+                # the connection machine pauses its heartbeat monitor meanwhile.
+                await session.held_by_alarm()
                 continue
             congested = session.congested
             if congested is not None:
                 session.congested = None
                 if congested.congested:
+                    log.debug("publisher flow: pausing connection %s for queue '%s'", session.id, congested.name)
                     # Bounded: a consumer on this very connection needs its acks read.
-                    with trio.move_on_after(FLOW_PAUSE_MAX):
-                        await congested.wait_uncongested()
+                    await congested.pause_publisher(FLOW_PAUSE_MAX)
             if session.publishing and node.writer_lagging():
                 # The disk is behind (paging, persisting): publishers wait for the writer
                 # rather than piling batches up in memory.
@@ -241,11 +280,16 @@ async def _read(session: Session, stream: trio.SocketStream, waits: _ReaderWaits
             return
 
 
-async def _write(session: Session, stream: trio.SocketStream, output: _Output, done: trio.Event) -> None:
+async def _write(session: Session, stream: trio.SocketStream, output: _Output, done: trio.Event,
+                 failed: FailedHandshakes) -> None:
     conn = session.conn
     try:
         while True:
             await output.wait()
+            if conn.handshake_failed:
+                # The answer (connection.close for a refused login) waits too, or the
+                # delay would slow nobody down.
+                await failed.wait()
             data = conn.data_to_send()
             if output.carry:
                 data, output.carry = output.carry + data, b""

@@ -53,11 +53,16 @@ from broker.arguments import (
 from broker.message import Message
 from broker.queue_leader import FLOW_HIGH, ConsumerRef, QueueLeader
 from cluster import metadata as md
+from cluster.logtext import PEER_REASON_LIMIT, RefusalLog, peer_text
 
 if TYPE_CHECKING:
     from broker.node import Node
 
 log = logging.getLogger("leveret.connection")
+# A password-guessing client refuses in a loop: the first refusal is logged at once, then
+# one line per interval saying how many were suppressed (issue 12: 200 refused logins
+# with 4 KB names grew the log by megabytes).
+_login_refusals = RefusalLog(log)
 
 # Output queued for a client beyond which no more deliveries are pushed to it
 # until its writer drains: the bound between queues and a slow socket.
@@ -87,6 +92,7 @@ class Session:
             channel_max=node.settings.channel_max,
             frame_max=node.settings.frame_max,
             heartbeat=node.settings.heartbeat,
+            max_message_size=node.settings.max_message_size,
         )
         self.on_output: Callable[[], None] = lambda: None
         self.opened = False
@@ -119,7 +125,8 @@ class Session:
             loopback_users=self.node.settings.loopback_users,
         )
         if isinstance(outcome, auth.LoginRefused):
-            log.warning("connection %s (%s:%s): %s", self.id, self.peer[0], self.peer[1], outcome.log_message)
+            _login_refusals.warning("login", "connection %s (%s:%s): %s", self.id, self.peer[0], self.peer[1],
+                                    outcome.log_message)
             self._login_refused = True
             return outcome.log_message
         self.username = outcome.username
@@ -185,7 +192,7 @@ class Session:
             t = type(ev)
             if t is PublishReceived:
                 if self.node.alarms:
-                    await self._held_by_alarm()
+                    await self.held_by_alarm()
                     now = self.node.now_ms()
                 self._publish(ev, now)
             elif t is PublishBuffered:
@@ -200,9 +207,10 @@ class Session:
                 now = self.node.now_ms()
         self.on_output()
 
-    async def _held_by_alarm(self) -> None:
-        """A publish while a resource alarm is raised: tell the client (connection.blocked)
-        and take nothing more from it until the alarm clears, as RabbitMQ does."""
+    async def held_by_alarm(self) -> None:
+        """A publish while a resource alarm is raised (complete, or begun with its content
+        still to come): tell the client (connection.blocked) and take nothing more from
+        it until the alarm clears, as RabbitMQ does."""
         self.publishing = True
         while self.node.alarms:
             self.conn.block(block_reason(self.node.alarms))
@@ -237,7 +245,8 @@ class Session:
             self.username = ev.username
             self.node.register(self)
             log.info("connection %s (%s:%s -> %s:%s): user '%s' authenticated and granted access to vhost '%s'",
-                     self.id, self.peer[0], self.peer[1], self.local[0], self.local[1], ev.username, ev.vhost)
+                     self.id, self.peer[0], self.peer[1], self.local[0], self.local[1],
+                     peer_text(ev.username), peer_text(ev.vhost))
         elif t is ConnectionClosed:
             self._connection_closed(ev)
         elif t is TxCommitted:
@@ -543,12 +552,13 @@ class Session:
         if self.opened:
             self.node.unregister(self)
             if not ev.by_client:
-                log.info("closing connection %s: %s", self.id, ev.text)
+                log.info("closing connection %s: %s", self.id, peer_text(ev.text, PEER_REASON_LIMIT))
         elif not ev.by_client and not self._login_refused:
             # One line per refused client, as RabbitMQ logs a failed handshake (a bad
             # header, a frame error, a timeout); a refused login was logged already.
             log.warning("closing connection %s (%s:%s -> %s:%s) during the handshake: %s",
-                        self.id, self.peer[0], self.peer[1], self.local[0], self.local[1], ev.text)
+                        self.id, self.peer[0], self.peer[1], self.local[0], self.local[1],
+                        peer_text(ev.text, PEER_REASON_LIMIT))
 
     # ------------------------------------------------------------------ methods
 

@@ -23,6 +23,7 @@ from broker.config import parse_size
 from cli.ctl import Context, Exit
 from cli.ctl_format import csv_lines, json_rows, json_value, table_lines
 from cluster.control import EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL
+from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, is_container
 
 
 @dataclass(frozen=True)
@@ -417,10 +418,13 @@ def cmd_node_health_check(ctx: Context, args: list[str]) -> None:
     _message(ctx, "Health check passed")
 
 
-def _erlang_term(value: Any, indent: int = 0) -> str:
+def _erlang_term(value: Any, indent: int = 0, depth: int = 1) -> str:
+    if is_container(value) and depth > MAX_TABLE_DEPTH:
+        return ELIDED
     if isinstance(value, Mapping):
         pad = " " * (indent + 1)
-        inner = (",\n" + pad).join(f"{{{k},{_erlang_term(v, indent + len(str(k)) + 3)}}}" for k, v in value.items())
+        inner = (",\n" + pad).join(f"{{{k},{_erlang_term(v, indent + len(str(k)) + 3, depth + 1)}}}"
+                                   for k, v in value.items())
         return "[" + inner + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -429,7 +433,7 @@ def _erlang_term(value: Any, indent: int = 0) -> str:
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, list):
-        return "[" + ",".join(_erlang_term(v, indent) for v in value) + "]"
+        return "[" + ",".join(_erlang_term(v, indent, depth + 1) for v in value) + "]"
     return str(value)
 
 

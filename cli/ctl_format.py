@@ -5,6 +5,10 @@ Table cells follow rabbitmqctl 3.10: booleans as true/false, lists as
 `[{node, running}]`. The JSON formatter prints one object per line between
 `[` and `]`, each line after the first starting with a comma, exactly as
 rabbitmqctl does; argument tables stay [key, type, value] triples.
+
+Every renderer of nested values is bounded: a table or array deeper than
+`MAX_TABLE_DEPTH` (or one the node already elided) prints as `...`, as Erlang's
+`~P` does, so no value can run a listing out of stack.
 """
 
 from __future__ import annotations
@@ -14,8 +18,12 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, is_container
 
-def _erlang_value(value: Any) -> str:
+
+def _erlang_value(value: Any, depth: int = 1) -> str:
+    if is_container(value) and depth > MAX_TABLE_DEPTH:
+        return ELIDED
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -23,7 +31,7 @@ def _erlang_value(value: Any) -> str:
     if value is None:
         return "undefined"
     if isinstance(value, list):
-        return "[" + ",".join(_erlang_value(v) for v in value) + "]"
+        return "[" + ",".join(_erlang_value(v, depth + 1) for v in value) + "]"
     return str(value)
 
 
@@ -32,40 +40,49 @@ def is_typed_table(value: Any) -> bool:
         isinstance(t, list) and len(t) == 3 and isinstance(t[0], str) and isinstance(t[1], str) for t in value)
 
 
-def _typed_cell(kind: str, value: Any) -> str:
-    """One typed value as rabbitmqctl's table shows it (an Erlang term)."""
+def _elided(kind: str, value: Any, depth: int) -> bool:
+    """A table or array the node elided, or one deeper than this side renders."""
+    return kind in ("table", "array") and (not isinstance(value, list) or depth > MAX_TABLE_DEPTH)
+
+
+def _typed_cell(kind: str, value: Any, depth: int) -> str:
+    """One typed value (at level `depth`) as rabbitmqctl's table shows it (an Erlang term)."""
+    if _elided(kind, value, depth):
+        return ELIDED
     if kind == "table":
-        return typed_table_cell(value)
+        return typed_table_cell(value, depth)
     if kind == "array":
-        return "[" + ",".join(_typed_cell(k, v) for k, v in value) + "]"
+        return "[" + ",".join(_typed_cell(k, v, depth + 1) for k, v in value) + "]"
     if kind == "binary":
         return f"<<{json.dumps(value, ensure_ascii=False)}>>"
     if kind == "decimal":
         return "{" + ",".join(str(v) for v in value) + "}"
-    return _erlang_value(value)
+    return _erlang_value(value, depth)
 
 
-def typed_table_cell(rows: list[list[Any]]) -> str:
+def typed_table_cell(rows: list[list[Any]], depth: int = 1) -> str:
     """[[key, type, value]] as rabbitmqctl's table shows an argument table: [{"k",v}]."""
-    return "[" + ",".join(f"{{{json.dumps(key, ensure_ascii=False)},{_typed_cell(kind, value)}}}"
+    return "[" + ",".join(f"{{{json.dumps(key, ensure_ascii=False)},{_typed_cell(kind, value, depth + 1)}}}"
                           for key, kind, value in rows) + "]"
 
 
-def _typed_json(kind: str, value: Any) -> Any:
+def _typed_json(kind: str, value: Any, depth: int) -> Any:
     """One typed value as rabbitmqctl's JSON shows it: a void is "undefined", a decimal
     [scale, unscaled], and an array an object from element type to value (so elements of
     the same type collapse to the last one, as rabbitmqctl's map does)."""
+    if _elided(kind, value, depth):
+        return ELIDED
     if kind == "table":
-        return typed_table_json(value)
+        return typed_table_json(value, depth)
     if kind == "array":
-        return {k: _typed_json(k, v) for k, v in value}
+        return {k: _typed_json(k, v, depth + 1) for k, v in value}
     if kind == "void":
         return "undefined"
     return value
 
 
-def typed_table_json(rows: list[list[Any]]) -> list[list[Any]]:
-    return [[key, kind, _typed_json(kind, value)] for key, kind, value in rows]
+def typed_table_json(rows: list[list[Any]], depth: int = 1) -> list[list[Any]]:
+    return [[key, kind, _typed_json(kind, value, depth + 1)] for key, kind, value in rows]
 
 
 def cell(key: str, value: Any) -> str:

@@ -1,11 +1,13 @@
 """The control RPC `leveretctl` speaks: served on the node's peer port, behind the cookie.
 
-A control client is a peer like any other: it connects to the peer port,
-both sides prove the cookie (`cluster.peer`'s HMAC challenge with fresh nonces;
-the cookie never crosses the wire), then it sends requests (`PeerLink.call`)
-whose method names a control operation and whose args are a msgpack map. A
-wrong cookie gets the handshake's refusal, one log line on the node, and a
-closed socket: no request is ever read from an unauthenticated link.
+A control client connects to the peer port saying its purpose is control
+(`Purpose.CONTROL`), both sides prove the cookie (`cluster.peer`'s HMAC
+challenge with fresh nonces; the cookie never crosses the wire), then it sends
+requests (`PeerLink.call`) whose method names a control operation and whose
+args are a msgpack map. A wrong cookie gets the handshake's refusal, one log
+line on the node, and a closed socket: no request is ever read from an
+unauthenticated link. A control link carries requests only: anything else is
+a protocol error, answered with the link's "x" envelope and a close.
 
 Replies are maps, so an operator error carries the exit code rabbitmqctl
 would use alongside RabbitMQ's text:
@@ -26,25 +28,25 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from functools import partial
 from typing import Any, Final
 
 import trio
 
+from cluster.logtext import RefusalLog, peer_text
 from cluster.peer import (
     FrameTooLarge,
-    HandshakeRefused,
     MalformedFrame,
     PeerClosed,
+    PeerLink,
     PeerWireError,
+    Purpose,
     Request,
-    accept_peer,
     connect_peer,
 )
+from cluster.peerport import HANDSHAKE_TIMEOUT, LinkHandler, serve_peer_port
 
 log = logging.getLogger("leveret.control")
-
-HANDSHAKE_TIMEOUT: Final = 10.0
+_protocol_errors = RefusalLog(log)
 
 # rabbitmqctl's exit codes (sysexits.h).
 EX_USAGE: Final = 64
@@ -73,37 +75,46 @@ async def serve_control(
     node_name: str,
     host: str,
     port: int,
+    peer_links: LinkHandler | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on the peer port and serve control requests; reports the bound port."""
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
-    task_status.started(listeners[0].socket.getsockname()[1])
-    await trio.serve_listeners(partial(_serve_link, handle, cookie, node_name), listeners)
+    """Listen on the peer port and serve control requests; reports the bound port.
+    With `peer_links` (`PeerTransport.serve_inbound`), cluster peers are served on the
+    same port; without it they are refused in the handshake."""
+    handlers: dict[Purpose, LinkHandler] = {Purpose.CONTROL: control_link_handler(handle)}
+    if peer_links is not None:
+        handlers[Purpose.PEER] = peer_links
+    await serve_peer_port(handlers, cookie=cookie, node_name=node_name, host=host, port=port,
+                          handshake_timeout=HANDSHAKE_TIMEOUT, task_status=task_status)
 
 
-async def _serve_link(handle: Handle, cookie: str, node_name: str, stream: trio.SocketStream) -> None:
-    outcome = await accept_peer(stream, cookie=cookie, local_name=node_name, timeout=HANDSHAKE_TIMEOUT)
-    if isinstance(outcome, HandshakeRefused):
-        if outcome.peer_name is None and outcome.by_peer:
-            # Closed before saying hello: a port probe, not an authentication attempt.
-            log.debug("peer port connection from %s closed before the handshake", outcome.peer_address)
-        else:
-            log.warning("connection attempt from node '%s' (%s) rejected: %s",
-                        outcome.peer_name, outcome.peer_address, outcome.reason)
-        return
-    link = outcome
+def control_link_handler(handle: Handle) -> LinkHandler:
+    """What `cluster.peerport` runs for an authenticated control link."""
+
+    async def serve(link: PeerLink) -> None:
+        await serve_control_link(handle, link)
+
+    return serve
+
+
+async def serve_control_link(handle: Handle, link: PeerLink) -> None:
+    """Answer the requests of one authenticated control link until it closes."""
     try:
         while True:
             item = await link.receive()
             if not isinstance(item, Request):
-                continue
+                _protocol_errors.warning(f"control-message {link.peer_name}",
+                                         "control client '%s' sent a message instead of a request; "
+                                         "link closed", peer_text(link.peer_name))
+                await link.abort("a control link carries requests only")
+                return
             try:
                 result = await handle(item.method, item.args if isinstance(item.args, Mapping) else {})
                 reply: dict[str, Any] = {"ok": True, "result": result}
             except ControlError as exc:
                 reply = {"ok": False, "error": exc.text, "exit_code": exc.exit_code}
             except Exception as exc:
-                log.exception("control request %s failed", item.method)
+                log.exception("control request %s failed", peer_text(item.method))
                 await link.reply_error(item, f"{type(exc).__name__}: {exc}")
                 continue
             try:
@@ -111,7 +122,7 @@ async def _serve_link(handle: Handle, cookie: str, node_name: str, stream: trio.
             except (TypeError, ValueError, OverflowError, FrameTooLarge) as exc:
                 # The reply could not be encoded (nothing was sent): a handler bug or an
                 # answer beyond the frame limit. Say so rather than end the listener.
-                log.error("control request %s: reply not sent: %s", item.method, exc)
+                log.error("control request %s: reply not sent: %s", peer_text(item.method), exc)
                 await link.reply_error(item, f"the reply could not be sent: {exc}")
     except (PeerClosed, PeerWireError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
@@ -143,7 +154,7 @@ async def control_call(
     or, if the link breaks before a well-formed reply, PeerClosed, PeerWireError or
     trio.BrokenResourceError."""
     link = await connect_peer(host, port, cookie=cookie, local_name=client_name(),
-                              remote_name=node_name, timeout=connect_timeout)
+                              remote_name=node_name, timeout=connect_timeout, purpose=Purpose.CONTROL)
     try:
         reply = await link.call(method, args)
     finally:

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 # Long enough for any real node, user or vhost name (RabbitMQ caps node names at 255).
 PEER_TEXT_LIMIT = 256
+# A whole reason text (a close's reply text, which may quote names and values in turn).
+PEER_REASON_LIMIT = 1024
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 

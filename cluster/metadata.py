@@ -52,6 +52,8 @@ from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 import msgpack
 
+from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, is_container
+
 __all__ = [
     "ACCESS_REFUSED", "NOT_FOUND", "PRECONDITION_FAILED", "RESOURCE_LOCKED",
     "EXCHANGE_TYPES", "STANDARD_EXCHANGES", "exchange_type_refusal", "reserved_queue_name_refusal", "QUEUE_EQUIVALENCE_KEYS",
@@ -62,7 +64,7 @@ __all__ = [
     "SetUserTags", "SetPermissions", "ClearPermissions", "SetTopicPermissions",
     "ClearTopicPermissions", "DeclareExchange", "DeleteExchange", "DeclareQueue",
     "DeleteQueue", "SetQueueNode", "Bind", "Unbind", "SetPolicy", "ClearPolicy",
-    "DeleteQueuesOwnedBy", "DropTransient", "command_from_wire", "encode_command", "decode_command",
+    "DeleteQueuesOwnedBy", "DropTransient", "CreateDefaults", "command_from_wire", "encode_command", "decode_command",
     "Change", "VhostAdded", "VhostRemoved", "UserChanged", "PermissionChanged",
     "TopicPermissionChanged", "ExchangeAdded", "ExchangeRemoved", "QueueAdded",
     "QueueRemoved", "QueueMoved", "BindingAdded", "BindingRemoved", "PolicyChanged",
@@ -523,6 +525,27 @@ class DropTransient(Command):
     exchanges: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class CreateDefaults(Command):
+    """The default vhost, user and its permissions, proposed by every node when it starts.
+
+    Whether they are made is decided here, from the replicated metadata, never by a node
+    from what it has replayed so far (a node sees its own state empty until the stored
+    log commits again, which let a deleted guest come back: issue 12, item 9). The first
+    one the cluster applies decides: it makes them if the metadata is empty, and marks
+    the decision taken; every later one (another restart, another node joining the
+    cluster) changes nothing. Its result is whether they were made."""
+
+    vhost: str
+    user: str
+    password_hash: str
+    hashing_algorithm: str
+    tags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tags", _as_tuple(self.tags))
+
+
 # --------------------------------------------------------------------------- changes
 
 
@@ -685,9 +708,12 @@ def _erl_float(f: float) -> str:
     return text
 
 
-def _erl_term(value: Any) -> str:
+def _erl_term(value: Any, depth: int = 1) -> str:
     """Erlang ~tp rendering of a decoded field value (nested tables and arrays
-    carry their element types, as RabbitMQ stores them)."""
+    carry their element types, as RabbitMQ stores them), `...` past the nesting bound
+    (a value stored before the bound may be deeper than the stack)."""
+    if is_container(value) and depth > MAX_TABLE_DEPTH:
+        return ELIDED
     if value is None:
         return "undefined"
     if isinstance(value, bool):
@@ -706,10 +732,10 @@ def _erl_term(value: Any) -> str:
     if isinstance(value, _dt.datetime):
         return str(int(value.replace(tzinfo=value.tzinfo or _dt.timezone.utc).timestamp()))
     if isinstance(value, Mapping):
-        items = (f"{{{_erl_term(str(k))},{amqp_type(v)},{_erl_term(v)}}}" for k, v in sorted(value.items()))
+        items = (f"{{{_erl_term(str(k))},{amqp_type(v)},{_erl_term(v, depth + 1)}}}" for k, v in sorted(value.items()))
         return "[" + ",".join(items) + "]"
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(f"{{{amqp_type(v)},{_erl_term(v)}}}" for v in value) + "]"
+        return "[" + ",".join(f"{{{amqp_type(v)},{_erl_term(v, depth + 1)}}}" for v in value) + "]"
     return repr(value)
 
 
@@ -807,6 +833,8 @@ class MetadataState:
         self._by_destination: dict[tuple[str, str, str], dict[tuple, Binding]] = {}
         # Derived: the policy currently applied to each exchange and queue.
         self._applied: dict[_PolicyKey, PolicyRecord] = {}
+        # Set by the first CreateDefaults applied: the defaults are never made again.
+        self.defaults_decided = False
 
     # ------------------------------------------------------------------ apply
 
@@ -1116,6 +1144,18 @@ class MetadataState:
                     self._remove_exchange(x, changes)
         return len(doomed_queues) + len(doomed_exchanges)
 
+    def _create_defaults(self, cmd: CreateDefaults, changes: list[Change]) -> Any:
+        if self.defaults_decided:
+            return False
+        self.defaults_decided = True
+        if self._vhosts or self._users:
+            # Metadata from before the decision was replicated: its defaults were made then.
+            return False
+        self._add_vhost(AddVhost(cmd.vhost, "Default virtual host"), changes)
+        self._add_user(AddUser(cmd.user, cmd.password_hash, cmd.hashing_algorithm, cmd.tags), changes)
+        self._set_permissions(SetPermissions(cmd.vhost, cmd.user, ".*", ".*", ".*"), changes)
+        return True
+
     # ------------------------------------------------------------------ bindings
 
     def _bind(self, cmd: Bind, changes: list[Change]) -> Any:
@@ -1327,6 +1367,7 @@ class MetadataState:
             "queues": rows(q for qs in self._queues.values() for q in qs.values()),
             "bindings": rows(self._bindings.values()),
             "policies": rows(p for ps in self._policies.values() for p in ps.values()),
+            "defaults_decided": self.defaults_decided,
         })
 
     @classmethod
@@ -1336,6 +1377,8 @@ class MetadataState:
         assert raw["format"] == 1, raw["format"]
         state = cls()
         state.version = raw["version"]
+        # Absent from snapshots taken before the decision was replicated.
+        state.defaults_decided = raw.get("defaults_decided", False)
         for row in raw["vhosts"]:
             v = VhostRecord(*row)
             state._vhosts[v.name] = v
@@ -1425,6 +1468,7 @@ _HANDLERS: dict[type, Any] = {
     ClearPolicy: MetadataState._clear_policy,
     DeleteQueuesOwnedBy: MetadataState._delete_queues_owned_by,
     DropTransient: MetadataState._drop_transient,
+    CreateDefaults: MetadataState._create_defaults,
 }
 
 

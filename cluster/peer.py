@@ -9,24 +9,37 @@ link's `max_frame_size`.
 Handshake (both sides prove knowledge of the shared cookie; the cookie itself
 never crosses the wire). C connects to A:
 
-    C -> A  hello      {version, name: C, to: A or None, nonce: Nc}
+    C -> A  hello      {version, purpose, name: C, to: A or None, nonce: Nc}
     A -> C  challenge  {version, name: A, nonce: Na}
-    C -> A  proof      {mac: HMAC(cookie, transcript("connector", C, A, Nc, Na))}
-    A -> C  welcome    {mac: HMAC(cookie, transcript("acceptor",  C, A, Nc, Na))}
+    C -> A  proof      {mac: HMAC(cookie, transcript("connector", purpose, C, A, Nc, Na))}
+    A -> C  welcome    {mac: HMAC(cookie, transcript("acceptor",  purpose, C, A, Nc, Na))}
 
-Either side answers anything wrong with `refused {reason}` and closes. Fresh
-nonces from both sides defeat replay; the role inside the transcript stops a
-proof from being reflected back as the other side's; and, as in Erlang
-distribution, the connector proves first, so a stranger learns nothing about
-the cookie from the acceptor. The transcript is msgpack-encoded, so its fields
-cannot be shifted into each other. The handshake is a pure state machine
-(`ConnectorHandshake`, `AcceptorHandshake`: frame in, reply frames and maybe an
-outcome out); the trio functions below only move bytes.
+Either side answers anything wrong with `refused {reason, kind}` and closes;
+`kind` (a `RefusalKind`) lets the other side tell a differing cookie from an
+incompatible version without parsing text, so `join_cluster` can say "the
+cookie differs". Fresh nonces from both sides defeat replay; the role inside
+the transcript stops a proof from being reflected back as the other side's;
+and, as in Erlang distribution, the connector proves first, so a stranger
+learns nothing about the cookie from the acceptor. The transcript is
+msgpack-encoded, so its fields cannot be shifted into each other; the purpose
+is inside it, so a proof made for a control link cannot open a peer link.
+The handshake is a pure state machine (`ConnectorHandshake`,
+`AcceptorHandshake`: frame in, reply frames and maybe an outcome out); the
+trio functions below only move bytes.
+
+`purpose` says what the connector is: a `leveretctl` control client
+(`Purpose.CONTROL`) or a cluster node (`Purpose.PEER`). The acceptor is told
+which purposes it serves and refuses the others before anyone proves
+anything; `cluster.peerport` hands each authenticated link to the handler of
+its purpose. `version` is checked first of all: a node of another protocol
+version is refused with both versions named.
 
 After the handshake every frame is an envelope:
     ["m", obj]                      a message (`PeerLink.send` / `receive`)
     ["q", id, method, args]         a request (`call`), delivered as `Request`
     ["r", id, ok, value]            its reply, matched to the waiting caller by id
+    ["x", reason]                   the sender found a protocol error and closes the link
+                                    (`receive` / `call` raise ProtocolViolation with the reason)
 Replies are routed by whichever task is reading the link at the time, so a
 `call` works with or without a separate receive loop.
 """
@@ -41,19 +54,40 @@ import struct
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any, Final
 
 import msgpack
 import trio
 
-PROTOCOL_VERSION: Final = 1
+# 2: the hello names its purpose, refusals carry a kind, the "x" envelope.
+PROTOCOL_VERSION: Final = 2
 HANDSHAKE_FRAME_MAX: Final = 64 * 1024
 DEFAULT_FRAME_MAX: Final = 64 * 1024 * 1024
 NONCE_LEN: Final = 32
 AUTHENTICATION_FAILED: Final = "authentication failed"
 
 _HEADER = struct.Struct(">I")
-_TRANSCRIPT_LABEL = "leveret-peer-v1"
+_TRANSCRIPT_LABEL = "leveret-peer-v2"
+
+
+class Purpose(str, Enum):
+    """What a connector is, as its hello says."""
+
+    CONTROL = "control"  # leveretctl: requests and replies, one connection per command
+    PEER = "peer"  # another cluster node: `cluster.transport` traffic
+
+
+class RefusalKind(str, Enum):
+    """Why a handshake failed, in a form the other side can act on."""
+
+    COOKIE = "cookie"  # the cookies differ (one side could not prove it)
+    VERSION = "version"  # another peer protocol version
+    PURPOSE = "purpose"  # this node does not serve that kind of connection
+    NAME = "name"  # the connector wanted another node
+    PROTOCOL = "protocol"  # a malformed or unexpected frame
+    TIMEOUT = "timeout"
+    CLOSED = "closed"  # the connection closed or broke during the handshake
 
 
 class PeerWireError(Exception):
@@ -82,6 +116,10 @@ class HandshakeFailed(Exception):
 
 class RemoteError(Exception):
     """A `call` whose handler failed on the remote side; the message is the remote's text."""
+
+
+class ProtocolViolation(PeerWireError):
+    """The peer said we broke the protocol (an "x" envelope) and closed the link."""
 
 
 # --------------------------------------------------------------------------
@@ -144,29 +182,46 @@ class FrameDecoder:
 @dataclass(frozen=True, slots=True)
 class PeerAuthenticated:
     peer_name: str
+    purpose: Purpose = Purpose.CONTROL
 
 
 @dataclass(frozen=True, slots=True)
 class HandshakeRefused:
-    """A failed handshake, for the caller to log. `by_peer`: the other side refused us."""
+    """A failed handshake, for the caller to log. `by_peer`: the other side refused us.
+    `reason` and `peer_name` may come from the peer: log them through `logtext.peer_text`."""
 
     reason: str
     peer_name: str | None = None
     by_peer: bool = False
     peer_address: str | None = None
+    kind: RefusalKind = RefusalKind.PROTOCOL
+
+    @property
+    def cookie_differs(self) -> bool:
+        """The two sides hold different cookies (told by the acceptor, or found by the connector)."""
+        return self.kind is RefusalKind.COOKIE
 
 
 Outcome = PeerAuthenticated | HandshakeRefused
 Frame = dict[str, Any]
 
 
-def _transcript_mac(cookie: str, role: str, connector: str, acceptor: str, nc: bytes, na: bytes) -> bytes:
-    transcript = msgpack.packb([_TRANSCRIPT_LABEL, role, connector, acceptor, nc, na], use_bin_type=True)
+def _transcript_mac(cookie: str, role: str, purpose: Purpose, connector: str, acceptor: str, nc: bytes,
+                    na: bytes) -> bytes:
+    transcript = msgpack.packb([_TRANSCRIPT_LABEL, role, purpose.value, connector, acceptor, nc, na],
+                               use_bin_type=True)
     return hmac.new(cookie.encode("utf-8"), transcript, hashlib.sha256).digest()
 
 
-def _refused_frame(reason: str) -> Frame:
-    return {"type": "refused", "reason": reason}
+def _refused_frame(reason: str, kind: RefusalKind) -> Frame:
+    return {"type": "refused", "reason": reason, "kind": kind.value}
+
+
+def _refusal_kind(value: Any) -> RefusalKind:
+    try:
+        return RefusalKind(value)
+    except ValueError:  # an older or odd peer: nothing to act on
+        return RefusalKind.PROTOCOL
 
 
 def _field(frame: Any, name: str, kind: type) -> Any:
@@ -189,6 +244,7 @@ class _Handshake:
         self._nonce = nonce
         self._peer_name: str | None = None
         self._peer_nonce = b""
+        self._purpose = Purpose.CONTROL
         self.outcome: Outcome | None = None
 
     @property
@@ -201,15 +257,16 @@ class _Handshake:
         try:
             if isinstance(frame, dict) and frame.get("type") == "refused":
                 reason = frame.get("reason")
-                return self._finish([], HandshakeRefused(str(reason), self._peer_name, by_peer=True))
+                return self._finish([], HandshakeRefused(str(reason), self._peer_name, by_peer=True,
+                                                         kind=_refusal_kind(frame.get("kind"))))
             return self._step(frame)
         except MalformedFrame as exc:
-            return self._refuse(f"malformed handshake frame ({exc})")
+            return self._refuse(f"malformed handshake frame ({exc})", RefusalKind.PROTOCOL)
 
     def reject(self, reason: str) -> tuple[list[Frame], HandshakeRefused]:
         """End the handshake because of something the shell found (an undecodable or oversized frame)."""
         assert self.outcome is None, "the handshake is already over"
-        replies, outcome = self._refuse(reason)
+        replies, outcome = self._refuse(reason, RefusalKind.PROTOCOL)
         assert isinstance(outcome, HandshakeRefused)
         return replies, outcome
 
@@ -220,13 +277,18 @@ class _Handshake:
         self.outcome = outcome
         return replies, outcome
 
-    def _refuse(self, reason: str, tell_peer: str | None = None) -> tuple[list[Frame], Outcome | None]:
-        return self._finish([_refused_frame(tell_peer or reason)], HandshakeRefused(reason, self._peer_name))
+    def _refuse(self, reason: str, kind: RefusalKind, tell_peer: str | None = None
+                ) -> tuple[list[Frame], Outcome | None]:
+        return self._finish([_refused_frame(tell_peer or reason, kind)],
+                            HandshakeRefused(reason, self._peer_name, kind=kind))
 
     def _take_greeting(self, frame: Any) -> str | None:
         """Read the peer's hello or challenge: its version, name and nonce. A reason to refuse, or None."""
         version = _field(frame, "version", int)
         if version != PROTOCOL_VERSION:
+            # The name first, if it is one, so that the refusal can say who it was.
+            if isinstance(frame.get("name"), str):
+                self._peer_name = frame["name"]
             return f"unsupported peer protocol version {version} (this node speaks {PROTOCOL_VERSION})"
         self._peer_name = _field(frame, "name", str)
         self._peer_nonce = _field(frame, "nonce", bytes)
@@ -238,8 +300,10 @@ class _Handshake:
         """The MAC `role` ("connector" or "acceptor") sends; names and nonces in connector, acceptor order."""
         assert self._peer_name is not None
         if self._connector:
-            return _transcript_mac(self._cookie, role, self._local_name, self._peer_name, self._nonce, self._peer_nonce)
-        return _transcript_mac(self._cookie, role, self._peer_name, self._local_name, self._peer_nonce, self._nonce)
+            return _transcript_mac(self._cookie, role, self._purpose, self._local_name, self._peer_name,
+                                   self._nonce, self._peer_nonce)
+        return _transcript_mac(self._cookie, role, self._purpose, self._peer_name, self._local_name,
+                               self._peer_nonce, self._nonce)
 
 
 class ConnectorHandshake(_Handshake):
@@ -247,15 +311,18 @@ class ConnectorHandshake(_Handshake):
 
     _connector = True
 
-    def __init__(self, *, cookie: str, local_name: str, remote_name: str | None, nonce: bytes) -> None:
+    def __init__(self, *, cookie: str, local_name: str, remote_name: str | None, nonce: bytes,
+                 purpose: Purpose = Purpose.CONTROL) -> None:
         super().__init__(cookie, local_name, nonce)
         self._expected = remote_name
+        self._purpose = purpose
         self._state = "start"
 
     def start(self) -> list[Frame]:
         assert self._state == "start"
         self._state = "challenge"
-        hello = {"type": "hello", "version": PROTOCOL_VERSION, "name": self._local_name, "to": self._expected}
+        hello = {"type": "hello", "version": PROTOCOL_VERSION, "purpose": self._purpose.value,
+                 "name": self._local_name, "to": self._expected}
         hello["nonce"] = self._nonce
         return [hello]
 
@@ -263,9 +330,10 @@ class ConnectorHandshake(_Handshake):
         kind = _field(frame, "type", str)
         if self._state == "challenge" and kind == "challenge":
             if problem := self._take_greeting(frame):
-                return self._refuse(problem)
+                return self._refuse(problem, RefusalKind.VERSION)
             if self._expected is not None and self._peer_name != self._expected:
-                return self._refuse(f"connected to node '{self._peer_name}', expected '{self._expected}'")
+                return self._refuse(f"connected to node '{self._peer_name}', expected '{self._expected}'",
+                                    RefusalKind.NAME)
             mac = self._mac("connector")
             self._state = "welcome"
             return [{"type": "proof", "mac": mac}], None
@@ -273,8 +341,8 @@ class ConnectorHandshake(_Handshake):
             assert self._peer_name is not None
             if not hmac.compare_digest(_field(frame, "mac", bytes), self._mac("acceptor")):
                 return self._refuse(f"{AUTHENTICATION_FAILED}: node '{self._peer_name}' could not prove the cookie",
-                                    tell_peer=AUTHENTICATION_FAILED)
-            return self._finish([], PeerAuthenticated(self._peer_name))
+                                    RefusalKind.COOKIE, tell_peer=AUTHENTICATION_FAILED)
+            return self._finish([], PeerAuthenticated(self._peer_name, self._purpose))
         raise MalformedFrame(f"unexpected '{kind}' while waiting for {self._state}")
 
 
@@ -283,18 +351,32 @@ class AcceptorHandshake(_Handshake):
 
     _connector = False
 
-    def __init__(self, *, cookie: str, local_name: str, nonce: bytes) -> None:
+    def __init__(self, *, cookie: str, local_name: str, nonce: bytes,
+                 purposes: frozenset[Purpose] = frozenset({Purpose.CONTROL})) -> None:
         super().__init__(cookie, local_name, nonce)
+        self._purposes = purposes
         self._state = "hello"
+
+    @property
+    def purpose(self) -> Purpose:
+        """What the connector said it is (meaningful once its hello was accepted)."""
+        return self._purpose
 
     def _step(self, frame: Any) -> tuple[list[Frame], Outcome | None]:
         kind = _field(frame, "type", str)
         if self._state == "hello" and kind == "hello":
             if problem := self._take_greeting(frame):
-                return self._refuse(problem)
+                return self._refuse(problem, RefusalKind.VERSION)
+            purpose = _field(frame, "purpose", str)
+            if purpose not in {p.value for p in self._purposes}:
+                known = ", ".join(sorted(p.value for p in self._purposes))
+                return self._refuse(f"unknown or unserved connection purpose '{purpose}' "
+                                    f"(this node accepts: {known})", RefusalKind.PURPOSE)
+            self._purpose = Purpose(purpose)
             wanted = frame.get("to")
             if wanted is not None and wanted != self._local_name:
-                return self._refuse(f"peer '{self._peer_name}' wanted node '{wanted}', this is '{self._local_name}'")
+                return self._refuse(f"peer '{self._peer_name}' wanted node '{wanted}', this is '{self._local_name}'",
+                                    RefusalKind.NAME)
             self._state = "proof"
             challenge = {"type": "challenge", "version": PROTOCOL_VERSION, "name": self._local_name}
             challenge["nonce"] = self._nonce
@@ -302,9 +384,9 @@ class AcceptorHandshake(_Handshake):
         if self._state == "proof" and kind == "proof":
             assert self._peer_name is not None
             if not hmac.compare_digest(_field(frame, "mac", bytes), self._mac("connector")):
-                return self._refuse(AUTHENTICATION_FAILED)
+                return self._refuse(AUTHENTICATION_FAILED, RefusalKind.COOKIE)
             welcome = {"type": "welcome", "mac": self._mac("acceptor")}
-            return self._finish([welcome], PeerAuthenticated(self._peer_name))
+            return self._finish([welcome], PeerAuthenticated(self._peer_name, self._purpose))
         raise MalformedFrame(f"unexpected '{kind}' while waiting for {self._state}")
 
 
@@ -332,6 +414,8 @@ class LinkStatistics:
 
 
 _REPLY = object()
+# msgpack of a two-element array and the string "m": what precedes a message's own encoding.
+_PACKED_MESSAGE_HEAD: Final = b"\x92" + msgpack.packb("m")
 
 
 @dataclass(eq=False)
@@ -348,6 +432,7 @@ class PeerLink:
     peer_name: str
     local_name: str
     max_frame_size: int = DEFAULT_FRAME_MAX
+    purpose: Purpose = Purpose.CONTROL
     _decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(DEFAULT_FRAME_MAX))
     _send_lock: trio.Lock = field(default_factory=trio.Lock)
     _read_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -363,6 +448,25 @@ class PeerLink:
 
     async def send(self, obj: Any) -> None:
         await self._send_envelope(["m", obj])
+
+    async def send_packed(self, packed: bytes) -> None:
+        """One message already msgpack-encoded by the caller (who may have built it from
+        pieces encoded earlier): framed without decoding and encoding it again."""
+        payload = _PACKED_MESSAGE_HEAD + packed
+        if len(payload) > self.max_frame_size:
+            raise FrameTooLarge(f"frame of {len(payload)} bytes exceeds the limit of {self.max_frame_size}")
+        await self._write(_HEADER.pack(len(payload)) + payload, 1)
+
+    async def abort(self, reason: str) -> None:
+        """Tell the peer it broke the protocol (best effort), then close the link."""
+        try:
+            with trio.move_on_after(1):
+                await self._send_envelope(["x", reason[:1000]])
+        except (trio.BrokenResourceError, trio.ClosedResourceError, FrameTooLarge):
+            pass
+        finally:
+            self._closed = True
+            await trio.aclose_forcefully(self.stream)
 
     async def send_batch(self, objs: Iterable[Any]) -> None:
         """Several messages in one write: one syscall instead of one per message."""
@@ -465,6 +569,9 @@ class PeerLink:
                     self._replies[request_id] = (ok, value)
                 # else: the caller was cancelled; drop the late reply.
                 return _REPLY
+            case ["x", str(reason)]:
+                self._closed = True
+                raise ProtocolViolation(f"peer '{self.peer_name}' closed the link: {reason}")
         raise MalformedFrame(f"not a peer envelope: {envelope!r:.80}")
 
 
@@ -489,7 +596,8 @@ async def _drive_handshake(
         if frame is NEED_DATA:
             data = await stream.receive_some(HANDSHAKE_FRAME_MAX)
             if not data:
-                return HandshakeRefused("connection closed during the handshake", machine.peer_name, by_peer=True)
+                return HandshakeRefused("connection closed during the handshake", machine.peer_name, by_peer=True,
+                                        kind=RefusalKind.CLOSED)
             decoder.feed(data)
             continue
         replies, outcome = machine.receive(frame)
@@ -507,9 +615,10 @@ async def _handshake(
         with trio.move_on_after(timeout) as scope:
             outcome = await _drive_handshake(stream, machine, decoder, first)
         if scope.cancelled_caught:
-            outcome = HandshakeRefused("handshake timed out", machine.peer_name)
-    except trio.BrokenResourceError:
-        outcome = HandshakeRefused("connection lost during the handshake", machine.peer_name, by_peer=True)
+            outcome = HandshakeRefused("handshake timed out", machine.peer_name, kind=RefusalKind.TIMEOUT)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        outcome = HandshakeRefused("connection lost during the handshake", machine.peer_name, by_peer=True,
+                                   kind=RefusalKind.CLOSED)
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
@@ -526,16 +635,18 @@ async def open_peer_link(
     remote_name: str | None,
     timeout: float = 10.0,
     max_frame_size: int = DEFAULT_FRAME_MAX,
+    purpose: Purpose = Purpose.CONTROL,
 ) -> PeerLink:
     """Run the connector side of the handshake on an open stream. Raises HandshakeFailed."""
     machine = ConnectorHandshake(
-        cookie=cookie, local_name=local_name, remote_name=remote_name, nonce=secrets.token_bytes(NONCE_LEN)
+        cookie=cookie, local_name=local_name, remote_name=remote_name, nonce=secrets.token_bytes(NONCE_LEN),
+        purpose=purpose,
     )
     decoder = FrameDecoder(HANDSHAKE_FRAME_MAX)
     outcome = await _handshake(stream, machine, decoder, machine.start(), timeout)
     if isinstance(outcome, HandshakeRefused):
         raise HandshakeFailed(outcome)
-    return PeerLink(stream, outcome.peer_name, local_name, max_frame_size, decoder)
+    return PeerLink(stream, outcome.peer_name, local_name, max_frame_size, purpose, decoder)
 
 
 async def connect_peer(
@@ -547,6 +658,7 @@ async def connect_peer(
     remote_name: str | None,
     timeout: float = 10.0,
     max_frame_size: int = DEFAULT_FRAME_MAX,
+    purpose: Purpose = Purpose.CONTROL,
 ) -> PeerLink:
     """Open TCP to a peer and authenticate. Raises OSError (unreachable), trio.TooSlowError
     (no TCP connection within `timeout`) or HandshakeFailed."""
@@ -559,10 +671,11 @@ async def connect_peer(
         remote_name=remote_name,
         timeout=timeout,
         max_frame_size=max_frame_size,
+        purpose=purpose,
     )
 
 
-def _address_of(stream: trio.abc.Stream) -> str | None:
+def address_of(stream: trio.abc.Stream) -> str | None:
     try:
         host, port, *_ = stream.socket.getpeername()  # type: ignore[attr-defined]
     except (AttributeError, OSError, ValueError):
@@ -577,12 +690,15 @@ async def accept_peer(
     local_name: str,
     timeout: float = 10.0,
     max_frame_size: int = DEFAULT_FRAME_MAX,
+    purposes: frozenset[Purpose] = frozenset({Purpose.CONTROL}),
 ) -> PeerLink | HandshakeRefused:
-    """Run the acceptor side. On refusal the stream is closed and the refusal returned for logging."""
-    machine = AcceptorHandshake(cookie=cookie, local_name=local_name, nonce=secrets.token_bytes(NONCE_LEN))
+    """Run the acceptor side for connectors of `purposes` (the link's `purpose` says which
+    one came). On refusal the stream is closed and the refusal returned for logging."""
+    machine = AcceptorHandshake(cookie=cookie, local_name=local_name, nonce=secrets.token_bytes(NONCE_LEN),
+                                purposes=purposes)
     decoder = FrameDecoder(HANDSHAKE_FRAME_MAX)
-    address = _address_of(stream)  # read now: the stream is closed on a refusal
+    address = address_of(stream)  # read now: the stream is closed on a refusal
     outcome = await _handshake(stream, machine, decoder, [], timeout)
     if isinstance(outcome, HandshakeRefused):
         return replace(outcome, peer_address=address)
-    return PeerLink(stream, outcome.peer_name, local_name, max_frame_size, decoder)
+    return PeerLink(stream, outcome.peer_name, local_name, max_frame_size, outcome.purpose, decoder)

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, is_container
+
 # RabbitMQ 3.10's own apply-to values, plus the per-queue-type ones later versions added
 # (the metadata state understands them).
 APPLY_TO: Final = ("queues", "exchanges", "all")
@@ -41,8 +43,11 @@ class PolicyInvalid:
         return f"Validation failed\n\n{self.text}\n" if self.validation else self.text
 
 
-def erlang_repr(value: Any) -> str:
-    """A decoded JSON value as Erlang's ~p shows it (jsx decodes strings to binaries)."""
+def erlang_repr(value: Any, depth: int = 1) -> str:
+    """A decoded JSON value as Erlang's ~p shows it (jsx decodes strings to binaries);
+    `...` past the nesting bound, as a definition may nest deeper than the stack."""
+    if is_container(value) and depth > MAX_TABLE_DEPTH:
+        return ELIDED
     if value is True:
         return "true"
     if value is False:
@@ -56,9 +61,9 @@ def erlang_repr(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, list):
-        return "[" + ",".join(erlang_repr(v) for v in value) + "]"
+        return "[" + ",".join(erlang_repr(v, depth + 1) for v in value) + "]"
     if isinstance(value, Mapping):
-        return "#{" + ",".join(f"{erlang_repr(k)} => {erlang_repr(v)}" for k, v in value.items()) + "}"
+        return "#{" + ",".join(f"{erlang_repr(k)} => {erlang_repr(v, depth + 1)}" for k, v in value.items()) + "}"
     return repr(value)
 
 

@@ -17,6 +17,12 @@ withdrawn message is never encoded either. Under a steady confirmed load most
 messages are consumed and acknowledged within one write cycle, so this is
 the common case, not a corner.
 
+A failed cycle is reported whole to `on_written` (when set) before the
+completions run: the owner learns which rows did not reach the store (a
+persisted message whose row failed must not later be read back from it, and a
+failed delete leaves a row behind) from the batch itself, without a
+completion per row.
+
 Pure bookkeeping, no I/O, no trio: the writer and the node are the shells.
 """
 
@@ -26,9 +32,11 @@ from typing import Callable, Iterable
 
 from storage.interface import Delete, Operation, Put, PutBody, WriteBatch
 
-__all__ = ["OnDone", "StagedWrites", "find_rows", "value_bytes"]
+__all__ = ["OnDone", "OnWritten", "StagedWrites", "find_rows", "value_bytes"]
 
 OnDone = Callable[[BaseException | None], None]
+# A cycle's outcome with the batch it took: None when durable, else the store's error.
+OnWritten = Callable[[WriteBatch, BaseException | None], None]
 
 
 class _Row:
@@ -46,11 +54,13 @@ class _Row:
 class StagedWrites:
     """Operations in staging order, each batch with an optional completion."""
 
-    __slots__ = ("_ops", "_done", "_rows", "_bytes", "withdrawn", "on_staged")
+    __slots__ = ("_ops", "_done", "_rows", "_bytes", "withdrawn", "on_staged", "on_written")
 
-    def __init__(self, on_staged: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_staged: Callable[[], None] | None = None, on_written: OnWritten | None = None) -> None:
         # Called when something is staged into an empty staging: the writer's `poke`.
         self.on_staged = on_staged
+        # Called with every batch taken, once it is written or failed, before its completions.
+        self.on_written = on_written
         self._ops: list[Operation | _Row | None] = []  # None: a withdrawn row
         self._done: list[OnDone | None] = []
         # (table, key) of a withdrawable row -> its place in _ops and in _done.
@@ -152,16 +162,20 @@ class StagedWrites:
             for d in done:
                 d(None)
             return None
+        batch = WriteBatch(ops)
+        on_written = self.on_written
+        if on_written is not None:
+            done.insert(0, lambda exc: on_written(batch, exc))
         if not done:
-            return WriteBatch(ops), _ignore
+            return batch, _ignore
         if len(done) == 1:
-            return WriteBatch(ops), done[0]
+            return batch, done[0]
 
         def all_done(exc: BaseException | None) -> None:
             for d in done:
                 d(exc)
 
-        return WriteBatch(ops), all_done
+        return batch, all_done
 
 
 def value_bytes(ops: Iterable[Operation]) -> int:

@@ -75,8 +75,9 @@ from broker.amqp import codec, spec
 # RabbitMQ's hard ceiling on one message (rabbit.hrl ?MAX_MSG_SIZE): bigger content
 # headers are a frame error before any body is buffered.
 MAX_MSG_SIZE = 536_870_912
-# RabbitMQ 4's default `max_message_size`; beyond it a publish is PRECONDITION_FAILED.
-DEFAULT_MAX_MESSAGE_SIZE = 16_777_216
+# RabbitMQ 3.10's default `max_message_size` (128 MiB); a content header declaring more is
+# PRECONDITION_FAILED (rabbit_channel:check_msg_size/3) before any of its body is read.
+DEFAULT_MAX_MESSAGE_SIZE = 134_217_728
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -399,11 +400,7 @@ class Channel:
             return False
         body = frame.payload
         if len(body) > self._max_message_size:
-            raise ProtocolError.of(
-                spec.PRECONDITION_FAILED,
-                f"message size {len(body)} is larger than configured max size {self._max_message_size}",
-                method,
-            )
+            raise _too_large(len(body), self._max_message_size, method)
         if self.confirm_mode:
             seq = self._next_seq
             self._next_seq = seq + 1
@@ -457,6 +454,13 @@ class Channel:
                 spec.FRAME_ERROR, f"content body size {size} exceeds maximum allowed size {MAX_MSG_SIZE}", publish
             )
         self._header = frame
+        if size > self._max_message_size and self.state is _OPEN:
+            # Refused on what the header declares, so the body is never held: its frames
+            # are counted off unread while the channel closes (see `on_body`). RabbitMQ
+            # checks the assembled body; the text is the same, the size being the same.
+            self._remaining = size
+            self._expect = _EXPECT_BODY
+            raise _too_large(size, self._max_message_size, publish)
         if size == 0:
             self._complete(b"", events)
         else:
@@ -475,6 +479,14 @@ class Channel:
         remaining = self._remaining - len(payload)
         if remaining < 0:
             raise ProtocolError.of(spec.FRAME_ERROR, "content body frame exceeds remaining content size", self._publish)
+        if self.state is not _OPEN:
+            # Closing: the content is dropped, as RabbitMQ ignores a closing channel's
+            # frames; only its length is followed, to stay in step with the frame stream.
+            self._remaining = remaining
+            if remaining == 0:
+                self._parts = []
+                self._complete(b"", events)
+            return
         if remaining == 0 and not self._parts:
             self._complete(payload, events)
             return
@@ -507,13 +519,7 @@ class Channel:
         self._publish = None
         self._header = None
         if self.state is not _OPEN:
-            return  # assembled only to stay in step with the frame stream
-        if len(body) > self._max_message_size:
-            raise ProtocolError.of(
-                spec.PRECONDITION_FAILED,
-                f"message size {len(body)} is larger than configured max size {self._max_message_size}",
-                publish,
-            )
+            return  # followed only to stay in step with the frame stream
         if self.confirm_mode:
             seq = self._next_seq
             self._next_seq = seq + 1
@@ -793,6 +799,11 @@ class Channel:
     def has_pending_confirms(self) -> bool:
         return bool(self._confirmed or self._rejected)
 
+    @property
+    def receiving_content(self) -> bool:
+        """A basic.publish whose header or body has not all arrived (and will be kept)."""
+        return self._expect != _EXPECT_METHOD and self.state is _OPEN
+
     # --- deliveries from the node ---------------------------------------------------------------
 
     def can_deliver(self, consumer_tag: str) -> bool:
@@ -907,6 +918,12 @@ class Channel:
         event = self.release()
         self.state = ChannelState.CLOSING
         return event
+
+
+def _too_large(size: int, limit: int, publish: spec.Method | None) -> ProtocolError:
+    return ProtocolError.of(
+        spec.PRECONDITION_FAILED, f"message size {size} is larger than configured max size {limit}", publish
+    )
 
 
 _OPEN = ChannelState.OPEN

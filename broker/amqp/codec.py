@@ -58,6 +58,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Union
 
+from cluster.nesting import MAX_TABLE_DEPTH
+
 from . import spec
 from .spec import BasicProperties, Method
 
@@ -265,8 +267,9 @@ def _shortstr_at(buf: Any, offset: int) -> tuple[str, int]:
     return str(buf[offset + 1 : end], "utf-8", "surrogateescape"), end
 
 
-def _field_value(buf: Any, offset: int, limit: int) -> tuple[Any, int]:
-    """Decode one typed field value at `offset`; `limit` is the end of the enclosing table/array."""
+def _field_value(buf: Any, offset: int, limit: int, depth: int) -> tuple[Any, int]:
+    """Decode one typed field value at `offset`; `limit` is the end of the enclosing table/array,
+    `depth` its level of nesting (the outermost table is 1)."""
     kind = buf[offset]
     offset += 1
     if kind == 0x53:  # 'S'
@@ -283,8 +286,10 @@ def _field_value(buf: Any, offset: int, limit: int) -> tuple[Any, int]:
     if kind == 0x6C or kind == 0x4C:  # 'l', 'L': both signed 64 (RabbitMQ errata)
         return Long(_I64.unpack_from(buf, offset)[0]), offset + 8
     if kind == 0x46:  # 'F'
-        return _table_at(buf, offset, limit)
+        return _table_at(buf, offset, limit, depth + 1)
     if kind == 0x41:  # 'A'
+        if depth >= MAX_TABLE_DEPTH:
+            raise _Malformed(spec.SYNTAX_ERROR, _TOO_DEEP)
         length = _U32.unpack_from(buf, offset)[0]
         start = offset + 4
         end = start + length
@@ -293,7 +298,7 @@ def _field_value(buf: Any, offset: int, limit: int) -> tuple[Any, int]:
         items = []
         pos = start
         while pos < end:
-            value, pos = _field_value(buf, pos, end)
+            value, pos = _field_value(buf, pos, end, depth + 1)
             items.append(value)
         if pos != end:
             raise _Malformed(spec.SYNTAX_ERROR, "array value overruns its array")
@@ -333,11 +338,15 @@ def _field_value(buf: Any, offset: int, limit: int) -> tuple[Any, int]:
 
 
 # Tables nest by recursion; a peer nesting them hundreds deep (a few octets per level)
-# would exhaust Python's stack, so that is reported as a syntax error instead.
+# would exhaust Python's stack here, and every value stored would strain whatever walks
+# it later (listings, equality, re-encoding). Past MAX_TABLE_DEPTH levels of tables and
+# arrays it is a syntax error (cluster/nesting.py); RabbitMQ has no such limit.
 _TOO_DEEP = "field tables nested too deeply"
 
 
-def _table_at(buf: Any, offset: int, limit: int) -> tuple[dict[str, Any], int]:
+def _table_at(buf: Any, offset: int, limit: int, depth: int = 1) -> tuple[dict[str, Any], int]:
+    if depth > MAX_TABLE_DEPTH:
+        raise _Malformed(spec.SYNTAX_ERROR, _TOO_DEEP)
     length = _U32.unpack_from(buf, offset)[0]
     pos = offset + 4
     end = pos + length
@@ -350,7 +359,7 @@ def _table_at(buf: Any, offset: int, limit: int) -> tuple[dict[str, Any], int]:
         if key_end >= end:
             raise _Malformed(spec.SYNTAX_ERROR, "field name overruns its field table")
         key = str(buf[pos + 1 : key_end], "utf-8", "surrogateescape")
-        table[key], pos = _field_value(buf, key_end, end)
+        table[key], pos = _field_value(buf, key_end, end, depth)
     if pos != end:
         raise _Malformed(spec.SYNTAX_ERROR, "field value overruns its field table")
     return table, end
@@ -369,8 +378,6 @@ def decode_table(buf: bytes | bytearray | memoryview, offset: int = 0) -> tuple[
         raise AMQPFrameError(
             spec.SYNTAX_ERROR, spec.reply_text(spec.SYNTAX_ERROR, "truncated field table")
         ) from None
-    except RecursionError:
-        raise AMQPFrameError(spec.SYNTAX_ERROR, spec.reply_text(spec.SYNTAX_ERROR, _TOO_DEEP)) from None
 
 
 def _encode_value(value: Any, out: list[bytes]) -> None:
@@ -503,8 +510,6 @@ def _decode_arguments(cls: type[Method], buf: Any, pos: int, end: int) -> Method
                 table, pos = _table_at(buf, pos, end)
             except (IndexError, struct.error):
                 raise _Malformed(spec.SYNTAX_ERROR, "truncated field value in field table") from None
-            except RecursionError:
-                raise _Malformed(spec.SYNTAX_ERROR, _TOO_DEEP) from None
             values.append(table)
         elif domain == "longstr":
             length = _U32.unpack_from(buf, pos)[0]
@@ -636,10 +641,7 @@ def _decode_properties(raw: Any) -> BasicProperties:
             values[index] = raw[pos]
             pos += 1
         elif kind == 2:
-            try:
-                values[index], pos = _table_at(raw, pos, end)
-            except RecursionError:
-                raise _Malformed(spec.SYNTAX_ERROR, _TOO_DEEP) from None
+            values[index], pos = _table_at(raw, pos, end)
         else:
             values[index] = _U64.unpack_from(raw, pos)[0]
             pos += 8
@@ -943,6 +945,34 @@ class FrameDecoder:
             self._tail = bytearray()
         return frames, error
 
+    def feed_one(self, data: bytes | bytearray | memoryview) -> tuple[Frame | None, AMQPFrameError | None]:
+        """Like `feed`, but parse at most one frame; the octets after it stay buffered for
+        the next `feed` or `feed_one` (which may then be given b"").
+
+        For the handshake, where each frame may change how the next is read (tune-ok sets
+        frame_max) or whether it is read at all (a violation ends the connection). One
+        frame header is read to find where the frame ends, so a peer streaming small
+        frames costs one parse per frame, never one per octet."""
+        if self._error is not None:
+            return None, self._error
+        tail = self._tail
+        tail += data
+        if len(tail) < 7 or len(tail) < self._need:
+            return None, None
+        end = 8 + _U32.unpack_from(tail, 3)[0]
+        frames: list[Frame] = []
+        pos, need, error = self._parse(bytes(tail[:end]), frames)
+        if error is not None:
+            self._error = error
+            self._tail = bytearray()
+            return None, error
+        if not frames:
+            self._need = need
+            return None, None
+        del tail[:pos]  # CPython deletes a bytearray's head without moving the rest
+        self._need = 0
+        return frames[0], None
+
     def _parse(self, buf: bytes, frames: list[Frame]) -> tuple[int, int, AMQPFrameError | None]:
         """Parse frames from buf[0:]; returns (offset of the first unparsed octet, octets
         that the frame starting there needs in all, error or None)."""
@@ -1119,7 +1149,7 @@ def _fused_publish(
     else:
         try:
             props = _decode_properties(raw)
-        except (_Malformed, IndexError, struct.error, RecursionError):
+        except (_Malformed, IndexError, struct.error):
             return None  # reported by the ordinary path, as the header frame's error
         if props.headers is None:
             if len(_PROPERTIES_SEEN) >= _PROPERTIES_SEEN_MAX:

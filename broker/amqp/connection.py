@@ -40,8 +40,10 @@ client advertises `authentication_failure_close` and for tune-ok values outside
 the server's limits, which get a connection.close first. A malformed frame
 (a decoder error) leaves the stream out of sync, so after sending connection.close
 the machine goes straight to CLOSED, as RabbitMQ's fatal_frame_error does.
-RabbitMQ waits 3 s before dropping a connection whose handshake failed (a brake
-on password guessing); that delay is the shell's choice: `handshake_failed`.
+RabbitMQ waits 3 s before answering and dropping a connection whose handshake
+failed (a brake on password guessing; rabbit_reader:handle_exception/3); that
+delay is the shell's choice: `handshake_failed` says it is due. A wrong protocol
+header is refused at once and a handshake timeout needs no brake, as in RabbitMQ.
 
 Heartbeats (rabbit_heartbeat.erl): the server sends a heartbeat frame when it has
 sent nothing for half the negotiated interval and gives up on a client silent for
@@ -269,8 +271,9 @@ class Connection:
         self.blocked = False
         self._blocked_reason = ""
         self._blocked_sent = False
-        # True when the connection ended because the handshake failed (RabbitMQ
-        # waits ?SILENT_CLOSE_DELAY = 3 s before dropping such a client).
+        # True when the connection ended because the handshake failed: a refused login,
+        # a frame or method the handshake does not allow (RabbitMQ waits
+        # ?SILENT_CLOSE_DELAY = 3 s before answering and dropping such a client).
         self.handshake_failed = False
         self._finished = False  # ConnectionClosed emitted
 
@@ -299,9 +302,9 @@ class Connection:
                 if not data or self.state is not S.STARTING:
                     return events
             if self.state is S.STARTING or self.state is S.TUNING:
-                data = self._receive_handshake(data, events)
-                if not data:
+                if not self._receive_handshake(data, events):
                     return events
+                data = b""  # what followed tune-ok is buffered in the decoder
             frames, error = self._decoder.feed(data)
             self._handle_frames(frames, events)
             if error is not None and self.state is not S.CLOSED:
@@ -309,6 +312,11 @@ class Connection:
         except Exception as exc:  # a bug must not leave the socket in limbo
             self._internal_error(exc, events)
         return events
+
+    def receiving_content(self) -> bool:
+        """A publish has begun and its content is still arriving: RabbitMQ blocks such a
+        connection under a resource alarm before reading the rest (the shell's check)."""
+        return any(ch.receiving_content for ch in self._channels.values())
 
     @property
     def pending_output(self) -> int:
@@ -344,7 +352,6 @@ class Connection:
             return events
         if state is not S.OPEN:
             if now - self._started_at >= self.handshake_timeout:
-                self.handshake_failed = True
                 self._finish(0, f"handshake timeout in connection state {state.value}", False, events)
                 self._set_state(S.CLOSED)
                 return events
@@ -565,34 +572,33 @@ class Connection:
         self._refuse_header(events)
         return b""
 
-    def _receive_handshake(self, data: bytes | bytearray | memoryview, events: list[Event]) -> bytes:
-        """Frames up to tune-ok, parsed one at a time; returns the octets after it.
+    def _receive_handshake(self, data: bytes | bytearray | memoryview, events: list[Event]) -> bool:
+        """Frames up to tune-ok, parsed one at a time; True once the handshake has moved
+        past TUNING with the connection still alive (the octets after tune-ok are then
+        in the decoder, for the caller to parse in bulk).
 
-        Tune-ok raises the frame size limit for the frames after it, and a client
-        may pipeline those in the same read (RabbitMQ's reader applies the
-        negotiated frame_max from the next frame on). Parsing the whole read at
-        once would hold them to the pre-tune limit. One octet completes at most
-        one frame, so feeding octet by octet parses frame by frame; the handshake
-        is a few hundred octets.
+        Tune-ok raises the frame size limit for the frames after it, and a client may
+        pipeline those in the same read (RabbitMQ's reader applies the negotiated
+        frame_max from the next frame on), so the frames before it are taken one by one
+        (`FrameDecoder.feed_one`). Until then every frame is the peer's last unless it is
+        the method the state expects (see `_handle_frame_slow`), so an unauthenticated
+        peer costs one frame header's parse before it is dropped.
         """
-        octets = bytes(data)
-        feed = self._decoder.feed
-        for i in range(len(octets)):
-            frames, error = feed(octets[i:i + 1])
-            if frames:
-                self._handle_frames(frames, events)
+        feed_one = self._decoder.feed_one
+        while self.state is S.STARTING or self.state is S.TUNING:
+            frame, error = feed_one(data)
+            data = b""
             if error is not None:
-                if self.state is not S.CLOSED:
-                    self._on_frame_error(error, events)
-                return b""
-            if self.state is not S.STARTING and self.state is not S.TUNING:
-                return b"" if self.state is S.CLOSED else octets[i + 1:]
-        return b""
+                self._on_frame_error(error, events)
+                return False
+            if frame is None:
+                return False
+            self._handle_frames([frame], events)
+        return self.state is not S.CLOSED
 
     def _refuse_header(self, events: list[Event]) -> None:
         # Spec 4.2.2: answer a header we do not speak with the one we do, then close.
         self._out += spec.PROTOCOL_HEADER
-        self.handshake_failed = True
         self._finish(0, f"client did not start with AMQP protocol header: {_erlang_binary(self._header)}", False, events)
         self._set_state(S.CLOSED)
 
@@ -790,7 +796,10 @@ class Connection:
         if state is S.CLOSED:
             return
         # Handshake: only channel 0 carries anything meaningful (rabbit_reader:handle_frame/4).
-        if frame.channel != 0:
+        # Before tune-ok nothing but the expected method is: heartbeats are not negotiated
+        # yet, and a peer streaming them (or anything else) before logging in is dropped
+        # at the first one instead of being read until the handshake timeout.
+        if frame.channel != 0 or (type(frame) is codec.HeartbeatFrame and state is not S.OPENING):
             frame_type, payload = _frame_payload(frame)
             self._fail(_unexpected_frame(frame_type, payload), frame.channel, events)
             return

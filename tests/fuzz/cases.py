@@ -168,7 +168,7 @@ def targeted() -> list[Case]:
     # Codes as RabbitMQ 3.10.8 answers (checked by hand against it). None where it
     # differs and Leveret's own proper close is kept: for unknown class / method ids
     # and unknown field types RabbitMQ's reader crashes and drops the socket silently
-    # (Leveret: 540 / 502); it has no nesting limit (Leveret: 502 past ~480 levels);
+    # (Leveret: 540 / 502); it has no nesting limit (Leveret: 502 past 100 levels);
     # it takes a body longer than announced and a channel number above channel_max
     # (it limits only the count of channels).
     cases = [

@@ -71,5 +71,7 @@ def commands(arguments: st.SearchStrategy | None = None) -> st.SearchStrategy[m.
         st.builds(m.ClearPolicy, VHOSTS, st.sampled_from(["p1", "p2", "p3"])),
         st.builds(m.DeleteQueuesOwnedBy, st.sampled_from(["c1", "c2"])),
         st.builds(m.DropTransient, NODES, st.booleans()),
+        st.builds(m.CreateDefaults, VHOSTS, USERS, st.sampled_from(["h1", "h2"]),
+                  st.just("rabbit_password_hashing_sha256"), TAGS),
     )
 

@@ -25,6 +25,7 @@ ONE_OF_EACH = [
     m.Unbind("v", "x", "y", "exchange", "", {}, None),
     m.SetPolicy("v", "p", "^q", "queues", {"max-length": 1, "ha-mode": "all"}, 3), m.ClearPolicy("v", "p"),
     m.DeleteQueuesOwnedBy("conn"), m.DropTransient("n1", True),
+    m.CreateDefaults("/", "guest", "h", "rabbit_password_hashing_sha256", ("administrator",)),
 ]
 
 

@@ -6,7 +6,15 @@ import msgpack
 import pytest
 
 from cluster import peer
-from cluster.peer import AcceptorHandshake, ConnectorHandshake, HandshakeRefused, PeerAuthenticated
+from cluster.peer import (
+    PROTOCOL_VERSION,
+    AcceptorHandshake,
+    ConnectorHandshake,
+    HandshakeRefused,
+    PeerAuthenticated,
+    Purpose,
+    RefusalKind,
+)
 
 COOKIE = "QWERTYUIOPASDFGHJKLZ"
 NC = b"c" * 32
@@ -52,9 +60,10 @@ def test_right_cookie_authenticates_both_sides() -> None:
 
 def test_wrong_cookie_is_refused_by_the_acceptor() -> None:
     wire, c_out, a_out = run(*machines(connector_cookie="WRONGWRONGWRONGWRONG"))
-    assert a_out == HandshakeRefused("authentication failed", "c@h")
-    assert wire[-1] == {"type": "refused", "reason": "authentication failed"}
+    assert a_out == HandshakeRefused("authentication failed", "c@h", kind=RefusalKind.COOKIE)
+    assert wire[-1] == {"type": "refused", "reason": "authentication failed", "kind": "cookie"}
     assert isinstance(c_out, HandshakeRefused) and c_out.by_peer and c_out.reason == "authentication failed"
+    assert c_out.cookie_differs and a_out.cookie_differs
 
 
 @pytest.mark.parametrize("cookie_case", ["right", "wrong"])
@@ -97,7 +106,58 @@ def test_version_mismatch_refused() -> None:
     hello = dict(c.start()[0], version=99)
     replies, outcome = a.receive(hello)
     assert isinstance(outcome, HandshakeRefused) and "unsupported peer protocol version 99" in outcome.reason
-    assert replies == [{"type": "refused", "reason": outcome.reason}]
+    assert replies == [{"type": "refused", "reason": outcome.reason, "kind": "version"}]
+    assert outcome.kind is RefusalKind.VERSION and outcome.peer_name == "c@h"
+    assert f"(this node speaks {PROTOCOL_VERSION})" in outcome.reason
+    # ... and the connector, told so, has the kind without reading the text
+    _, told = c.receive(replies[0])
+    assert isinstance(told, HandshakeRefused) and told.by_peer and told.kind is RefusalKind.VERSION
+    assert not told.cookie_differs
+
+
+def test_connector_refuses_an_acceptor_of_another_version() -> None:
+    c, _ = machines()
+    c.start()
+    replies, outcome = c.receive({"type": "challenge", "version": 1, "name": "a@h", "nonce": NA})
+    assert isinstance(outcome, HandshakeRefused) and outcome.kind is RefusalKind.VERSION
+    assert outcome.reason == f"unsupported peer protocol version 1 (this node speaks {PROTOCOL_VERSION})"
+    assert replies[0]["kind"] == "version"
+
+
+@pytest.mark.parametrize("purpose", ["gossip", "", None, 7])
+def test_unknown_purpose_refused_before_any_proof(purpose: object) -> None:
+    c, a = machines()
+    replies, outcome = a.receive(dict(c.start()[0], purpose=purpose))
+    assert isinstance(outcome, HandshakeRefused)
+    assert [r["type"] for r in replies] == ["refused"]  # no challenge: nothing was proved
+    if isinstance(purpose, str):
+        assert outcome.kind is RefusalKind.PURPOSE
+        assert outcome.reason == f"unknown or unserved connection purpose '{purpose}' (this node accepts: control)"
+    else:
+        assert outcome.kind is RefusalKind.PROTOCOL
+
+
+def test_purpose_is_served_only_if_accepted_and_is_reported() -> None:
+    c = ConnectorHandshake(cookie=COOKIE, local_name="c@h", remote_name="a@h", nonce=NC, purpose=Purpose.PEER)
+    a = AcceptorHandshake(cookie=COOKIE, local_name="a@h", nonce=NA)  # control only
+    _, c_out, a_out = run(c, a)
+    assert isinstance(a_out, HandshakeRefused) and a_out.kind is RefusalKind.PURPOSE
+    assert isinstance(c_out, HandshakeRefused) and c_out.kind is RefusalKind.PURPOSE and c_out.by_peer
+    c = ConnectorHandshake(cookie=COOKIE, local_name="c@h", remote_name="a@h", nonce=NC, purpose=Purpose.PEER)
+    a = AcceptorHandshake(cookie=COOKIE, local_name="a@h", nonce=NA, purposes=frozenset(Purpose))
+    _, c_out, a_out = run(c, a)
+    assert c_out == PeerAuthenticated("a@h", Purpose.PEER) and a_out == PeerAuthenticated("c@h", Purpose.PEER)
+
+
+def test_a_control_proof_does_not_open_a_peer_link() -> None:
+    # The purpose is inside the transcript: a hello rewritten in transit from control to
+    # peer makes the connector's proof fail at the acceptor.
+    c, _ = machines()
+    a = AcceptorHandshake(cookie=COOKIE, local_name="a@h", nonce=NA, purposes=frozenset(Purpose))
+    challenge = a.receive(dict(c.start()[0], purpose="peer"))[0][0]
+    proof = c.receive(challenge)[0][0]
+    _, outcome = a.receive(proof)
+    assert isinstance(outcome, HandshakeRefused) and outcome.kind is RefusalKind.COOKIE
 
 
 @pytest.mark.parametrize(
@@ -106,8 +166,8 @@ def test_version_mismatch_refused() -> None:
         None,
         [1, 2],
         {"type": "hello"},
-        {"type": "hello", "version": 1, "name": "c@h", "nonce": b"short"},
-        {"type": "hello", "version": 1, "name": 5, "nonce": NC},
+        {"type": "hello", "version": PROTOCOL_VERSION, "purpose": "control", "name": "c@h", "nonce": b"short"},
+        {"type": "hello", "version": PROTOCOL_VERSION, "purpose": "control", "name": 5, "nonce": NC},
         {"type": "proof", "mac": b"x" * 32},  # out of order
     ],
 )
@@ -124,25 +184,27 @@ def test_recorded_proof_does_not_replay_against_a_fresh_nonce() -> None:
     fresh = AcceptorHandshake(cookie=COOKIE, local_name="a@h", nonce=b"z" * 32)
     fresh.receive(hello)
     _, outcome = fresh.receive(proof)
-    assert outcome == HandshakeRefused("authentication failed", "c@h")
+    assert outcome == HandshakeRefused("authentication failed", "c@h", kind=RefusalKind.COOKIE)
 
 
 def test_impostor_acceptor_cannot_reflect_the_connectors_proof() -> None:
     # Without the cookie, the best an impostor can do is echo the connector's own MAC.
     c = ConnectorHandshake(cookie=COOKIE, local_name="c@h", remote_name="a@h", nonce=NC)
     c.start()
-    proof = c.receive({"type": "challenge", "version": 1, "name": "a@h", "nonce": NA})[0][0]
+    proof = c.receive({"type": "challenge", "version": PROTOCOL_VERSION, "name": "a@h", "nonce": NA})[0][0]
     replies, outcome = c.receive({"type": "welcome", "mac": proof["mac"]})
     assert isinstance(outcome, HandshakeRefused) and outcome.reason.startswith("authentication failed")
-    assert replies == [{"type": "refused", "reason": "authentication failed"}]
+    assert outcome.cookie_differs
+    assert replies == [{"type": "refused", "reason": "authentication failed", "kind": "cookie"}]
 
 
 def test_transcript_binds_names() -> None:
     # The same nonces with the names swapped give different MACs.
-    m1 = peer._transcript_mac(COOKIE, "connector", "c@h", "a@h", NC, NA)
-    m2 = peer._transcript_mac(COOKIE, "connector", "a@h", "c@h", NC, NA)
-    m3 = peer._transcript_mac(COOKIE, "acceptor", "c@h", "a@h", NC, NA)
-    assert len({m1, m2, m3}) == 3
+    m1 = peer._transcript_mac(COOKIE, "connector", Purpose.CONTROL, "c@h", "a@h", NC, NA)
+    m2 = peer._transcript_mac(COOKIE, "connector", Purpose.CONTROL, "a@h", "c@h", NC, NA)
+    m3 = peer._transcript_mac(COOKIE, "acceptor", Purpose.CONTROL, "c@h", "a@h", NC, NA)
+    m4 = peer._transcript_mac(COOKIE, "connector", Purpose.PEER, "c@h", "a@h", NC, NA)
+    assert len({m1, m2, m3, m4}) == 4
 
 
 def test_finished_machine_rejects_more_input() -> None:

@@ -76,7 +76,7 @@ async def test_wrong_cookie_refused_and_closed() -> None:
     assert isinstance(a, HandshakeRefused)
     assert a.reason == "authentication failed" and a.peer_name == "c@h" and not a.by_peer
     assert isinstance(c, HandshakeFailed)
-    assert c.refusal.reason == "authentication failed" and c.refusal.by_peer
+    assert c.refusal.reason == "authentication failed" and c.refusal.by_peer and c.refusal.cookie_differs
 
 
 @pytest.mark.parametrize("connector_cookie", [COOKIE, "WRONGCOOKIEWRONGCOOK"])
@@ -179,7 +179,7 @@ async def test_oversize_frame_during_handshake() -> None:
 async def test_handshake_timeout(autojump_clock: trio.testing.MockClock) -> None:
     left, right = trio.testing.memory_stream_pair()
     outcome = await peer.accept_peer(right, cookie=COOKIE, local_name="a@h", timeout=5)
-    assert outcome == HandshakeRefused("handshake timed out")
+    assert outcome == HandshakeRefused("handshake timed out", kind=peer.RefusalKind.TIMEOUT)
     await left.aclose()
 
 

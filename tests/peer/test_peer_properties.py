@@ -43,7 +43,8 @@ handshake_frames = st.one_of(
     st.fixed_dictionaries(
         {"type": st.sampled_from(["hello", "challenge", "proof", "welcome", "refused", "other"])},
         optional={
-            "version": st.one_of(st.just(1), st.integers(), st.booleans()),
+            "version": st.one_of(st.just(peer.PROTOCOL_VERSION), st.integers(), st.booleans()),
+            "purpose": st.one_of(st.sampled_from(["control", "peer"]), st.text(max_size=5), st.integers()),
             "name": st.one_of(st.text(max_size=10), st.integers()),
             "to": st.one_of(st.none(), st.just("a@h"), st.text(max_size=5)),
             "nonce": st.one_of(st.binary(min_size=32, max_size=32), st.binary(max_size=40)),

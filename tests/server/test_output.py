@@ -18,6 +18,7 @@ class FakeConn:
     def __init__(self) -> None:
         self.out = bytearray()
         self.state = ConnectionState.OPEN
+        self.handshake_failed = False
 
     @property
     def pending_output(self) -> int:
@@ -65,7 +66,7 @@ async def test_a_reader_writes_for_a_parked_writer_and_leaves_the_rest_to_it() -
     done = trio.Event()
     chunks = [bytes([n]) * 20_000 for n in range(1, 5)]  # each under DIRECT_WRITE_MAX, more than the buffers
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server._write, session, stream, output, done)
+        nursery.start_soon(server._write, session, stream, output, done, server.FailedHandshakes(3.0, 10))
         await trio.testing.wait_all_tasks_blocked()
         assert output.parked
         session.conn.out += chunks[0]

@@ -244,3 +244,22 @@ async def test_rows_not_yet_durable_are_found_with_the_writer() -> None:
         assert writer.find_unwritten("m", keys) == {b"replaced": b"new", b"submitted": b"s", b"staged": b"made"}
         store.gate.set()
     assert writer.find_unwritten("m", keys) == {}
+
+
+def test_on_written_sees_each_taken_batch_and_its_outcome_before_the_completions() -> None:
+    seen: list[Any] = []
+    staged = StagedWrites(on_written=lambda batch, exc: seen.append(("cycle", list(batch.ops), exc)))
+    staged.add_row("m", b"k", b"v", lambda exc: seen.append(("row", exc)))
+    staged.add([Delete("t", b"z")])
+    taken = staged.take()
+    assert taken is not None
+    error = OSError("no space left on device")
+    taken[1](error)
+    assert seen == [("cycle", [Put("m", b"k", b"v"), Delete("t", b"z")], error), ("row", error)]
+    # Without completions of its own, a cycle is still reported.
+    seen.clear()
+    staged.add([Delete("t", b"y")])
+    taken = staged.take()
+    assert taken is not None
+    taken[1](None)
+    assert seen == [("cycle", [Delete("t", b"y")], None)]
