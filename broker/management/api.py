@@ -47,6 +47,7 @@ from broker.management.requests import (
 )
 from broker.node_view import SETTLE_MODES, NodeView
 from cluster import metadata as md
+from cluster.nesting import MAX_TABLE_DEPTH
 from cluster.policy import validate_policy
 
 if TYPE_CHECKING:
@@ -428,7 +429,7 @@ class ManagementApi:
         _check(missing_keys(body, "routing_key", "properties", "payload", "payload_encoding"))
         routing_key = str_field(body, "routing_key", "")
         payload = payload_field(body)
-        properties = properties_field(object_field(body, "properties"), call.who.name)
+        properties = properties_field(object_field(body, "properties", MAX_TABLE_DEPTH + 1), call.who.name)
         self.check_amqp(call, vhost, auth.checks_for_publish(vhost, name))
         refused = self.view.exchange_accepts_publish(vhost, name)
         if refused is not None:
@@ -903,7 +904,7 @@ class ManagementApi:
         raw = await call.request.body()
         try:
             defs = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise bad_request("failed_to_parse_json") from None
         if not isinstance(defs, dict):
             raise bad_request("failed_to_parse_json")

@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 from broker.amqp import spec
 from broker.management.errors import ApiError, bad_request
+from cluster.nesting import MAX_TABLE_DEPTH, too_deep
 from cluster.policy import pcre_error
 
 # The default exchange has no name; URLs call it amq.default (rabbit_mgmt_util:id/2).
@@ -40,6 +41,8 @@ def parse_body(raw: bytes) -> dict[str, Any] | ApiError:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return bad_request("not_json")
+    except RecursionError:
+        return bad_request("not_json: nested too deeply")
     if not isinstance(value, dict):
         return bad_request("not_json: a JSON object is required")
     return value
@@ -81,13 +84,17 @@ def str_field(body: Mapping[str, Any], key: str, default: str) -> str:
     raise bad_request(f"not_string: '{key}' must be a string, got {json.dumps(value)}")
 
 
-def object_field(body: Mapping[str, Any], key: str) -> dict[str, Any]:
+def object_field(body: Mapping[str, Any], key: str, depth: int = MAX_TABLE_DEPTH) -> dict[str, Any]:
+    """A JSON object field nesting at most `depth` levels (itself the first)."""
     value = body.get(key)
     # An empty list is an empty object too: JSON [] and {} are both Erlang's [] to RabbitMQ,
     # and clients send either (pyrabbit2 sends "arguments": []).
     if value is None or value == []:
         return {}
     if isinstance(value, dict):
+        # Held to the bound the AMQP codec holds a declare's arguments and a message's headers to.
+        if too_deep(value, depth):
+            raise bad_request(f"'{key}' is nested too deeply (more than {depth} levels)")
         return value
     raise bad_request(f"not_object: '{key}' must be a JSON object, got {json.dumps(value)}")
 

@@ -181,3 +181,28 @@ def test_methods_a_path_does_not_take_are_405(api: Api, method: str, path: str) 
     reply = api.request(method, path, {} if method != "GET" else None)
     assert reply.status == 405
     assert reply.headers["allow"]
+
+
+def test_nesting_beyond_the_bound_is_refused(api: Api) -> None:
+    """Arguments and headers nest at most 100 levels (cluster/nesting.py), as over AMQP; a
+    body nested past what the JSON parser takes is not JSON."""
+    deep: object = 1
+    for _ in range(101):
+        deep = {"a": deep}
+    reply = api.put("/api/queues/%2F/too-deep", {"arguments": deep})
+    assert reply.status == 400 and "'arguments' is nested too deeply" in reply.body["reason"]
+    assert api.get("/api/queues/%2F/too-deep").status == 404
+    publish = {"routing_key": "k", "payload": "x", "payload_encoding": "string", "properties": {"headers": deep}}
+    reply = api.post("/api/exchanges/%2F/amq.default/publish", publish)
+    # The headers sit inside the properties object, one level below it.
+    assert reply.status == 400 and "'properties' is nested too deeply (more than 101 levels)" in reply.body["reason"]
+    very_deep = b'{"arguments": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert api.put("/api/queues/%2F/too-deep", raw=very_deep).body["reason"].startswith("not_json")
+    assert api.post("/api/definitions", raw=b"[" * 100_000 + b"]" * 100_000).body == {
+        "error": "bad_request", "reason": "failed_to_parse_json"}
+    ok = {"x-ok": 1}
+    for _ in range(98):
+        ok = {"a": ok}
+    assert api.put("/api/queues/%2F/deep-enough", {"arguments": ok}).status == 201
+    assert api.get("/api/queues/%2F/deep-enough").status == 200
+    api.ok("DELETE", "/api/queues/%2F/deep-enough")
