@@ -86,7 +86,12 @@ class Settings:
     channel_max: int = 2047
     vm_memory_high_watermark: MemoryWatermark = field(default_factory=MemoryWatermark)
     disk_free_limit: DiskFreeLimit = field(default_factory=DiskFreeLimit)
+    # Seed nodes a fresh node forms or joins a cluster with (cluster.membership.formation_step).
     cluster_nodes: tuple[str, ...] = ()
+    # The host's port mapper (node name -> peer port), as epmd's 4369 for RabbitMQ.
+    port_mapper_port: int = 4370
+    # Where a new queue is homed unless x-queue-master-locator or a policy says otherwise.
+    queue_master_locator: str = "client-local"
     # Ready messages a queue keeps in memory before paging the rest to the store
     # (0: never page), and the same window in bytes of bodies.
     queue_memory_window: int = 10_000
@@ -168,6 +173,14 @@ def _log_level(value: Any, hostname: str) -> str:
     if isinstance(value, str) and value.strip().lower() in LOG_LEVELS:
         return value.strip().lower()
     raise _Invalid(f"must be one of {', '.join(LOG_LEVELS)}, {_got(value)}")
+
+
+def _locator(value: Any, hostname: str) -> str:
+    from cluster.placement import LOCATORS
+
+    if isinstance(value, str) and value.strip() in LOCATORS:
+        return value.strip()
+    raise _Invalid(f"must be one of {', '.join(LOCATORS)}, {_got(value)}")
 
 
 def _names(value: Any, hostname: str) -> tuple[str, ...]:
@@ -289,7 +302,9 @@ _KEYS: dict[str, tuple[Callable[[Any, str], Any], str | None]] = {
     "channel_max": (_int_in(0, 65535), None),
     "vm_memory_high_watermark": (_watermark, None),
     "disk_free_limit": (_disk_limit, None),
-    "cluster_nodes": (_node_names, None),
+    "cluster_nodes": (_node_names, "LEVERET_CLUSTER_NODES"),
+    "port_mapper_port": (_int_in(1, 65535), "LEVERET_PORT_MAPPER_PORT"),
+    "queue_master_locator": (_locator, "LEVERET_QUEUE_MASTER_LOCATOR"),
     "queue_memory_window": (_int_in(0, 2**31 - 1, " (0 turns paging off)"), "LEVERET_QUEUE_MEMORY_WINDOW"),
     "queue_memory_window_bytes": (_positive_size, None),
     "max_message_size": (_message_size, None),

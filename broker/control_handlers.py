@@ -31,6 +31,7 @@ import trio
 
 from broker import auth
 from broker.config import DiskFreeLimit, MemoryWatermark
+from broker.control_cluster import ClusterControl
 from broker.node_view import NodeView, plain
 from cluster import metadata as md
 from cluster.control import (
@@ -115,12 +116,15 @@ class ControlHandlers:
         self._methods: dict[str, Callable[[Mapping[str, Any]], Awaitable[Any]]] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")
         }
+        cluster = ClusterControl(node)
+        self._methods.update(cluster.methods())
+        self._without_app = _WITHOUT_APP | cluster.WITHOUT_APP
 
     async def handle(self, method: str, args: Mapping[str, Any]) -> Any:
         op = self._methods.get(method)
         if op is None:
             raise ControlError(f"Command '{method}' not found.", EX_USAGE)
-        if method not in _WITHOUT_APP and not self.node.app_running:
+        if method not in self._without_app and not self.node.app_running:
             raise ControlError(APP_NOT_RUNNING, EX_USAGE)
         try:
             return await op(args)
@@ -134,7 +138,9 @@ class ControlHandlers:
     async def _propose(self, cmd: md.Command, exit_code: int = EX_SOFTWARE) -> Any:
         result = await self.node.propose_metadata(cmd)
         if isinstance(result, md.Refusal):
-            raise ControlError(result.text, exit_code)
+            # 541: the cluster could not commit it (no majority reachable): unavailable, as
+            # rabbitmqctl reports a node it cannot get an answer from.
+            raise ControlError(result.text, EX_UNAVAILABLE if result.code == 541 else exit_code)
         return result
 
     def _vhost(self, args: Mapping[str, Any]) -> str:
@@ -153,11 +159,6 @@ class ControlHandlers:
 
     async def op_status(self, args: Mapping[str, Any]) -> Any:
         return self.view.status()
-
-    async def op_cluster_status(self, args: Mapping[str, Any]) -> Any:
-        # What cluster_status shows of a cluster of one is this node's status; unlike status
-        # it needs the application running, as rabbitmqctl's does.
-        return await self.op_status(args)
 
     async def op_environment(self, args: Mapping[str, Any]) -> Any:
         s = self.node.settings

@@ -37,6 +37,7 @@ from broker.alarms import DISK, ResourceLimits, block_reason
 from broker.amqp import codec
 from broker.amqp.connection import default_server_properties
 from broker.arguments import QueueSettings, parse_expiration
+from broker.clustering import Clustering
 from broker.config import DiskFreeLimit, MemoryWatermark, Settings
 from broker.deadletter import dead_letter, without_cycles
 from broker.message import Message
@@ -48,20 +49,27 @@ from broker.session import Session
 from cluster import metadata as md
 from cluster.control import serve_control
 from cluster.cookie import load_cookie
+from cluster.group_client import Unavailable
 from cluster.logtext import RefusalLog
-from cluster.raft.driver import Applied, MemoryNetwork, RaftDriver
+from cluster.membership import METADATA_GROUP
+from cluster.portmapper import Registration
+from cluster.raft.driver import Applied, RaftDriver
 from cluster.raft.group import RaftConfig
 from cluster.raft.node import RaftNode
-from storage.datadir import open_data_dir
+from cluster.transport import PeerTransport
+from storage.datadir import open_data_dir, wipe_store_files
 from storage.interface import Delete, Put, Store, StoreError, WriteBatch
 from storage.staging import StagedWrites
 from storage.writer import GroupCommitWriter
 
 log = logging.getLogger("leveret.node")
 
-METADATA_GROUP = "metadata"
 # Allocations between collections of the youngest generation (CPython's default: 700).
 GC_YOUNG_THRESHOLD = 20_000
+# A metadata change the cluster could not commit (no majority reachable): a channel error.
+UNAVAILABLE_CODE = 541
+# How long a starting node waits for a majority of its cluster before giving up.
+CATCH_UP_TIMEOUT = 300.0
 SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
 # Store operations waiting for the writer beyond which publishers are not read from.
 WRITER_BACKLOG_OPS = 50_000
@@ -100,16 +108,9 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.name = settings.node_name
-        self.metadata = md.MetadataState()
-        self.router = Router()
-        self.leaders: dict[tuple[str, str], QueueLeader] = {}
-        # While one publish is handed to its queues: the dead letters they produce, routed
-        # after it (see `hold_dead_letters`).
-        self._held_dead_letters: list[tuple[str, str, DeadLetter, int]] | None = None
+        self._fresh_core_state()
         self.sessions: dict[str, Session] = {}  # open connections, by id
         self.all_sessions: set[Session] = set()  # including those still in the handshake
-        # direct reply-to token -> (session, channel, consumer tag)
-        self.reply_consumers: dict[str, tuple[Session, int, str]] = {}
         self.alarms: frozenset[str] = frozenset()
         # Current limits: from the settings, changed at run time by leveretctl.
         self.memory_watermark: MemoryWatermark = settings.vm_memory_high_watermark
@@ -123,23 +124,18 @@ class Node:
         self.driver: RaftDriver | None = None
         self.started = trio.Event()
         self.listeners: list[tuple[str, str, int]] = []
-        self._message_ids = 0
-        # Store operations waiting for the writer's next cycle (see `stage`).
-        self.staged = StagedWrites(on_written=self._staged_written)
         # Why the store refused the last write, while it refuses them (see `_store_failed`),
         # and when (trio time) it last refused one.
         self.store_failure: str | None = None
         self._store_refused_at = 0.0
         self._store_log = RefusalLog(log, interval=STORE_ERROR_LOG_INTERVAL)
-        # Keys of persisted messages whose deletion the store refused: deleted again once
-        # it takes writes, so acknowledged messages do not come back after a restart.
-        self._refused_deletes: list[bytes] = []
-        self.stage_message = self.staged.add_row
-        self.forget_message = self.staged.delete
         self._connections = 0
-        self._expiring: set[QueueLeader] = set()
-        self._nursery: trio.Nursery | None = None
+        self._outer: trio.Nursery | None = None  # the process's: the core and the peer port
+        self._nursery: trio.Nursery | None = None  # the core's
+        self._core_scope: trio.CancelScope | None = None
         self._app_scope: trio.CancelScope | None = None  # the AMQP listener, while the app runs
+        self._app_wanted = True  # stop_app / start_app; a reset keeps the app as it was
+        self._core_stopped = trio.Event()
 
     # ------------------------------------------------------------------ clocks and ids
 
@@ -158,40 +154,33 @@ class Node:
     # ------------------------------------------------------------------ running
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-
+        """The node: the data directory and the peer port live as long as the process; the
+        core inside them (writer, Raft, metadata, queues, the AMQP application) is started
+        again, from an empty store, when the node is reset (`reset`, `join_cluster`)."""
         settings = self.settings
         # Refuse a bad cookie (say, a world-readable cookie file) before touching anything.
         cookie = settings.cookie or load_cookie(os.environ, Path.home())
-        store = self.store = open_data_dir(settings.data_dir, self.name)
+        self.store = open_data_dir(settings.data_dir, self.name)
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self.writer = GroupCommitWriter(store)
-                self.writer.attach(self.staged)
-                self.staged.on_staged = self.writer.poke
-                await nursery.start(self.writer.run)
-                raft = RaftNode(self.name, RaftConfig(), incarnation=int(time.time()))
-                transport = MemoryNetwork().transport(self.name)
-                self.driver = RaftDriver(raft, store, transport, write=self.write_until_taken)
-                self.driver.add_group(METADATA_GROUP, _MetadataMachine(self), voters=(self.name,))
-                await nursery.start(self.driver.run)
-                await self._await_leadership()
-                await self.propose_metadata(md.DropTransient(self.name, exchanges=True))
-                await self._propose_defaults()
-                self._recover_messages()
+                self._outer = nursery
+                transport = PeerTransport(self.name, cookie)
+                self.clustering = Clustering(self, transport)
+                await nursery.start(transport.run)
+                # The peer port first: a restarted member needs its peers to elect a leader.
                 host = settings.node_ip_address
-                port = await nursery.start(self._serve_app, host, settings.node_port)
-                self.listeners.append(("amqp", host or "::", port))
                 dist_port = await nursery.start(self._serve_control, host, cookie)
                 self.listeners.append(("clustering", host or "::", dist_port))
+                await nursery.start(Registration(self.name, dist_port, mapper_port=settings.port_mapper_port).run)
+                nursery.start_soon(self.clustering.follow_members_forever)
+                await nursery.start(self._run_core, None)
+                # The HTTP listeners live as long as the process, as the peer port does (a
+                # reset restarts the core under them), from once the core has started.
                 for protocol, http_port in (("http", settings.management_port),
                                             ("http/prometheus", settings.prometheus_port)):
                     if http_port:  # 0 turns the listener off
                         bound = await nursery.start(self._serve_http, protocol, host, http_port)
                         self.listeners.append((protocol, host or "::", bound))
-                nursery.start_soon(self._tick_connections)
-                nursery.start_soon(self._watch_resources)
-                nursery.start_soon(self._expire_messages)
                 # Everything made at start-up (modules, metadata, recovered queues) lives as
                 # long as the node: keep it out of the collector's generations, and collect the
                 # young generation less often — the per-message path allocates short-lived
@@ -202,8 +191,149 @@ class Node:
                 self.started.set()
                 task_status.started()
         finally:
-            self._nursery = None
-            store.close()
+            self._outer = None
+            self.store.close()
+
+    async def _run_core(self, join: str | None,
+                        *, task_status: trio.TaskStatus[str | None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the core and run it until the node stops or is reset; started once the
+        metadata is replayed, messages are recovered and (unless stopped) the app listens.
+        With `join`, the fresh core asks that node to add it to its cluster, and is started
+        with None once it is a member, or with the reason it is not (then it idles, to be
+        reset again)."""
+        settings = self.settings
+        store = self.store
+        assert store is not None
+        self._fresh_core_state()
+        with trio.CancelScope() as scope:
+            self._core_scope = scope
+            self._core_stopped = trio.Event()
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self.writer = GroupCommitWriter(store)
+                    self.writer.attach(self.staged)
+                    self.staged.on_staged = self.writer.poke
+                    await nursery.start(self.writer.run)
+                    raft = RaftNode(self.name, RaftConfig(), incarnation=int(time.time()))
+                    self.driver = RaftDriver(raft, store, self.clustering.transport, write=self.write_until_taken)
+                    self.clustering.attach_core()
+                    machine = _MetadataMachine(self)
+                    if METADATA_GROUP in store.groups():
+                        self.driver.add_group(METADATA_GROUP, machine)
+                    else:
+                        seeds = tuple(n for n in settings.cluster_nodes if n != self.name)
+                        if join is None and seeds:
+                            join = await self.clustering.formation((self.name, *seeds))
+                        # A node joining waits, group empty, for the leader to add it.
+                        self.driver.add_group(METADATA_GROUP, machine, voters=() if join else (self.name,))
+                    await nursery.start(self.driver.run)
+                    if join is not None:
+                        refused = await self.clustering.ask_to_join(join)
+                        if refused is not None:
+                            task_status.started(refused)
+                            await trio.sleep_forever()
+                    await self._catch_up()
+                    await self._propose_defaults()
+                    self._recover_messages()
+                    if self._app_wanted:
+                        await self._start_listener(settings.node_port)
+                    nursery.start_soon(self._tick_connections)
+                    nursery.start_soon(self._watch_resources)
+                    nursery.start_soon(self._expire_messages)
+                    task_status.started(None)
+            finally:
+                self._nursery = None
+                self._core_scope = None
+                self._core_stopped.set()
+
+    def _fresh_core_state(self) -> None:
+        """What the core holds, empty: filled by replaying the store's metadata and messages."""
+        self.metadata = md.MetadataState()
+        self.router = Router()
+        self.leaders: dict[tuple[str, str], QueueLeader] = {}
+        # While one publish is handed to its queues: the dead letters they produce, routed
+        # after it (see `hold_dead_letters`).
+        self._held_dead_letters: list[tuple[str, str, DeadLetter, int]] | None = None
+        # direct reply-to token -> (session, channel, consumer tag)
+        self.reply_consumers: dict[str, tuple[Session, int, str]] = {}
+        self._message_ids = 0
+        self._expiring: set[QueueLeader] = set()
+        # Store operations waiting for the writer's next cycle (see `stage`).
+        self.staged = StagedWrites(on_written=self._staged_written)
+        # Keys of persisted messages whose deletion the store refused: deleted again once
+        # it takes writes, so acknowledged messages do not come back after a restart.
+        self._refused_deletes: list[bytes] = []
+        self.stage_message = self.staged.add_row
+        self.forget_message = self.staged.delete
+
+    # ------------------------------------------------------------------ the cluster
+
+    @property
+    def cluster_name(self) -> str:
+        return self.name
+
+    def cluster_members(self) -> frozenset[str]:
+        """The members of the cluster: those of the metadata group (none while joining)."""
+        if self.driver is None or METADATA_GROUP not in self.driver.node.groups:
+            return frozenset()
+        status = self.driver.node.status(METADATA_GROUP)
+        return status.voters | status.learners
+
+    def metadata_leader(self) -> frozenset[str]:
+        """The metadata group's leader as this node knows it (none, or one node)."""
+        if self.driver is None or METADATA_GROUP not in self.driver.node.groups:
+            return frozenset()
+        leader = self.driver.node.status(METADATA_GROUP).leader
+        return frozenset({leader}) if leader else frozenset()
+
+    def reachable_nodes(self) -> frozenset[str]:
+        """Other nodes this node has a working peer link to."""
+        return self.clustering.transport.reachable()
+
+    async def peer_summaries(self, nodes: tuple[str, ...]) -> dict[str, Any]:
+        """cluster_status's summary of each of `nodes` other than this one that answers."""
+        from broker.clustering import SUMMARY
+        from cluster.transport import Replied
+
+        found: dict[str, Any] = {}
+
+        async def ask(name: str) -> None:
+            outcome = await self.clustering.transport.call(name, SUMMARY, {}, timeout=2.0)
+            if isinstance(outcome, Replied) and isinstance(outcome.value, dict):
+                found[name] = outcome.value
+
+        async with trio.open_nursery() as nursery:
+            for name in nodes:
+                if name != self.name:
+                    nursery.start_soon(ask, name)
+        return found
+
+    async def join_cluster(self, target: str) -> str | None:
+        """rabbitmqctl join_cluster (the app is stopped): leave the current cluster, reset,
+        and become a member of `target`'s; None when done, else the reason it failed (the
+        node is then reset, a cluster of one)."""
+        refused = await self._restart_core(join=target)
+        if refused is not None:
+            await self._restart_core()
+        return refused
+
+    async def reset(self) -> None:
+        """rabbitmqctl reset (the caller checked that the app is stopped and, for a member of
+        a cluster, left it): the core stops, the store is deleted, and a fresh core starts
+        as a new cluster of one, with the first start's defaults."""
+        await self._restart_core()
+
+    async def _restart_core(self, join: str | None = None) -> str | None:
+        assert self._outer is not None and self._core_scope is not None and self.store is not None
+        await self.wait_for_writes()
+        self._core_scope.cancel()
+        await self._core_stopped.wait()
+        store, self.store = self.store, None
+        store.close()
+        wipe_store_files(self.settings.data_dir)
+        self.store = open_data_dir(self.settings.data_dir, self.name)
+        return await self._outer.start(self._run_core, join)
 
     async def _serve_app(self, host: str, port: int, *, task_status: trio.TaskStatus[int]) -> None:
         from broker.server import serve_amqp
@@ -216,7 +346,8 @@ class Node:
         from broker.control_handlers import ControlHandlers
 
         await serve_control(ControlHandlers(self).handle, cookie=cookie, node_name=self.name, host=host,
-                            port=self.settings.dist_port, task_status=task_status)
+                            port=self.settings.dist_port, peer_links=self.clustering.transport.serve_inbound,
+                            task_status=task_status)
 
     async def _serve_http(self, protocol: str, host: str, port: int, *, task_status: trio.TaskStatus[int]) -> None:
         from broker.management.server import serve_http
@@ -230,6 +361,7 @@ class Node:
     async def stop_app(self) -> None:
         """rabbitmqctl stop_app: clients are disconnected and the AMQP listener closed;
         the process, the metadata, the queues and the control endpoint stay."""
+        self._app_wanted = False
         if self._app_scope is None:
             return
         scope, self._app_scope = self._app_scope, None
@@ -252,19 +384,37 @@ class Node:
 
     async def start_app(self) -> None:
         """rabbitmqctl start_app: listen for AMQP clients again, on the port used before."""
+        self._app_wanted = True
         if self._app_scope is not None or self._nursery is None:
             return
         port = next((p for proto, _h, p in self.listeners if proto == "amqp"), self.settings.node_port)
-        await self._nursery.start(self._serve_app, self.settings.node_ip_address, port)
+        await self._start_listener(port)
 
-    async def _await_leadership(self) -> None:
+    async def _start_listener(self, port: int) -> None:
+        assert self._nursery is not None
+        host = self.settings.node_ip_address
+        port = await self._nursery.start(self._serve_app, host, port)
+        if not any(proto == "amqp" for proto, _h, _p in self.listeners):
+            self.listeners.insert(0, ("amqp", host or "::", port))
+
+    async def _catch_up(self) -> None:
+        """Until this node has applied everything committed before it started: a sole voter
+        elects itself, a member of a cluster waits for a leader with a majority. The barrier
+        is `DropTransient` (this node's transient queues did not survive its restart; a
+        cluster of one loses its transient exchanges too, as a whole RabbitMQ cluster does):
+        once it is applied here, every earlier entry is."""
         assert self.driver is not None
-        raft = self.driver.node
-        with trio.fail_after(30):
-            while not raft.is_leader(METADATA_GROUP):
-                raft.campaign(METADATA_GROUP)
-                self.driver._kick.set()
-                await trio.sleep(0.01)
+        members = self.cluster_members()
+        if members == {self.name}:
+            await self.driver.campaign(METADATA_GROUP)
+        barrier = md.DropTransient(self.name, exchanges=members == {self.name})
+        with trio.fail_after(CATCH_UP_TIMEOUT):
+            while True:
+                result = await self.propose_metadata(barrier)
+                if not (isinstance(result, md.Refusal) and result.code == UNAVAILABLE_CODE):
+                    return
+                log.info("waiting for a majority of the cluster (%s): %s",
+                         ", ".join(sorted(self.cluster_members())), result.text)
 
     async def _propose_defaults(self) -> None:
         """The default vhost, user and permissions, on every start. Whether they are made is
@@ -319,11 +469,15 @@ class Node:
 
     async def propose_metadata(self, cmd: md.Command) -> Any:
         """Commit a metadata command; its result (a value or a `Refusal`)."""
-        assert self.driver is not None
-        outcome = await self.driver.propose(METADATA_GROUP, md.encode_command(cmd))
+        groups = self.clustering.groups
+        assert groups is not None
+        outcome = await groups.propose(METADATA_GROUP, md.encode_command(cmd))
         if isinstance(outcome, Applied):
             return outcome.result.result
-        return md.Refusal(541, f"INTERNAL_ERROR - metadata change not committed: {outcome!r}")
+        if isinstance(outcome, Unavailable):
+            return md.Refusal(UNAVAILABLE_CODE, f"INTERNAL_ERROR - metadata change not committed on node "
+                                                f"{self.name}: {outcome.reason}")
+        return md.Refusal(UNAVAILABLE_CODE, f"INTERNAL_ERROR - metadata change refused: {outcome.reason}")
 
     def on_metadata_changes(self, changes: tuple[md.Change, ...]) -> None:
         self.router.apply(changes)

@@ -105,7 +105,7 @@ class NodeView:
 
     @property
     def cluster_name(self) -> str:
-        return str(self.node.server_properties.get("cluster_name", self.node.name))
+        return self.node.cluster_name
 
     @property
     def alarms(self) -> frozenset[str]:
@@ -244,13 +244,15 @@ class NodeView:
             "connection_count": len(node.sessions),
             "queue_count": sum(len(meta.queues(v.name)) for v in meta.vhosts()),
             "virtual_host_count": len(meta.vhosts()),
-            "listeners": [
-                {"node": node.name, "protocol": proto, "interface": host, "port": port,
-                 "purpose": LISTENER_PURPOSES.get(proto, proto)}
-                for proto, host, port in node.listeners
-                if proto != "amqp" or node.app_running
-            ],
+            "listeners": self.listener_rows(),
         }
+
+    def listener_rows(self) -> list[dict[str, Any]]:
+        """The listeners as rabbitmqctl status lists them (AMQP's only while the app runs)."""
+        node = self.node
+        return [{"node": node.name, "protocol": proto, "interface": host, "port": port,
+                 "purpose": LISTENER_PURPOSES.get(proto, proto)}
+                for proto, host, port in node.listeners if proto != "amqp" or node.app_running]
 
     def raft_groups(self) -> list[Any]:
         """The `GroupStatus` of every Raft group this node hosts (today the metadata group)."""

@@ -73,6 +73,16 @@ REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_TO_PREFIX = REPLY_TO + "."
 
 
+def remote_queue_text(q: md.QueueRecord, here: str) -> str:
+    """Why a queue led by another node is not served on this one."""
+    return (f"queue '{q.name}' in vhost '{q.vhost}' is served by its home node '{q.node}', "
+            f"not by '{here}': connect to '{q.node}' to use it")
+
+
+# Messages routed (without confirms) to a queue homed on another node, logged per queue.
+_unforwarded = RefusalLog(log, interval=10.0)
+
+
 def _server_named_queue() -> str:
     return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
@@ -438,6 +448,9 @@ class Session:
                     leader.publish(message, now, None)
                     if leader.state.messages_ready > FLOW_HIGH:
                         self.congested = leader
+                elif (record := node.metadata.queue(vhost, q)) is not None:
+                    _unforwarded.warning(q, "a message routed to queue '%s' in vhost '%s' was dropped: %s",
+                                         peer_text(q), peer_text(vhost), remote_queue_text(record, node.name))
             return
         tracker: Callable[[bool], None]
         if tx is not None:
@@ -449,7 +462,9 @@ class Session:
         for q in queues:
             leader = node.leader(vhost, q)
             if leader is None:
-                tracker(True)
+                # Deleted since it was routed to (nothing to confirm against, as RabbitMQ), or
+                # led by another node, which this node does not forward to: never confirmed.
+                tracker(node.metadata.queue(vhost, q) is None)
             else:
                 leader.publish(message, now, tracker)
                 if leader.state.messages_ready > FLOW_HIGH:
@@ -590,6 +605,12 @@ class Session:
         """Commit a metadata change; None if it was refused (the channel is then closed)."""
         result = await self.node.propose_metadata(cmd)
         if isinstance(result, md.Refusal):
+            if result.code == spec.INTERNAL_ERROR:
+                # The cluster could not commit it (no majority reachable from this node): the
+                # channel goes, not the connection, so the client may retry on a new channel.
+                self.handle_sync(self.conn.close_channel(channel, result.code, result.text,
+                                                         method.CLASS_ID, method.METHOD_ID))
+                return None
             self._fail(channel, result, method)
             return None
         return result
@@ -745,8 +766,11 @@ class Session:
         vhost = self.vhost
         q = self.node.metadata.queue(vhost, name)
         leader = self.node.leader(vhost, name) if q is not None else None
-        if q is None or leader is None:
+        if q is None:
             self._refuse(channel, spec.NOT_FOUND, f"no queue '{name}' in vhost '{vhost}'", m)
+            return None
+        if leader is None:
+            self._refuse(channel, spec.NOT_FOUND, remote_queue_text(q, self.node.name), m)
             return None
         if not self._owned_check(channel, q, m):
             return None

@@ -6,7 +6,8 @@
 Options may come before or after the command, as with rabbitmqctl. The node
 is `-n` (default $LEVERET_NODENAME, else leveret@<short hostname>); it is
 reached at the host part of its name, on `--port` (default
-$LEVERET_DIST_PORT, else 25672), and the cookie is $LEVERET_COOKIE or
+$LEVERET_DIST_PORT, else the port the host's port mapper has for it, else 25672),
+and the cookie is $LEVERET_COOKIE or
 ~/.leveret.cookie. Each command is one authenticated control request
 (`cluster.control`); the node answers with data or with RabbitMQ's error text
 and the exit code rabbitmqctl uses (64 usage, 65 data, 67 no such user, 69
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from functools import partial
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +61,7 @@ class Exit(Exception):
 @dataclass
 class Options:
     node: str
-    port: int
+    port: int | None  # None until looked up (`mapped_port`): --port or $LEVERET_DIST_PORT win
     quiet: bool = False
     silent: bool = False
     timeout: float | None = None
@@ -75,9 +77,20 @@ def default_node() -> str:
     return os.environ.get("LEVERET_NODENAME") or f"leveret@{socket.gethostname().split('.')[0]}"
 
 
-def default_port() -> int:
+def default_port() -> int | None:
+    """$LEVERET_DIST_PORT, or None: the node's port is then asked of its host's port mapper."""
     value = os.environ.get("LEVERET_DIST_PORT", "")
-    return int(value) if value.isdigit() else DEFAULT_DIST_PORT
+    return int(value) if value.isdigit() else None
+
+
+def mapped_port(node: str) -> int:
+    """The peer port the port mapper on `node`'s host has for it (as rabbitmqctl asks epmd),
+    else 25672."""
+    from cluster.portmapper import DEFAULT_PORT_MAPPER_PORT, resolve_control_port
+
+    value = os.environ.get("LEVERET_PORT_MAPPER_PORT", "")
+    mapper = int(value) if value.isdigit() else DEFAULT_PORT_MAPPER_PORT
+    return trio.run(partial(resolve_control_port, node, None, mapper_port=mapper, default_port=DEFAULT_DIST_PORT))
 
 
 class Context:
@@ -495,6 +508,8 @@ def run(argv: list[str]) -> int:
     if opts.help:
         print(command_help(command))
         return 0
+    if opts.port is None:
+        opts.port = mapped_port(opts.node)
     ctx = Context(opts, command, shown_argv)
     try:
         if problems:

@@ -22,7 +22,7 @@ from typing import Any
 from broker.config import parse_size
 from cli.ctl import Context, Exit
 from cli.ctl_format import csv_lines, json_rows, json_value, table_lines
-from cluster.control import EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL
+from cluster.control import EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE
 from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, is_container
 
 
@@ -372,36 +372,128 @@ def cmd_version(ctx: Context, args: list[str]) -> None:
 @command("[--timeout <timeout>]", "Displays all the nodes in the cluster grouped by node type, together with the "
          "currently running nodes")
 def cmd_cluster_status(ctx: Context, args: list[str]) -> None:
-    """rabbitmqctl 3.10's cluster_status for a cluster of one: this node is its only disk and
-    running node, the cluster is named after it (as Leveret tells clients), no partitions."""
+    """rabbitmqctl 3.10's cluster_status: every member is a disk node; running nodes are
+    those the target node can reach (itself included), and the members it cannot reach
+    are named under network partitions; versions, listeners, alarms and maintenance
+    status of the running nodes."""
     ctx.info(f"Cluster status of node {ctx.options.node} ...")
     s = ctx.call("cluster_status")
-    node = s["node_name"]
-    listeners = [_listener(x) for x in s["listeners"]]
-    versions = {node: {"rabbitmq_name": s.get("product_name", "Leveret"), "rabbitmq_version": s["product_version"],
-                       "python_version": s.get("python_version", "")}}
+    running = list(s["running_nodes"])
+    nodes: Mapping[str, Any] = s["nodes"]
+    listeners = {n: [_listener(x) for x in nodes[n]["listeners"]] for n in running if n in nodes}
+    versions = {n: {"rabbitmq_name": nodes[n].get("product_name", "Leveret"),
+                    "rabbitmq_version": nodes[n]["product_version"],
+                    "python_version": nodes[n].get("python_version", "")} for n in running if n in nodes}
+    alarms = [(n, a) for n in running if n in nodes for a in nodes[n]["alarms"]]
+    partitions: Mapping[str, list[str]] = s["partitions"]
     if ctx.options.formatter == "json":
         ctx.out(json_value({
-            "alarms": [{"node": node, "resource": a, "type": "resource_limit"} for a in s["alarms"]],
-            "cluster_name": node, "disk_nodes": [node], "feature_flags": [], "listeners": {node: listeners},
-            "maintenance_status": {node: "not under maintenance"}, "partitions": {}, "ram_nodes": [],
-            "running_nodes": [node], "versions": versions}))
+            "alarms": [{"node": n, "resource": a, "type": "resource_limit"} for n, a in alarms],
+            "cluster_name": s["cluster_name"], "disk_nodes": list(s["disk_nodes"]), "feature_flags": [],
+            "listeners": listeners, "maintenance_status": {n: "not under maintenance" for n in versions},
+            "partitions": partitions, "ram_nodes": [], "running_nodes": running, "versions": versions}))
         return
     lines = [
-        "Basics", "", f"Cluster name: {node}",
-        "", "Disk Nodes", "", node,
-        "", "Running Nodes", "", node,
+        "Basics", "", f"Cluster name: {s['cluster_name']}",
+        "", "Disk Nodes", "", *sorted(s["disk_nodes"]),
+        "", "Running Nodes", "", *sorted(running),
         "", "Versions", "",
-        f"{node}: {versions[node]['rabbitmq_name']} {s['product_version']} on Python {s.get('python_version', '')}",
-        "", "Maintenance status", "", f"Node: {node}, status: not under maintenance",
-        "", "Alarms", "", *([_alarm_line(a, node) for a in s["alarms"]] or ["(none)"]),
-        "", "Network Partitions", "", "(none)",
+        *[f"{n}: {v['rabbitmq_name']} {v['rabbitmq_version']} on Python {v['python_version']}"
+          for n, v in versions.items()],
+        "", "Maintenance status", "", *[f"Node: {n}, status: not under maintenance" for n in versions],
+        "", "Alarms", "", *([_alarm_line(a, n) for n, a in alarms] or ["(none)"]),
+        "", "Network Partitions", "",
+        *([f"Node {n} cannot communicate with {', '.join(peers)}" for n, peers in partitions.items()]
+          or ["(none)"]),
         "", "Listeners", "",
-        *[f"Node: {node}, interface: {x['interface']}, port: {x['port']}, protocol: {x['protocol']}, "
-          f"purpose: {x['purpose']}" for x in listeners],
+        *[f"Node: {n}, interface: {x['interface']}, port: {x['port']}, protocol: {x['protocol']}, "
+          f"purpose: {x['purpose']}" for n, xs in listeners.items() for x in xs],
         "", "Feature flags", "", "(none)",
     ]
     ctx.out("\n".join(lines))
+
+
+@command("[--disc|--ram] <existing_cluster_member>",
+         "Instructs the node to become a member of the cluster that the specified node is in",
+         args=("existing_cluster_member",), options={"--disc": "flag", "--ram": "flag"})
+def cmd_join_cluster(ctx: Context, args: list[str]) -> None:
+    target = args[0]
+    ctx.info(f"Clustering node {ctx.options.node} with {target}")
+    if ctx.options.command_options.get("ram"):
+        # Accepted for rabbitmqctl's scripts; a RAM node would lose what a Raft voter promised.
+        ctx.info("Every Leveret node is a disc node: --ram is accepted and ignored")
+    result = ctx.call("join_cluster", {"target": _full_node_name(target)})
+    if result == "already_member":
+        _message(ctx, "The node is already a member of this cluster")
+    else:
+        _done(ctx)
+
+
+@command("", "Instructs a Leveret node to leave the cluster and return to its virgin state")
+def cmd_reset(ctx: Context, args: list[str]) -> None:
+    ctx.info(f"Resetting node {ctx.options.node} ...")
+    ctx.call("reset")
+    _done(ctx)
+
+
+@command("", "Forcefully returns a Leveret node to its virgin state, without telling the other members")
+def cmd_force_reset(ctx: Context, args: list[str]) -> None:
+    ctx.info(f"Forcefully resetting node {ctx.options.node} ...")
+    ctx.call("reset", {"force": True})
+    _done(ctx)
+
+
+@command("[--offline] <existing_cluster_member_node>", "Removes a node from the cluster",
+         args=("existing_cluster_member_node",), options={"--offline": "flag"})
+def cmd_forget_cluster_node(ctx: Context, args: list[str]) -> None:
+    node = _full_node_name(args[0])
+    ctx.info(f"Removing node {node} from the cluster")
+    ctx.call("forget_cluster_node", {"node": node, "offline": bool(ctx.options.command_options.get("offline"))})
+    _done(ctx)
+
+
+@command("<disc|ram>", "Changes the type of the cluster node", args=("type",))
+def cmd_change_cluster_node_type(ctx: Context, args: list[str]) -> None:
+    kind = args[0]
+    if kind not in ("disc", "disk", "ram"):
+        ctx.usage_error('node type must be one of: "disc", "ram"')
+    kind = "disc" if kind == "disk" else kind
+    ctx.info(f"Turning {ctx.options.node} into a {kind} node")
+    ctx.call("change_cluster_node_type", {"type": kind})
+    _message(ctx, "Node type is already disc")
+
+
+@command("<count> [--timeout <timeout>]", "Waits for <count> nodes to join the cluster", args=("count",))
+def cmd_await_online_nodes(ctx: Context, args: list[str]) -> None:
+    try:
+        count = int(args[0])
+    except ValueError:
+        ctx.usage_error(f"{args[0]!r} is not a positive integer")
+    if count < 1:
+        ctx.usage_error(f"{args[0]!r} is not a positive integer")
+    timeout = ctx.options.timeout if ctx.options.timeout is not None else 300.0
+    ctx.info(f"Will wait for at least {count} nodes to join the cluster of {ctx.options.node}. "
+             f"Timeout: {int(timeout)} seconds.")
+    ctx.call("await_online_nodes", {"count": count, "timeout": timeout}, timeout=timeout + 5)
+    _done(ctx)
+
+
+@command("<oldnode1> <newnode1> [oldnode2] [newnode2] ...", "Renames cluster nodes in the local database",
+         rest=True)
+def cmd_rename_cluster_node(ctx: Context, args: list[str]) -> None:
+    # A node's name is in every Raft group it belongs to, its data directory and its peers'
+    # configurations; renaming in place is not offered. Say so before touching anything.
+    ctx.error("Error: rename_cluster_node is not supported by Leveret: a node's name is part of every "
+              "Raft group it belongs to. Add a node under the new name (join_cluster), then remove "
+              "the old one (forget_cluster_node).")
+    raise Exit(EX_USAGE)
+
+
+def _full_node_name(name: str) -> str:
+    """`name` as rabbitmqctl reads a node argument: a bare name means name@<short hostname>."""
+    import socket
+
+    return name if "@" in name else f"{name}@{socket.gethostname().split('.')[0]}"
 
 
 @command("[--timeout <timeout>]", "DEPRECATED. Performs intrusive, opinionated health checks on a fully booted node. "
@@ -932,7 +1024,8 @@ def cmd_import_definitions(ctx: Context, args: list[str]) -> None:
 _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Help", ("version",)),
     ("Nodes", ("await_startup", "start_app", "stop", "stop_app")),
-    ("Cluster", ("cluster_status",)),
+    ("Cluster", ("await_online_nodes", "change_cluster_node_type", "cluster_status", "forget_cluster_node",
+                 "force_reset", "join_cluster", "rename_cluster_node", "reset")),
     ("Users", ("add_user", "authenticate_user", "change_password", "clear_password", "delete_user", "list_users",
                "set_user_tags")),
     ("Access Control", ("clear_permissions", "clear_topic_permissions", "list_permissions", "list_topic_permissions",

@@ -126,6 +126,8 @@ class PeerUnreachable:
     node: str
     reason: str
     refusal: RefusalKind | None = None
+    # The request had been written when the link broke: the peer may have carried it out.
+    maybe_delivered: bool = False
 
     @property
     def cookie_differs(self) -> bool:
@@ -658,7 +660,7 @@ class PeerTransport:
     def _fail_written(self, peer: _Peer, reason: str) -> None:
         for call_id in peer.written:
             if (waiter := peer.calls.get(call_id)) is not None:
-                waiter.resolve(PeerUnreachable(peer.name, reason))
+                waiter.resolve(PeerUnreachable(peer.name, reason, maybe_delivered=True))
         peer.written.clear()
 
     # ------------------------------------------------------------------ inbound: links other nodes dialled

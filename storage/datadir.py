@@ -183,3 +183,15 @@ def _claim(store: LmdbStore, directory: Path, node_name: str) -> None:
             f"data directory {directory} belongs to node {owner.decode('utf-8', 'replace')!r}, "
             f"not {node_name!r}; refusing to use it"
         )
+
+
+def wipe_store_files(path: str | os.PathLike[str]) -> None:
+    """Remove the LMDB environment of a data directory, which its node has closed: the
+    operator's `reset` returns the node to its virgin state. The lock file stays (its
+    node is still running and takes the lock again on reopening)."""
+    directory = Path(path)
+    for name in (DATA_FILE, "lock.mdb"):
+        try:
+            (directory / name).unlink()
+        except FileNotFoundError:
+            pass

@@ -112,6 +112,9 @@ class RaftDriver:
         self._read_seq = 0
         self._kick = trio.Event()
         self._inbox: list[PeerBatch] = []
+        # group -> open `AppliedResults` watches (see `watch_results`).
+        self._watches: dict[str, list[AppliedResults]] = {}
+        self._applied_changed = trio.Event()
         self.cycles = 0
 
     async def _write_in_thread(self, batch: WriteBatch) -> None:
@@ -186,6 +189,30 @@ class RaftDriver:
     async def transfer_leadership(self, group: str, target: str) -> NotLeader | Refused | None:
         return await self._request(lambda: self.node.transfer_leadership(group, target))
 
+    async def campaign(self, group: str) -> None:
+        """Start an election for `group` now (a single-voter group elects itself at once)."""
+        await self._request(lambda: self.node.campaign(group))
+
+    async def wait_applied(self, group: str, index: int) -> None:
+        """Until this node has applied `group` through `index` (entries or a snapshot)."""
+        while self.applied.get(group, 0) < index:
+            await self._applied_changed.wait()
+
+    def watch_results(self, group: str) -> "AppliedResults":
+        """Keep the results of `group`'s entries applied here from now until the watch is
+        closed: a change proposed through another node's leader is applied here too, and
+        its result here is the one to answer with (apply is deterministic)."""
+        watch = AppliedResults(self, group)
+        self._watches.setdefault(group, []).append(watch)
+        return watch
+
+    def _unwatch(self, watch: "AppliedResults") -> None:
+        watches = self._watches.get(watch.group)
+        if watches is not None and watch in watches:
+            watches.remove(watch)
+            if not watches:
+                del self._watches[watch.group]
+
     # ------------------------------------------------------------------ the loop
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -233,9 +260,12 @@ class RaftDriver:
                 w.resolve(Lost(group, key[1], "outcome unknown here: superseded by a snapshot"))
         for group, entries in rd.committed.items():
             sm = self.machines[group]
+            watches = self._watches.get(group, ())
             for e in entries:
                 payload = entry_payload(e)
                 result = sm.apply(e.index, payload) if payload is not None else None
+                for watch in watches:
+                    watch.results[e.index] = result
                 waiting = self._proposals.pop((group, e.index), None)
                 if waiting is not None:
                     term, w = waiting
@@ -256,6 +286,9 @@ class RaftDriver:
                 continue
             self._reads_ready.setdefault(group, []).append((rs.index, query, w))
             self._serve_reads(group)
+        if rd.committed or rd.snapshots:
+            self._applied_changed.set()
+            self._applied_changed = trio.Event()
         self.node.advance(rd)
         if self.node.has_ready():
             self._kick.set()
@@ -272,6 +305,31 @@ class RaftDriver:
             else:
                 keep.append((index, query, w))
         self._reads_ready[group] = keep
+
+
+class AppliedResults:
+    """Results of a group's entries as this node applies them, while the watch is open
+    (a context manager: `with driver.watch_results(group) as watch: ...`)."""
+
+    def __init__(self, driver: RaftDriver, group: str) -> None:
+        self.driver = driver
+        self.group = group
+        self.results: dict[int, Any] = {}  # index -> the state machine's result
+
+    def __enter__(self) -> "AppliedResults":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.driver._unwatch(self)
+
+    async def result(self, index: int) -> Applied | Lost:
+        """The result here of the entry committed at `index` (the leader said it applied
+        ours there, and committed entries are the same on every node) once applied here;
+        `Lost` if it arrived inside a snapshot (committed, but its result is unknown here)."""
+        await self.driver.wait_applied(self.group, index)
+        if index not in self.results:
+            return Lost(self.group, index, "applied here from a snapshot: committed, result unknown")
+        return Applied(self.group, index, self.results[index])
 
 
 class MemoryNetwork:

@@ -31,6 +31,32 @@ def scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="node-", dir=_scratch))
 
 
+_port_mapper: tuple[subprocess.Popen, int] | None = None
+
+
+def port_mapper_port() -> int:
+    """The port of this test process's own port mapper (started on first use, stopped by its
+    pid when the process exits), so that test nodes never share, or spawn, the host's."""
+    global _port_mapper
+    if _port_mapper is None:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "cluster.portmapper", "--port", str(port),
+                                 "--host", "127.0.0.1"], cwd=REPO, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        atexit.register(_stop_port_mapper, proc)
+        wait_for_port("127.0.0.1", port, 15, proc)
+        _port_mapper = (proc, port)
+    return _port_mapper[1]
+
+
+def _stop_port_mapper(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -98,6 +124,7 @@ class NodeProcess:
             "LEVERET_DATA_DIR": str(self.data_dir),
             "LEVERET_COOKIE": self.cookie,
             "LEVERET_LOG_LEVEL": "info",
+            "LEVERET_PORT_MAPPER_PORT": str(port_mapper_port()),
         })
         env.update(self.extra_env)
         return env

@@ -9,6 +9,7 @@ const HISTORY_SAMPLES = 120;     // 10 minutes of overview samples for the chart
 
 let credentials = sessionStorage.getItem("leveret-credentials");
 let refreshTimer = null;
+let shownRoute = 0;               // which route() call may still draw: only the latest
 const history = [];               // overview samples: {t, rates: {...}, totals: {...}}
 
 // ---------------------------------------------------------------------------- helpers
@@ -145,7 +146,6 @@ function showLogin(message) {
     try {
       await api("GET", "/whoami");
       sessionStorage.setItem("leveret-credentials", credentials);
-      if (!location.hash || location.hash === "#/login") location.hash = "#/overview";
       route();
     } catch (err) {
       credentials = null;
@@ -521,6 +521,9 @@ pages.definitions = async () => {
 
 async function route() {
   clearTimeout(refreshTimer);
+  // A page still loading when another is asked for (a click, a refresh timer) must not
+  // draw over it once its requests come back.
+  const mine = ++shownRoute;
   if (!credentials) return showLogin();
   const parts = (location.hash.replace(/^#\/?/, "") || "overview").split("/").map(decodeURIComponent);
   const page = pages[parts[0]] ? parts[0] : "overview";
@@ -529,13 +532,16 @@ async function route() {
   }
   try {
     const who = await api("GET", "/whoami");
+    if (mine !== shownRoute) return;
     document.getElementById("who").textContent = `${who.name} (${who.tags.join(", ") || "no tags"})`;
     document.getElementById("nav").hidden = false;
     document.getElementById("logout").hidden = false;
     const content = await pages[page](...parts.slice(1));
+    if (mine !== shownRoute) return;
     document.getElementById("main").replaceChildren(...content);
     document.body.dataset.page = page;
   } catch (err) {
+    if (mine !== shownRoute) return;
     if (err.status === 401) return showLogin(err.message);
     document.getElementById("main").replaceChildren(h("p", { class: "alarm" }, err.message));
   }
