@@ -247,6 +247,11 @@ class NodeView:
             "listeners": self.listener_rows(),
         }
 
+    def other_members(self) -> list[tuple[str, bool]]:
+        """(name, reachable) of the cluster's other members, as this node sees them now."""
+        reachable = self.node.reachable_nodes()
+        return [(name, name in reachable) for name in sorted(self.node.cluster_members() - {self.node.name})]
+
     def listener_rows(self) -> list[dict[str, Any]]:
         """The listeners as rabbitmqctl status lists them (AMQP's only while the app runs)."""
         node = self.node

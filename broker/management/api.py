@@ -306,15 +306,21 @@ class ManagementApi:
             "cluster_links": [],
         }
 
+    def nodes_json(self) -> list[dict[str, Any]]:
+        """This node in full, and the cluster's other members as this node sees them: running
+        while their peer link works, down otherwise (their own figures are not fetched yet)."""
+        others = [{"name": name, "type": "disc", "running": reachable, "partitions": []}
+                  for name, reachable in self.view.other_members()]
+        return sorted([self.node_json(), *others], key=lambda n: n["name"])
+
     async def nodes(self, call: Call) -> Response:
         _check(access.require_monitor(call.who))
-        return self.listed(call, [self.node_json()])
+        return self.listed(call, self.nodes_json())
 
     async def node(self, call: Call) -> Response:
         _check(access.require_monitor(call.who))
-        if path_name(call.params["node"]) != self.view.node_name:
-            raise NOT_FOUND
-        return self.one(call, self.node_json())
+        name = path_name(call.params["node"])
+        return self.one(call, _found(next((n for n in self.nodes_json() if n["name"] == name), None)))
 
     async def cluster_name(self, call: Call) -> Response:
         return json_reply({"name": self.view.cluster_name})

@@ -236,19 +236,22 @@ function chart(title, samples, series, unit) {
 
 pages.nodes = async () => {
   const nodes = await api("GET", "/nodes");
+  // Another member's figures are not fetched yet: only whether this node reaches it.
+  const known = (n, text) => n.mem_used === undefined ? "" : text();
   return [
     h("h1", {}, "Nodes"),
     table(nodes, [
       ["Name", n => n.name],
       ["Running", n => n.running ? "running" : h("span", { class: "alarm" }, "down")],
-      ["Memory", n => h("span", { class: n.mem_alarm ? "alarm" : null },
-                       `${fmt(Math.round(n.mem_used / 1048576))} MiB / ${fmt(Math.round(n.mem_limit / 1048576))} MiB`)],
-      ["Disk free", n => h("span", { class: n.disk_free_alarm ? "alarm" : null },
-                          `${fmt(Math.round(n.disk_free / 1e6))} MB (limit ${fmt(Math.round(n.disk_free_limit / 1e6))} MB)`)],
-      ["Alarms", n => [n.mem_alarm ? "memory" : null, n.disk_free_alarm ? "disk" : null].filter(Boolean).join(", ") || "none"],
+      ["Memory", n => known(n, () => h("span", { class: n.mem_alarm ? "alarm" : null },
+                       `${fmt(Math.round(n.mem_used / 1048576))} MiB / ${fmt(Math.round(n.mem_limit / 1048576))} MiB`))],
+      ["Disk free", n => known(n, () => h("span", { class: n.disk_free_alarm ? "alarm" : null },
+                          `${fmt(Math.round(n.disk_free / 1e6))} MB (limit ${fmt(Math.round(n.disk_free_limit / 1e6))} MB)`))],
+      ["Alarms", n => known(n, () => [n.mem_alarm ? "memory" : null, n.disk_free_alarm ? "disk" : null]
+                                       .filter(Boolean).join(", ") || "none")],
       ["Partitions", n => n.partitions.length ? n.partitions.join(", ") : "none"],
-      ["File descriptors", n => `${fmt(n.fd_used)} / ${fmt(n.fd_total)}`],
-      ["Uptime", n => `${fmt(Math.round(n.uptime / 1000))} s`],
+      ["File descriptors", n => known(n, () => `${fmt(n.fd_used)} / ${fmt(n.fd_total)}`)],
+      ["Uptime", n => known(n, () => `${fmt(Math.round(n.uptime / 1000))} s`)],
     ]),
   ];
 };
