@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
+from starlette.convertors import CONVERTOR_TYPES, Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -140,7 +141,7 @@ def _error_response(refusal: ApiError) -> Response:
     return JSONResponse(refusal.body(), status_code=refusal.status, headers=headers)
 
 
-class _BindingKind:
+class _BindingKind(Convertor[str]):
     """Starlette path convertor for the "q" or "e" of a binding path."""
 
     regex = "[qe]"
@@ -153,10 +154,8 @@ class _BindingKind:
 
 
 def _register_convertors() -> None:
-    from starlette.convertors import CONVERTOR_TYPES, register_url_convertor
-
     if "kind" not in CONVERTOR_TYPES:
-        register_url_convertor("kind", _BindingKind())  # type: ignore[arg-type]
+        register_url_convertor("kind", _BindingKind())
 
 
 def _raw_path(app: ASGIApp) -> ASGIApp:

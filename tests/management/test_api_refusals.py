@@ -7,12 +7,13 @@ from __future__ import annotations
 import pytest
 
 from tests.management.http import Api
+from tests.support.node_process import NodeProcess
 
 
 @pytest.fixture(scope="module")
-def users(http_node: object) -> dict[str, Api]:
+def users(http_node: NodeProcess) -> dict[str, Api]:
     """One user per tag, each with permissions on a vhost of its own and none on /."""
-    admin = Api(http_node.management_url)  # type: ignore[attr-defined]
+    admin = Api(http_node.management_url)
     made: dict[str, Api] = {}
     for tag in ("management", "policymaker", "monitoring", "none"):
         name, vhost = f"tag-{tag}", f"vh-{tag}"

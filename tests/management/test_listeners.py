@@ -8,12 +8,12 @@ import subprocess
 
 import pytest
 
-from broker.config import ConfigError, resolve_settings
+from broker.config import ConfigError, Settings, resolve_settings
 from tests.management.http import Api
 from tests.support.node_process import NodeProcess, free_port, wait_for_port
 
 
-def settings(env: dict[str, str], file_values: dict | None = None):  # type: ignore[no-untyped-def]
+def settings(env: dict[str, str], file_values: dict | None = None) -> Settings:
     return resolve_settings(file_values=file_values, file_label="leveret.yaml", env=env, overrides={},
                             hostname="box")
 

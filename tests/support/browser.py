@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from typing import TYPE_CHECKING
 
 from tests.support.node_process import REPO
+
+if TYPE_CHECKING:
+    from selenium.webdriver.chrome.webdriver import WebDriver
 
 INSTALL_SCRIPT = REPO / "scripts" / "install-browser"
 
@@ -24,7 +28,7 @@ def chromium_paths() -> tuple[tuple[str, str] | None, str]:
     return (chromium, driver), ""
 
 
-def headless_chromium(chromium: str, driver: str):  # type: ignore[no-untyped-def]
+def headless_chromium(chromium: str, driver: str) -> "WebDriver":
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
