@@ -407,7 +407,7 @@ class ManagementApi:
         self.require_vhost_exists(vhost)
         body = await call.body()
         type_name = str_field(body, "type", "direct")
-        durable = bool_field(body, "durable", True)
+        durable = bool_field(body, "durable", False)  # RabbitMQ 3.10: an exchange PUT without it is transient
         auto_delete = bool_field(body, "auto_delete", False)
         internal = bool_field(body, "internal", False)
         arguments = object_field(body, "arguments")

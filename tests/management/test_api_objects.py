@@ -196,6 +196,11 @@ def test_exchange_put_get_publish_delete(api: Api, amqp: pika.BlockingConnection
         "arguments": {}}
     other_type = api.put("/api/exchanges/%2F/ex1", {"type": "direct"})
     assert other_type.status == 400 and "inequivalent arg 'type'" in other_type.body["reason"]
+    # Without "durable" an exchange is transient and "direct", as RabbitMQ 3.10 declares it.
+    assert api.put("/api/exchanges/%2F/ex-defaults", {}).status == 201
+    defaults = api.ok("GET", "/api/exchanges/%2F/ex-defaults")
+    assert (defaults["type"], defaults["durable"], defaults["auto_delete"]) == ("direct", False, False)
+    api.ok("DELETE", "/api/exchanges/%2F/ex-defaults")
     unknown = api.put("/api/exchanges/%2F/ex2", {"type": "nope"})
     assert unknown.status == 400 and unknown.body["reason"] == "unknown exchange type 'nope'"
     default = api.ok("GET", "/api/exchanges/%2F/amq.default")
