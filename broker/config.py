@@ -73,6 +73,7 @@ class Settings:
     node_port: int = 5672
     dist_port: int = 5672 + DIST_PORT_OFFSET
     management_port: int = 15672  # 0: no management listener
+    prometheus_port: int = 15692  # 0: no Prometheus metrics listener
     data_dir: Path = Path("data")
     cookie: str | None = None  # None: use cluster.cookie.load_cookie
     default_user: str = "guest"
@@ -288,6 +289,7 @@ _KEYS: dict[str, tuple[Callable[[Any, str], Any], str | None]] = {
     "node_port": (_int_in(1, 65535), "LEVERET_NODE_PORT"),
     "dist_port": (_int_in(1, 65535), "LEVERET_DIST_PORT"),
     "management_port": (_int_in(0, 65535, " (0 turns it off)"), "LEVERET_MANAGEMENT_PORT"),
+    "prometheus_port": (_int_in(0, 65535, " (0 turns it off)"), "LEVERET_PROMETHEUS_PORT"),
     "data_dir": (_path, "LEVERET_DATA_DIR"),
     "cookie": (_secret, "LEVERET_COOKIE"),
     "default_user": (_text, "LEVERET_DEFAULT_USER"),

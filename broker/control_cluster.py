@@ -16,6 +16,7 @@ import trio
 from broker import __version__
 from cluster.control import EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE, ControlError
 from broker.clustering import JoinRefused
+from broker.node_view import NodeView
 from cluster.membership import METADATA_GROUP, cluster_view, remove_member
 from cluster.raft.driver import Applied
 
@@ -37,12 +38,7 @@ def node_summary(node: "Node") -> dict[str, Any]:
         "python_version": platform.python_version(),
         "alarms": sorted(node.alarms),
         "app_running": node.app_running,
-        "listeners": [
-            {"node": node.name, "protocol": proto, "interface": host, "port": port,
-             "purpose": "inter-node and CLI tool communication" if proto == "clustering" else "AMQP 0-9-1"}
-            for proto, host, port in node.listeners
-            if proto != "amqp" or node.app_running
-        ],
+        "listeners": NodeView(node).listener_rows(),
     }
 
 

@@ -18,28 +18,21 @@ CLI can print either `[{"x-max-length",10}]` or the JSON.
 
 from __future__ import annotations
 
-import datetime as _dt
-import decimal
 import json
 import logging
 import os
-import platform
 import re
-import resource
 import signal
-import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-import psutil
 import trio
 
-from broker import __version__, auth
-from broker.alarms import ResourceLimits
+from broker import auth
 from broker.config import DiskFreeLimit, MemoryWatermark
 from broker.control_cluster import ClusterControl
+from broker.node_view import NodeView, plain
 from cluster import metadata as md
 from cluster.control import (
     EX_DATAERR,
@@ -51,13 +44,11 @@ from cluster.control import (
     ControlError,
 )
 from cluster.logtext import PEER_REASON_LIMIT, peer_text
-from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, is_container, too_deep
+from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, too_deep
 from cluster.policy import parse_definition, pcre_error, validate_policy
 
 if TYPE_CHECKING:
     from broker.node import Node
-    from broker.queue_leader import QueueLeader
-    from broker.session import Session
 
 log = logging.getLogger("leveret.control")
 
@@ -66,28 +57,6 @@ APP_NOT_RUNNING = ("this command requires the 'leveret' app to be running on the
 
 # Operations that work while the app is stopped (they manage the node itself).
 _WITHOUT_APP = frozenset({"ping", "status", "environment", "stop", "stop_app", "start_app", "await_startup"})
-
-_STARTED_AT = time.monotonic()
-
-
-def plain(value: Any, depth: int = 1) -> Any:
-    """A field-table value made msgpack- and JSON-friendly (RabbitMQ's CLI shows the same).
-    `depth` is the level a table or array `value` sits at; deeper than the bound it is
-    shown as ELIDED (cluster/nesting.py), so no stored value outgrows the stack."""
-    if is_container(value) and depth > MAX_TABLE_DEPTH:
-        return ELIDED
-    if isinstance(value, Mapping):
-        return {str(k): plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v, depth + 1) for v in value]
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("utf-8", errors="replace")
-    if isinstance(value, decimal.Decimal):
-        return str(value)
-    if isinstance(value, _dt.datetime):
-        return int(value.timestamp())
-    return value
-
 
 def typed_value(value: Any, depth: int = 1) -> tuple[str, Any]:
     """(AMQP type, value) with the value as the CLI renders it: tables as triples, arrays as
@@ -112,14 +81,6 @@ def typed_value(value: Any, depth: int = 1) -> tuple[str, Any]:
 def typed_table(table: Mapping[str, Any] | None, depth: int = 1) -> list[list[Any]]:
     """A field table (at level `depth`) as [key, AMQP type, value] triples (rabbitmqctl's JSON shape)."""
     return [[key, *typed_value(value, depth + 1)] for key, value in (table or {}).items()]
-
-
-def _connection_pid(session: "Session") -> str:
-    return session.id.split(" ", 1)[0]
-
-
-def _connection_name(session: "Session") -> str:
-    return f"{session.peer[0]}:{session.peer[1]} -> {session.local[0]}:{session.local[1]}"
 
 
 def _check_regexes(patterns: list[str], user: str, vhost: str, *, topic: bool = False) -> None:
@@ -151,6 +112,7 @@ def _no_such_vhost(vhost: str) -> ControlError:
 class ControlHandlers:
     def __init__(self, node: "Node") -> None:
         self.node = node
+        self.view = NodeView(node)
         self._methods: dict[str, Callable[[Mapping[str, Any]], Awaitable[Any]]] = {
             name[3:]: getattr(self, name) for name in dir(self) if name.startswith("op_")
         }
@@ -196,56 +158,7 @@ class ControlHandlers:
         return "pong"
 
     async def op_status(self, args: Mapping[str, Any]) -> Any:
-        node = self.node
-        s = node.settings
-        proc = psutil.Process()
-        try:
-            disk_free = psutil.disk_usage(str(Path(s.data_dir).resolve())).free
-        except OSError:
-            disk_free = None
-        meta = node.metadata
-        # The limits in force now (set_vm_memory_high_watermark and set_disk_free_limit change
-        # them at run time), and the bytes they come to, which rabbitmqctl status shows.
-        watermark, disk_limit = node.memory_watermark, node.disk_free_limit
-        limits = ResourceLimits.from_settings(watermark, disk_limit, psutil.virtual_memory().total)
-        try:
-            fd_limit: int | None = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        except (OSError, ValueError):
-            fd_limit = None
-        return {
-            "pid": os.getpid(),
-            "os": platform.system(),
-            "uptime": int(time.monotonic() - _STARTED_AT),
-            "product_name": "Leveret",
-            "product_version": __version__,
-            "node_name": node.name,
-            "runtime": f"Python {platform.python_version()} ({sys.implementation.name})",
-            "python_version": platform.python_version(),
-            "app_running": node.app_running,
-            "data_directory": str(Path(s.data_dir).resolve()),
-            "config_files": [s.config_file] if s.config_file else [],
-            "alarms": sorted(self.node.alarms),
-            "memory_used": proc.memory_info().rss,
-            "memory_calculation_strategy": "rss",
-            "vm_memory_high_watermark": (
-                {"relative": watermark.relative} if watermark.relative is not None
-                else {"absolute": watermark.absolute}),
-            "vm_memory_limit": limits.memory_bytes,
-            "disk_free_limit": limits.disk_free_bytes,
-            "disk_free": disk_free,
-            "file_descriptors": proc.num_fds() if hasattr(proc, "num_fds") else None,
-            "file_descriptor_limit": fd_limit if fd_limit is not None and fd_limit >= 0 else None,
-            "connection_count": len(node.sessions),
-            "queue_count": sum(len(meta.queues(v.name)) for v in meta.vhosts()),
-            "virtual_host_count": len(meta.vhosts()),
-            "listeners": [
-                {"node": node.name, "protocol": proto, "interface": host, "port": port,
-                 "purpose": "inter-node and CLI tool communication" if proto == "clustering"
-                 else "AMQP 0-9-1"}
-                for proto, host, port in node.listeners
-                if proto != "amqp" or node.app_running
-            ],
-        }
+        return self.view.status()
 
     async def op_environment(self, args: Mapping[str, Any]) -> Any:
         s = self.node.settings
@@ -520,131 +433,12 @@ class ControlHandlers:
     # ------------------------------------------------------------------ inspection
 
     async def op_list_queues(self, args: Mapping[str, Any]) -> Any:
-        vhost = self._vhost(args)
-        meta = self.node.metadata
-        rows = []
-        for q in meta.queues(vhost):
-            leader = self.node.leaders.get((q.vhost, q.name))
-            policy = meta.effective_policy(q.vhost, q.name, "queue")
-            rows.append(self._queue_row(q, leader, policy))
-        return rows
-
-    def _queue_row(self, q: md.QueueRecord, leader: "QueueLeader | None", policy: md.PolicyRecord | None) -> dict:
-        state = leader.state if leader is not None else None
-        stats = state.statistics() if state is not None else {}
-        ready = stats.get("messages_ready", 0)
-        unacked = stats.get("messages_unacknowledged", 0)
-        bytes_ready = stats.get("message_bytes_ready", 0)
-        bytes_unacked = stats.get("message_bytes_unacknowledged", 0)
-        paged = stats.get("messages_paged_out", 0)
-        bytes_paged = stats.get("message_bytes_paged_out", 0)
-        active = leader.consumers.active if leader is not None else None
-        exclusive_consumer = None
-        exclusive_channel = ""
-        if leader is not None:
-            exclusive_consumer = next((c for c in leader.consumers if c.exclusive), None)
-            ref = leader.refs.get(exclusive_consumer.name) if exclusive_consumer is not None else None
-            if ref is not None:
-                exclusive_channel = f"{_connection_pid(ref.session)[:-1]}.{ref.channel}>"
-        owner = None
-        if q.exclusive_owner is not None:
-            owner = q.exclusive_owner.split(" ", 1)[0]
-        consumers = leader.consumer_count() if leader is not None else 0
-        persistent = self._persistent(q, state) if state is not None and not paged else None
-        # A queue declared with x-queue-type quorum is served as Leveret's replicated queue
-        # (broker.arguments); list it with the type it was declared with, as RabbitMQ does.
-        queue_type = str((q.arguments or {}).get("x-queue-type") or q.type)
-        # consumer_utilisation is a classic queue metric: RabbitMQ leaves it empty for quorum queues.
-        utilisation: Any = (self._utilisation(leader) if leader is not None else 0) \
-            if queue_type == "classic" else ""
-        # leader, members and online describe quorum queues; RabbitMQ leaves them empty for
-        # classic ones.
-        replicated = queue_type != "classic"
-        return {
-            "name": q.name,
-            "durable": q.durable,
-            "auto_delete": q.auto_delete,
-            "exclusive": q.exclusive_owner is not None,
-            "arguments": typed_table(q.arguments),
-            "policy": policy.name if policy else "",
-            "pid": f"<{q.node}.{q.vhost}.{q.name}>",
-            "owner_pid": owner or "",
-            "exclusive_consumer_pid": exclusive_channel,
-            "exclusive_consumer_tag": exclusive_consumer.tag if exclusive_consumer else "",
-            "messages": ready + unacked,
-            "messages_ready": ready,
-            "messages_unacknowledged": unacked,
-            # Unacknowledged messages stay in memory; ready ones beyond the memory window are paged out.
-            "messages_ready_ram": ready - paged,
-            "messages_unacknowledged_ram": unacked,
-            "messages_ram": ready - paged + unacked,
-            # Exact while every ready message is in memory; unknown ("") once some are paged out,
-            # since counting those would read every page.
-            "messages_persistent": persistent[0] if persistent is not None else "",
-            "message_bytes_persistent": persistent[1] if persistent is not None else "",
-            "message_bytes": bytes_ready + bytes_unacked,
-            "message_bytes_ready": bytes_ready,
-            "message_bytes_unacknowledged": bytes_unacked,
-            "message_bytes_ram": bytes_ready - bytes_paged + bytes_unacked,
-            "head_message_timestamp": self._head_timestamp(state) if state is not None else "",
-            "disk_reads": "",
-            "disk_writes": "",
-            "consumers": consumers,
-            "consumer_utilisation": utilisation,
-            "consumer_capacity": utilisation,
-            # Payload plus a per-message bookkeeping estimate: Python has no per-queue heap.
-            "memory": 2048 + bytes_ready + bytes_unacked + 256 * (ready + unacked),
-            "slave_pids": "",
-            "synchronised_slave_pids": "",
-            # A queue whose writes the store refused (a full disk) says so until one succeeds.
-            "state": "down" if leader is None else "store_error" if leader.store_error else "running",
-            "type": queue_type,
-            "leader": q.node if replicated else "",
-            "members": [q.node] if replicated else "",
-            "online": [q.node] if replicated and leader is not None else "",
-            # Not an info key: what `list_queues --local` filters on.
-            "home_node": q.node,
-        }
-
-    @staticmethod
-    def _persistent(q: md.QueueRecord, state: Any) -> tuple[int, int]:
-        """(messages, bytes) RabbitMQ counts as persistent: persistent messages in a durable queue."""
-        if not q.durable:
-            return 0, 0
-        messages = [m for m in state.ready_in_memory() if m.persistent]
-        messages += [m for m in state.unacked_messages(state.unacked_seqs()) if m.persistent]
-        return len(messages), sum(m.size for m in messages)
-
-    @staticmethod
-    def _head_timestamp(state: Any) -> Any:
-        """The timestamp property of the next message to deliver, "" without one (as RabbitMQ shows)."""
-        for _seq, message, _redelivered in state.ready():
-            stamp = plain(getattr(message.properties, "timestamp", None))
-            return stamp if isinstance(stamp, int) else ""
-        return ""
-
-    @staticmethod
-    def _utilisation(leader: "QueueLeader") -> float | int:
-        """consumer_utilisation: 0 without consumers (as RabbitMQ 3.10 shows), else the share of
-        consumers that could take a message now. RabbitMQ averages that over time; Leveret
-        reports the present moment, which is 1.0 for an idle queue with consumers as RabbitMQ's is."""
-        consumers = list(leader.consumers)
-        if not consumers:
-            return 0
-        refs = [leader.refs.get(c.name) for c in consumers]
-        able = sum(1 for ref in refs if ref is not None and ref.session.can_deliver(ref.channel, ref.tag))
-        return able / len(consumers)
+        return [{**row, "arguments": typed_table(row["arguments"])}
+                for row in self.view.queue_rows(self._vhost(args))]
 
     async def op_list_exchanges(self, args: Mapping[str, Any]) -> Any:
-        vhost = self._vhost(args)
-        meta = self.node.metadata
-        rows = []
-        for x in meta.exchanges(vhost):
-            policy = meta.effective_policy(x.vhost, x.name, "exchange")
-            rows.append({"name": x.name, "type": x.type, "durable": x.durable, "auto_delete": x.auto_delete,
-                         "internal": x.internal, "arguments": typed_table(x.arguments),
-                         "policy": policy.name if policy else ""})
-        return rows
+        return [{**row, "arguments": typed_table(row["arguments"])}
+                for row in self.view.exchange_rows(self._vhost(args))]
 
     async def op_list_bindings(self, args: Mapping[str, Any]) -> Any:
         vhost = self._vhost(args)
@@ -664,88 +458,16 @@ class ControlHandlers:
                          "arguments": typed_table(dict(sorted((b.arguments or {}).items())))})
         return rows
 
-    def _open_sessions(self) -> list["Session"]:
-        return [s for s in self.node.sessions.values() if not s.closed]
-
     async def op_list_connections(self, args: Mapping[str, Any]) -> Any:
-        rows = []
-        for s in self._open_sessions():
-            conn = s.conn
-            rows.append({
-                "pid": _connection_pid(s),
-                "name": _connection_name(s),
-                "port": s.local[1],
-                "host": s.local[0],
-                "peer_port": s.peer[1],
-                "peer_host": s.peer[0],
-                "ssl": False,
-                # No TLS listener: the TLS items are empty, as RabbitMQ shows them for plain TCP.
-                **{key: "" for key in ("ssl_protocol", "ssl_key_exchange", "ssl_cipher", "ssl_hash",
-                                       "peer_cert_subject", "peer_cert_issuer", "peer_cert_validity")},
-                "protocol": [0, 9, 1],
-                "auth_mechanism": conn.mechanism or "",
-                "user": s.username or "",
-                "vhost": s.vhost,
-                "timeout": conn.heartbeat,
-                "frame_max": conn.frame_max,
-                "channel_max": conn.channel_max,
-                "client_properties": typed_table(conn.client_properties),
-                "connected_at": s.connected_at,
-                "state": "blocked" if conn.blocked else "running",
-                "channels": len(conn.channels),
-                "send_pend": conn.pending_output,
-            })
-        return rows
+        return [{**row, "client_properties": typed_table(row["client_properties"])}
+                for row in self.view.connection_rows()]
 
     async def op_list_channels(self, args: Mapping[str, Any]) -> Any:
-        rows = []
-        for s in self._open_sessions():
-            for number, ch in s.conn.channels.items():
-                rows.append({
-                    "pid": f"{_connection_pid(s)[:-1]}.{number}>",
-                    "connection": _connection_pid(s),
-                    "name": f"{_connection_name(s)} ({number})",
-                    "number": number,
-                    "user": s.username or "",
-                    "vhost": s.vhost,
-                    "transactional": ch.tx.name != "NONE",
-                    "confirm": ch.confirm_mode,
-                    "consumer_count": len(ch.consumers),
-                    "messages_unacknowledged": len(ch.unacked),
-                    "messages_unconfirmed": 0,
-                    "messages_uncommitted": 0,
-                    "acks_uncommitted": 0,
-                    "prefetch_count": ch.consumer_prefetch,
-                    "global_prefetch_count": ch.channel_prefetch,
-                })
-        return rows
+        return self.view.channel_rows()
 
     async def op_list_consumers(self, args: Mapping[str, Any]) -> Any:
-        vhost = self._vhost(args)
-        rows = []
-        for q in self.node.metadata.queues(vhost):
-            leader = self.node.leaders.get((q.vhost, q.name))
-            if leader is None:
-                continue
-            active = leader.consumers.active
-            for c in leader.consumers:
-                ref = leader.refs.get(c.name)
-                if ref is None:
-                    continue
-                ch = ref.session.conn.channel(ref.channel)
-                is_active = active is None or active is c
-                rows.append({
-                    "queue_name": q.name,
-                    "channel_pid": f"{_connection_pid(ref.session)[:-1]}.{ref.channel}>",
-                    "consumer_tag": c.tag,
-                    "ack_required": not ref.no_ack,
-                    "prefetch_count": ch.consumer_prefetch if ch is not None else 0,
-                    "active": is_active,
-                    "activity_status": ("single_active" if active is not None else "up") if is_active
-                    else "waiting",
-                    "arguments": typed_table({"x-priority": c.priority} if c.priority else {}),
-                })
-        return rows
+        return [{**row, "arguments": typed_table(row["arguments"])}
+                for row in self.view.consumer_rows(self._vhost(args))]
 
     # ------------------------------------------------------------------ operations
 
@@ -772,15 +494,9 @@ class ControlHandlers:
         await self._propose(md.DeleteQueue(vhost, name, None))
         return ready
 
-    def _find_connection(self, ident: str) -> "Session | None":
-        for s in self._open_sessions():
-            if ident in (_connection_pid(s), _connection_name(s), s.id):
-                return s
-        return None
-
     async def op_close_connection(self, args: Mapping[str, Any]) -> Any:
         ident, reason = str(args["connection"]), str(args.get("reason") or "")
-        session = self._find_connection(ident)
+        session = self.view.find_connection(ident)
         if session is None:
             if not re.fullmatch(r"<[^>]+>", ident):
                 # rabbitmqctl 3.10.8 prints "Error:" twice here.
@@ -799,7 +515,7 @@ class ControlHandlers:
         vhost = args.get("vhost")
         limit = args.get("limit")
         closed = 0
-        for s in self._open_sessions():
+        for s in self.view.open_sessions():
             if vhost is not None and s.vhost != vhost:
                 continue
             if limit is not None and closed >= int(limit):
@@ -811,36 +527,7 @@ class ControlHandlers:
     # ------------------------------------------------------------------ definitions
 
     async def op_export_definitions(self, args: Mapping[str, Any]) -> Any:
-        meta = self.node.metadata
-        vhosts = meta.vhosts()
-        return {
-            "rabbit_version": __version__,
-            "leveret_version": __version__,
-            "users": [{"name": u.name, "password_hash": u.password_hash, "hashing_algorithm": u.hashing_algorithm,
-                       "tags": list(auth.user_tags(u)), "limits": {}} for u in meta.users()],
-            "vhosts": [{"name": v.name, "limits": [],
-                        "metadata": {"description": v.description, "tags": list(v.tags)}} for v in vhosts],
-            "permissions": [{"user": p.user, "vhost": p.vhost, "configure": p.configure, "write": p.write,
-                             "read": p.read} for p in meta.permissions()],
-            "topic_permissions": [{"user": p.user, "vhost": p.vhost, "exchange": p.exchange, "write": p.write,
-                                   "read": p.read} for p in meta.topic_permissions()],
-            "parameters": [],
-            "global_parameters": [],
-            "policies": [{"vhost": p.vhost, "name": p.name, "pattern": p.pattern, "apply-to": p.apply_to,
-                          "definition": plain(p.definition), "priority": p.priority} for p in meta.policies()],
-            # Exclusive queues belong to a connection and are not definitions (rabbit_definitions).
-            "queues": [{"name": q.name, "vhost": q.vhost, "durable": q.durable, "auto_delete": q.auto_delete,
-                        "type": q.type, "arguments": plain(q.arguments)}
-                       for v in vhosts for q in meta.queues(v.name) if q.exclusive_owner is None],
-            "exchanges": [{"name": x.name, "vhost": x.vhost, "type": x.type, "durable": x.durable,
-                           "auto_delete": x.auto_delete, "internal": x.internal, "arguments": plain(x.arguments)}
-                          for v in vhosts for x in meta.exchanges(v.name)
-                          if x.name and not x.name.startswith("amq.")],
-            "bindings": [{"source": b.source, "vhost": b.vhost, "destination": b.destination,
-                          "destination_type": b.destination_kind, "routing_key": b.routing_key,
-                          "arguments": plain(b.arguments)}
-                         for v in vhosts for b in meta.bindings(v.name)],
-        }
+        return self.view.definitions()
 
     async def op_import_definitions(self, args: Mapping[str, Any]) -> Any:
         defs = args.get("definitions")

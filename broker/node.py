@@ -174,6 +174,13 @@ class Node:
                 await nursery.start(Registration(self.name, dist_port, mapper_port=settings.port_mapper_port).run)
                 nursery.start_soon(self.clustering.follow_members_forever)
                 await nursery.start(self._run_core, None)
+                # The HTTP listeners live as long as the process, as the peer port does (a
+                # reset restarts the core under them), from once the core has started.
+                for protocol, http_port in (("http", settings.management_port),
+                                            ("http/prometheus", settings.prometheus_port)):
+                    if http_port:  # 0 turns the listener off
+                        bound = await nursery.start(self._serve_http, protocol, host, http_port)
+                        self.listeners.append((protocol, host or "::", bound))
                 # Everything made at start-up (modules, metadata, recovered queues) lives as
                 # long as the node: keep it out of the collector's generations, and collect the
                 # young generation less often — the per-message path allocates short-lived
@@ -337,6 +344,11 @@ class Node:
         await serve_control(ControlHandlers(self).handle, cookie=cookie, node_name=self.name, host=host,
                             port=self.settings.dist_port, peer_links=self.clustering.transport.serve_inbound,
                             task_status=task_status)
+
+    async def _serve_http(self, protocol: str, host: str, port: int, *, task_status: trio.TaskStatus[int]) -> None:
+        from broker.management.server import serve_http
+
+        await serve_http(self, protocol, host, port, task_status=task_status)
 
     @property
     def app_running(self) -> bool:

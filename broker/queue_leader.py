@@ -77,6 +77,22 @@ def queue_key_prefix(vhost: str, name: str) -> bytes:
     return vhost.encode("utf-8", "surrogateescape") + b"\x00" + name.encode("utf-8", "surrogateescape") + b"\x00"
 
 
+@dataclass(slots=True)
+class QueueCounters:
+    """Running totals of what happened to a queue's messages, in RabbitMQ's message_stats
+    names. Only incremented here; the management sampler reads them at its own pace and
+    turns differences into rates, so no clock is read on the message path."""
+
+    publish: int = 0
+    deliver: int = 0  # to consumers that acknowledge
+    deliver_no_ack: int = 0
+    get: int = 0  # basic.get answered with a message to acknowledge
+    get_no_ack: int = 0
+    get_empty: int = 0
+    redeliver: int = 0
+    ack: int = 0
+
+
 @dataclass(slots=True, eq=False)
 class ConsumerRef:
     """Where a consumer lives: its session, channel number and tag."""
@@ -106,19 +122,24 @@ class QueueLeader:
         self.refs: dict[str, ConsumerRef] = {}
         self.had_consumers = False
         self.deleted = False
+        self.counters = QueueCounters()
         self._dispatching = False
         # Publishers waiting for this queue's consumers to catch up (see `congested`).
         self._uncongested: trio.Event | None = None
-        # Messages handed to consumers so far, and that count when a publisher's flow
-        # pause last passed without a single delivery (-1: never): consumers that took
-        # nothing since then are stuck, not falling behind (see `congested`).
-        self.deliveries = 0
+        # `deliveries` when a publisher's flow pause last passed without a single delivery
+        # (-1: never): consumers that took nothing since then are stuck, not falling behind
+        # (see `congested`).
         self._deliveries_when_stuck = -1
         # Why the store last refused a write of this queue's (None: no failure since the
         # store last took a write); `leveretctl list_queues` shows it as the queue's state.
         self.store_error: str | None = None
 
     # ------------------------------------------------------------------ info
+
+    @property
+    def deliveries(self) -> int:
+        """Messages handed to consumers so far."""
+        return self.counters.deliver + self.counters.deliver_no_ack
 
     @property
     def settings(self) -> QueueSettings:
@@ -169,6 +190,7 @@ class QueueLeader:
     # ------------------------------------------------------------------ publish
 
     def publish(self, message: Message, now_ms: int, confirm: Confirm | None) -> None:
+        self.counters.publish += 1
         if message.expiration_ms is not None:
             self.node.watch_expiry(self)
         state = self.state
@@ -273,8 +295,16 @@ class QueueLeader:
             else:
                 rest.append(e)
         self._carry_out(rest, now_ms, None)
-        if got is not None and no_ack:
+        counters = self.counters
+        if got is None:
+            counters.get_empty += 1
+        elif no_ack:
+            counters.get_no_ack += 1
             self._forget((got.message,))
+        else:
+            counters.get += 1
+        if got is not None and got.redelivered:
+            counters.redeliver += 1
         return got
 
     def _deliver(self, d: Delivered, now_ms: int) -> None:
@@ -293,7 +323,13 @@ class QueueLeader:
             if ack_required:
                 self._carry_out(self.state.apply(Requeue((seq,), now_ms)), now_ms, None)
             return
-        self.deliveries += 1
+        counters = self.counters
+        if ack_required:
+            counters.deliver += 1
+        else:
+            counters.deliver_no_ack += 1
+        if redelivered:
+            counters.redeliver += 1
         if not ack_required and self.durable:
             self._forget((m,))
 
@@ -301,6 +337,7 @@ class QueueLeader:
 
     def settle(self, seqs: tuple[int, ...], now_ms: int) -> None:
         settled = self.state.unacked_messages(seqs) if self.durable else ()
+        self.counters.ack += len(seqs)
         self.state.apply(Settle(seqs))
         self._forget(settled)
         self.dispatch(now_ms)

@@ -48,6 +48,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
         LEVERET_NODE_PORT=str(port),
         LEVERET_DIST_PORT=str(_free_port()),
         LEVERET_MANAGEMENT_PORT="0",
+        LEVERET_PROMETHEUS_PORT="0",
         LEVERET_DATA_DIR=str(data_dir),
         LEVERET_NODENAME="perf@localhost",
     )

@@ -16,7 +16,7 @@ async def run_node_once(data_dir: Path, name: str, work: Callable[[Node], Awaita
     """Start a node on `data_dir` (ports chosen by the system), run `work` on it, stop it
     as a SIGTERM would: clients closed, staged writes taken, then cancelled."""
     settings = Settings(node_name=name, node_ip_address="127.0.0.1", node_port=0, dist_port=0,
-                        management_port=0, data_dir=data_dir, cookie="INPROCESSCOOKIE")
+                        management_port=0, prometheus_port=0, data_dir=data_dir, cookie="INPROCESSCOOKIE")
     node = Node(settings)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)

@@ -86,6 +86,9 @@ class NodeProcess:
     dist_port: int = field(default_factory=free_port)
     data_dir: Path = field(default_factory=scratch_dir)
     cookie: str = "TESTCOOKIEABCDEFGHIJ"
+    # The HTTP listeners are off unless asked for: `with_http()` picks free ports for both.
+    management_port: int = 0
+    prometheus_port: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     # Settings written to a YAML file passed with --config (e.g. {"heartbeat": 5}).
@@ -96,6 +99,19 @@ class NodeProcess:
     def url(self) -> str:
         return f"amqp://guest:guest@{self.host}:{self.port}/"
 
+    def with_http(self) -> Self:
+        """Turn on the management API and the Prometheus metrics, each on a free loopback port."""
+        self.management_port, self.prometheus_port = free_port(self.host), free_port(self.host)
+        return self
+
+    @property
+    def management_url(self) -> str:
+        return f"http://{self.host}:{self.management_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://{self.host}:{self.prometheus_port}"
+
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update({
@@ -103,7 +119,8 @@ class NodeProcess:
             "LEVERET_NODE_IP_ADDRESS": self.host,
             "LEVERET_NODE_PORT": str(self.port),
             "LEVERET_DIST_PORT": str(self.dist_port),
-            "LEVERET_MANAGEMENT_PORT": "0",
+            "LEVERET_MANAGEMENT_PORT": str(self.management_port),
+            "LEVERET_PROMETHEUS_PORT": str(self.prometheus_port),
             "LEVERET_DATA_DIR": str(self.data_dir),
             "LEVERET_COOKIE": self.cookie,
             "LEVERET_LOG_LEVEL": "info",

@@ -1,0 +1,139 @@
+"""The management package's pure helpers: list queries, rates, credentials and tag rules,
+body fields, binding keys, Prometheus rendering (checked with prometheus_client's parser)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from broker.management import access
+from broker.management.errors import ApiError
+from broker.management.listing import ListQuery, apply_list_query, parse_list_query, select_columns
+from broker.management.prometheus import MetricFamily, render
+from broker.management.rates import RateSamples
+from broker.management.requests import bool_field, int_field, object_field, parse_body, refusal_reason, tags_field
+from broker.management.shapes import properties_key
+
+ITEMS = [{"name": n, "messages": m, "message_stats": {"publish": p}}
+         for n, m, p in (("b", 2, 20), ("a", 3, 10), ("c", 1, 30))]
+
+
+def test_list_query_defaults_and_refusals() -> None:
+    assert parse_list_query({}) == ListQuery()
+    assert parse_list_query({"columns": "name,messages", "sort": "name", "sort_reverse": "true"}) == ListQuery(
+        sort="name", sort_reverse=True, columns=("name", "messages"))
+    assert parse_list_query({"page": "2", "page_size": "10", "name": "x", "use_regex": "true"}) == ListQuery(
+        2, 10, "x", True)
+    for params in ({"page": "0"}, {"page": "1", "page_size": "501"}, {"page": "one"}, {"page": "1", "page_size": "0"}):
+        refusal = parse_list_query(params)
+        assert isinstance(refusal, ApiError) and refusal.error == "invalid_pagination_parameters", params
+    assert isinstance(parse_list_query({"page": "1", "name": "[", "use_regex": "true"}), ApiError)
+
+
+def test_sorting_and_columns() -> None:
+    by_name = apply_list_query(ITEMS, ListQuery(sort="name"))
+    assert [i["name"] for i in by_name] == ["a", "b", "c"]  # type: ignore[index]
+    by_stat = apply_list_query(ITEMS, ListQuery(sort="message_stats.publish", sort_reverse=True,
+                                                columns=("name", "message_stats.publish")))
+    assert by_stat == [{"name": "c", "message_stats": {"publish": 30}}, {"name": "b", "message_stats": {"publish": 20}},
+                       {"name": "a", "message_stats": {"publish": 10}}]
+    assert select_columns(ITEMS[0], ("name", "absent", "message_stats.absent")) == {"name": "b"}
+
+
+def test_pages_count_the_filtered_items() -> None:
+    page = apply_list_query(ITEMS, ListQuery(page=1, page_size=2, name="[ab]", use_regex=True, sort="name"))
+    assert page == {"filtered_count": 2, "item_count": 2, "items": [ITEMS[1], ITEMS[0]], "page": 1, "page_count": 1,
+                    "page_size": 2, "total_count": 3}
+    out_of_range = apply_list_query(ITEMS, ListQuery(page=3, page_size=2))
+    assert isinstance(out_of_range, ApiError) and out_of_range.reason == "Page out of range, page: 3 page size: 2, len: 3"
+    # An empty list still has one (empty) page, as RabbitMQ answers it.
+    assert apply_list_query([], ListQuery(page=1))["page_count"] == 1  # type: ignore[index]
+
+
+@given(st.lists(st.integers(0, 50), max_size=40), st.integers(1, 7))
+def test_pages_partition_the_items(values: list[int], page_size: int) -> None:
+    items = [{"name": f"q{i}", "v": v} for i, v in enumerate(values)]
+    pages = []
+    page = 1
+    while True:
+        answer = apply_list_query(items, ListQuery(page=page, page_size=page_size, sort="v"))
+        if isinstance(answer, ApiError):
+            break
+        pages.append(answer)
+        page += 1
+    assert pages and all(p["page_count"] == len(pages) for p in pages)
+    seen = [i for p in pages for i in p["items"]]
+    assert seen == sorted(items, key=lambda i: i["v"])
+
+
+def test_rates_are_the_change_between_the_last_two_samples() -> None:
+    rates = RateSamples()
+    rates.record(100.0, {"q": {"publish": 10}})
+    assert rates.rate("q", "publish") == 0.0  # one sample: no rate yet
+    rates.record(105.0, {"q": {"publish": 60}})
+    assert rates.rate("q", "publish") == 10.0
+    rates.record(110.0, {"q": {"publish": 60}})
+    assert rates.rate("q", "publish") == 0.0
+    assert rates.with_details("q", {"publish": 60, "ack": 1}, ("publish", "get")) == {
+        "publish": 60, "publish_details": {"rate": 0.0}}
+    rates.record(115.0, {})  # the queue is gone: forgotten
+    assert rates.rate("q", "publish") == 0.0
+
+
+def test_basic_credentials() -> None:
+    token = base64.b64encode(b"user:pa:ss").decode()
+    assert access.basic_credentials(f"Basic {token}") == ("user", "pa:ss")
+    assert access.basic_credentials(f"basic {token}") == ("user", "pa:ss")
+    for header in (None, "", "Bearer x", "Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode()):
+        assert access.basic_credentials(header) is None, header
+
+
+def test_tag_rules() -> None:
+    assert access.require_management(()) is not None
+    assert access.require_management(("impersonator",)) is not None
+    for tag in ("management", "policymaker", "monitoring", "administrator"):
+        assert access.require_management((tag,)) is None
+    manager = access.Principal("m", frozenset({"management"}), frozenset({"v"}))
+    monitor = access.Principal("o", frozenset({"monitoring"}), frozenset())
+    assert manager.sees_vhost("v") and not manager.sees_vhost("w") and monitor.sees_vhost("w")
+    assert manager.sees_user_objects("m") and not manager.sees_user_objects("o") and monitor.sees_user_objects("m")
+    assert access.require_vhost(manager, "v") is None and access.require_vhost(manager, "w") is not None
+    assert access.require_policymaker(manager, "v") is not None
+    assert access.require_admin(monitor) is not None and access.require_monitor(monitor) is None
+
+
+def test_body_fields() -> None:
+    assert parse_body(b"") == {} and parse_body(b' {"a": 1} ') == {"a": 1}
+    assert isinstance(parse_body(b"{"), ApiError) and isinstance(parse_body(b"[]"), ApiError)
+    assert bool_field({"d": "true"}, "d", False) is True and bool_field({}, "d", True) is True
+    assert int_field({"n": "5"}, "n", 1) == 5 and int_field({}, "n", None) is None
+    assert object_field({"a": []}, "a") == {} and tags_field("a, b,") == ("a", "b") and tags_field(["x"]) == ("x",)
+    for call in (lambda: bool_field({"d": 1}, "d", False), lambda: int_field({"n": True}, "n", 0),
+                 lambda: object_field({"a": [1]}, "a"), lambda: tags_field(3)):
+        with pytest.raises(ApiError) as refused:
+            call()
+        assert refused.value.status == 400
+    assert refusal_reason("PRECONDITION_FAILED - inequivalent arg") == "inequivalent arg"
+    assert refusal_reason("no dash here") == "no dash here"
+
+
+def test_binding_properties_keys() -> None:
+    assert properties_key("rk", {}) == "rk"
+    assert properties_key("rk", {"a": 1}) == properties_key("rk", {"a": 1}) != properties_key("rk", {"a": 2})
+    assert properties_key("rk", {"a": 1}).startswith("rk~")
+
+
+def test_rendered_metrics_parse_back() -> None:
+    families = [
+        MetricFamily("leveret_things", "gauge", "Things").add(3, (("vhost", '/"odd"\\\n'), ("queue", "q"))),
+        MetricFamily("leveret_done_total", "counter", "Done").add(7),
+        MetricFamily("leveret_ratio", "gauge", "A ratio").add(0.25),
+    ]
+    parsed = {f.name: f for f in text_string_to_metric_families(render(families))}
+    assert parsed["leveret_things"].samples[0].labels == {"vhost": '/"odd"\\\n', "queue": "q"}
+    assert parsed["leveret_done"].type == "counter" and parsed["leveret_done"].samples[0].value == 7
+    assert parsed["leveret_ratio"].samples[0].value == 0.25
