@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from cluster import metadata as md
 from cluster.group_client import GroupClient, TransportCalls
 from cluster.logtext import peer_text
 from cluster.membership import (
@@ -200,5 +201,8 @@ class Clustering:
         """Remove this node from its cluster (reset); None when done or alone."""
         if not self.node.cluster_members() - {self.node.name} or self.groups is None:
             return None
+        # The queues that lived here only go with this node; the durable ones stay listed,
+        # homed on a node that is gone, as RabbitMQ keeps them after a reset.
+        await self.node.propose_metadata(md.DropTransient(self.node.name))
         outcome = await remove_member(self.groups, METADATA_GROUP, self.node.name)
         return None if isinstance(outcome, Applied) else f"could not leave the cluster: {outcome.reason}"

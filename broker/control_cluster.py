@@ -16,6 +16,7 @@ import trio
 from broker import __version__
 from cluster.control import EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE, ControlError
 from broker.clustering import JoinRefused
+from cluster import metadata as md
 from broker.node_view import NodeView
 from cluster.membership import METADATA_GROUP, cluster_view, remove_member
 from cluster.raft.driver import Applied
@@ -116,6 +117,8 @@ class ClusterControl:
         outcome = await remove_member(groups, METADATA_GROUP, gone)
         if not isinstance(outcome, Applied):
             raise ControlError(f"could not remove {gone} from the cluster: {outcome.reason}", EX_UNAVAILABLE)
+        # Its non-durable and exclusive queues left with it (their messages lived there only).
+        await node.propose_metadata(md.DropTransient(gone))
         return None
 
     async def op_change_cluster_node_type(self, args: Mapping[str, Any]) -> Any:

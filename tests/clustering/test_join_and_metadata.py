@@ -118,8 +118,13 @@ def test_forget_a_dead_node_and_reset_leaves(trio_nodes: list[NodeProcess]) -> N
     assert running.code == 69 and "must be stopped" in running.err
     unknown = ctl(a, "forget_cluster_node", "nobody@localhost")
     assert unknown.code == 69 and "not_a_cluster_node" in unknown.err
+    on_c = connect(c)
+    on_c.channel().queue_declare("transient-on-c", durable=False)
+    wait_until(lambda: "transient-on-c" in ok(a, "list_queues", "name").out, 10)
     c.kill()
     assert ok(a, "forget_cluster_node", c.name).out == f"Removing node {c.name} from the cluster\n"
+    # Its non-durable queue left with it.
+    wait_until(lambda: "transient-on-c" not in ok(b, "list_queues", "name").out, 10)
     assert status(b)["disk_nodes"] == ["a@localhost", "b@localhost"]
     # reset leaves the cluster cleanly: the other member carries on alone.
     ok(b, "stop_app")
@@ -243,3 +248,22 @@ def test_an_exclusive_queue_is_gone_when_close_ok_arrives_on_any_node(trio_nodes
             other = connect(node)
             other.channel().queue_declare(f"excl-{node.name}-{i}", exclusive=True)
             other.close()
+
+
+def test_the_whole_cluster_stops_and_starts_in_any_order(trio_nodes: list[NodeProcess]) -> None:
+    """Every member waits at start for a majority of the cluster, so the members of a stopped
+    cluster may be started in any order (each waits for the others, as RabbitMQ nodes do)."""
+    a, b, c = trio_nodes
+    join(b, a.name)
+    join(c, a.name)
+    ok(b, "add_user", "survivor", "pw")
+    for n in (a, b, c):
+        n.stop()
+    for n in (c, a, b):
+        n.launch()
+    for n in (c, a, b):
+        n.wait_ready(90)
+    for n in trio_nodes:
+        assert users(n) == ["guest", "survivor"]
+        assert status(n)["disk_nodes"] == list(NAMES)
+    ok(c, "add_user", "after-restart", "pw")
