@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 import trio
@@ -43,9 +43,10 @@ from broker.deadletter import dead_letter, without_cycles
 from broker.message import Message
 from broker.paging import PAGED_TABLE, delete_leftover_pages
 from broker.queue import DeadLetter
+from broker.local_queue import LocalQueue
+from broker.queue_client import QueueClient
 from broker.queue_leader import MESSAGES_TABLE, QueueLeader, decode_persisted, queue_key_prefix
 from broker.routing import Router
-from broker.session import Session
 from cluster import metadata as md
 from cluster.control import serve_control
 from cluster.cookie import load_cookie
@@ -61,6 +62,9 @@ from storage.datadir import open_data_dir, wipe_store_files
 from storage.interface import Delete, Put, Store, StoreError, WriteBatch
 from storage.staging import StagedWrites
 from storage.writer import GroupCommitWriter
+
+if TYPE_CHECKING:
+    from broker.session import Session
 
 log = logging.getLogger("leveret.node")
 
@@ -245,6 +249,8 @@ class Node:
         self.metadata = md.MetadataState()
         self.router = Router()
         self.leaders: dict[tuple[str, str], QueueLeader] = {}
+        # The clients of the queues this node leads, by (vhost, name): what `queue` returns.
+        self.local_queues: dict[tuple[str, str], LocalQueue] = {}
         # While one publish is handed to its queues: the dead letters they produce, routed
         # after it (see `hold_dead_letters`).
         self._held_dead_letters: list[tuple[str, str, DeadLetter, int]] | None = None
@@ -506,12 +512,14 @@ class Node:
             return
         leader = QueueLeader(self, q.vhost, q.name, q.durable, self._settings_for(q), now)
         self.leaders[(q.vhost, q.name)] = leader
+        self.local_queues[(q.vhost, q.name)] = LocalQueue(leader)
         self._track_expiry(leader)
 
     def _queue_removed(self, q: md.QueueRecord) -> None:
         leader = self.leaders.pop((q.vhost, q.name), None)
         if leader is None:
             return
+        del self.local_queues[(q.vhost, q.name)]
         self._expiring.discard(leader)
         # RabbitMQ's channel cancels its consumers of a deleted queue from a gb_set of their
         # tags (rabbit_channel:handle_consuming_queue_down_or_eol): in tag order.
@@ -531,6 +539,11 @@ class Node:
 
     def leader(self, vhost: str, name: str) -> QueueLeader | None:
         return self.leaders.get((vhost, name))
+
+    def queue(self, vhost: str, name: str) -> QueueClient | None:
+        """The client through which sessions use queue (vhost, name), or None if this node
+        cannot serve it (no such queue)."""
+        return self.local_queues.get((vhost, name))
 
     def maybe_auto_delete(self, leader: QueueLeader) -> None:
         """An auto-delete queue goes when its last consumer does (RabbitMQ's rule)."""
