@@ -733,7 +733,9 @@ class ControlHandlers:
                 ref = leader.refs.get(c.name)
                 if ref is None:
                     continue
-                ch = ref.session.conn.channel(ref.channel)
+                # A consumer on another node has no connection machine here.
+                conn = getattr(ref.session, "conn", None)
+                ch = conn.channel(ref.channel) if conn is not None else None
                 is_active = active is None or active is c
                 rows.append({
                     "queue_name": q.name,

@@ -46,6 +46,7 @@ from broker.queue import DeadLetter
 from broker.local_queue import LocalQueue
 from broker.queue_client import QueueClient
 from broker.queue_leader import MESSAGES_TABLE, QueueLeader, decode_persisted, queue_key_prefix
+from broker.remote_queue import QueuePeers, serve_queue_peers
 from broker.routing import Router
 from cluster import metadata as md
 from cluster.control import serve_control
@@ -124,6 +125,8 @@ class Node:
         self.server_properties = default_server_properties(version=__version__)
         self.server_properties["cluster_name"] = self.name
         self.store: Store | None = None
+        # The running core's queue traffic with other nodes (None while no core runs).
+        self.queue_peers: QueuePeers | None = None
         self.writer: GroupCommitWriter | None = None
         self.driver: RaftDriver | None = None
         self.started = trio.Event()
@@ -170,6 +173,7 @@ class Node:
                 self._outer = nursery
                 transport = PeerTransport(self.name, cookie)
                 self.clustering = Clustering(self, transport)
+                serve_queue_peers(self, transport)
                 await nursery.start(transport.run)
                 # The peer port first: a restarted member needs its peers to elect a leader.
                 host = settings.node_ip_address
@@ -202,6 +206,7 @@ class Node:
         store = self.store
         assert store is not None
         self._fresh_core_state()
+        self.queue_peers = QueuePeers(self, self.clustering.transport)
         with trio.CancelScope() as scope:
             self._core_scope = scope
             self._core_stopped = trio.Event()
@@ -225,6 +230,7 @@ class Node:
                         # A node joining waits, group empty, for the leader to add it.
                         self.driver.add_group(METADATA_GROUP, machine, voters=() if join else (self.name,))
                     await nursery.start(self.driver.run)
+                    nursery.start_soon(self.queue_peers.watch_links)
                     if join is not None:
                         refused = await self.clustering.ask_to_join(join)
                         if refused is not None:
@@ -518,6 +524,8 @@ class Node:
     def _queue_removed(self, q: md.QueueRecord) -> None:
         leader = self.leaders.pop((q.vhost, q.name), None)
         if leader is None:
+            if self.queue_peers is not None:
+                self.queue_peers.queue_removed(q.vhost, q.name)
             return
         del self.local_queues[(q.vhost, q.name)]
         self._expiring.discard(leader)
@@ -541,9 +549,15 @@ class Node:
         return self.leaders.get((vhost, name))
 
     def queue(self, vhost: str, name: str) -> QueueClient | None:
-        """The client through which sessions use queue (vhost, name), or None if this node
-        cannot serve it (no such queue)."""
-        return self.local_queues.get((vhost, name))
+        """The client through which sessions use queue (vhost, name), led here or on its
+        home node, or None when there is no such queue."""
+        local = self.local_queues.get((vhost, name))
+        if local is not None:
+            return local
+        q = self.metadata.queue(vhost, name)
+        if q is None or q.node == self.name or self.queue_peers is None:
+            return None
+        return self.queue_peers.client(vhost, name, q.node, q.durable)
 
     def maybe_auto_delete(self, leader: QueueLeader) -> None:
         """An auto-delete queue goes when its last consumer does (RabbitMQ's rule)."""
@@ -690,9 +704,9 @@ class Node:
             self.hold_dead_letters()
         try:
             for name in targets:
-                leader = self.leaders.get((vhost, name))
-                if leader is not None:
-                    leader.publish(copy.message, now_ms, None)
+                queue = self.queue(vhost, name)
+                if queue is not None:
+                    queue.publish(copy.message, now_ms, None)
         finally:
             if len(targets) > 1:
                 self.release_dead_letters()

@@ -73,16 +73,6 @@ REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_TO_PREFIX = REPLY_TO + "."
 
 
-def remote_queue_text(q: md.QueueRecord, here: str) -> str:
-    """Why a queue led by another node is not served on this one."""
-    return (f"queue '{q.name}' in vhost '{q.vhost}' is served by its home node '{q.node}', "
-            f"not by '{here}': connect to '{q.node}' to use it")
-
-
-# Messages routed (without confirms) to a queue homed on another node, logged per queue.
-_unforwarded = RefusalLog(log, interval=10.0)
-
-
 def _server_named_queue() -> str:
     return "amq.gen-" + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
@@ -448,9 +438,6 @@ class Session:
                     queue.publish(message, now, None)
                     if queue.backlogged():
                         self.congested = queue
-                elif (record := node.metadata.queue(vhost, q)) is not None:
-                    _unforwarded.warning(q, "a message routed to queue '%s' in vhost '%s' was dropped: %s",
-                                         peer_text(q), peer_text(vhost), remote_queue_text(record, node.name))
             return
         tracker: Callable[[bool], None]
         if tx is not None:
@@ -462,9 +449,8 @@ class Session:
         for q in queues:
             queue = node.queue(vhost, q)
             if queue is None:
-                # Deleted since it was routed to (nothing to confirm against, as RabbitMQ), or
-                # led by another node, which this node does not forward to: never confirmed.
-                tracker(node.metadata.queue(vhost, q) is None)
+                # Deleted since it was routed to: nothing to confirm against, as RabbitMQ.
+                tracker(True)
             else:
                 queue.publish(message, now, tracker)
                 if queue.backlogged():
@@ -778,11 +764,8 @@ class Session:
         vhost = self.vhost
         q = self.node.metadata.queue(vhost, name)
         queue = self.node.queue(vhost, name) if q is not None else None
-        if q is None:
+        if q is None or queue is None:
             self._refuse(channel, spec.NOT_FOUND, f"no queue '{name}' in vhost '{vhost}'", m)
-            return None
-        if queue is None:
-            self._refuse(channel, spec.NOT_FOUND, remote_queue_text(q, self.node.name), m)
             return None
         if not self._owned_check(channel, q, m):
             return None

@@ -143,9 +143,9 @@ def test_a_node_with_another_cookie_cannot_join(trio_nodes: list[NodeProcess]) -
     assert status(a)["disk_nodes"] == ["a@localhost"]
 
 
-def test_a_queue_homed_on_another_node_is_never_confirmed_and_dropped(trio_nodes: list[NodeProcess]) -> None:
-    """Until another node forwards to a queue's home node, it refuses to serve it: a confirmed
-    publish is nacked (never confirmed and dropped), gets and consumes are refused by name."""
+def test_a_queue_homed_on_another_node_is_fully_usable_from_it(trio_nodes: list[NodeProcess]) -> None:
+    """A queue declared on one node is served on another: a confirmed publish reaches the home
+    node and is confirmed by it; get, purge, passive declare counts and delete work there."""
     a, b, c = trio_nodes
     join(b, a.name)
     on_a = connect(a)
@@ -153,13 +153,24 @@ def test_a_queue_homed_on_another_node_is_never_confirmed_and_dropped(trio_nodes
     on_b = connect(b)
     ch = on_b.channel()
     ch.confirm_delivery()
-    with pytest.raises(pika.exceptions.NackError):
-        ch.basic_publish("", "homed-on-a", b"x", pika.BasicProperties(delivery_mode=2))
+    for i in range(3):
+        ch.basic_publish("", "homed-on-a", b"x%d" % i,
+                         pika.BasicProperties(delivery_mode=2, priority=1, headers={"h": i}))
+    assert ch.queue_declare("homed-on-a", passive=True).method.message_count == 3
+    method, props, body = ch.basic_get("homed-on-a")
+    assert body == b"x0" and props.headers == {"h": 0} and props.delivery_mode == 2 and not method.redelivered
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    method, _, body = ch.basic_get("homed-on-a")
+    assert body == b"x0" and method.redelivered
+    ch.basic_ack(method.delivery_tag)
+    assert ch.queue_purge("homed-on-a").method.message_count == 2
+    assert on_a.channel().queue_declare("homed-on-a", passive=True).method.message_count == 0
+    ch.basic_publish("", "homed-on-a", b"kept")
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
-        ch.basic_get("homed-on-a")
-    assert refused.value.reply_code == 404
-    assert "home node 'a@localhost'" in refused.value.reply_text
+        ch.queue_delete("homed-on-a", if_empty=True)
+    assert refused.value.reply_code == 406
+    on_b.channel().queue_delete("homed-on-a")
     on_b.close()
-    got = on_a.channel().basic_get("homed-on-a", auto_ack=True)
-    assert got == (None, None, None)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        on_a.channel().queue_declare("homed-on-a", passive=True)
     on_a.close()
