@@ -337,8 +337,14 @@ class ConsumerProxy:
 
     def settled(self, ref: QueueRef, seqs: Any) -> None:
         held = self.unacked.get(ref)
-        if held:
+        if held is not None:
             held.difference_update(seqs)
+            if not held:
+                del self.unacked[ref]
+
+    def idle(self) -> bool:
+        """No consumer left and nothing unsettled: the proxy can go."""
+        return not self.queues and not self.unacked
 
 
 # --------------------------------------------------------------------------- both sides
@@ -529,9 +535,11 @@ class QueuePeers:
                     continue
                 ref = local.leader.ref
                 seqs = tuple(seqs)
-                for proxy in self.proxies.values():
+                for key, proxy in list(self.proxies.items()):
                     if proxy.node == src:
                         proxy.settled(ref, seqs)
+                        if proxy.idle():
+                            del self.proxies[key]
                 getattr(local, kind)(ref, seqs, now)
             elif kind == "credit":
                 _, vhost, name, session_id, channel, tag, limit = op
@@ -551,6 +559,8 @@ class QueuePeers:
                     if local is not None:
                         local.remove_consumer(proxy, int(channel), str(tag), now)
                         local.consumers_gone(now)
+                    if proxy.idle():
+                        del self.proxies[(src, session_id)]
             elif kind == "cancel_channel":
                 _, vhost, name, session_id, channel = op
                 proxy = self.proxies.get((src, session_id))
@@ -561,6 +571,8 @@ class QueuePeers:
                     if local is not None:
                         local.remove_channel(proxy, int(channel))
                         local.consumers_gone(now)
+                    if proxy.idle():
+                        del self.proxies[(src, session_id)]
 
     def on_replies(self, src: str, items: Any) -> None:
         node = self.node

@@ -43,6 +43,26 @@ def users(node: NodeProcess) -> list[str]:
     return sorted(u["user"] for u in json.loads(ok(node, "list_users", "--formatter", "json").out))
 
 
+def known_everywhere(nodes: list[NodeProcess], *queues: str) -> None:
+    """Wait until every node applied the declares: a node answers once the change is applied
+    on itself, the others follow a moment later."""
+    for n in nodes:
+        for q in queues:
+            wait_until(lambda: _exists(n, q))
+
+
+def _exists(node: NodeProcess, queue: str) -> bool:
+    conn = connect(node)
+    try:
+        conn.channel().queue_declare(queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 def test_join_replicate_lose_a_node_and_catch_up(trio_nodes: list[NodeProcess]) -> None:
     a, b, c = trio_nodes
     join(b, a.name)
@@ -150,6 +170,7 @@ def test_a_queue_homed_on_another_node_is_fully_usable_from_it(trio_nodes: list[
     join(b, a.name)
     on_a = connect(a)
     on_a.channel().queue_declare("homed-on-a", durable=True)
+    known_everywhere([a, b], "homed-on-a")
     on_b = connect(b)
     ch = on_b.channel()
     ch.confirm_delivery()

@@ -10,7 +10,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from tests.clustering.test_join_and_metadata import NAMES, join
+from tests.clustering.test_join_and_metadata import NAMES, join, known_everywhere
 from tests.ctl.support import connect, wait_until
 from tests.support.node_process import NodeProcess
 
@@ -25,6 +25,9 @@ def cluster() -> Iterator[list[NodeProcess]]:
         join(b, a.name)
         join(c, a.name)
         yield nodes
+        # The queue traffic never failed on a node (a cast handler's exception is only logged).
+        for n in nodes:
+            assert "Traceback" not in n.log_text(), n.log_text()
     finally:
         for n in nodes:
             n.stop()
@@ -80,6 +83,7 @@ def test_declare_on_one_publish_on_another_consume_on_a_third(cluster: list[Node
     conn_a = connect(a)
     conn_a.channel().queue_declare("q", durable=True)
     conn_a.close()
+    known_everywhere(cluster, "q")
     bodies = [b"m%03d" % i for i in range(100)]
     publish_confirmed(b, "q", bodies)
     wait_until(lambda: ready_on(a, "q") == 100)
@@ -121,6 +125,7 @@ def test_closing_the_channel_returns_unacked_and_deleting_cancels(cluster: list[
     a, b, c = cluster
     conn_a = connect(a)
     conn_a.channel().queue_declare("q2", durable=True)
+    known_everywhere(cluster, "q2")
     publish_confirmed(b, "q2", [b"a", b"b", b"c"])
     conn_c = connect(c)
     ch = conn_c.channel()
@@ -150,6 +155,7 @@ def test_killed_consumer_node_returns_its_unacked(cluster: list[NodeProcess]) ->
     conn_a = connect(a)
     conn_a.channel().queue_declare("q3", durable=True)
     conn_a.close()
+    known_everywhere(cluster, "q3")
     publish_confirmed(b, "q3", [b"%d" % i for i in range(5)])
     conn_c = connect(c)
     ch = conn_c.channel()
@@ -167,6 +173,7 @@ def test_a_publish_whose_home_node_was_killed_is_nacked(cluster: list[NodeProces
     conn_a = connect(a)
     conn_a.channel().queue_declare("q4", durable=True)
     conn_a.close()
+    known_everywhere(cluster, "q4")
     conn_b = connect(b)
     ch = conn_b.channel()
     ch.confirm_delivery()
@@ -177,3 +184,83 @@ def test_a_publish_whose_home_node_was_killed_is_nacked(cluster: list[NodeProces
             ch.basic_publish("", "q4", b"after", pika.BasicProperties(delivery_mode=2))
             time.sleep(0.1)
     conn_b.close()
+
+
+def test_consumer_semantics_are_the_home_nodes(cluster: list[NodeProcess]) -> None:
+    """Exclusive consumers, single active consumer and consumer priorities hold across nodes,
+    and a home node's refusal of a publish (reject-publish overflow) is a nack on the other."""
+    a, b, c = cluster
+    conn_a = connect(a)
+    ch_a = conn_a.channel()
+    ch_a.queue_declare("excl")
+    ch_a.queue_declare("sac", arguments={"x-single-active-consumer": True})
+    ch_a.queue_declare("prio")
+    ch_a.queue_declare("full", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    known_everywhere(cluster, "excl", "sac", "prio", "full")
+    conn_b, conn_c = connect(b), connect(c)
+
+    # Exclusive: held on c, refused on b.
+    ch_c = conn_c.channel()
+    ch_c.basic_consume("excl", Received(), exclusive=True)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
+        conn_b.channel().basic_consume("excl", Received())
+    assert refused.value.reply_code == 403 and "exclusive use" in refused.value.reply_text
+
+    # Single active consumer: c registered first takes everything; b takes over when c cancels.
+    first, second = Received(), Received()
+    sac_c = conn_c.channel()
+    tag_c = sac_c.basic_consume("sac", first, auto_ack=True)
+    pump(conn_c, timeout=0.5)
+    sac_b = conn_b.channel()
+    sac_b.basic_consume("sac", second, auto_ack=True)
+    pump(conn_b, timeout=0.5)
+    publish_confirmed(a, "sac", [b"1", b"2"])
+    pump(conn_c, lambda: len(first.deliveries) == 2)
+    sac_c.basic_cancel(tag_c)
+    publish_confirmed(a, "sac", [b"3"])
+    pump(conn_b, lambda: len(second.deliveries) == 1)
+    assert first.bodies == [b"1", b"2"] and second.bodies == [b"3"]
+
+    # Priorities: the higher-priority consumer (on c) gets all while it has credit.
+    high, low = Received(), Received()
+    conn_c.channel().basic_consume("prio", high, auto_ack=True, arguments={"x-priority": 10})
+    conn_b.channel().basic_consume("prio", low, auto_ack=True)
+    pump(conn_c, timeout=0.5)
+    pump(conn_b, timeout=0.5)
+    publish_confirmed(a, "prio", [b"%d" % i for i in range(10)])
+    pump(conn_c, lambda: len(high.deliveries) == 10)
+    pump(conn_b, timeout=0.5)
+    assert low.deliveries == []
+
+    # The home node refuses the second message: the publisher on b gets a nack.
+    ch_b = conn_b.channel()
+    ch_b.confirm_delivery()
+    ch_b.basic_publish("", "full", b"fits")
+    with pytest.raises(pika.exceptions.NackError):
+        ch_b.basic_publish("", "full", b"refused")
+    for conn in (conn_a, conn_b, conn_c):
+        conn.close()
+
+
+def test_dead_letters_travel_to_a_queue_on_another_node(cluster: list[NodeProcess]) -> None:
+    a, b, c = cluster
+    conn_c = connect(c)
+    conn_c.channel().queue_declare("dlq")
+    conn_a = connect(a)
+    conn_a.channel().queue_declare("src", arguments={"x-dead-letter-exchange": "",
+                                                     "x-dead-letter-routing-key": "dlq"})
+    known_everywhere(cluster, "dlq", "src")
+    publish_confirmed(b, "src", [b"rejected"])
+    conn_b = connect(b)
+    ch = conn_b.channel()
+    method, _, body = ch.basic_get("src")
+    assert body == b"rejected"
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    conn_a.channel().basic_publish("", "src", b"ttl", pika.BasicProperties(expiration="0"))
+    wait_until(lambda: ready_on(c, "dlq") == 2)
+    got = [conn_c.channel().basic_get("dlq", auto_ack=True) for _ in range(2)]
+    assert [g[2] for g in got] == [b"rejected", b"ttl"]
+    assert got[0][1].headers["x-death"][0]["reason"] == "rejected"
+    assert got[0][1].headers["x-death"][0]["queue"] == "src"
+    for conn in (conn_a, conn_b, conn_c):
+        conn.close()
