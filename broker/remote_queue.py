@@ -427,18 +427,18 @@ class QueuePeers:
         if failed is not None:
             log.debug("queue ops for node '%s' not sent: %s", peer_text(node), failed)
             for op in ops:
-                if op[0] == "publish" and op[4] is not None:
+                if op[0] == "publish":
                     self._resolve(op[4], False)
 
     # ------------------------------------------------------------------ confirms (B)
 
     def forward_publish(self, home: str, vhost: str, name: str, message: Message, confirm: Confirm | None) -> None:
-        confirm_id = None
-        if confirm is not None:
-            self._confirm_ids += 1
-            confirm_id = self._confirm_ids
-            self._confirms[confirm_id] = (home, confirm, trio.current_time() + CONFIRM_TIMEOUT)
-            self._waiting_per_home[home] += 1
+        # Every forwarded publish is answered, also one its publisher wants no confirm for:
+        # the publishes waiting on a node are what publisher flow towards it counts.
+        self._confirm_ids += 1
+        confirm_id = self._confirm_ids
+        self._confirms[confirm_id] = (home, confirm or _unconfirmed, trio.current_time() + CONFIRM_TIMEOUT)
+        self._waiting_per_home[home] += 1
         self.send(home, ["publish", vhost, name, message_to_wire(message), confirm_id])
 
     def _resolve(self, confirm_id: int, accepted: bool) -> None:
@@ -481,6 +481,16 @@ class QueuePeers:
                 self.node_lost(node)
             reachable = now_reachable
             self._nack_waiting(None)
+            self._resend_credit()
+
+    def _resend_credit(self) -> None:
+        """Credit is a cast, at most once: a link that broke and came back between two looks
+        may have lost some. Limits are absolute, so sending them again is harmless, and a
+        home node that no longer knows the consumer answers with its cancellation."""
+        for client in self._consumed:
+            for (session_id, channel, tag), c in client.consumers.items():
+                self.send(client.home, ["credit", client.vhost, client.name, session_id, channel, tag,
+                                        c.limit_sent])
 
     def node_lost(self, node: str) -> None:
         log.info("queue traffic with node '%s' lost: its publishes nacked, consumers dropped", peer_text(node))
@@ -545,11 +555,14 @@ class QueuePeers:
                 _, vhost, name, session_id, channel, tag, limit = op
                 proxy = self.proxies.get((src, session_id))
                 key = (int(channel), str(tag))
-                if proxy is not None and key in proxy.limits:
-                    proxy.limits[key] = max(proxy.limits[key], int(limit))
-                    local = self._local(vhost, name)
-                    if local is not None:
-                        local.dispatch(now)
+                local = self._local(vhost, name)
+                if proxy is None or key not in proxy.limits or local is None:
+                    # Dropped here (its node was thought lost, the queue is gone): the consumer's
+                    # node cancels it, so its client knows to consume again.
+                    self.reply(src, ["cancelled", session_id, key[0], key[1]])
+                elif limit > proxy.limits[key]:
+                    proxy.limits[key] = int(limit)
+                    local.dispatch(now)
             elif kind == "cancel":
                 _, vhost, name, session_id, channel, tag = op
                 proxy = self.proxies.get((src, session_id))
@@ -644,6 +657,10 @@ class QueuePeers:
         if proxy is None:
             proxy = self.proxies[(src, session_id)] = ConsumerProxy(self, src, session_id)
         return proxy
+
+
+def _unconfirmed(accepted: bool) -> None:
+    """The outcome of a forwarded publish whose publisher asked for no confirm."""
 
 
 class _ConfirmBack:

@@ -849,6 +849,13 @@ class Session:
         if refused is not None:
             self._fail(channel, refused, m)
             return
+        if self.conn.channel(channel) is None:
+            # The channel closed while a queue on another node took the consumer: nothing
+            # will cancel it later.
+            now = self.node.now_ms()
+            queue.remove_consumer(self, channel, tag, now)
+            queue.consumers_gone(now)
+            return
         self.consumers[channel][tag] = queue
         self._reply(channel, m.nowait, spec.BasicConsumeOk(consumer_tag=tag))
         queue.dispatch(self.node.now_ms())
