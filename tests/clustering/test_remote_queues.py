@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pika
 import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
 import pytest
 
 from tests.clustering.test_join_and_metadata import NAMES, join, known_everywhere
@@ -31,6 +32,14 @@ def cluster() -> Iterator[list[NodeProcess]]:
     finally:
         for n in nodes:
             n.stop()
+
+
+def declare_durable(cluster: list[NodeProcess], queue: str) -> None:
+    """Declare `queue` on the first node (its home) and wait until every node knows it."""
+    conn = connect(cluster[0])
+    conn.channel().queue_declare(queue, durable=True)
+    conn.close()
+    known_everywhere(cluster, queue)
 
 
 def ready_on(node: NodeProcess, queue: str) -> int:
@@ -78,22 +87,26 @@ def pump(conn: pika.BlockingConnection, until: object = None, timeout: float = 1
         raise AssertionError("condition not met in time")
 
 
+def consume_unacked(node: NodeProcess, queue: str, prefetch: int, count: int,
+                    ) -> tuple[pika.BlockingConnection, BlockingChannel, Received]:
+    """A consumer on `node` with manual acks and `prefetch`, once it holds `count` deliveries."""
+    conn = connect(node)
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=prefetch)
+    got = Received()
+    ch.basic_consume(queue, got)
+    pump(conn, lambda: len(got.deliveries) >= count)
+    return conn, ch, got
+
+
 def test_declare_on_one_publish_on_another_consume_on_a_third(cluster: list[NodeProcess]) -> None:
     a, b, c = cluster
-    conn_a = connect(a)
-    conn_a.channel().queue_declare("q", durable=True)
-    conn_a.close()
-    known_everywhere(cluster, "q")
+    declare_durable(cluster, "q")
     bodies = [b"m%03d" % i for i in range(100)]
     publish_confirmed(b, "q", bodies)
     wait_until(lambda: ready_on(a, "q") == 100)
 
-    conn_c = connect(c)
-    ch = conn_c.channel()
-    ch.basic_qos(prefetch_count=10)
-    got = Received()
-    ch.basic_consume("q", got)
-    pump(conn_c, lambda: len(got.deliveries) >= 10)
+    conn_c, ch, got = consume_unacked(c, "q", prefetch=10, count=10)
     pump(conn_c, timeout=1.0)
     # Prefetch holds across nodes: never more than 10 unacknowledged at the client.
     assert got.bodies == bodies[:10]
@@ -127,12 +140,7 @@ def test_closing_the_channel_returns_unacked_and_deleting_cancels(cluster: list[
     conn_a.channel().queue_declare("q2", durable=True)
     known_everywhere(cluster, "q2")
     publish_confirmed(b, "q2", [b"a", b"b", b"c"])
-    conn_c = connect(c)
-    ch = conn_c.channel()
-    ch.basic_qos(prefetch_count=2)
-    got = Received()
-    ch.basic_consume("q2", got)
-    pump(conn_c, lambda: len(got.deliveries) == 2)
+    conn_c, ch, got = consume_unacked(c, "q2", prefetch=2, count=2)
     wait_until(lambda: ready_on(a, "q2") == 1)
     ch.close()
     wait_until(lambda: ready_on(a, "q2") == 3)
@@ -152,28 +160,18 @@ def test_closing_the_channel_returns_unacked_and_deleting_cancels(cluster: list[
 
 def test_killed_consumer_node_returns_its_unacked(cluster: list[NodeProcess]) -> None:
     a, b, c = cluster
-    conn_a = connect(a)
-    conn_a.channel().queue_declare("q3", durable=True)
-    conn_a.close()
-    known_everywhere(cluster, "q3")
+    declare_durable(cluster, "q3")
     publish_confirmed(b, "q3", [b"%d" % i for i in range(5)])
-    conn_c = connect(c)
-    ch = conn_c.channel()
-    ch.basic_qos(prefetch_count=3)
-    got = Received()
-    ch.basic_consume("q3", got)
-    pump(conn_c, lambda: len(got.deliveries) == 3)
+    held = consume_unacked(c, "q3", prefetch=3, count=3)  # kept open until the node dies
     wait_until(lambda: ready_on(a, "q3") == 2)
     c.kill()
     wait_until(lambda: ready_on(a, "q3") == 5, 30)
+    assert held[2].bodies == [b"0", b"1", b"2"]
 
 
 def test_a_publish_whose_home_node_was_killed_is_nacked(cluster: list[NodeProcess]) -> None:
     a, b, c = cluster
-    conn_a = connect(a)
-    conn_a.channel().queue_declare("q4", durable=True)
-    conn_a.close()
-    known_everywhere(cluster, "q4")
+    declare_durable(cluster, "q4")
     conn_b = connect(b)
     ch = conn_b.channel()
     ch.confirm_delivery()
