@@ -24,6 +24,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import random
+from collections import Counter
 import shutil
 import time
 from pathlib import Path
@@ -54,6 +56,7 @@ from cluster.cookie import load_cookie
 from cluster.group_client import Unavailable
 from cluster.logtext import RefusalLog
 from cluster.membership import METADATA_GROUP
+from cluster.placement import choose_home
 from cluster.portmapper import Registration
 from cluster.raft.driver import Applied, RaftDriver
 from cluster.raft.group import RaftConfig
@@ -125,6 +128,7 @@ class Node:
         self.server_properties = default_server_properties(version=__version__)
         self.server_properties["cluster_name"] = self.name
         self.store: Store | None = None
+        self._placement_random = random.Random()
         # The running core's queue traffic with other nodes (None while no core runs).
         self.queue_peers: QueuePeers | None = None
         self.writer: GroupCommitWriter | None = None
@@ -284,6 +288,24 @@ class Node:
             return frozenset()
         status = self.driver.node.status(METADATA_GROUP)
         return status.voters | status.learners
+
+    def home_for(self, vhost: str, name: str, arguments: Any, exclusive: bool) -> str:
+        """The node a new queue is homed on: per its x-queue-master-locator argument, else its
+        policy's queue-master-locator, else the node's setting, among the running members.
+        An exclusive queue lives and dies with its connection: always here (RabbitMQ too)."""
+        if exclusive:
+            return self.name
+        locator = arguments.get("x-queue-master-locator")
+        if not isinstance(locator, str):
+            policy = self.metadata.effective_policy(vhost, name, "queue")
+            locator = policy.definition.get("queue-master-locator") if policy is not None else None
+        if not isinstance(locator, str):
+            locator = self.settings.queue_master_locator
+        if locator == "client-local":
+            return self.name
+        running = (self.clustering.transport.reachable() & self.cluster_members()) | {self.name}
+        leaders = Counter(q.node for v in self.metadata.vhosts() for q in self.metadata.queues(v.name))
+        return choose_home(locator, self.name, running, leaders, self._placement_random)
 
     def metadata_leader(self) -> frozenset[str]:
         """The metadata group's leader as this node knows it (none, or one node)."""

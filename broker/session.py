@@ -722,7 +722,8 @@ class Session:
         # `durable andalso not exclusive`).
         durable = m.durable and not m.exclusive
         cmd = md.DeclareQueue(vhost, name, durable, m.auto_delete, self.id if m.exclusive else None,
-                              dict(m.arguments or {}), node.name, "classic", server_named)
+                              dict(m.arguments or {}), node.home_for(vhost, name, m.arguments or {}, m.exclusive),
+                              "classic", server_named)
         if await self._propose(channel, cmd, m) is None:
             return
         await self._declare_ok(channel, m, name)

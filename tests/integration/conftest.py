@@ -128,3 +128,36 @@ def consume_n(conn: pika.BlockingConnection, ch: Any, queue: str, n: int, timeou
         conn.process_data_events(time_limit=0.05)
     ch.basic_cancel(tag)
     return got
+
+
+@pytest.fixture(scope="session")
+def queues_across_nodes() -> Any:
+    """Two joined nodes; clients connect to `client@localhost`, which places queues with
+    min-masters, so the queues a test declares alternate between the node its client is
+    connected to and the other one (ties go to the lower name): the protocol tests then run
+    on queues served from another node as well as local ones."""
+    from tests.clustering.test_join_and_metadata import join
+    from tests.support.node_process import NodeProcess
+
+    home = NodeProcess(name="home@localhost")
+    client = NodeProcess(name="client@localhost", config={"queue_master_locator": "min-masters"})
+    try:
+        home.start()
+        client.start()
+        join(client, home.name)
+        yield client
+    finally:
+        client.stop()
+        home.stop()
+
+
+@pytest.fixture(scope="session", params=["one node", "queues across two nodes"])
+def amqp_url_one_node_or_across_nodes(request: pytest.FixtureRequest) -> str:
+    """`amqp_url` for modules that also run against `queues_across_nodes`: assign it to
+    `amqp_url` in the module."""
+    override = os.environ.get("LEVERET_COMPARE_URL")
+    if override:
+        return override
+    if request.param == "one node":
+        return request.getfixturevalue("node").url
+    return request.getfixturevalue("queues_across_nodes").url
