@@ -88,7 +88,7 @@ class QueueCounts:
 class QueueUnavailable:
     """The queue's leader could not be asked (its node unreachable, the call failed)."""
 
-    text: str
+    text: str  # why, without the reply code's name: the session answers 404 NOT_FOUND with it
 
 
 class QueueClient(Protocol):

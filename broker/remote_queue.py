@@ -157,8 +157,7 @@ class RemoteQueue:
         return self._refs.get(ref.incarnation) is ref
 
     def _unavailable(self, outcome: Any = None) -> QueueUnavailable:
-        text = home_down_text(self.vhost, self.name, self.home, self.durable)
-        return QueueUnavailable(f"NOT_FOUND - {text}")
+        return QueueUnavailable(home_down_text(self.vhost, self.name, self.home, self.durable))
 
     # ------------------------------------------------------------------ publish
 

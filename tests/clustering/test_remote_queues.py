@@ -181,6 +181,12 @@ def test_a_publish_whose_home_node_was_killed_is_nacked(cluster: list[NodeProces
         for _ in range(20):
             ch.basic_publish("", "q4", b"after", pika.BasicProperties(delivery_mode=2))
             time.sleep(0.1)
+    # The queue answers as RabbitMQ's does while its home node is down.
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as down:
+        conn_b.channel().basic_get("q4")
+    assert down.value.reply_code == 404
+    assert down.value.reply_text == ("NOT_FOUND - home node 'a@localhost' of durable queue 'q4' in vhost '/' "
+                                     "is down or inaccessible")
     conn_b.close()
 
 
