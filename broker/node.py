@@ -234,7 +234,7 @@ class Node:
                         # A node joining waits, group empty, for the leader to add it.
                         self.driver.add_group(METADATA_GROUP, machine, voters=() if join else (self.name,))
                     await nursery.start(self.driver.run)
-                    nursery.start_soon(self.queue_peers.watch_links)
+                    nursery.start_soon(self.queue_peers.run)
                     if join is not None:
                         refused = await self.clustering.ask_to_join(join)
                         if refused is not None:

@@ -4,7 +4,7 @@
 Wire. Everything that must keep its order travels as casts, which each link carries
 in order and hands to their handler in arrival order (calls run as tasks, in no
 guaranteed order):
-  B → A  "queue.ops"       [op, ...] where op is one of
+  B → A  "queue.ops"       [B's applied metadata index, [op, ...]] where op is one of
            ["publish", vhost, name, message, confirm id or None]
            ["settle" | "requeue" | "reject", vhost, name, incarnation, [seq, ...]]
            ["credit", vhost, name, session, channel, tag, limit]
@@ -14,6 +14,9 @@ guaranteed order):
            ["confirm", id, accepted]
            ["deliver", session, channel, tag, incarnation, seq or None, message, redelivered, vhost, name]
            ["cancelled", session, channel, tag]
+A receiving node that applied less of the metadata log than the sender had holds the
+ops back until it has (a queue declared through B and homed on A may be applied on B
+first), and so do calls.
 A node's ops for one peer are buffered and sent as one cast once the task that made
 them yields (for a session: after the batch of frames one read produced), so a
 batch of publishes costs one cast, not one per message. What needs an answer at
@@ -39,7 +42,7 @@ not settled, and B cancels its clients' consumers (basic.cancel) and nacks.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -58,6 +61,7 @@ from broker.queue_client import (
     QueueUnavailable,
 )
 from cluster.logtext import peer_text
+from cluster.membership import METADATA_GROUP
 from cluster.transport import PeerTransport, Replied
 
 if TYPE_CHECKING:
@@ -78,6 +82,8 @@ COUNTS: Final = "queue.counts"
 CONFIRM_TIMEOUT: Final = 30.0
 # How long a call to a queue's home node may take before the client is told it is unavailable.
 CALL_TIMEOUT: Final = 10.0
+# How long ops wait for this node's metadata to catch up with their sender's.
+METADATA_WAIT: Final = 5.0
 # Deliveries a consumer without a prefetch limit may have in flight from another node.
 UNLIMITED_WINDOW: Final = 1000
 
@@ -198,8 +204,8 @@ class RemoteQueue:
         self.peers.flush(self.home)
         outcome = await self.peers.transport.call(self.home, CONSUME, {
             "vhost": self.vhost, "name": self.name, "session": session.id, "channel": ref.channel,
-            "tag": ref.tag, "no_ack": ref.no_ack, "priority": priority, "exclusive": exclusive},
-            timeout=CALL_TIMEOUT)
+            "tag": ref.tag, "no_ack": ref.no_ack, "priority": priority, "exclusive": exclusive,
+            "applied": self.peers.metadata_applied()}, timeout=CALL_TIMEOUT)
         if not isinstance(outcome, Replied) or not isinstance(outcome.value, Mapping):
             return self._unavailable(outcome)
         refused = outcome.value.get("refused")
@@ -254,8 +260,9 @@ class RemoteQueue:
 
     async def _call(self, method: str, args: dict[str, Any]) -> Any:
         self.peers.flush(self.home)
-        outcome = await self.peers.transport.call(self.home, method, {"vhost": self.vhost, "name": self.name, **args},
-                                                  timeout=CALL_TIMEOUT)
+        outcome = await self.peers.transport.call(
+            self.home, method, {"vhost": self.vhost, "name": self.name, "applied": self.peers.metadata_applied(),
+                                **args}, timeout=CALL_TIMEOUT)
         if not isinstance(outcome, Replied) or not isinstance(outcome.value, Mapping) \
                 or outcome.value.get("missing"):
             return self._unavailable(outcome)
@@ -371,6 +378,11 @@ class QueuePeers:
         self.proxies: dict[tuple[str, str], ConsumerProxy] = {}
         # Remote queues that sessions here consume from (cancelled if their home goes away).
         self._consumed: set[RemoteQueue] = set()
+        # Ops from a node that wait for this node's metadata to catch up with that node's, in
+        # order, and the events set once a node's are all applied (see `on_ops_after`).
+        self._deferred: dict[str, deque[tuple[int, Any]]] = {}
+        self._drained: dict[str, trio.Event] = {}
+        self._nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------------ clients (B)
 
@@ -422,7 +434,7 @@ class QueuePeers:
         ops = self._ops.pop(node, None)
         if not ops:
             return
-        failed = self.transport.cast(node, OPS, ops)
+        failed = self.transport.cast(node, OPS, [self.metadata_applied(), ops])
         if failed is not None:
             log.debug("queue ops for node '%s' not sent: %s", peer_text(node), failed)
             for op in ops:
@@ -468,7 +480,18 @@ class QueuePeers:
 
     # ------------------------------------------------------------------ links
 
-    async def watch_links(self) -> None:
+    def metadata_applied(self) -> int:
+        """How far this node applied the metadata log: sent with every op and call."""
+        driver = self.node.driver
+        return driver.applied.get(METADATA_GROUP, 0) if driver is not None else 0
+
+    async def run(self) -> None:
+        """Serve deferred ops (see `on_ops_after`) and watch the links, as long as the core runs."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._watch_links()
+
+    async def _watch_links(self) -> None:
         """A peer that went away: nack what waits on it, cancel consumers of its queues,
         drop its consumers of ours (their unsettled messages back to ready)."""
         reachable = self.transport.reachable()
@@ -620,7 +643,46 @@ class QueuePeers:
 
     # ------------------------------------------------------------------ calls served (A)
 
+    def on_ops_after(self, src: str, applied: int, ops: Any) -> None:
+        """Ops another node sent once it had applied the metadata log through `applied`: a queue
+        it routed to may be one this node is about to lead (declared there, applied there, not
+        yet here). They wait until this node applied as much (at most `METADATA_WAIT`, as a
+        node reset since has another log), behind any of the same node's that wait already."""
+        pending = self._deferred.get(src)
+        if pending is None and self.metadata_applied() >= applied:
+            self.on_ops(src, ops)
+            return
+        if pending is None:
+            if self._nursery is None:
+                self.on_ops(src, ops)
+                return
+            pending = self._deferred[src] = deque()
+            self._drained[src] = trio.Event()
+            self._nursery.start_soon(self._apply_deferred, src, pending)
+        pending.append((applied, ops))
+
+    async def _apply_deferred(self, src: str, pending: deque[tuple[int, Any]]) -> None:
+        try:
+            while pending:
+                applied, ops = pending[0]
+                await self._caught_up(applied)
+                pending.popleft()
+                self.on_ops(src, ops)
+        finally:
+            del self._deferred[src]
+            self._drained.pop(src).set()
+
+    async def _caught_up(self, applied: int) -> None:
+        driver = self.node.driver
+        if driver is not None:
+            with trio.move_on_after(METADATA_WAIT):
+                await driver.wait_applied(METADATA_GROUP, applied)
+
     async def serve_call(self, src: str, method: str, args: Mapping[str, Any]) -> Any:
+        # After the ops the caller sent before it, and with the metadata it had.
+        await self._caught_up(int(args.get("applied", 0)))
+        while src in self._drained:
+            await self._drained[src].wait()
         local = self._local(args["vhost"], args["name"])
         if local is None:
             return {"missing": True}
@@ -683,7 +745,8 @@ def serve_queue_peers(node: "Node", transport: PeerTransport) -> None:
 
     def on_ops(src: str, ops: Any) -> None:
         if node.queue_peers is not None:
-            node.queue_peers.on_ops(src, ops)
+            applied, batch = ops
+            node.queue_peers.on_ops_after(src, int(applied), batch)
 
     def on_replies(src: str, items: Any) -> None:
         if node.queue_peers is not None:

@@ -3,6 +3,7 @@ on node c, with confirms, manual acks, prefetch, requeues, cancels and nodes kil
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 import pytest
 
 from tests.clustering.test_join_and_metadata import NAMES, join, known_everywhere
-from tests.ctl.support import connect, wait_until
+from tests.ctl.support import connect, ok, wait_until
 from tests.support.node_process import NodeProcess
 
 
@@ -268,3 +269,27 @@ def test_dead_letters_travel_to_a_queue_on_another_node(cluster: list[NodeProces
     assert got[0][1].headers["x-death"][0]["queue"] == "src"
     for conn in (conn_a, conn_b, conn_c):
         conn.close()
+
+
+def test_a_queue_placed_on_another_node_is_used_at_once(cluster: list[NodeProcess]) -> None:
+    """Declared through b and homed on c by its locator argument, a queue takes a publish made
+    on b right after declare-ok, though c may apply the declare after b: c waits for its
+    metadata to catch up with b's before it serves what b sends."""
+    a, b, c = cluster
+    for node, pad in ((a, "pad-a"), (b, "pad-b")):
+        conn = connect(node)
+        conn.channel().queue_declare(pad)
+        conn.close()
+    known_everywhere(cluster, "pad-a", "pad-b")
+    conn_b = connect(b)
+    ch = conn_b.channel()
+    ch.confirm_delivery()
+    for i in range(5):
+        name = f"placed-{i}"
+        # min-masters: a and b lead one queue each, c none (then ties go to the lowest name).
+        ch.queue_declare(name, arguments={"x-queue-master-locator": "min-masters"})
+        ch.basic_publish("", name, b"at once", pika.BasicProperties(delivery_mode=2))
+        assert ch.basic_get(name, auto_ack=True)[2] == b"at once"
+    conn_b.close()
+    homes = json.loads(ok(b, "list_queues", "name", "pid", "--formatter", "json").out)
+    assert {q["name"]: q["pid"].split(".")[0] for q in homes}["placed-0"] == "<c@localhost"
