@@ -130,27 +130,6 @@ def consume_n(conn: pika.BlockingConnection, ch: Any, queue: str, n: int, timeou
     return got
 
 
-@pytest.fixture(scope="session")
-def queues_across_nodes() -> Any:
-    """Two joined nodes; clients connect to `client@localhost`, which places queues with
-    min-masters, so the queues a test declares alternate between the node its client is
-    connected to and the other one (ties go to the lower name): the protocol tests then run
-    on queues served from another node as well as local ones."""
-    from tests.clustering.test_join_and_metadata import join
-    from tests.support.node_process import NodeProcess
-
-    home = NodeProcess(name="home@localhost")
-    client = NodeProcess(name="client@localhost", config={"queue_master_locator": "min-masters"})
-    try:
-        home.start()
-        client.start()
-        join(client, home.name)
-        yield client
-    finally:
-        client.stop()
-        home.stop()
-
-
 @pytest.fixture(scope="session", params=["one node", "queues across two nodes"])
 def amqp_url_one_node_or_across_nodes(request: pytest.FixtureRequest) -> str:
     """`amqp_url` for modules that also run against `queues_across_nodes`: assign it to
