@@ -19,6 +19,8 @@ import pika
 import pika.exceptions
 import pytest
 
+from tests.support.node_process import ONE_NODE_OR_ACROSS_NODES, url_for_param
+
 
 @pytest.fixture(scope="session")
 def amqp_url(request: pytest.FixtureRequest) -> str:
@@ -130,13 +132,8 @@ def consume_n(conn: pika.BlockingConnection, ch: Any, queue: str, n: int, timeou
     return got
 
 
-@pytest.fixture(scope="session", params=["one node", "queues across two nodes"])
+@pytest.fixture(scope="session", params=ONE_NODE_OR_ACROSS_NODES)
 def amqp_url_one_node_or_across_nodes(request: pytest.FixtureRequest) -> str:
     """`amqp_url` for modules that also run against `queues_across_nodes`: assign it to
     `amqp_url` in the module."""
-    override = os.environ.get("LEVERET_COMPARE_URL")
-    if override:
-        return override
-    if request.param == "one node":
-        return request.getfixturevalue("node").url
-    return request.getfixturevalue("queues_across_nodes").url
+    return url_for_param(request, "LEVERET_COMPARE_URL")
