@@ -33,6 +33,7 @@ from broker import auth
 from broker.config import DiskFreeLimit, MemoryWatermark
 from broker.control_cluster import ClusterControl
 from broker.node_view import NodeView, plain
+from broker.queue_client import QueueUnavailable
 from cluster import metadata as md
 from cluster.control import (
     EX_DATAERR,
@@ -473,23 +474,29 @@ class ControlHandlers:
 
     async def op_purge_queue(self, args: Mapping[str, Any]) -> Any:
         vhost, name = self._vhost(args), str(args["name"])
-        leader = self.node.leaders.get((vhost, name))
-        if self.node.metadata.queue(vhost, name) is None or leader is None:
+        queue = self.node.queue(vhost, name)
+        if self.node.metadata.queue(vhost, name) is None or queue is None:
             raise ControlError("not_found", EX_UNAVAILABLE)
-        return leader.purge(self.node.now_ms())
+        purged = await queue.purge(self.node.now_ms())
+        if isinstance(purged, QueueUnavailable):
+            raise ControlError(purged.text, EX_UNAVAILABLE)
+        return purged
 
     async def op_delete_queue(self, args: Mapping[str, Any]) -> Any:
         vhost, name = self._vhost(args), str(args["name"])
         q = self.node.metadata.queue(vhost, name)
         if q is None:
             raise ControlError("Queue not found", EX_USAGE)
-        leader = self.node.leaders.get((vhost, name))
-        ready = leader.message_count() if leader is not None else 0
+        queue = self.node.queue(vhost, name)
+        counts = await queue.counts(self.node.now_ms(), touch=False) if queue is not None else None
+        if isinstance(counts, QueueUnavailable):
+            raise ControlError(counts.text, EX_UNAVAILABLE)
+        ready = counts.messages if counts is not None else 0
         # RabbitMQ's emptiness is its backing queue's length: ready messages only, so a queue
         # whose messages are all delivered and unacknowledged is empty.
-        if args.get("if_empty") and leader is not None and leader.state.messages_ready:
+        if args.get("if_empty") and ready:
             raise ControlError("Queue is not empty", EX_USAGE)
-        if args.get("if_unused") and leader is not None and leader.consumer_count():
+        if args.get("if_unused") and counts is not None and counts.consumers:
             raise ControlError("Queue is in use", EX_USAGE)
         await self._propose(md.DeleteQueue(vhost, name, None))
         return ready

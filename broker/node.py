@@ -24,10 +24,12 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import random
+from collections import Counter
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 import trio
@@ -43,15 +45,18 @@ from broker.deadletter import dead_letter, without_cycles
 from broker.message import Message
 from broker.paging import PAGED_TABLE, delete_leftover_pages
 from broker.queue import DeadLetter
+from broker.local_queue import LocalQueue
+from broker.queue_client import QueueClient
 from broker.queue_leader import MESSAGES_TABLE, QueueLeader, decode_persisted, queue_key_prefix
+from broker.remote_queue import QueuePeers, serve_queue_peers
 from broker.routing import Router
-from broker.session import Session
 from cluster import metadata as md
 from cluster.control import serve_control
 from cluster.cookie import load_cookie
 from cluster.group_client import Unavailable
 from cluster.logtext import RefusalLog
 from cluster.membership import METADATA_GROUP
+from cluster.placement import choose_home
 from cluster.portmapper import Registration
 from cluster.raft.driver import Applied, RaftDriver
 from cluster.raft.group import RaftConfig
@@ -61,6 +66,9 @@ from storage.datadir import open_data_dir, wipe_store_files
 from storage.interface import Delete, Put, Store, StoreError, WriteBatch
 from storage.staging import StagedWrites
 from storage.writer import GroupCommitWriter
+
+if TYPE_CHECKING:
+    from broker.session import Session
 
 log = logging.getLogger("leveret.node")
 
@@ -120,6 +128,9 @@ class Node:
         self.server_properties = default_server_properties(version=__version__)
         self.server_properties["cluster_name"] = self.name
         self.store: Store | None = None
+        self._placement_random = random.Random()
+        # The running core's queue traffic with other nodes (None while no core runs).
+        self.queue_peers: QueuePeers | None = None
         self.writer: GroupCommitWriter | None = None
         self.driver: RaftDriver | None = None
         self.started = trio.Event()
@@ -166,6 +177,7 @@ class Node:
                 self._outer = nursery
                 transport = PeerTransport(self.name, cookie)
                 self.clustering = Clustering(self, transport)
+                serve_queue_peers(self, transport)
                 await nursery.start(transport.run)
                 # The peer port first: a restarted member needs its peers to elect a leader.
                 host = settings.node_ip_address
@@ -205,6 +217,7 @@ class Node:
         store = self.store
         assert store is not None
         self._fresh_core_state()
+        self.queue_peers = QueuePeers(self, self.clustering.transport)
         with trio.CancelScope() as scope:
             self._core_scope = scope
             self._core_stopped = trio.Event()
@@ -228,6 +241,7 @@ class Node:
                         # A node joining waits, group empty, for the leader to add it.
                         self.driver.add_group(METADATA_GROUP, machine, voters=() if join else (self.name,))
                     await nursery.start(self.driver.run)
+                    nursery.start_soon(self.queue_peers.run)
                     if join is not None:
                         refused = await self.clustering.ask_to_join(join)
                         if refused is not None:
@@ -252,6 +266,8 @@ class Node:
         self.metadata = md.MetadataState()
         self.router = Router()
         self.leaders: dict[tuple[str, str], QueueLeader] = {}
+        # The clients of the queues this node leads, by (vhost, name): what `queue` returns.
+        self.local_queues: dict[tuple[str, str], LocalQueue] = {}
         # While one publish is handed to its queues: the dead letters they produce, routed
         # after it (see `hold_dead_letters`).
         self._held_dead_letters: list[tuple[str, str, DeadLetter, int]] | None = None
@@ -277,6 +293,24 @@ class Node:
         """The members of the cluster: those of the metadata group (none while joining)."""
         status = self.driver.status(METADATA_GROUP) if self.driver is not None else None
         return status.voters | status.learners if status is not None else frozenset()
+
+    def home_for(self, vhost: str, name: str, arguments: Any, exclusive: bool) -> str:
+        """The node a new queue is homed on: per its x-queue-master-locator argument, else its
+        policy's queue-master-locator, else the node's setting, among the running members.
+        An exclusive queue lives and dies with its connection: always here (RabbitMQ too)."""
+        if exclusive:
+            return self.name
+        locator = arguments.get("x-queue-master-locator")
+        if not isinstance(locator, str):
+            policy = self.metadata.effective_policy(vhost, name, "queue")
+            locator = policy.definition.get("queue-master-locator") if policy is not None else None
+        if not isinstance(locator, str):
+            locator = self.settings.queue_master_locator
+        if locator == "client-local":
+            return self.name
+        running = (self.clustering.transport.reachable() & self.cluster_members()) | {self.name}
+        leaders = Counter(q.node for v in self.metadata.vhosts() for q in self.metadata.queues(v.name))
+        return choose_home(locator, self.name, running, leaders, self._placement_random)
 
     def metadata_leader(self) -> frozenset[str]:
         """The metadata group's leader as this node knows it (none, or one node)."""
@@ -514,12 +548,16 @@ class Node:
             return
         leader = QueueLeader(self, q.vhost, q.name, q.durable, self._settings_for(q), now)
         self.leaders[(q.vhost, q.name)] = leader
+        self.local_queues[(q.vhost, q.name)] = LocalQueue(leader)
         self._track_expiry(leader)
 
     def _queue_removed(self, q: md.QueueRecord) -> None:
         leader = self.leaders.pop((q.vhost, q.name), None)
         if leader is None:
+            if self.queue_peers is not None:
+                self.queue_peers.queue_removed(q.vhost, q.name)
             return
+        del self.local_queues[(q.vhost, q.name)]
         self._expiring.discard(leader)
         # RabbitMQ's channel cancels its consumers of a deleted queue from a gb_set of their
         # tags (rabbit_channel:handle_consuming_queue_down_or_eol): in tag order.
@@ -539,6 +577,17 @@ class Node:
 
     def leader(self, vhost: str, name: str) -> QueueLeader | None:
         return self.leaders.get((vhost, name))
+
+    def queue(self, vhost: str, name: str) -> QueueClient | None:
+        """The client through which sessions use queue (vhost, name), led here or on its
+        home node, or None when there is no such queue."""
+        local = self.local_queues.get((vhost, name))
+        if local is not None:
+            return local
+        q = self.metadata.queue(vhost, name)
+        if q is None or q.node == self.name or self.queue_peers is None:
+            return None
+        return self.queue_peers.client(vhost, name, q.node, q.durable)
 
     def maybe_auto_delete(self, leader: QueueLeader) -> None:
         """An auto-delete queue goes when its last consumer does (RabbitMQ's rule)."""
@@ -685,9 +734,9 @@ class Node:
             self.hold_dead_letters()
         try:
             for name in targets:
-                leader = self.leaders.get((vhost, name))
-                if leader is not None:
-                    leader.publish(copy.message, now_ms, None)
+                queue = self.queue(vhost, name)
+                if queue is not None:
+                    queue.publish(copy.message, now_ms, None)
         finally:
             if len(targets) > 1:
                 self.release_dead_letters()

@@ -477,6 +477,8 @@ class NodeView:
                 if ref is None:
                     continue
                 session = ref.session
+                if getattr(session, "conn", None) is None:
+                    continue  # a proxy of a consumer on another node: no connection here to describe
                 ch = session.conn.channel(ref.channel)
                 is_active = active is None or active is c
                 rows.append({

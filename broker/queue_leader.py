@@ -26,15 +26,16 @@ output buffer, whose writer task is woken.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import random
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from broker.arguments import QueueSettings
 from broker.dispatch import Consumer, ConsumerSet
 from broker.message import Message
+from broker.queue_client import Confirm, ConsumerEndpoint, ConsumerRef, QueueRef
 from broker.paging import MESSAGES_TABLE, StorePages, decode_persisted, encode_persisted, persisted_key
 from broker.queue import (
     DeadLetter,
@@ -63,12 +64,8 @@ FLOW_LOW = 1_000
 
 if TYPE_CHECKING:
     from broker.node import Node
-    from broker.session import Session
 
 __all__ = ["MESSAGES_TABLE", "ConsumerRef", "QueueLeader", "decode_persisted", "queue_key_prefix"]
-
-# Outcome callback of a publish: True = accepted (and durable if it had to be), False = rejected.
-Confirm = Callable[[bool], None]
 
 
 def queue_key_prefix(vhost: str, name: str) -> bytes:
@@ -93,16 +90,6 @@ class QueueCounters:
     ack: int = 0
 
 
-@dataclass(slots=True, eq=False)
-class ConsumerRef:
-    """Where a consumer lives: its session, channel number and tag."""
-
-    session: "Session"
-    channel: int
-    tag: str
-    no_ack: bool
-
-
 class QueueLeader:
     def __init__(self, node: "Node", vhost: str, name: str, durable: bool, settings: QueueSettings,
                  now_ms: int) -> None:
@@ -110,6 +97,8 @@ class QueueLeader:
         self.vhost = vhost
         self.name = name
         self.durable = durable
+        # What delivery handles name: this queue, this incarnation of it.
+        self.ref = QueueRef(vhost, name, random.getrandbits(62))
         self._prefix = queue_key_prefix(vhost, name)
         window = node.settings.queue_memory_window
         self.pages: StorePages | None = None
@@ -152,6 +141,11 @@ class QueueLeader:
         return self.state.messages_ready
 
     # ------------------------------------------------------------------ publisher flow
+
+    def backlogged(self) -> bool:
+        """Past the level at which a publisher to this queue is worth pausing (`congested`
+        decides whether it is paused)."""
+        return self.state.messages_ready > FLOW_HIGH
 
     @property
     def congested(self) -> bool:
@@ -239,14 +233,14 @@ class QueueLeader:
     def check_consume(self, exclusive: bool) -> Any:
         return self.consumers.check_exclusive(exclusive)
 
-    def remove_consumer(self, session: "Session", channel: int, tag: str, now_ms: int) -> None:
+    def remove_consumer(self, session: ConsumerEndpoint, channel: int, tag: str, now_ms: int) -> None:
         consumer = self.consumers.remove((session, channel), tag)
         if consumer is not None:
             self.refs.pop(consumer.name, None)
             self.state.apply(Touch(now_ms))
             self.dispatch(now_ms)  # single active consumer: the next one takes over
 
-    def remove_channel(self, session: "Session", channel: int) -> None:
+    def remove_channel(self, session: ConsumerEndpoint, channel: int) -> None:
         for consumer in self.consumers.remove_channel((session, channel)):
             self.refs.pop(consumer.name, None)
 
@@ -318,7 +312,7 @@ class QueueLeader:
 
     def _hand_to(self, ref: ConsumerRef, seq: int, m: Message, redelivered: bool, ack_required: bool,
                  now_ms: int) -> None:
-        tag = ref.session.deliver(ref.channel, ref.tag, (self, seq) if ack_required else None, m, redelivered)
+        tag = ref.session.deliver(ref.channel, ref.tag, (self.ref, seq) if ack_required else None, m, redelivered)
         if tag is None:
             if ack_required:
                 self._carry_out(self.state.apply(Requeue((seq,), now_ms)), now_ms, None)

@@ -51,7 +51,7 @@ from broker.arguments import (
     server_named_refusal,
 )
 from broker.message import Message
-from broker.queue_leader import FLOW_HIGH, ConsumerRef, QueueLeader
+from broker.queue_client import ConsumerRef, QueueClient, QueueRef, QueueUnavailable, by_queue
 from cluster import metadata as md
 from cluster.logtext import PEER_REASON_LIMIT, RefusalLog, peer_text
 
@@ -71,16 +71,6 @@ OUTPUT_HIGH_WATER = 1 << 20
 # Direct reply-to (RabbitMQ's pseudo-queue): replies go straight to the requester's channel.
 REPLY_TO = "amq.rabbitmq.reply-to"
 REPLY_TO_PREFIX = REPLY_TO + "."
-
-
-def remote_queue_text(q: md.QueueRecord, here: str) -> str:
-    """Why a queue led by another node is not served on this one."""
-    return (f"queue '{q.name}' in vhost '{q.vhost}' is served by its home node '{q.node}', "
-            f"not by '{here}': connect to '{q.node}' to use it")
-
-
-# Messages routed (without confirms) to a queue homed on another node, logged per queue.
-_unforwarded = RefusalLog(log, interval=10.0)
 
 
 def _server_named_queue() -> str:
@@ -108,8 +98,8 @@ class Session:
         self.on_output: Callable[[], None] = lambda: None
         self.opened = False
         self.closed = False
-        # channel -> consumer tag -> leader (to detach consumers when the channel goes)
-        self.consumers: dict[int, dict[str, QueueLeader]] = defaultdict(dict)
+        # channel -> consumer tag -> its queue (to detach consumers when the channel goes)
+        self.consumers: dict[int, dict[str, QueueClient]] = defaultdict(dict)
         self.publishing = False
         self.connected_at = node.now_ms()
         # exchange -> the router's token for it when this connection last checked a publish
@@ -119,7 +109,7 @@ class Session:
         self._throttled = False
         self._login_refused = False
         # A queue this connection published to whose consumers fall behind (publisher flow).
-        self.congested: QueueLeader | None = None
+        self.congested: QueueClient | None = None
         # channel -> (token, consumer tag) of its direct reply-to consumer
         self.reply_consumers: dict[int, tuple[str, str]] = {}
         # channel -> the queue it declared last (an empty queue name refers to it)
@@ -166,9 +156,9 @@ class Session:
         if self._throttled:
             self._throttled = False
             now = self.node.now_ms()
-            for leaders in list(self.consumers.values()):
-                for leader in set(leaders.values()):
-                    leader.dispatch(now)
+            for queues in list(self.consumers.values()):
+                for queue in set(queues.values()):
+                    queue.dispatch(now)
 
     def deliver(self, channel: int, tag: str, handle: Any, m: Message, redelivered: bool) -> int | None:
         raw = m.raw_properties
@@ -246,8 +236,8 @@ class Session:
         elif t is ConsumerCancelled:
             self._consumer_cancelled(ev.channel, ev.consumer_tag)
         elif t is QosChanged:
-            for leader in set(self.consumers.get(ev.channel, {}).values()):
-                leader.dispatch(self.node.now_ms())
+            for queue in set(self.consumers.get(ev.channel, {}).values()):
+                queue.dispatch(self.node.now_ms())
         elif t is ChannelClosed:
             self._channel_closed(ev)
         elif t is ConnectionOpened:
@@ -449,14 +439,11 @@ class Session:
         vhost = self.vhost
         if seq is None and tx is None:
             for q in queues:
-                leader = node.leader(vhost, q)
-                if leader is not None:
-                    leader.publish(message, now, None)
-                    if leader.state.messages_ready > FLOW_HIGH:
-                        self.congested = leader
-                elif (record := node.metadata.queue(vhost, q)) is not None:
-                    _unforwarded.warning(q, "a message routed to queue '%s' in vhost '%s' was dropped: %s",
-                                         peer_text(q), peer_text(vhost), remote_queue_text(record, node.name))
+                queue = node.queue(vhost, q)
+                if queue is not None:
+                    queue.publish(message, now, None)
+                    if queue.backlogged():
+                        self.congested = queue
             return
         tracker: Callable[[bool], None]
         if tx is not None:
@@ -466,15 +453,14 @@ class Session:
             assert seq is not None
             tracker = _ConfirmTracker(self, channel, seq, len(queues))
         for q in queues:
-            leader = node.leader(vhost, q)
-            if leader is None:
-                # Deleted since it was routed to (nothing to confirm against, as RabbitMQ), or
-                # led by another node, which this node does not forward to: never confirmed.
-                tracker(node.metadata.queue(vhost, q) is None)
+            queue = node.queue(vhost, q)
+            if queue is None:
+                # Deleted since it was routed to: nothing to confirm against, as RabbitMQ.
+                tracker(True)
             else:
-                leader.publish(message, now, tracker)
-                if leader.state.messages_ready > FLOW_HIGH:
-                    self.congested = leader
+                queue.publish(message, now, tracker)
+                if queue.backlogged():
+                    self.congested = queue
 
     def _publish_reply(self, ev: PublishReceived, props: spec.BasicProperties, expiration_ms: int | None) -> None:
         """Direct reply-to: straight to the requester's reply consumer, never through a queue.
@@ -526,17 +512,28 @@ class Session:
     def _settle(self, handles: tuple[Any, ...], now: int | None = None) -> None:
         if now is None:
             now = self.node.now_ms()
-        for leader, seqs in _by_leader(handles).items():
-            leader.settle(seqs, now)
+        for queue, ref, seqs in self._by_queue(handles):
+            queue.settle(ref, seqs, now)
 
     def _rejected(self, ev: Rejected) -> None:
         self.conn.release_held(ev)
         now = self.node.now_ms()
-        for leader, seqs in _by_leader(ev.handles).items():
+        for queue, ref, seqs in self._by_queue(ev.handles):
             if ev.requeue:
-                leader.requeue(seqs, now)
+                queue.requeue(ref, seqs, now)
             else:
-                leader.reject(seqs, now)
+                queue.reject(ref, seqs, now)
+
+    def _by_queue(self, handles: tuple[Any, ...]) -> list[tuple[QueueClient, QueueRef, tuple[int, ...]]]:
+        """Delivery handles by the queue they came from, as it is now: those of a queue since
+        deleted (or deleted and declared again) are dropped, there is nothing to settle."""
+        out = []
+        queue_at = self.node.queue
+        for ref, seqs in by_queue(handles).items():
+            queue = queue_at(ref.vhost, ref.name)
+            if queue is not None and queue.holds(ref):
+                out.append((queue, ref, seqs))
+        return out
 
     def _drop_reply_consumer(self, channel: int, tag: str | None = None) -> None:
         reply = self.reply_consumers.get(channel)
@@ -546,23 +543,23 @@ class Session:
 
     def _consumer_cancelled(self, channel: int, tag: str) -> None:
         self._drop_reply_consumer(channel, tag)
-        leader = self.consumers.get(channel, {}).pop(tag, None)
-        if leader is not None:
-            leader.remove_consumer(self, channel, tag, self.node.now_ms())
-            self.node.maybe_auto_delete(leader)
+        queue = self.consumers.get(channel, {}).pop(tag, None)
+        if queue is not None:
+            now = self.node.now_ms()
+            queue.remove_consumer(self, channel, tag, now)
+            queue.consumers_gone(now)
 
     def _channel_closed(self, ev: ChannelClosed) -> None:
         self._drop_reply_consumer(ev.channel)
         self._declared.pop(ev.channel, None)
         now = self.node.now_ms()
-        leaders = self.consumers.pop(ev.channel, {})
-        for leader in set(leaders.values()):
-            leader.remove_channel(self, ev.channel)
-        for leader, seqs in _by_leader(ev.unacked).items():
-            leader.requeue(seqs, now)
-        for leader in set(leaders.values()):
-            leader.dispatch(now)
-            self.node.maybe_auto_delete(leader)
+        consumed = set(self.consumers.pop(ev.channel, {}).values())
+        for queue in consumed:
+            queue.remove_channel(self, ev.channel)
+        for queue, ref, seqs in self._by_queue(ev.unacked):
+            queue.requeue(ref, seqs, now)
+        for queue in consumed:
+            queue.consumers_gone(now)
 
     def _connection_closed(self, ev: ConnectionClosed) -> None:
         if self.closed:
@@ -696,11 +693,8 @@ class Session:
                 return
             if not self._owned_check(channel, q, m):
                 return
-            leader = node.leader(vhost, name)
-            if leader is not None:
-                # A passive declare is a use too: it renews x-expires (RabbitMQ's queue stat call).
-                leader.touch(node.now_ms())
-            self._declare_ok(channel, m.nowait, name, leader)
+            # A passive declare is a use too: it renews x-expires (RabbitMQ's queue stat call).
+            await self._declare_ok(channel, m, name)
             return
         server_named = not name
         if server_named:
@@ -734,21 +728,26 @@ class Session:
         # `durable andalso not exclusive`).
         durable = m.durable and not m.exclusive
         cmd = md.DeclareQueue(vhost, name, durable, m.auto_delete, self.id if m.exclusive else None,
-                              dict(m.arguments or {}), node.name, "classic", server_named)
+                              dict(m.arguments or {}), node.home_for(vhost, name, m.arguments or {}, m.exclusive),
+                              "classic", server_named)
         if await self._propose(channel, cmd, m) is None:
             return
-        leader = node.leader(vhost, name)
-        if leader is not None:
-            leader.touch(node.now_ms())
-        self._declare_ok(channel, m.nowait, name, leader)
+        await self._declare_ok(channel, m, name)
 
-    def _declare_ok(self, channel: int, nowait: bool, name: str, leader: QueueLeader | None) -> None:
+    async def _declare_ok(self, channel: int, m: spec.QueueDeclare, name: str) -> None:
+        queue = self.node.queue(self.vhost, name)
+        counts = None
+        if queue is not None:
+            counts = await queue.counts(self.node.now_ms(), touch=True)
+            if isinstance(counts, QueueUnavailable):
+                self._refuse(channel, spec.NOT_FOUND, counts.text, m)
+                return
         # The channel's most recently declared queue, for the empty-name shortcut.
         self._declared[channel] = name
-        self._reply(channel, nowait, spec.QueueDeclareOk(
+        self._reply(channel, m.nowait, spec.QueueDeclareOk(
             queue=name,
-            message_count=leader.message_count() if leader else 0,
-            consumer_count=leader.consumer_count() if leader else 0))
+            message_count=counts.messages if counts else 0,
+            consumer_count=counts.consumers if counts else 0))
 
     async def _queue_bind(self, channel: int, m: Any) -> None:
         unbind = isinstance(m, spec.QueueUnbind)
@@ -768,27 +767,27 @@ class Session:
             else:
                 self._reply(channel, m.nowait, spec.QueueBindOk())
 
-    def _queue_for(self, channel: int, name: str, m: spec.Method) -> QueueLeader | None:
+    def _queue_for(self, channel: int, name: str, m: spec.Method) -> QueueClient | None:
         vhost = self.vhost
         q = self.node.metadata.queue(vhost, name)
-        leader = self.node.leader(vhost, name) if q is not None else None
-        if q is None:
+        queue = self.node.queue(vhost, name) if q is not None else None
+        if q is None or queue is None:
             self._refuse(channel, spec.NOT_FOUND, f"no queue '{name}' in vhost '{vhost}'", m)
-            return None
-        if leader is None:
-            self._refuse(channel, spec.NOT_FOUND, remote_queue_text(q, self.node.name), m)
             return None
         if not self._owned_check(channel, q, m):
             return None
-        return leader
+        return queue
 
     async def _queue_purge(self, channel: int, m: spec.QueuePurge) -> None:
         if not self._check(channel, auth.checks_for_queue_purge(self.vhost, m.queue), m):
             return
-        leader = self._queue_for(channel, m.queue, m)
-        if leader is None:
+        queue = self._queue_for(channel, m.queue, m)
+        if queue is None:
             return
-        count = leader.purge(self.node.now_ms())
+        count = await queue.purge(self.node.now_ms())
+        if isinstance(count, QueueUnavailable):
+            self._refuse(channel, spec.NOT_FOUND, count.text, m)
+            return
         self._reply(channel, m.nowait, spec.QueuePurgeOk(message_count=count))
 
     async def _queue_delete(self, channel: int, m: spec.QueueDelete) -> None:
@@ -802,18 +801,23 @@ class Session:
             return
         if not self._owned_check(channel, q, m):
             return
-        leader = self.node.leader(vhost, m.queue)
-        if leader is not None:
+        queue = self.node.queue(vhost, m.queue)
+        count = 0
+        if queue is not None:
+            counts = await queue.counts(self.node.now_ms(), touch=False)
+            if isinstance(counts, QueueUnavailable):
+                self._refuse(channel, spec.NOT_FOUND, counts.text, m)
+                return
             # rabbit_amqqueue_process checks if-empty before if-unused. Its is_empty is the
             # ready count: unacked deliveries do not make a queue non-empty.
-            if m.if_empty and leader.message_count():
+            if m.if_empty and counts.messages:
                 self._refuse(channel, spec.PRECONDITION_FAILED,
                              f"queue '{m.queue}' in vhost '{vhost}' not empty", m)
                 return
-            if m.if_unused and leader.consumer_count():
+            if m.if_unused and counts.consumers:
                 self._refuse(channel, spec.PRECONDITION_FAILED, f"queue '{m.queue}' in vhost '{vhost}' in use", m)
                 return
-        count = leader.message_count() if leader is not None else 0
+            count = counts.messages
         if await self._propose(channel, md.DeleteQueue(vhost, m.queue, self.id), m) is not None:
             self._reply(channel, m.nowait, spec.QueueDeleteOk(message_count=count))
 
@@ -834,24 +838,34 @@ class Session:
             return
         if not self._check(channel, auth.checks_for_consume(vhost, m.queue), m):
             return
-        leader = self._queue_for(channel, m.queue, m)
-        if leader is None:
+        queue = self._queue_for(channel, m.queue, m)
+        if queue is None:
             return
         refusal = (check_consume_arguments(m.queue, vhost, m.arguments)
-                   or self._global_qos_refusal(channel, m.queue)
-                   or leader.check_consume(m.exclusive))
+                   or self._global_qos_refusal(channel, m.queue))
         if refusal is not None:
             self._fail(channel, refusal, m)
             return
         priority = (m.arguments or {}).get("x-priority", 0)
         ref = ConsumerRef(self, channel, tag, m.no_ack)
-        refusal = leader.add_consumer(ref, priority if isinstance(priority, int) else 0, m.exclusive)
-        if refusal is not None:
-            self._fail(channel, refusal, m)
+        # The queue checks exclusivity (its consumers decide) as it adds the consumer.
+        refused = await queue.add_consumer(ref, priority if isinstance(priority, int) else 0, m.exclusive)
+        if isinstance(refused, QueueUnavailable):
+            self._refuse(channel, spec.NOT_FOUND, refused.text, m)
             return
-        self.consumers[channel][tag] = leader
+        if refused is not None:
+            self._fail(channel, refused, m)
+            return
+        if self.conn.channel(channel) is None:
+            # The channel closed while a queue on another node took the consumer: nothing
+            # will cancel it later.
+            now = self.node.now_ms()
+            queue.remove_consumer(self, channel, tag, now)
+            queue.consumers_gone(now)
+            return
+        self.consumers[channel][tag] = queue
         self._reply(channel, m.nowait, spec.BasicConsumeOk(consumer_tag=tag))
-        leader.dispatch(self.node.now_ms())
+        queue.dispatch(self.node.now_ms())
 
     def _global_qos_refusal(self, channel: int, queue: str) -> md.Refusal | None:
         """RabbitMQ's quorum queues take no channel-wide prefetch: consuming from one on a
@@ -868,10 +882,13 @@ class Session:
     async def _basic_get(self, channel: int, m: spec.BasicGet) -> None:
         if not self._check(channel, auth.checks_for_consume(self.vhost, m.queue), m):
             return
-        leader = self._queue_for(channel, m.queue, m)
-        if leader is None:
+        queue = self._queue_for(channel, m.queue, m)
+        if queue is None:
             return
-        got = leader.get(self.node.now_ms(), m.no_ack)
+        got = await queue.get(self.node.now_ms(), m.no_ack)
+        if isinstance(got, QueueUnavailable):
+            self._refuse(channel, spec.NOT_FOUND, got.text, m)
+            return
         if got is None:
             self.conn.send_method(channel, spec.BasicGetEmpty())
             return
@@ -879,22 +896,10 @@ class Session:
         raw = msg.raw_properties
         if raw is None:
             raw = msg.raw_properties = codec.encode_properties(msg.properties)
-        tag = self.conn.get_ok(channel, None if m.no_ack else (leader, got.seq), m.no_ack, msg.exchange,
+        tag = self.conn.get_ok(channel, None if m.no_ack else (got.ref, got.seq), m.no_ack, msg.exchange,
                                msg.routing_key, got.remaining, raw, msg.body, got.redelivered)
         if tag is None and not m.no_ack:
-            leader.requeue((got.seq,), self.node.now_ms())
-
-
-def _by_leader(handles: tuple[Any, ...]) -> dict[QueueLeader, tuple[int, ...]]:
-    grouped: dict[QueueLeader, list[int]] = {}
-    for h in handles:
-        if h is None:
-            continue
-        leader, seq = h
-        if leader.deleted:
-            continue
-        grouped.setdefault(leader, []).append(seq)
-    return {leader: tuple(seqs) for leader, seqs in grouped.items()}
+            queue.requeue(got.ref, (got.seq,), self.node.now_ms())
 
 
 def _routing_keys(value: Any) -> list[str]:

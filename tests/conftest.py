@@ -23,6 +23,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
+def queues_across_nodes():
+    """Two joined nodes; clients connect to `client@localhost`, which places queues with
+    min-masters, so the queues a test declares alternate between the node its client is
+    connected to and the other one (ties go to the lower name): the protocol tests then run
+    on queues served from another node as well as local ones."""
+    from tests.clustering.test_join_and_metadata import join
+    from tests.support.node_process import NodeProcess
+
+    home = NodeProcess(name="home@localhost")
+    client = NodeProcess(name="client@localhost", config={"queue_master_locator": "min-masters"})
+    try:
+        home.start()
+        client.start()
+        join(client, home.name)
+        yield client
+    finally:
+        client.stop()
+        home.stop()
+
+
+@pytest.fixture(scope="session")
 def node():
     """One real leveret-server shared by a test session (guest/guest on a free loopback port)."""
     from tests.support.node_process import NodeProcess

@@ -823,6 +823,20 @@ class Channel:
             return False
         return not channel_full
 
+    def room(self, consumer_tag: str) -> int | None:
+        """How many more deliveries the prefetch limits leave room for (None: no limit), 0
+        when `can_deliver` says no. A queue on another node is given this much credit."""
+        if not self.can_deliver(consumer_tag):
+            return 0
+        consumer = self.consumers[consumer_tag]
+        room = None
+        if not consumer.no_ack and consumer.prefetch:
+            room = consumer.prefetch - consumer.unacked
+        if self.channel_prefetch:
+            left = self.channel_prefetch - self._credit_used
+            room = left if room is None else min(room, left)
+        return room
+
     def deliver(
         self,
         consumer_tag: str,

@@ -470,6 +470,11 @@ class Connection:
         ch = self._channels.get(channel)
         return ch is not None and ch.can_deliver(consumer_tag)
 
+    def room(self, channel: int, consumer_tag: str) -> int | None:
+        """Deliveries the consumer's prefetch limits leave room for (None: unlimited)."""
+        ch = self._channels.get(channel)
+        return ch.room(consumer_tag) if ch is not None else 0
+
     def cancel_consumer(self, channel: int, consumer_tag: str) -> bool:
         """Server-initiated basic.cancel (queue deleted...), sent if the client supports it."""
         ch = self._channels.get(channel)

@@ -43,6 +43,26 @@ def users(node: NodeProcess) -> list[str]:
     return sorted(u["user"] for u in json.loads(ok(node, "list_users", "--formatter", "json").out))
 
 
+def known_everywhere(nodes: list[NodeProcess], *queues: str) -> None:
+    """Wait until every node applied the declares: a node answers once the change is applied
+    on itself, the others follow a moment later."""
+    for n in nodes:
+        for q in queues:
+            wait_until(lambda: _exists(n, q))
+
+
+def _exists(node: NodeProcess, queue: str) -> bool:
+    conn = connect(node)
+    try:
+        conn.channel().queue_declare(queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 def test_join_replicate_lose_a_node_and_catch_up(trio_nodes: list[NodeProcess]) -> None:
     a, b, c = trio_nodes
     join(b, a.name)
@@ -148,27 +168,37 @@ def test_a_node_with_another_cookie_cannot_join(trio_nodes: list[NodeProcess]) -
     assert status(a)["disk_nodes"] == ["a@localhost"]
 
 
-def test_a_queue_homed_on_another_node_is_never_confirmed_and_dropped(trio_nodes: list[NodeProcess]) -> None:
-    """Until another node forwards to a queue's home node, it refuses to serve it: a confirmed
-    publish is nacked (never confirmed and dropped), gets and consumes are refused by name."""
+def test_a_queue_homed_on_another_node_is_fully_usable_from_it(trio_nodes: list[NodeProcess]) -> None:
+    """A queue declared on one node is served on another: a confirmed publish reaches the home
+    node and is confirmed by it; get, purge, passive declare counts and delete work there."""
     a, b, c = trio_nodes
     join(b, a.name)
     on_a = connect(a)
     on_a.channel().queue_declare("homed-on-a", durable=True)
-    # Applied on a when a answered; b applies it moments later (a client of b would wait for it).
-    wait_until(lambda: "homed-on-a" in ok(b, "list_queues", "name").out, 10)
+    known_everywhere([a, b], "homed-on-a")
     on_b = connect(b)
     ch = on_b.channel()
     ch.confirm_delivery()
-    with pytest.raises(pika.exceptions.NackError):
-        ch.basic_publish("", "homed-on-a", b"x", pika.BasicProperties(delivery_mode=2))
+    for i in range(3):
+        ch.basic_publish("", "homed-on-a", b"x%d" % i,
+                         pika.BasicProperties(delivery_mode=2, priority=1, headers={"h": i}))
+    assert ch.queue_declare("homed-on-a", passive=True).method.message_count == 3
+    method, props, body = ch.basic_get("homed-on-a")
+    assert body == b"x0" and props.headers == {"h": 0} and props.delivery_mode == 2 and not method.redelivered
+    ch.basic_nack(method.delivery_tag, requeue=True)
+    method, _, body = ch.basic_get("homed-on-a")
+    assert body == b"x0" and method.redelivered
+    ch.basic_ack(method.delivery_tag)
+    assert ch.queue_purge("homed-on-a").method.message_count == 2
+    assert on_a.channel().queue_declare("homed-on-a", passive=True).method.message_count == 0
+    ch.basic_publish("", "homed-on-a", b"kept")
     with pytest.raises(pika.exceptions.ChannelClosedByBroker) as refused:
-        ch.basic_get("homed-on-a")
-    assert refused.value.reply_code == 404
-    assert "home node 'a@localhost'" in refused.value.reply_text
+        ch.queue_delete("homed-on-a", if_empty=True)
+    assert refused.value.reply_code == 406
+    on_b.channel().queue_delete("homed-on-a")
     on_b.close()
-    got = on_a.channel().basic_get("homed-on-a", auto_ack=True)
-    assert got == (None, None, None)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+        on_a.channel().queue_declare("homed-on-a", passive=True)
     on_a.close()
 
 

@@ -19,6 +19,8 @@ import pika
 import pika.exceptions
 import pytest
 
+from tests.support.node_process import ONE_NODE_OR_ACROSS_NODES, url_for_param
+
 
 @pytest.fixture(scope="session")
 def amqp_url(request: pytest.FixtureRequest) -> str:
@@ -128,3 +130,10 @@ def consume_n(conn: pika.BlockingConnection, ch: Any, queue: str, n: int, timeou
         conn.process_data_events(time_limit=0.05)
     ch.basic_cancel(tag)
     return got
+
+
+@pytest.fixture(scope="session", params=ONE_NODE_OR_ACROSS_NODES)
+def amqp_url_one_node_or_across_nodes(request: pytest.FixtureRequest) -> str:
+    """`amqp_url` for modules that also run against `queues_across_nodes`: assign it to
+    `amqp_url` in the module."""
+    return url_for_param(request, "LEVERET_COMPARE_URL")

@@ -10,8 +10,12 @@ import pika
 import pytest
 
 from tests.integration.conftest import (
+    amqp_url_one_node_or_across_nodes,
     channel_error, connect, connection_error, drain, message_count, unique, wait_until,
 )
+
+# Every test here runs on one node, and again with queues homed on either of two nodes.
+amqp_url = amqp_url_one_node_or_across_nodes
 
 
 def _pump(conn, until, timeout=5.0):

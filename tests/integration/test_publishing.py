@@ -9,8 +9,12 @@ import pika
 import pytest
 
 from tests.integration.conftest import (
+    amqp_url_one_node_or_across_nodes,
     channel_error, connect, drain, message_count, unique, wait_until,
 )
+
+# Every test here runs on one node, and again with queues homed on either of two nodes.
+amqp_url = amqp_url_one_node_or_across_nodes
 
 
 def test_confirms_ack_routed_and_unroutable_publishes(ch):

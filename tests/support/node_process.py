@@ -13,7 +13,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -183,3 +186,18 @@ class NodeProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+
+# The two ways the protocol tests that take this parameter run: on the session's one node, or
+# on the client node of `queues_across_nodes` (tests/conftest.py).
+ONE_NODE_OR_ACROSS_NODES = ["one node", "queues across two nodes"]
+
+
+def url_for_param(request: "pytest.FixtureRequest", override_env: str) -> str:
+    """The AMQP URL for a fixture parametrised with ONE_NODE_OR_ACROSS_NODES: the environment's
+    `override_env` when set (an already running broker), else the node the parameter names."""
+    override = os.environ.get(override_env)
+    if override:
+        return override
+    fixture = "node" if request.param == "one node" else "queues_across_nodes"
+    return request.getfixturevalue(fixture).url
