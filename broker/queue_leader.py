@@ -27,6 +27,7 @@ output buffer, whose writer task is woken.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
