@@ -18,6 +18,8 @@ from typing import Iterator
 
 import pytest
 
+from tests.support.node_process import port_mapper_port
+
 from cli.perf.scenarios import SCENARIOS
 
 VENV_BIN = Path(sys.executable).parent
@@ -51,6 +53,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
         LEVERET_PROMETHEUS_PORT="0",
         LEVERET_DATA_DIR=str(data_dir),
         LEVERET_NODENAME="perf@localhost",
+        LEVERET_PORT_MAPPER_PORT=str(port_mapper_port()),
     )
     log = data_dir / "server.log"
     with open(log, "wb") as out:
