@@ -48,6 +48,10 @@ def test_launcher_cross_node_scenarios_and_every_process_stopped() -> None:
         root = cluster._root
         assert root is not None and root.exists()
 
+        transient = trio.run(run_cluster_scenario, "cross-transient", cluster, OPTIONS)
+        assert transient.problems == []
+        assert transient.totals["delivered"] == transient.totals["sent"] > 0
+
         confirmed = trio.run(run_cluster_scenario, "cross-confirmed", cluster, OPTIONS)
         assert confirmed.problems == []
         assert confirmed.totals["delivered"] == confirmed.totals["sent"] == confirmed.totals["acked"] > 0
