@@ -32,7 +32,7 @@ from typing import Protocol, Self
 
 import psutil
 
-__all__ = ["ClusterNode", "LeveretCluster", "RabbitCluster", "RunningCluster"]
+__all__ = ["ClusterNode", "LeveretCluster", "RabbitCluster", "RunningCluster", "free_port", "listening"]
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_SCRIPT = REPO / "scripts" / "rabbitmq-ref"
@@ -56,13 +56,13 @@ class RunningCluster(Protocol):
     nodes: list[ClusterNode]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _listening(port: int) -> bool:
+def listening(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
@@ -79,27 +79,15 @@ def _stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
             proc.wait(10)
 
 
-@dataclass
-class _LeveretProcess:
-    name: str
-    port: int
-    peer_port: int
-    data_dir: Path
-    log_path: Path
-    proc: subprocess.Popen | None = None
+class _StartedStopped:
+    """`with cluster:` starts it, and stops whatever was started when the block is left, also
+    when starting failed halfway or was interrupted."""
 
+    def start(self) -> None:
+        raise NotImplementedError
 
-@dataclass
-class LeveretCluster:
-    """Three joined `leveret-server` processes on loopback. Use as `with LeveretCluster() as c:`."""
-
-    label: str = "leveret"
-    start_timeout: float = 60.0
-    nodes: list[ClusterNode] = field(default_factory=list)
-    _root: Path | None = None
-    _mapper: subprocess.Popen | None = None
-    _mapper_port: int = 0
-    _processes: list[_LeveretProcess] = field(default_factory=list)
+    def stop(self) -> None:
+        raise NotImplementedError
 
     def __enter__(self) -> Self:
         try:
@@ -111,6 +99,29 @@ class LeveretCluster:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+@dataclass
+class _LeveretProcess:
+    name: str
+    port: int
+    peer_port: int
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen | None = None
+
+
+@dataclass
+class LeveretCluster(_StartedStopped):
+    """Three joined `leveret-server` processes on loopback. Use as `with LeveretCluster() as c:`."""
+
+    label: str = "leveret"
+    start_timeout: float = 60.0
+    nodes: list[ClusterNode] = field(default_factory=list)
+    _root: Path | None = None
+    _mapper: subprocess.Popen | None = None
+    _mapper_port: int = 0
+    _processes: list[_LeveretProcess] = field(default_factory=list)
 
     def _env(self, p: _LeveretProcess) -> dict[str, str]:
         env = dict(os.environ)
@@ -130,7 +141,7 @@ class LeveretCluster:
 
     def start(self) -> None:
         self._root = Path(tempfile.mkdtemp(prefix="leveret-perf-cluster-"))
-        self._mapper_port = _free_port()
+        self._mapper_port = free_port()
         # This interpreter and this checkout's code (cwd first on sys.path), as the tests start nodes.
         self._mapper = subprocess.Popen(
             [sys.executable, "-m", "cluster.portmapper", "--port", str(self._mapper_port), "--host", "127.0.0.1"],
@@ -142,7 +153,7 @@ class LeveretCluster:
             data_dir = self._root / short
             data_dir.mkdir()
             self._processes.append(
-                _LeveretProcess(name, _free_port(), _free_port(), data_dir, self._root / f"{short}.log")
+                _LeveretProcess(name, free_port(), free_port(), data_dir, self._root / f"{short}.log")
             )
         for p in self._processes:
             with open(p.log_path, "ab") as log:
@@ -167,7 +178,7 @@ class LeveretCluster:
 
     def _wait_listening(self, port: int, proc: subprocess.Popen, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while not _listening(port):
+        while not listening(port):
             if proc.poll() is not None:
                 raise RuntimeError(f"{what} exited with {proc.returncode} before listening on {port}{self._log_tail()}")
             if time.monotonic() > deadline:
@@ -225,23 +236,12 @@ class LeveretCluster:
 
 
 @dataclass
-class RabbitCluster:
+class RabbitCluster(_StartedStopped):
     """ref1..ref3@localhost of `scripts/rabbitmq-ref`. Use as `with RabbitCluster() as c:`."""
 
     label: str = "rabbitmq"
     nodes: list[ClusterNode] = field(default_factory=list)
     _started: bool = False
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
     def _script(self, action: str) -> str:
         if not REFERENCE_SCRIPT.exists():
