@@ -19,6 +19,7 @@ import pytest
 
 from cli.perf.cluster import free_port, listening
 from cli.perf.scenarios import SCENARIOS
+from tests.support.node_process import port_mapper_port
 
 VENV_BIN = Path(sys.executable).parent
 SERVER = VENV_BIN / "leveret-server"
@@ -39,6 +40,9 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
         LEVERET_PROMETHEUS_PORT="0",
         LEVERET_DATA_DIR=str(data_dir),
         LEVERET_NODENAME="perf@localhost",
+        # This test process's own mapper, stopped at exit: a node that finds none on the port
+        # starts one as a detached daemon, which would outlive the test.
+        LEVERET_PORT_MAPPER_PORT=str(port_mapper_port()),
     )
     log = data_dir / "server.log"
     with open(log, "wb") as out:
