@@ -611,6 +611,8 @@ class QueuePeers:
 
     def on_replies(self, src: str, items: Any) -> None:
         node = self.node
+        # Queues that delivered in this batch: their consumers' credit is recomputed after it.
+        delivered_from: set[tuple[str, str]] = set()
         for item in items:
             kind = item[0]
             if kind == "confirm":
@@ -618,6 +620,7 @@ class QueuePeers:
             elif kind == "deliver":
                 _, session_id, channel, tag, vhost, name, incarnation, seq, wire, redelivered = item
                 self._delivered(src, session_id, channel, tag, vhost, name, incarnation, seq, wire, redelivered)
+                delivered_from.add((vhost, name))
             elif kind == "cancelled":
                 _, session_id, channel, tag = item
                 session = node.sessions.get(session_id)
@@ -626,6 +629,14 @@ class QueuePeers:
                         client.consumers.pop((session_id, channel, tag), None)
                 if session is not None:
                     session.cancel_consumer(channel, tag)
+        # A consumer with no prefetch limit (auto-ack, or prefetch 0) gets credit for a window of
+        # deliveries ahead, and no ack will ever come back to renew it: renew it as they arrive
+        # (a prefetch-limited consumer's limit does not move here, so nothing is sent for it).
+        now = node.now_ms()
+        for key in delivered_from:
+            client = self._clients.get(key)
+            if client is not None:
+                client.dispatch(now)
 
     def _delivered(self, src: str, session_id: str, channel: int, tag: str, vhost: str, name: str,
                    incarnation: int, seq: int | None, wire: Any, redelivered: bool) -> None:

@@ -2,6 +2,7 @@
 
     leveret-perf [run] --url URL [--compare URL2] [--scenarios a,b] [--duration S] [--repeat N] [--json]
     leveret-perf compare [--url URL] ...     # starts the reference RabbitMQ, compares, stops it
+    leveret-perf cluster-compare ...         # 3-node Leveret and RabbitMQ clusters, across nodes
 
 With two brokers every scenario runs A, B, A, B, ... so that drift in the
 machine (other load, thermal throttling) falls on both alike.
@@ -21,6 +22,8 @@ from .ceiling import measure_ceiling
 from .client import parse_url
 from .memory import RssSampler, find_broker_pid
 from .report import REPO, Broker, Progress, Run, machine_facts, render_json, render_table
+from .cluster_compare import cluster_brokers, run_cluster_rounds
+from .cluster_scenarios import CLUSTER_SCENARIOS, ClusterOptions
 from .scenarios import SCENARIOS, Measurement, Options, run_scenario
 
 __all__ = ["app", "main"]
@@ -31,13 +34,13 @@ REFERENCE_SCRIPT = REPO / "scripts" / "rabbitmq-ref"
 app = typer.Typer(add_completion=False, help="Benchmark AMQP 0-9-1 brokers side by side.")
 
 
-def _scenarios(text: str) -> list[str]:
+def _scenarios(text: str, known: tuple[str, ...] = SCENARIOS) -> list[str]:
     if text in ("", "all"):
-        return list(SCENARIOS)
+        return list(known)
     names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SCENARIOS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise typer.BadParameter(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+        raise typer.BadParameter(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return names
 
 
@@ -72,27 +75,46 @@ async def _run_all(run: Run, options: Options, progress: Progress) -> None:
 
 @app.command()
 def perf(
-    action: str = typer.Argument("run", help="run (against --url, and --compare if given) or compare"),
+    action: str = typer.Argument(
+        "run", help="run (against --url, and --compare if given), compare, or cluster-compare (3-node clusters)"
+    ),
     url: str = typer.Option(DEFAULT_URL, "--url", help="broker A"),
     compare: Optional[str] = typer.Option(None, "--compare", help="broker B, run alternately with A"),
-    scenarios: str = typer.Option("all", "--scenarios", help="comma-separated: " + ",".join(SCENARIOS)),
+    scenarios: str = typer.Option(
+        "all", "--scenarios",
+        help=f"comma-separated: {','.join(SCENARIOS)}; for cluster-compare: {','.join(CLUSTER_SCENARIOS)}",
+    ),  # fmt: skip
     duration: float = typer.Option(10.0, "--duration", min=0.5, help="seconds of publishing per run"),
     repeat: int = typer.Option(3, "--repeat", min=1, help="runs per scenario and broker"),
     procs: int = typer.Option(2, "--procs", min=1, help="client processes for the load"),
     connections: int = typer.Option(1000, "--connections", min=1, help="connections in `connections`"),
     backlog_messages: int = typer.Option(1_000_000, "--backlog-messages", min=1, help="messages in `backlog`"),
     cluster_urls: str = typer.Option("", "--cluster-urls", help="URL1,URL2,URL3 of a 3-node cluster for `mirrored`"),
+    consume_url: str = typer.Option(
+        "", "--consume-url", help="consume through this node of A's cluster (publish and declare through --url)"
+    ),
     broker_pid: Optional[int] = typer.Option(None, "--broker-pid", help="pid of broker A (RSS)"),
     compare_pid: Optional[int] = typer.Option(None, "--compare-pid", help="pid of broker B (RSS)"),
     label: Optional[str] = typer.Option(None, "--label", help="name of broker A in the output"),
     compare_label: Optional[str] = typer.Option(None, "--compare-label", help="name of broker B in the output"),
+    clients_per_node: int = typer.Option(2, "--clients-per-node", min=1, help="clients per node in `metadata-ops`"),
+    idle_settle: float = typer.Option(10.0, "--idle-settle", min=0.0, help="seconds before `idle` measures"),
+    idle_seconds: float = typer.Option(30.0, "--idle-seconds", min=0.5, help="seconds `idle` measures over"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document instead of the table"),
 ) -> None:
     """Run the benchmark scenarios against one broker, or two side by side."""
-    if action not in ("run", "compare"):
-        raise typer.BadParameter("action must be `run` or `compare`", param_hint="ACTION")
+    if action not in ("run", "compare", "cluster-compare"):
+        raise typer.BadParameter("action must be `run`, `compare` or `cluster-compare`", param_hint="ACTION")
+    if action == "cluster-compare":
+        base = Options(duration=duration, procs=procs, drain=max(5.0, duration))
+        cluster_options = ClusterOptions(base, clients_per_node, idle_settle, idle_seconds)
+        run = _cluster_compare(_scenarios(scenarios, CLUSTER_SCENARIOS), repeat, cluster_options)
+        _report(run, as_json)
     names = _scenarios(scenarios)
-    for candidate in [url] + ([compare] if compare else []):
+    if consume_url and (compare or action == "compare"):
+        # Both brokers share the options, and B is not in A's cluster: use `cluster-compare`.
+        raise typer.BadParameter("--consume-url names a node of A's cluster: it cannot be used with a broker B")
+    for candidate in [url] + ([compare] if compare else []) + ([consume_url] if consume_url else []):
         try:
             parse_url(candidate)
         except ValueError as exc:
@@ -117,6 +139,7 @@ def perf(
             connections=connections,
             backlog_messages=backlog_messages,
             cluster_urls=tuple(u.strip() for u in cluster_urls.split(",") if u.strip()),
+            consume_url=consume_url,
             drain=max(5.0, duration),
         )
         print("measuring the load generator's own ceiling ...", file=sys.stderr)
@@ -129,6 +152,21 @@ def perf(
         if started_reference:
             print("stopping the reference RabbitMQ ...", file=sys.stderr)
             _reference("stop")
+    _report(run, as_json)
+
+
+def _cluster_compare(names: list[str], repeat: int, options: ClusterOptions) -> Run:
+    print("measuring the load generator's own ceiling ...", file=sys.stderr)
+    ceiling = measure_ceiling(options.base.procs)
+    run = Run(cluster_brokers(), names, repeat, options.base.duration, options.base.procs, ceiling, machine_facts())
+    progress = Progress(len(names) * repeat * len(run.brokers))
+    run_cluster_rounds(run, options, progress)
+    progress.finish()
+    return run
+
+
+def _report(run: Run, as_json: bool) -> None:
+    """Print the run and exit: status 1 when a run failed outright."""
     if as_json:
         print(json.dumps(render_json(run), indent=2))
     else:

@@ -105,7 +105,7 @@ class Progress:
 def _fmt(value: float, unit: str) -> str:
     if math.isnan(value):
         return "-"
-    if unit == "ms":
+    if unit in ("ms", "% core"):
         return f"{value:.2f}"
     if abs(value) >= 100:
         return f"{value:,.0f}"
@@ -198,7 +198,9 @@ def render_table(run: Run) -> str:
         f"{run.repeat} run(s) of {run.duration:g}s per scenario and broker, alternating; {run.procs} client process(es)",
     ]
     for b in run.brokers:
-        lines.append(f"  {b.key.upper()} = {b.label:<10} {b.url}  (pid {b.pid or 'unknown: no RSS'})")
+        # A cluster's nodes (cluster-compare) are named by where they run, and have no one pid.
+        pid = f"  (pid {b.pid or 'unknown: no RSS'})" if b.url.startswith("amqp") else ""
+        lines.append(f"  {b.key.upper()} = {b.label:<10} {b.url}{pid}")
     if run.ceiling is not None:
         c = run.ceiling
         lines.append(

@@ -16,6 +16,10 @@ deliveries that arrived (see `cli.perf.accounting`), over the publishing window.
     backlog      1,000,000 persistent messages published with no consumer
                  (confirmed), then drained: both rates and the peak RSS
     mirrored     `confirmed` on a queue mirrored over 3 nodes (needs --cluster-urls)
+
+With `Options.consume_url` the throughput scenarios (transient, confirmed, fanout,
+latency) declare their queues and publish through the run's URL and consume
+through that other node of the same cluster.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Awaitable, Callable
 import trio
 
 from broker.amqp import spec
+from broker.amqp.codec import encode_method
 
 from .accounting import PublishTally, ReceiveTally, Verdict, verdict
 from .client import BrokerClosed, Connection
@@ -60,6 +65,13 @@ METRICS: dict[str, Metric] = {
     "publish_per_s": Metric("publish (confirmed)", "msg/s", True),
     "drain_per_s": Metric("drain", "msg/s", True),
     "peak_rss_mib": Metric("peak broker RSS", "MiB", False),
+    # The cluster scenarios (cli.perf.cluster_scenarios).
+    "metadata_ops_per_s": Metric("queue declare/bind/delete", "ops/s", True),
+    "idle_cpu_pct_total": Metric("CPU, 3 nodes", "% core", False),
+    "idle_cpu_pct_node1": Metric("CPU, node 1", "% core", False),
+    "idle_cpu_pct_node2": Metric("CPU, node 2", "% core", False),
+    "idle_cpu_pct_node3": Metric("CPU, node 3", "% core", False),
+    "idle_peer_bytes_per_s": Metric("peer link traffic", "B/s", False),
 }
 
 SCENARIOS: tuple[str, ...] = ("transient", "confirmed", "fanout", "latency", "connections", "backlog", "mirrored")
@@ -72,6 +84,9 @@ class Options:
     connections: int = 1000
     backlog_messages: int = 1_000_000
     cluster_urls: tuple[str, ...] = ()
+    # Another node of the same cluster for the consumers ("" = the run's URL): publishing on one
+    # node and consuming on another measures the path between the nodes.
+    consume_url: str = ""
     body_size: int = 256
     # Longest a scenario may keep draining after publishing stops.
     drain: float = 10.0
@@ -128,7 +143,7 @@ class Admin:
         await self.conn.close()
 
 
-async def _cleanup(url: str, queues: list[str], exchanges: list[str]) -> None:
+async def cleanup(url: str, queues: list[str], exchanges: list[str]) -> None:
     """Delete what a scenario declared, on a fresh connection (the run's may be broken)."""
     with trio.move_on_after(180), trio.CancelScope(shield=True):
         try:
@@ -158,6 +173,36 @@ async def _declare(url: str, queues: list[str], durable: bool, fanout: str = "")
                 await admin.bind(queue, fanout)
     finally:
         await admin.close()
+
+
+async def _await_known(url: str, queues: list[str], timeout: float = 10.0) -> None:
+    """Until the node at `url` knows every queue in `queues` (passive declare), at most `timeout` s.
+
+    A Leveret node answers declare-ok once the declare is applied on itself; the other
+    nodes apply it a moment later, so a consumer on another node that subscribed at once
+    could find no queue. RabbitMQ's declare is on every node when it answers: there the
+    first look succeeds.
+    """
+    conn = await Connection.open(url)
+    try:
+        with trio.fail_after(timeout):
+            for queue in queues:
+                for _ in range(int(timeout / 0.05) + 1):
+                    await conn.open_channel(1)
+                    try:
+                        await conn.call(1, spec.QueueDeclare(0, queue, True, False, False, False, False, {}),
+                                        spec.QueueDeclareOk)  # fmt: skip
+                    except BrokerClosed as exc:
+                        if exc.code != spec.NOT_FOUND or conn.closed:
+                            raise
+                        # The 404 closed the channel: the close-ok frees its number for the next look.
+                        await conn.send(encode_method(1, spec.ChannelCloseOk()))
+                        await trio.sleep(0.05)
+                        continue
+                    await conn.call(1, spec.ChannelClose(200, "", 0, 0), spec.ChannelCloseOk)
+                    break
+    finally:
+        await conn.close()
 
 
 def _name(scenario: str) -> str:
@@ -201,12 +246,16 @@ async def _throughput(
     exchange = _name(scenario) if fanout else ""
     await _declare(url, names, durable, exchange)
     try:
+        if options.consume_url:
+            await _await_known(options.consume_url, names)
         routed = replace(workload, exchange=exchange, routing_key="" if fanout else names[0],
                          body_size=options.body_size)
-        roles = [Role("publish", 1)] + [Role("consume", i + 1, name) for i, name in enumerate(names)]
+        roles = [Role("publish", 1)] + [
+            Role("consume", i + 1, name, url=options.consume_url) for i, name in enumerate(names)
+        ]
         outcome = await run_roles(url, routed, roles, options.duration, options.drain, options.procs)
     finally:
-        await _cleanup(url, names, [exchange] if fanout else [])
+        await cleanup(url, names, [exchange] if fanout else [])
     result = _account(outcome, m)
     _rates(m, result, outcome, options.duration, confirms=bool(workload.confirm_window))
     if workload.keep_latencies:
@@ -256,7 +305,7 @@ async def mirrored(url: str, options: Options) -> Measurement:
         roles = [Role("publish", 1, url=first), Role("consume", 1, name, url=second)]
         outcome = await run_roles(first, workload, roles, options.duration, options.drain, options.procs)
     finally:
-        await _cleanup(first, [name], [])
+        await cleanup(first, [name], [])
     _rates(m, _account(outcome, m), outcome, options.duration, confirms=True)
     return m
 
@@ -318,7 +367,7 @@ async def connections(url: str, options: Options, rss: RssSampler) -> Measuremen
                 for conn in opened:
                     if conn is not None:
                         nursery.start_soon(trio.aclose_forcefully, conn.stream)
-        await _cleanup(url, [queue], [])
+        await cleanup(url, [queue], [])
     if failures:
         m.problems.append(f"{len(failures)} of {n} connections failed to open (first: {failures[0]})")
     if held < n:
@@ -409,7 +458,7 @@ async def backlog(url: str, options: Options) -> Measurement:
         drain = Workload(routing_key=queue, auto_ack=False, prefetch=1024, stop_after=pub.sent, idle=min(10.0, options.drain))
         drained = await run_roles(url, drain, [Role("consume", 1, queue)], 0.0, options.phase_limit, 1)
     finally:
-        await _cleanup(url, [queue], [])
+        await cleanup(url, [queue], [])
     outcome = RolesOutcome(filled.publishers, drained.receivers, filled.errors + drained.errors)
     result = _account(outcome, m)
     if pub.sent < total:

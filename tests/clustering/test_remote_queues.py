@@ -294,3 +294,24 @@ def test_a_queue_placed_on_another_node_is_used_at_once(cluster: list[NodeProces
     conn_b.close()
     homes = json.loads(ok(b, "list_queues", "name", "pid", "--formatter", "json").out)
     assert {q["name"]: q["pid"].split(".")[0] for q in homes}["placed-0"] == "<c@localhost"
+
+
+def test_an_auto_ack_consumer_on_another_node_gets_more_than_one_credit_window(
+        cluster: list[NodeProcess]) -> None:
+    """A consumer with no prefetch limit is given credit for UNLIMITED_WINDOW deliveries ahead;
+    no ack renews it, so the deliveries themselves must (it stalled after the first 1,000)."""
+    from broker.remote_queue import UNLIMITED_WINDOW
+
+    a, b, _ = cluster
+    declare_durable(cluster, "q.auto")
+    total = 3 * UNLIMITED_WINDOW + 17
+    bodies = [b"m%05d" % i for i in range(total)]
+    publish_confirmed(a, "q.auto", bodies)
+    conn = connect(b)
+    ch = conn.channel()
+    got = Received()
+    ch.basic_consume("q.auto", got, auto_ack=True)
+    pump(conn, lambda: len(got.deliveries) >= total, timeout=30)
+    assert got.bodies == bodies
+    conn.close()
+    wait_until(lambda: ready_on(a, "q.auto") == 0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,41 +17,31 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.node_process import port_mapper_port
-
+from cli.perf.cluster import free_port, listening
 from cli.perf.scenarios import SCENARIOS
+from tests.support.node_process import port_mapper_port
 
 VENV_BIN = Path(sys.executable).parent
 SERVER = VENV_BIN / "leveret-server"
 PERF = VENV_BIN / "leveret-perf"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """(URL, pid) of a leveret-server started for this module."""
     assert SERVER.exists(), f"{SERVER} is not installed (pip install -e '.[test]')"
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path_factory.mktemp("leveret-perf-node")
     env = dict(
         os.environ,
         LEVERET_NODE_PORT=str(port),
-        LEVERET_DIST_PORT=str(_free_port()),
+        LEVERET_DIST_PORT=str(free_port()),
         LEVERET_MANAGEMENT_PORT="0",
         LEVERET_PROMETHEUS_PORT="0",
         LEVERET_DATA_DIR=str(data_dir),
         LEVERET_NODENAME="perf@localhost",
+        # This test process's own mapper, stopped at exit: a node that finds none on the port
+        # starts one as a detached daemon, which would outlive the test.
         LEVERET_PORT_MAPPER_PORT=str(port_mapper_port()),
     )
     log = data_dir / "server.log"
@@ -60,7 +49,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
         process = subprocess.Popen([str(SERVER)], env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
-        while not _listening(port):
+        while not listening(port):
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = log.read_text(errors="replace").strip().splitlines()[-3:]
                 state = f"exited with {process.returncode}" if process.poll() is not None else "never listened"
