@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from cluster import metadata as md
-from cluster.group_client import GroupClient, TransportCalls
+from cluster.control import EX_UNAVAILABLE
+from cluster.group_client import CHANGE_MEMBERSHIP, PROPOSE, GroupClient, TransportCalls
 from cluster.logtext import peer_text
 from cluster.membership import (
     METADATA_GROUP,
@@ -54,7 +55,7 @@ FORMATION_TIMEOUT: Final = 300.0
 class JoinRefused(Exception):
     """Joining another node's cluster failed; the text is for the operator."""
 
-    def __init__(self, text: str, exit_code: int = 69) -> None:
+    def __init__(self, text: str, exit_code: int = EX_UNAVAILABLE) -> None:
         super().__init__(text)
         self.text = text
         self.exit_code = exit_code
@@ -78,8 +79,8 @@ class Clustering:
         self._peers: frozenset[str] = frozenset()
         for method, handler in {MEMBERS: self._serve_members, JOIN: self._serve_join,
                                 SUMMARY: self._serve_summary,
-                                "raft.propose": self._serve_group_call("raft.propose"),
-                                "raft.change_membership": self._serve_group_call("raft.change_membership"),
+                                PROPOSE: self._serve_group_call(PROPOSE),
+                                CHANGE_MEMBERSHIP: self._serve_group_call(CHANGE_MEMBERSHIP),
                                 }.items():
             transport.on_call(method, handler)
 
