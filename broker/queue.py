@@ -37,6 +37,19 @@ RabbitMQ 3.10 classic-queue behaviour kept here (`rabbit_amqqueue_process`,
   (declare, basic.get, consumer cancel — each a `Touch` or a get) and only if it
   has no consumers, which the shell knows; `expires_at` gives the deadline.
 
+RabbitMQ 3.10 quorum-queue behaviour (`rabbit_fifo`), for `settings.queue_type ==
+"quorum"` only: every time a delivered message is returned (`Requeue` for a
+reject/nack with requeue, basic.recover or a closed channel; `RequeueAll` on
+failover) its delivery count grows by one, and with a delivery limit N a message
+whose count would exceed N is dead-lettered with reason "delivery_limit" (or
+dropped without a dead-letter exchange) instead of requeued. The count needs no
+field of its own: an entry's `deliveries` counts hand-outs, and every earlier
+hand-out of a message still in the queue ended in a return (one without
+acknowledgement removes it), so the count is the entry's `deliveries` — which
+also counts the "may have been delivered" of a message recovered after a restart,
+the same as its redelivered flag does. `Delivered.returns` is that count for the
+delivery (the shell's `x-delivery-count` header).
+
 Memory: each message in memory costs one slotted `QueueEntry` (sequence
 number, message, expiry, delivery count) in a deque; no per-message dicts.
 A backlog can reach millions of messages, so with `PagingLimits` a queue keeps
@@ -83,7 +96,7 @@ from broker.arguments import (
     OVERFLOW_REJECT_PUBLISH_DLX,
     QueueSettings,
 )
-from broker.deadletter import REASON_EXPIRED, REASON_MAXLEN, REASON_REJECTED
+from broker.deadletter import REASON_DELIVERY_LIMIT, REASON_EXPIRED, REASON_MAXLEN, REASON_REJECTED
 from broker.message import Message
 
 # --- commands ------------------------------------------------------------------------------
@@ -203,6 +216,12 @@ class Delivered:
     ack_required: bool
     # Ready messages left after this one (basic.get-ok's message-count).
     remaining: int
+
+    @property
+    def returns(self) -> int:
+        """How many times the message came back before this delivery: a quorum queue's
+        `x-delivery-count` (every earlier hand-out of a message still queued was returned)."""
+        return self.delivery_count - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,6 +532,53 @@ class QueueState:
             "message_bytes_paged_out": self._ready_bytes - self._in_memory_bytes,
         }
 
+    # --- snapshots ----------------------------------------------------------------------
+
+    def snapshot_parts(self) -> tuple[int, list[list[QueueEntry]], list[QueueEntry]]:
+        """What, besides `name`, `settings` and `last_used_ms`, decides everything this
+        state does next: (the next sequence number, each priority level's ready entries
+        in delivery order, lowest level first, the unacknowledged entries by seq). The
+        entries are the state's own: read them, do not keep or change them.
+        (`broker.queue_snapshot` turns this into bytes.)
+
+        A replica's snapshot holds every message, so a state with messages paged out
+        is refused with ValueError: a replicated queue's state runs without paging."""
+        paged_out = self._ready_count - self._in_memory
+        if paged_out:
+            raise ValueError(
+                f"queue '{self.name}' has {paged_out} messages paged out: only a state without "
+                f"paged-out messages (built with paging=None) can be snapshotted")
+        levels = [list(level.head) for level in self._levels]
+        unacked = [self._unacked[seq] for seq in sorted(self._unacked)]
+        return self._next_seq, levels, unacked
+
+    @classmethod
+    def restored(cls, name: str, settings: QueueSettings, last_used_ms: int, next_seq: int,
+                 levels: list[list[QueueEntry]], unacked: list[QueueEntry]) -> "QueueState":
+        """The state `snapshot_parts` described (without paging); takes the entries."""
+        state = cls(name, settings, last_used_ms)
+        if len(levels) != len(state._levels):
+            raise ValueError(f"snapshot has {len(levels)} priority levels, settings give {len(state._levels)}")
+        ready_count = ready_bytes = 0
+        for level, entries in zip(state._levels, levels):
+            size = sum(e.message.size for e in entries)
+            level.head.extend(entries)
+            level.head_bytes = size
+            ready_count += len(entries)
+            ready_bytes += size
+        for entry in unacked:
+            state._unacked[entry.seq] = entry
+            state._unacked_bytes += entry.message.size
+        seqs = [e.seq for entries in levels for e in entries] + [e.seq for e in unacked]
+        if len(set(seqs)) != len(seqs) or any(seq >= next_seq or seq < 1 for seq in seqs):
+            raise ValueError("snapshot entries repeat a sequence number or use one not yet given out")
+        if any(a.seq >= b.seq for entries in levels for a, b in zip(entries, entries[1:])):
+            raise ValueError("snapshot's ready entries are out of sequence order")
+        state._next_seq = next_seq
+        state._ready_count = state._in_memory = ready_count
+        state._ready_bytes = state._in_memory_bytes = ready_bytes
+        return state
+
     # --- applying commands --------------------------------------------------------------
 
     def apply(self, cmd: Command) -> list[Effect]:
@@ -547,7 +613,10 @@ class QueueState:
                         self._unacked_bytes -= entry.message.size
                         self._dead_letter(entry.message, REASON_REJECTED, effects)
             case RequeueAll(now_ms):
-                self._requeue(tuple(self._unacked), now_ms, effects)
+                # In seq order (rabbit_fifo returns a consumer's messages sorted by id): the
+                # order of delivery-limit dead-letters must not depend on how the unacked
+                # table was filled, which a snapshot does not keep.
+                self._requeue(sorted(self._unacked), now_ms, effects)
             case Expire(now_ms):
                 self._expire_head(now_ms, effects)
             case Purge():
@@ -590,14 +659,15 @@ class QueueState:
             self._unacked_bytes += message.size
         return seq
 
-    def deliver_ready(self, now_ms: int, consumer: str, ack_required: bool) -> tuple[int, Message, bool] | None:
+    def deliver_ready(self, now_ms: int, consumer: str,
+                      ack_required: bool) -> tuple[int, Message, bool, int] | None:
         """`apply(Deliver(now_ms, consumer, ack_required))` in its common outcome, without
         building the command and its effects: the head message goes to `consumer` and
-        nothing expires before or after it. Returns (seq, message, redelivered); the
-        effects are then exactly [Delivered(seq, message, consumer, redelivered, its
-        delivery count, ack_required, messages_ready)]. Returns None when the outcome
-        could be anything else (the caller applies the command); nothing observable
-        has changed then."""
+        nothing expires before or after it. Returns (seq, message, redelivered,
+        delivery_count); the effects are then exactly [Delivered(seq, message, consumer,
+        redelivered, delivery_count, ack_required, messages_ready)]. Returns None when
+        the outcome could be anything else (the caller applies the command); nothing
+        observable has changed then."""
         level = self._head_level()
         if level is None or len(level.head) < 2:
             return None
@@ -614,7 +684,7 @@ class QueueState:
             self._unacked_bytes += entry.message.size
         if self._paging is not None:
             self._rebalance(self._paging)
-        return entry.seq, entry.message, redelivered
+        return entry.seq, entry.message, redelivered, entry.deliveries
 
     # --- the steps ----------------------------------------------------------------------
 
@@ -654,12 +724,18 @@ class QueueState:
 
     def _requeue(self, seqs: Iterable[int], now_ms: int, effects: list[Effect]) -> None:
         by_level: dict[int, list[QueueEntry]] = {}
+        settings = self.settings
+        # A quorum queue's delivery limit: this return makes the count `deliveries`.
+        limit = settings.delivery_limit if settings.queue_type == "quorum" else None
         for seq in seqs:
             entry = self._unacked.pop(seq, None)
             if entry is None:
                 continue
             size = entry.message.size
             self._unacked_bytes -= size
+            if limit is not None and entry.deliveries > limit:
+                self._dead_letter(entry.message, REASON_DELIVERY_LIMIT, effects)
+                continue
             self._ready_count += 1
             self._ready_bytes += size
             self._in_memory += 1

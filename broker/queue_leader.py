@@ -22,10 +22,20 @@ into `broker.paging.StorePages`: a persisted message pages out as its id alone.
 Everything here runs in the node's trio thread and never blocks: no per-message
 task or coroutine; deliveries are bytes appended to the consumer connection's
 output buffer, whose writer task is woken.
+
+A quorum queue's message that was returned before is delivered with header
+`x-delivery-count` (its returns, `Delivered.returns`), and a basic.get from a
+quorum queue always carries it, 0 included: measured against RabbitMQ 3.10.8,
+whose `rabbit_quorum_queue` adds it to every dequeue but to consumer deliveries
+only once the message has a delivery count. The header goes on a copy
+(`with_delivery_count`): the queued `Message` is shared by fan-out copies and
+dead-lettered as it was published (RabbitMQ's dead-lettered copy has no
+x-delivery-count either). A first delivery, the common case, costs nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from functools import partial
@@ -33,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from broker.amqp.codec import Long
 from broker.arguments import QueueSettings
 from broker.dispatch import Consumer, ConsumerSet
 from broker.message import Message
@@ -67,6 +78,16 @@ if TYPE_CHECKING:
     from broker.node import Node
 
 __all__ = ["MESSAGES_TABLE", "ConsumerRef", "QueueLeader", "decode_persisted", "queue_key_prefix"]
+
+
+def with_delivery_count(message: Message, count: int) -> Message:
+    """A copy of `message` whose headers carry `x-delivery-count` (sorted by key, as
+    rabbit_basic:add_header leaves a table); the id stays, it names the same body."""
+    props = message.properties
+    headers = dict(props.headers or {})
+    headers["x-delivery-count"] = Long(count)
+    headers = dict(sorted(headers.items(), key=lambda kv: kv[0].encode("utf-8", "surrogateescape")))
+    return dataclasses.replace(message, properties=dataclasses.replace(props, headers=headers), raw_properties=None)
 
 
 def queue_key_prefix(vhost: str, name: str) -> bytes:
@@ -204,7 +225,7 @@ class QueueLeader:
                 seq = state.enqueue_delivered(message, now_ms, deliver_to, ack_required)
                 if seq is not None:
                     self._accepted(seq, message, confirm)
-                    self._hand_to(ref, seq, message, False, ack_required, now_ms)
+                    self._hand_to(ref, seq, message, False, ack_required, now_ms, 1)
                     return
         effects = state.apply(Enqueue(message, now_ms, deliver_to, ack_required))
         self._carry_out(effects, now_ms, confirm)
@@ -269,7 +290,7 @@ class QueueLeader:
                     # The common case without the command and effect records.
                     taken = state.deliver_ready(now_ms, consumer.name, consumer.ack_required)
                     if taken is not None:
-                        self._hand_to(ref, taken[0], taken[1], taken[2], consumer.ack_required, now_ms)
+                        self._hand_to(ref, taken[0], taken[1], taken[2], consumer.ack_required, now_ms, taken[3])
                         continue
                 effects = state.apply(Deliver(now_ms, consumer.name, consumer.ack_required))
                 if not effects:
@@ -298,8 +319,11 @@ class QueueLeader:
             self._forget((got.message,))
         else:
             counters.get += 1
-        if got is not None and got.redelivered:
-            counters.redeliver += 1
+        if got is not None:
+            if got.redelivered:
+                counters.redeliver += 1
+            if self.state.settings.queue_type == "quorum":
+                got.message = with_delivery_count(got.message, got.returns)
         return got
 
     def _deliver(self, d: Delivered, now_ms: int) -> None:
@@ -309,11 +333,15 @@ class QueueLeader:
             if d.ack_required:
                 self._carry_out(self.state.apply(Requeue((d.seq,), now_ms)), now_ms, None)
             return
-        self._hand_to(ref, d.seq, d.message, d.redelivered, d.ack_required, now_ms)
+        self._hand_to(ref, d.seq, d.message, d.redelivered, d.ack_required, now_ms, d.delivery_count)
 
     def _hand_to(self, ref: ConsumerRef, seq: int, m: Message, redelivered: bool, ack_required: bool,
-                 now_ms: int) -> None:
-        tag = ref.session.deliver(ref.channel, ref.tag, (self.ref, seq) if ack_required else None, m, redelivered)
+                 now_ms: int, delivery_count: int) -> None:
+        sent = m
+        if redelivered and self.state.settings.queue_type == "quorum":
+            # Redelivered: it was returned `delivery_count - 1` times (see `Delivered.returns`).
+            sent = with_delivery_count(m, delivery_count - 1)
+        tag = ref.session.deliver(ref.channel, ref.tag, (self.ref, seq) if ack_required else None, sent, redelivered)
         if tag is None:
             if ack_required:
                 self._carry_out(self.state.apply(Requeue((seq,), now_ms)), now_ms, None)

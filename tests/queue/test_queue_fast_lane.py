@@ -76,8 +76,8 @@ class FastLane:
             got = [_norm(e) for e in self.state.apply(Deliver(self.now, "c2", ack))]
             assert got == expected
         else:
-            seq, message, redelivered = taken
-            assert len(expected) == 1 and expected[0][:5] == ("delivered", seq, message.id, "c2", redelivered)
+            seq, message, redelivered, count = taken
+            assert len(expected) == 1 and expected[0][:6] == ("delivered", seq, message.id, "c2", redelivered, count)
             assert expected[0][6:] == (ack, self.state.messages_ready)
 
 

@@ -136,9 +136,14 @@ class Model:
     def requeue(self, seqs: list[int], now: int) -> list[Any]:
         out: list[Any] = []
         moved = False
+        limit = self.s.delivery_limit if self.s.queue_type == "quorum" else None
         for seq in seqs:
             item = self.unacked.pop(seq, None)
             if item is not None:
+                # A quorum queue counts this return; past the limit the message leaves.
+                if limit is not None and item[3] > limit:
+                    self.dead(item[1], "delivery_limit", out)
+                    continue
                 self.insert(item)
                 moved = True
         if moved:
@@ -163,6 +168,8 @@ queue_settings = st.builds(
     dead_letter_exchange=st.sampled_from([None, "dlx"]),
     dead_letter_routing_key=st.sampled_from([None, "rk"]),
     max_priority=st.sampled_from([0, 0, 3]),
+    queue_type=st.sampled_from(["classic", "classic", "quorum"]),
+    delivery_limit=st.sampled_from([None, 0, 1, 2]),
 )
 
 
@@ -223,7 +230,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule()
     def requeue_all(self) -> None:
-        self.run(RequeueAll(self.now), self.model.requeue(list(self.model.unacked), self.now))
+        self.run(RequeueAll(self.now), self.model.requeue(sorted(self.model.unacked), self.now))
 
     @rule(dt=st.integers(0, 12))
     def tick_and_expire(self, dt: int) -> None:
