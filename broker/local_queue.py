@@ -57,13 +57,13 @@ class LocalQueue:
 
     async def get(self, now_ms: int, no_ack: bool) -> Got | None:
         leader = self.leader
-        got = leader.get(now_ms, no_ack)
+        got = await leader.fetch(now_ms, no_ack)
         if got is None:
             return None
         return Got(leader.ref, got.seq, got.message, got.redelivered, got.remaining)
 
     async def purge(self, now_ms: int) -> int:
-        return self.leader.purge(now_ms)
+        return await self.leader.purge_now(now_ms)
 
     async def counts(self, now_ms: int, touch: bool) -> QueueCounts:
         leader = self.leader

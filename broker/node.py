@@ -46,6 +46,9 @@ from broker.message import Message
 from broker.paging import PAGED_TABLE, delete_leftover_pages
 from broker.queue import DeadLetter
 from broker.local_queue import LocalQueue
+from broker.mirroring import Mirroring
+from broker.paging import encode_persisted, persisted_key
+from broker.replicated_queue import ReplicatedQueue
 from broker.queue_client import QueueClient
 from broker.queue_leader import MESSAGES_TABLE, QueueLeader, decode_persisted, queue_key_prefix
 from broker.remote_queue import QueuePeers, serve_queue_peers
@@ -242,6 +245,7 @@ class Node:
                         self.driver.add_group(METADATA_GROUP, machine, voters=() if join else (self.name,))
                     await nursery.start(self.driver.run)
                     nursery.start_soon(self.queue_peers.run)
+                    nursery.start_soon(self.mirroring.run)
                     if join is not None:
                         refused = await self.clustering.ask_to_join(join)
                         if refused is not None:
@@ -268,6 +272,8 @@ class Node:
         self.leaders: dict[tuple[str, str], QueueLeader] = {}
         # The clients of the queues this node leads, by (vhost, name): what `queue` returns.
         self.local_queues: dict[tuple[str, str], LocalQueue] = {}
+        # The replicated queues this node hosts a replica of (and serves, while it leads one).
+        self.mirroring = Mirroring(self)
         # While one publish is handed to its queues: the dead letters they produce, routed
         # after it (see `hold_dead_letters`).
         self._held_dead_letters: list[tuple[str, str, DeadLetter, int]] | None = None
@@ -515,10 +521,15 @@ class Node:
         for c in changes:
             t = type(c)
             if t is md.QueueAdded:
-                self._queue_added(c.record, now)
+                self._queue_added(c.record, now, declared=True)
             elif t is md.QueueRemoved:
                 self._queue_removed(c.record)
+            elif t is md.QueueReplicasChanged:
+                self.mirroring.replicas_changed(c.record, c.previous, now)
+            elif t is md.PolicyChanged:
+                self.mirroring.want_plan()
             elif t is md.PolicyApplied and c.kind == "queue":
+                self.mirroring.want_plan()
                 leader = self.leaders.get((c.vhost, c.name))
                 q = self.metadata.queue(c.vhost, c.name)
                 if leader is not None and q is not None:
@@ -533,17 +544,23 @@ class Node:
         self.metadata = state
         self.router = Router.from_metadata(state)
         now = self.now_ms()
+        self.mirroring.restored()
         for vhost in state.vhosts():
             for q in state.queues(vhost.name):
-                if (q.vhost, q.name) not in self.leaders:
-                    self._queue_added(q, now)
+                if not q.replicated and (q.vhost, q.name) not in self.leaders:
+                    self._queue_added(q, now, declared=False)
 
     def _settings_for(self, q: md.QueueRecord, policy: md.PolicyRecord | None = None) -> QueueSettings:
         if policy is None:
             policy = self.metadata.effective_policy(q.vhost, q.name, "queue")
         return QueueSettings.effective(q.arguments, policy.definition if policy else None)
 
-    def _queue_added(self, q: md.QueueRecord, now: int) -> None:
+    settings_for = _settings_for
+
+    def _queue_added(self, q: md.QueueRecord, now: int, *, declared: bool) -> None:
+        if q.replicated:
+            self.mirroring.queue_added(q, now, declared=declared)
+            return
         if q.node != self.name:
             return
         leader = QueueLeader(self, q.vhost, q.name, q.durable, self._settings_for(q), now)
@@ -552,6 +569,8 @@ class Node:
         self._track_expiry(leader)
 
     def _queue_removed(self, q: md.QueueRecord) -> None:
+        if q.replicated:
+            self.mirroring.queue_removed(q)
         leader = self.leaders.pop((q.vhost, q.name), None)
         if leader is None:
             if self.queue_peers is not None:
@@ -575,6 +594,54 @@ class Node:
     def watch_expiry(self, leader: QueueLeader) -> None:
         self._expiring.add(leader)
 
+    def serve_local(self, leader: QueueLeader) -> None:
+        """This node serves the queue through `leader` now (it leads the queue's group)."""
+        key = (leader.vhost, leader.name)
+        self.leaders[key] = leader
+        self.local_queues[key] = LocalQueue(leader)
+        self._track_expiry(leader)
+
+    def retire_local(self, shell: ReplicatedQueue) -> None:
+        """This node no longer leads a replicated queue: its consumers here are cancelled
+        (basic.cancel; their clients consume again, from the new leader)."""
+        key = (shell.vhost, shell.name)
+        if self.leaders.get(key) is shell:
+            del self.leaders[key]
+            self.local_queues.pop(key, None)
+        self._expiring.discard(shell)
+        for ref in sorted(shell.follow(), key=lambda r: r.tag):
+            ref.session.cancel_consumer(ref.channel, ref.tag)
+
+    def replace_local(self, old: QueueLeader, new: QueueLeader) -> None:
+        """The queue is served by `new` from now on (it became, or stopped being, replicated)."""
+        key = (new.vhost, new.name)
+        self.leaders[key] = new
+        self.local_queues[key] = LocalQueue(new)
+        if old in self._expiring:
+            self._expiring.discard(old)
+            self._expiring.add(new)
+        self._track_expiry(new)
+
+    def persist_all(self, leader: QueueLeader, then: Callable[[], None]) -> None:
+        """Write rows for every persistent message `leader`'s queue holds, then call `then`
+        (a queue that stopped being replicated: its log may go once its rows are written)."""
+        state = leader.state
+        prefix = queue_key_prefix(leader.vhost, leader.name)
+        messages = [*state.ready_in_memory(), *state.unacked_messages(state.unacked_seqs())]
+        ops = [Put(MESSAGES_TABLE, persisted_key(prefix, m.id), encode_persisted(m)) for m in messages if m.persistent]
+
+        def written(exc: BaseException | None) -> None:
+            if exc is None:
+                then()
+            else:
+                log.error("rows of queue '%s' in vhost '%s' not written (%s): its replicated log is kept",
+                          leader.name, leader.vhost, exc)
+
+        if ops:
+            self.stage(ops, written)
+        else:
+            then()
+
     def leader(self, vhost: str, name: str) -> QueueLeader | None:
         return self.leaders.get((vhost, name))
 
@@ -585,9 +652,23 @@ class Node:
         if local is not None:
             return local
         q = self.metadata.queue(vhost, name)
-        if q is None or q.node == self.name or self.queue_peers is None:
+        if q is None or self.queue_peers is None:
             return None
-        return self.queue_peers.client(vhost, name, q.node, q.durable)
+        home = q.node
+        if q.replicated:
+            # The group's leader as this replica knows it may be newer than the metadata's.
+            status = self.driver.status(q.group) if self.driver is not None else None
+            if status is not None and status.leader == self.name:
+                # Elected here a moment ago: serve it now rather than at the next watch.
+                self.mirroring.watch_now()
+                local = self.local_queues.get((vhost, name))
+                if local is not None:
+                    return local
+            elif status is not None and status.leader is not None:
+                home = status.leader
+        elif home == self.name:
+            return None
+        return self.queue_peers.client(vhost, name, home, q.durable)
 
     def maybe_auto_delete(self, leader: QueueLeader) -> None:
         """An auto-delete queue goes when its last consumer does (RabbitMQ's rule)."""
@@ -616,7 +697,8 @@ class Node:
 
     def _leaders_by_prefix(self) -> dict[bytes, QueueLeader]:
         """Queue leaders by the key prefix of their rows (persisted messages and pages)."""
-        return {queue_key_prefix(v, n): leader for (v, n), leader in self.leaders.items()}
+        return {queue_key_prefix(v, n): leader for (v, n), leader in self.leaders.items()
+                if not isinstance(leader, ReplicatedQueue)}
 
     # ------------------------------------------------------------------ store failures
     #

@@ -52,6 +52,10 @@ class ConsumerEndpoint(Protocol):
 
     def can_deliver(self, channel: int, tag: str) -> bool: ...
 
+    def room(self, channel: int, tag: str) -> int | None:
+        """How many more deliveries the consumer may be given now (None: no limit)."""
+        ...
+
     def cancel_consumer(self, channel: int, tag: str) -> None: ...
 
 

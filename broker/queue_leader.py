@@ -162,6 +162,16 @@ class QueueLeader:
     def message_count(self) -> int:
         return self.state.messages_ready
 
+    def take_over(self, other: "QueueLeader") -> None:
+        """Serve on in place of `other`, this node's previous shell of the same queue (it
+        became, or stopped being, replicated): its consumers, delivery handles (the same
+        incarnation, so unsettled deliveries settle here) and counters."""
+        self.ref = other.ref
+        self.consumers, other.consumers = other.consumers, ConsumerSet(self.name, self.vhost)
+        self.refs, other.refs = other.refs, {}
+        self.counters = other.counters
+        self.had_consumers = other.had_consumers
+
     # ------------------------------------------------------------------ publisher flow
 
     def backlogged(self) -> bool:
@@ -259,7 +269,7 @@ class QueueLeader:
         consumer = self.consumers.remove((session, channel), tag)
         if consumer is not None:
             self.refs.pop(consumer.name, None)
-            self.state.apply(Touch(now_ms))
+            self.touch(now_ms)
             self.dispatch(now_ms)  # single active consumer: the next one takes over
 
     def remove_channel(self, session: ConsumerEndpoint, channel: int) -> None:
@@ -331,7 +341,7 @@ class QueueLeader:
         if ref is None:
             # The consumer went away between choice and delivery.
             if d.ack_required:
-                self._carry_out(self.state.apply(Requeue((d.seq,), now_ms)), now_ms, None)
+                self._take_back(d.seq, now_ms)
             return
         self._hand_to(ref, d.seq, d.message, d.redelivered, d.ack_required, now_ms, d.delivery_count)
 
@@ -344,7 +354,7 @@ class QueueLeader:
         tag = ref.session.deliver(ref.channel, ref.tag, (self.ref, seq) if ack_required else None, sent, redelivered)
         if tag is None:
             if ack_required:
-                self._carry_out(self.state.apply(Requeue((seq,), now_ms)), now_ms, None)
+                self._take_back(seq, now_ms)
             return
         counters = self.counters
         if ack_required:
@@ -355,6 +365,18 @@ class QueueLeader:
             counters.redeliver += 1
         if not ack_required and self.durable:
             self._forget((m,))
+
+    def _take_back(self, seq: int, now_ms: int) -> None:
+        """A delivery its consumer could not take: ready again."""
+        self._carry_out(self.state.apply(Requeue((seq,), now_ms)), now_ms, None)
+
+    async def fetch(self, now_ms: int, no_ack: bool) -> Delivered | None:
+        """basic.get, for callers that can wait (a replicated queue answers once it commits)."""
+        return self.get(now_ms, no_ack)
+
+    async def purge_now(self, now_ms: int) -> int:
+        """queue.purge, for callers that can wait (a replicated queue answers once it commits)."""
+        return self.purge(now_ms)
 
     # ------------------------------------------------------------------ settlement
 

@@ -314,6 +314,10 @@ class ConsumerProxy:
         limit = self.limits.get(key)
         return limit is not None and self.sent.get(key, 0) < limit
 
+    def room(self, channel: int, tag: str) -> int | None:
+        key = (channel, tag)
+        return max(0, self.limits.get(key, 0) - self.sent.get(key, 0))
+
     def deliver(self, channel: int, tag: str, handle: Any, m: Message, redelivered: bool) -> int | None:
         key = (channel, tag)
         queue = self.queues.get(key)
@@ -374,6 +378,8 @@ class QueuePeers:
         self._confirms: dict[int, tuple[str, Confirm, float]] = {}
         self._waiting_per_home: dict[str, int] = defaultdict(int)
         self._confirmed = trio.Event()
+        # Nodes whose link went down and has not come up since.
+        self._lost: set[str] = set()
         # Sessions of other nodes consuming from queues here: (node, session id) -> proxy.
         self.proxies: dict[tuple[str, str], ConsumerProxy] = {}
         # Remote queues that sessions here consume from (cancelled if their home goes away).
@@ -446,6 +452,12 @@ class QueuePeers:
     def forward_publish(self, home: str, vhost: str, name: str, message: Message, confirm: Confirm | None) -> None:
         # Every forwarded publish is answered, also one its publisher wants no confirm for:
         # the publishes waiting on a node are what publisher flow towards it counts.
+        if home in self._lost:
+            # Its link went down and has not come back: nacked now, not after CONFIRM_TIMEOUT
+            # (a replicated queue's publishers retry while it fails over).
+            if confirm is not None:
+                confirm(False)
+            return
         self._confirm_ids += 1
         confirm_id = self._confirm_ids
         self._confirms[confirm_id] = (home, confirm or _unconfirmed, trio.current_time() + CONFIRM_TIMEOUT)
@@ -500,7 +512,9 @@ class QueuePeers:
                 await self.transport.wait_connectivity_change()
             now_reachable = self.transport.reachable()
             for node in reachable - now_reachable:
+                self._lost.add(node)
                 self.node_lost(node)
+            self._lost -= now_reachable
             reachable = now_reachable
             self._nack_waiting(None)
             self._resend_credit()
@@ -695,6 +709,10 @@ class QueuePeers:
         while src in self._drained:
             await self._drained[src].wait()
         local = self._local(args["vhost"], args["name"])
+        if local is None:
+            # A replicated queue hosted here may be electing its leader.
+            await self.node.mirroring.until_served(str(args["vhost"]), str(args["name"]))
+            local = self._local(args["vhost"], args["name"])
         if local is None:
             return {"missing": True}
         now = self.node.now_ms()

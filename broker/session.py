@@ -151,6 +151,14 @@ class Session:
             return False
         return self.conn.can_deliver(channel, tag)
 
+    def room(self, channel: int, tag: str) -> int | None:
+        """Deliveries the consumer may still be given (None: no limit), 0 while the output
+        backs up: what a replicated queue reserves against while its deliveries commit."""
+        if self.conn.pending_output >= OUTPUT_HIGH_WATER:
+            self._throttled = True
+            return 0
+        return self.conn.room(channel, tag)
+
     def output_drained(self) -> None:
         """The writer emptied the output: queues held back by `can_deliver` may push again."""
         if self._throttled:
@@ -727,11 +735,15 @@ class Session:
         # An exclusive queue dies with its connection, so it is never durable (RabbitMQ:
         # `durable andalso not exclusive`).
         durable = m.durable and not m.exclusive
+        arguments = dict(m.arguments or {})
+        home = node.home_for(vhost, name, arguments, m.exclusive)
+        group, replicas = node.mirroring.plan_new(vhost, name, arguments, home, m.exclusive)
         cmd = md.DeclareQueue(vhost, name, durable, m.auto_delete, self.id if m.exclusive else None,
-                              dict(m.arguments or {}), node.home_for(vhost, name, m.arguments or {}, m.exclusive),
-                              "classic", server_named)
+                              arguments, home, "quorum" if is_quorum(arguments) else "classic", server_named,
+                              group, replicas)
         if await self._propose(channel, cmd, m) is None:
             return
+        await node.mirroring.until_served(vhost, name)
         await self._declare_ok(channel, m, name)
 
     async def _declare_ok(self, channel: int, m: spec.QueueDeclare, name: str) -> None:

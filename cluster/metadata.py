@@ -47,7 +47,7 @@ from __future__ import annotations
 import datetime as _dt
 import decimal
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Iterable, Iterator, Mapping
 
 import msgpack
@@ -63,11 +63,11 @@ __all__ = [
     "Command", "AddVhost", "DeleteVhost", "AddUser", "DeleteUser", "ChangePassword",
     "SetUserTags", "SetPermissions", "ClearPermissions", "SetTopicPermissions",
     "ClearTopicPermissions", "DeclareExchange", "DeleteExchange", "DeclareQueue",
-    "DeleteQueue", "SetQueueNode", "Bind", "Unbind", "SetPolicy", "ClearPolicy",
+    "DeleteQueue", "SetQueueNode", "SetQueueReplicas", "Bind", "Unbind", "SetPolicy", "ClearPolicy",
     "DeleteQueuesOwnedBy", "DropTransient", "CreateDefaults", "command_from_wire", "encode_command", "decode_command",
     "Change", "VhostAdded", "VhostRemoved", "UserChanged", "PermissionChanged",
     "TopicPermissionChanged", "ExchangeAdded", "ExchangeRemoved", "QueueAdded",
-    "QueueRemoved", "QueueMoved", "BindingAdded", "BindingRemoved", "PolicyChanged",
+    "QueueRemoved", "QueueMoved", "QueueReplicasChanged", "BindingAdded", "BindingRemoved", "PolicyChanged",
     "PolicyApplied",
     "MetadataState", "amqp_type", "binding_identity",
 ]
@@ -203,6 +203,12 @@ class ExchangeRecord:
     arguments: Mapping[str, Any] = field(default_factory=dict)
 
 
+def _replicas_as_tuple(record: Any) -> None:
+    """msgpack gives lists back; records compare and hash with tuples."""
+    if not isinstance(record.replicas, tuple):
+        object.__setattr__(record, "replicas", tuple(record.replicas))
+
+
 @dataclass(frozen=True, slots=True)
 class QueueRecord:
     vhost: str
@@ -213,6 +219,18 @@ class QueueRecord:
     arguments: Mapping[str, Any]
     node: str  # where the queue's leader lives
     type: str = "classic"
+    # A replicated queue (quorum, or mirrored by an ha-mode policy) is the Raft group `group`
+    # over `replicas`; "" for a queue with one replica that writes its rows directly
+    # (docs/design.md). `node` is then the group's leader as last recorded.
+    group: str = ""
+    replicas: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _replicas_as_tuple(self)
+
+    @property
+    def replicated(self) -> bool:
+        return bool(self.group)
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,6 +457,12 @@ class DeclareQueue(Command):
     type: str = "classic"
     # The node generated the name (queue.declare with an empty name): the amq. prefix is ours.
     server_named: bool = False
+    # A replicated queue: its Raft group's id (unique, chosen by the proposer) and replicas.
+    group: str = ""
+    replicas: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _replicas_as_tuple(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,6 +483,20 @@ class SetQueueNode(Command):
     vhost: str
     name: str
     node: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetQueueReplicas(Command):
+    """Makes a queue the Raft group `group` over `replicas` (a queue becoming mirrored, or a
+    mirrored queue's replica set re-planned), or a queue with one replica again (group "")."""
+
+    vhost: str
+    name: str
+    group: str
+    replicas: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _replicas_as_tuple(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,6 +646,12 @@ class QueueRemoved(Change):
 class QueueMoved(Change):
     record: QueueRecord
     previous_node: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueReplicasChanged(Change):
+    record: QueueRecord
+    previous: QueueRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -1071,7 +1115,7 @@ class MetadataState:
                                f"PRECONDITION_FAILED - invalid type '{amqp_type(dlx)}' for arg "
                                f"'x-dead-letter-exchange' in {_rs('queue', vhost, name)}")
             record = QueueRecord(vhost, name, cmd.durable, cmd.auto_delete, cmd.exclusive_owner,
-                                 dict(cmd.arguments), cmd.node, cmd.type)
+                                 dict(cmd.arguments), cmd.node, cmd.type, cmd.group, tuple(cmd.replicas))
             queues[name] = record
             changes.append(QueueAdded(record))
             self._refresh_policy(vhost, "queue", name, changes)
@@ -1115,10 +1159,21 @@ class MetadataState:
             return _not_found("queue", cmd.vhost, cmd.name)
         if old.node == cmd.node:
             return old
-        record = QueueRecord(old.vhost, old.name, old.durable, old.auto_delete, old.exclusive_owner,
-                             old.arguments, cmd.node, old.type)
+        record = replace(old, node=cmd.node)
         self._queues[cmd.vhost][cmd.name] = record
         changes.append(QueueMoved(record, old.node))
+        return record
+
+    def _set_queue_replicas(self, cmd: SetQueueReplicas, changes: list[Change]) -> Any:
+        old = self._queues.get(cmd.vhost, {}).get(cmd.name)
+        if old is None:
+            return _not_found("queue", cmd.vhost, cmd.name)
+        replicas = tuple(cmd.replicas)
+        if old.group == cmd.group and old.replicas == replicas:
+            return old
+        record = replace(old, group=cmd.group, replicas=replicas)
+        self._queues[cmd.vhost][cmd.name] = record
+        changes.append(QueueReplicasChanged(record, old))
         return record
 
     def _delete_queues_owned_by(self, cmd: DeleteQueuesOwnedBy, changes: list[Change]) -> Any:
@@ -1462,6 +1517,7 @@ _HANDLERS: dict[type, Any] = {
     DeclareQueue: MetadataState._declare_queue,
     DeleteQueue: MetadataState._delete_queue,
     SetQueueNode: MetadataState._set_queue_node,
+    SetQueueReplicas: MetadataState._set_queue_replicas,
     Bind: MetadataState._bind,
     Unbind: MetadataState._unbind,
     SetPolicy: MetadataState._set_policy,

@@ -86,6 +86,20 @@ class _Waiter:
         return self.value
 
 
+class _Callback:
+    """A `_Waiter` for `propose_soon`: calls its function with the outcome instead of waking a task."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Any], None] | None) -> None:
+        self.fn = fn
+
+    def resolve(self, value: Any) -> None:
+        fn, self.fn = self.fn, None
+        if fn is not None:
+            fn(value)
+
+
 class RaftDriver:
     def __init__(
         self,
@@ -138,6 +152,21 @@ class RaftDriver:
             self.applied[group] = 0
         self._kick.set()
 
+    def remove_group(self, group: str) -> None:
+        """Stop hosting `group` here and delete its log and state from the store (this node
+        left the group, or the group's queue is gone). Proposals waiting on it are lost."""
+        def op() -> None:
+            if group in self.node.groups:
+                self.node.drop_group(group)
+            self.machines.pop(group, None)
+            self.applied.pop(group, None)
+            for key in [k for k in self._proposals if k[0] == group]:
+                _, w = self._proposals.pop(key)
+                w.resolve(Lost(group, key[1], "the group is no longer hosted here"))
+
+        self._requests.append((op, _Callback(None)))  # type: ignore[arg-type]
+        self._kick.set()
+
     # ------------------------------------------------------------------ requests from other tasks
 
     async def _request(self, op: Callable[[], Any]) -> Any:
@@ -166,6 +195,24 @@ class RaftDriver:
     async def propose(self, group: str, data: bytes) -> Applied | NotLeader | Refused | Lost:
         """Replicate `data`; returns once it is applied here, with the state machine's result."""
         return await self._until_applied(group, lambda: self.node.propose(group, data))
+
+    def propose_soon(self, group: str, data: bytes,
+                     done: Callable[[Applied | NotLeader | Refused | Lost], None]) -> None:
+        """`propose` without a task: `done` is called once with the outcome, from the driver's
+        loop, right after the entry is applied here (or once it is known it never will be).
+        For callers that propose many entries per second (replicated queues): no task and
+        no await per proposal, and outcomes arrive in log order."""
+        w = _Callback(done)
+
+        def op() -> None:
+            r = self.node.propose(group, data)
+            if isinstance(r, Proposed):
+                self._proposals[(group, r.index)] = (r.term, w)  # type: ignore[assignment]
+            else:
+                w.resolve(r)
+
+        self._requests.append((op, _Callback(None)))  # type: ignore[arg-type]
+        self._kick.set()
 
     async def read(self, group: str, query: Callable[[StateMachine], Any]) -> Any:
         """Run `query` on the group's state machine, linearizably (ReadIndex on the leader)."""
@@ -201,6 +248,12 @@ class RaftDriver:
     async def campaign(self, group: str) -> None:
         """Start an election for `group` now (a single-voter group elects itself at once)."""
         await self._request(lambda: self.node.campaign(group))
+
+    def campaign_soon(self, group: str) -> None:
+        """`campaign` without waiting: the election starts at the driver's next cycle, before
+        any proposal made after this call."""
+        self._requests.append((lambda: self.node.campaign(group), _Callback(None)))  # type: ignore[arg-type]
+        self._kick.set()
 
     async def wait_applied(self, group: str, index: int) -> None:
         """Until this node has applied `group` through `index` (entries or a snapshot)."""

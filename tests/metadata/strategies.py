@@ -62,6 +62,8 @@ def commands(arguments: st.SearchStrategy | None = None) -> st.SearchStrategy[m.
                   st.sampled_from(["classic", "quorum"]), st.booleans()),
         st.builds(m.DeleteQueue, VHOSTS, QUEUES, CONNECTIONS),
         st.builds(m.SetQueueNode, VHOSTS, QUEUES, NODES),
+        st.builds(m.SetQueueReplicas, VHOSTS, QUEUES, st.sampled_from(["", "q.1", "q.2"]),
+                  st.lists(NODES, max_size=3, unique=True).map(tuple)),
         st.builds(m.Bind, VHOSTS, EXCHANGES, st.one_of(QUEUES, EXCHANGES), st.sampled_from(["queue", "exchange"]),
                   KEYS, bargs, CONNECTIONS),
         st.builds(m.Unbind, VHOSTS, EXCHANGES, st.one_of(QUEUES, EXCHANGES), st.sampled_from(["queue", "exchange"]),

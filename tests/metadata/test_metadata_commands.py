@@ -10,7 +10,7 @@ from cluster.metadata import (
     ClearPolicy, ClearTopicPermissions, DeclareExchange, DeclareQueue, DeleteExchange,
     DeleteQueue, DeleteQueuesOwnedBy, DeleteUser, DeleteVhost, DropTransient, ExchangeAdded,
     ExchangeRemoved, MetadataState, PermissionChanged, PolicyApplied, PolicyChanged, QueueAdded,
-    QueueMoved, QueueRemoved, Refusal, SetPermissions, SetPolicy, SetQueueNode, SetTopicPermissions,
+    QueueMoved, QueueRemoved, Refusal, SetPermissions, SetPolicy, SetQueueNode, SetQueueReplicas, SetTopicPermissions, QueueReplicasChanged,
     SetUserTags, TopicPermissionChanged, Unbind, UserChanged, VhostAdded, VhostRemoved,
 )
 
@@ -300,6 +300,22 @@ def test_set_queue_node(state: MetadataState) -> None:
     assert state.queue("/", "q").node == "n2"
     assert ok(state, SetQueueNode("/", "q", "n2")).changes == ()
     refused(state, SetQueueNode("/", "ghost", "n2"), NOT_FOUND, "NOT_FOUND - no queue 'ghost' in vhost '/'")
+
+
+def test_set_queue_replicas(state: MetadataState) -> None:
+    ok(state, queue(node="n1"))
+    before = state.queue("/", "q")
+    assert not before.replicated
+    applied = ok(state, SetQueueReplicas("/", "q", "q.7", ("n1", "n2")))
+    after = state.queue("/", "q")
+    assert applied.changes == (QueueReplicasChanged(after, before),)
+    assert after.replicated and after.group == "q.7" and after.replicas == ("n1", "n2")
+    assert ok(state, SetQueueReplicas("/", "q", "q.7", ("n1", "n2"))).changes == ()
+    # The leader moves with the group kept.
+    ok(state, SetQueueNode("/", "q", "n2"))
+    assert state.queue("/", "q").group == "q.7"
+    assert MetadataState.restore(state.snapshot()).queue("/", "q") == state.queue("/", "q")
+    refused(state, SetQueueReplicas("/", "ghost", "", ()), NOT_FOUND, "NOT_FOUND - no queue 'ghost' in vhost '/'")
 
 
 def test_drop_transient(state: MetadataState) -> None:

@@ -20,7 +20,7 @@ ONE_OF_EACH = [
     m.DeleteExchange("v", "x", True),
     m.DeclareQueue("v", "q", True, False, "conn", {"x-max-length": 2 ** 40, "n": [1, {"k": b"\x00"}]}, "n1",
                    "quorum", False),
-    m.DeleteQueue("v", "q", "conn"), m.SetQueueNode("v", "q", "n2"),
+    m.DeleteQueue("v", "q", "conn"), m.SetQueueNode("v", "q", "n2"), m.SetQueueReplicas("v", "q", "q.1", ("n1", "n2")),
     m.Bind("v", "x", "q", "queue", "a.#", {"x-match": "any", "h": None}, "conn"),
     m.Unbind("v", "x", "y", "exchange", "", {}, None),
     m.SetPolicy("v", "p", "^q", "queues", {"max-length": 1, "ha-mode": "all"}, 3), m.ClearPolicy("v", "p"),

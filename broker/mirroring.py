@@ -1,0 +1,395 @@
+"""`Mirroring`: a node's replicated queues — hosting their groups, taking over as master,
+following the metadata's replica sets, and converting queues as policies change.
+
+Who decides what (see docs/mirroring.md):
+
+- **Replica sets** are metadata (`QueueRecord.group` and `.replicas`). The node
+  declaring a queue plans its replicas (`cluster.mirrors.plan_replicas`); afterwards
+  the metadata leader re-plans every queue when policies, queues or cluster members
+  change, and commits `SetQueueReplicas` where the plan differs.
+- **Hosting.** Every node named in a queue's replicas hosts its group with a
+  `QueueMachine` and a `ReplicatedQueue` shell. Replicas named at declaration create
+  the group with those voters; a node added later hosts it empty and waits for the
+  leader to add it (learner, caught up from a snapshot and the log, then voter).
+- **Masters.** A watch every `WATCH_INTERVAL` compares each group's Raft role with its
+  shell: the node that leads a group serves the queue (its shell becomes active and the
+  node's local queue), records itself as the queue's node in the metadata (so every
+  node routes there), and moves the group's membership to the metadata's replica set,
+  one node at a time. A node that stops leading cancels its consumers.
+- **Conversion.** A plain queue becoming mirrored (a policy set) starts its group on
+  its home node with its current state as the log's first entry, keeping its
+  consumers and delivery handles; its rows are deleted once that entry is committed.
+  A mirrored queue becoming plain (the policy cleared) is taken back by its leader:
+  its persistent messages are written as rows, then the group is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from broker.local_queue import LocalQueue
+from broker.queue_leader import QueueLeader
+from broker.queue_machine import QueueMachine
+from broker.queue_snapshot import state_from_bytes, state_to_bytes
+from broker.replicated_queue import ReplicatedQueue, replica_proposer
+from cluster import metadata as md
+from cluster.membership import METADATA_GROUP, add_member, remove_member
+from cluster.mirrors import plan_replicas
+from cluster.raft.driver import Applied
+from cluster.raft.group import LEADER
+
+if TYPE_CHECKING:
+    from broker.node import Node
+
+log = logging.getLogger("leveret.mirroring")
+
+# How often leadership of the hosted groups is compared with their shells (seconds).
+WATCH_INTERVAL = 0.05
+# How long a node named out of a queue's replicas keeps hosting the group, so the leader
+# can still commit the membership change that removes it (seconds).
+LEAVE_GRACE = 10.0
+# How long a declare (or a call from another node) waits for a new or failing-over
+# replicated queue to have a leader, and how often it looks (seconds).
+SERVE_TIMEOUT = 10.0
+SERVE_POLL = 0.005
+# The metadata leader re-plans replica sets at most this often (seconds).
+PLAN_INTERVAL = 0.2
+
+
+def new_group_id() -> str:
+    return f"q.{random.getrandbits(64):016x}"
+
+
+class Mirroring:
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.proposer = replica_proposer(node.name)
+        # group -> this node's shell of it
+        self.shells: dict[str, ReplicatedQueue] = {}
+        # groups whose membership is being changed by a task here
+        self._reconciling: set[str] = set()
+        # groups this node was named out of -> when it may stop hosting them
+        self._leaving: dict[str, float] = {}
+        # (group, term) for which this node recorded itself as the queue's node
+        self._recorded: set[tuple[str, int]] = set()
+        self._plan_wanted = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ placement of new queues
+
+    def plan_new(self, vhost: str, name: str, arguments: Any, home: str, exclusive: bool) -> tuple[str, tuple[str, ...]]:
+        """(group, replicas) for a queue about to be declared: ("", ()) for a plain queue."""
+        if exclusive:
+            return "", ()
+        node = self.node
+        policy = node.metadata.effective_policy(vhost, name, "queue")
+        plan = plan_replicas(
+            queue_type=_queue_type(arguments), arguments=arguments,
+            policy=policy.definition if policy is not None else None,
+            members=self._members(), running=self._running(), current=(), leader=None, home=home,
+            replica_counts=self._replica_counts())
+        if not _replicated(arguments, policy.definition if policy is not None else None):
+            return "", ()
+        return new_group_id(), plan.members
+
+    def _members(self) -> tuple[str, ...]:
+        return tuple(sorted(self.node.cluster_members() | {self.node.name}))
+
+    def _running(self) -> tuple[str, ...]:
+        node = self.node
+        return tuple(sorted((node.reachable_nodes() & node.cluster_members()) | {node.name}))
+
+    def _replica_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        metadata = self.node.metadata
+        for v in metadata.vhosts():
+            for q in metadata.queues(v.name):
+                for n in (q.replicas or (q.node,)):
+                    counts[n] = counts.get(n, 0) + 1
+        return counts
+
+    # ------------------------------------------------------------------ metadata changes
+
+    def queue_added(self, q: md.QueueRecord, now: int, *, declared: bool) -> None:
+        if self.node.name in q.replicas:
+            self._host(q, now, voters=q.replicas if declared else ())
+            if declared and q.node == self.node.name:
+                self.node.driver.campaign_soon(q.group)
+        self.want_plan()
+
+    def queue_removed(self, q: md.QueueRecord) -> None:
+        shell = self.shells.pop(q.group, None)
+        if shell is None:
+            return
+        self._leaving.pop(q.group, None)
+        if shell.active:
+            self.node.retire_local(shell)
+        self.node.driver.remove_group(q.group)
+
+    def replicas_changed(self, q: md.QueueRecord, previous: md.QueueRecord, now: int) -> None:
+        node = self.node
+        me = node.name
+        if not previous.replicated and q.replicated:
+            self._become_replicated(q, now)
+        elif previous.replicated and not q.replicated:
+            self._become_plain(previous, q, now)
+        elif q.replicated:
+            if me in q.replicas and q.group not in self.shells:
+                self._host(q, now, voters=())
+            elif me not in q.replicas and q.group in self.shells:
+                self._leaving[q.group] = trio.current_time() + LEAVE_GRACE
+            if me in q.replicas:
+                self._leaving.pop(q.group, None)
+
+    def restored(self) -> None:
+        """The metadata was replaced by a snapshot: host what it names, drop what it does not."""
+        node = self.node
+        now = node.now_ms()
+        named: set[str] = set()
+        for v in node.metadata.vhosts():
+            for q in node.metadata.queues(v.name):
+                if q.replicated and node.name in q.replicas:
+                    named.add(q.group)
+                    if q.group not in self.shells:
+                        self._host(q, now, voters=())
+        for group in [g for g in self.shells if g not in named]:
+            shell = self.shells.pop(group)
+            if shell.active:
+                node.retire_local(shell)
+            node.driver.remove_group(group)
+
+    def _host(self, q: md.QueueRecord, now: int, voters: tuple[str, ...]) -> ReplicatedQueue:
+        node = self.node
+        settings = node.settings_for(q)
+        machine = QueueMachine(q.name, settings, now)
+        shell = ReplicatedQueue(node, q.vhost, q.name, q.durable, settings, now, q.group, machine, self.proposer)
+        self.shells[q.group] = shell
+        node.driver.add_group(q.group, machine, voters=voters)
+        shell.state = machine.state  # restored from the store, if it had the group
+        return shell
+
+    def _become_replicated(self, q: md.QueueRecord, now: int) -> None:
+        """A plain queue is mirrored from now on. Its home node starts the group alone, with
+        the queue's state as the first entry, and hands it its consumers; the other replicas
+        wait to be added."""
+        node = self.node
+        plain = node.leaders.get((q.vhost, q.name))
+        if plain is None or isinstance(plain, ReplicatedQueue):
+            if node.name in q.replicas:
+                self._host(q, now, voters=())
+            return
+        state_bytes = state_to_bytes(plain.state)
+        shell = self._host(q, now, voters=(node.name,))
+        shell.machine.state = shell.state = state_from_bytes(state_bytes)
+        shell.take_over(plain)
+        node.replace_local(plain, shell)
+        node.driver.campaign_soon(q.group)
+        rows = [*plain.state.ready_in_memory(), *plain.state.unacked_messages(plain.state.unacked_seqs())]
+
+        def loaded(committed: bool) -> None:
+            if committed:
+                plain._forget(rows)
+            else:
+                log.error("queue '%s' in vhost '%s' could not start its replicated log; its rows are kept",
+                          q.name, q.vhost)
+
+        shell.convert_from(state_bytes, loaded)
+
+    def _become_plain(self, previous: md.QueueRecord, q: md.QueueRecord, now: int) -> None:
+        """A mirrored queue has one replica again. Every replica keeps hosting the group for
+        now: its leader hands the queue over to a plain queue (`_hand_over`, from the watch)
+        once everything proposed before is committed, and only then drops the group; the
+        others drop it once removed or after `LEAVE_GRACE`."""
+        if previous.group in self.shells:
+            self._leaving[previous.group] = trio.current_time() + LEAVE_GRACE
+
+    def _hand_over(self, shell: ReplicatedQueue) -> None:
+        node = self.node
+
+        def done(shell: ReplicatedQueue) -> None:
+            q = node.metadata.queue(shell.vhost, shell.name)
+            self.shells.pop(shell.group, None)
+            self._leaving.pop(shell.group, None)
+            group = shell.group
+            if q is None or q.replicated:  # deleted, or mirrored again meanwhile: nothing to take
+                node.retire_local(shell)
+                node.driver.remove_group(group)
+                return
+            plain = QueueLeader(node, q.vhost, q.name, q.durable, node.settings_for(q), node.now_ms())
+            plain.state = state_from_bytes(state_to_bytes(shell.state))
+            plain.take_over(shell)
+            shell.active = False
+            node.replace_local(shell, plain)
+            for op, args in shell.take_held():
+                getattr(plain, op)(*args)
+            if q.durable:
+                node.persist_all(plain, lambda: node.driver.remove_group(group))
+            else:
+                node.driver.remove_group(group)
+
+        shell.hand_over(done)
+
+    # ------------------------------------------------------------------ the watch
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._plan_forever)
+            while True:
+                self._watch(nursery)
+                await trio.sleep(WATCH_INTERVAL)
+
+    def watch_now(self) -> None:
+        if self._nursery is not None:
+            self._watch(self._nursery)
+
+    async def until_served(self, vhost: str, name: str, timeout: float = SERVE_TIMEOUT) -> None:
+        """Until a replicated queue this node hosts has a leader serving it (a queue just
+        declared, or failing over), `timeout` at most; at once for anything else."""
+        with trio.move_on_after(timeout):
+            while True:
+                q = self.node.metadata.queue(vhost, name)
+                shell = self.shells.get(q.group) if q is not None and q.replicated else None
+                if shell is None:
+                    return
+                if self._nursery is not None:
+                    self._watch(self._nursery)
+                if shell.active:
+                    return
+                status = self.node.driver.status(shell.group)
+                if status is not None and status.leader is not None and status.leader != self.node.name:
+                    return
+                await trio.sleep(SERVE_POLL)
+
+    def _watch(self, nursery: trio.Nursery) -> None:
+        node = self.node
+        driver = node.driver
+        now = trio.current_time()
+        for group, shell in list(self.shells.items()):
+            status = driver.status(group)
+            if status is None:
+                continue
+            leads = status.role == LEADER
+            if leads and (not shell.active or shell.term != status.term):
+                if shell.active and shell.term == -2:
+                    shell.term = status.term  # a converted queue's first election: nothing to take over
+                else:
+                    if shell.active:
+                        node.retire_local(shell)
+                    q = node.metadata.queue(shell.vhost, shell.name)
+                    shell.lead(status.term, node.settings_for(q) if q is not None else shell.settings)
+                    node.serve_local(shell)
+            elif not leads and shell.active:
+                node.retire_local(shell)
+            q = node.metadata.queue(shell.vhost, shell.name)
+            if leads and shell.active and (q is None or q.group != group):
+                if q is not None and not shell.handing_over:
+                    self._hand_over(shell)
+                continue
+            if leads:
+                self._record_leader(shell, status.term, nursery)
+                self._reconcile(shell, status.voters | status.learners, nursery)
+            leave_at = self._leaving.get(group)
+            if leave_at is not None and not shell.active and (
+                    now >= leave_at or node.name not in (status.voters | status.learners)):
+                del self._leaving[group]
+                self.shells.pop(group, None)
+                if shell.active:
+                    node.retire_local(shell)
+                driver.remove_group(group)
+
+    def _record_leader(self, shell: ReplicatedQueue, term: int, nursery: trio.Nursery) -> None:
+        node = self.node
+        q = node.metadata.queue(shell.vhost, shell.name)
+        if q is None or q.node == node.name or (shell.group, term) in self._recorded:
+            return
+        self._recorded.add((shell.group, term))
+        nursery.start_soon(node.propose_metadata, md.SetQueueNode(shell.vhost, shell.name, node.name))
+
+    def _reconcile(self, shell: ReplicatedQueue, members: frozenset[str], nursery: trio.Nursery) -> None:
+        q = self.node.metadata.queue(shell.vhost, shell.name)
+        if q is None or q.group != shell.group or shell.group in self._reconciling:
+            return
+        wanted = frozenset(q.replicas)
+        if wanted and wanted != members:
+            self._reconciling.add(shell.group)
+            nursery.start_soon(self._change_members, shell.group, wanted, members)
+
+    async def _change_members(self, group: str, wanted: frozenset[str], members: frozenset[str]) -> None:
+        """One step towards `wanted`: add a missing replica (learner, then voter once caught
+        up), or remove one too many."""
+        client = self.node.clustering.groups
+        try:
+            if client is None:
+                return
+            missing = sorted(wanted - members)
+            extra = sorted(members - wanted)
+            if missing:
+                outcome: Any = await add_member(client, group, missing[0])
+            elif extra:
+                outcome = await remove_member(client, group, extra[0])
+            else:
+                return
+            if not isinstance(outcome, Applied):
+                log.info("replica change of group %s: %s", group, outcome.reason)
+                await trio.sleep(1.0)
+        finally:
+            self._reconciling.discard(group)
+
+    # ------------------------------------------------------------------ planning (metadata leader)
+
+    def want_plan(self) -> None:
+        self._plan_wanted.set()
+
+    async def _plan_forever(self) -> None:
+        while True:
+            await self._plan_wanted.wait()
+            self._plan_wanted = trio.Event()
+            await trio.sleep(PLAN_INTERVAL)
+            if self.node.metadata_leader() == frozenset({self.node.name}):
+                await self._plan_all()
+
+    async def _plan_all(self) -> None:
+        node = self.node
+        members, running = self._members(), self._running()
+        counts = self._replica_counts()
+        for v in node.metadata.vhosts():
+            for q in node.metadata.queues(v.name):
+                if q.exclusive_owner is not None:
+                    continue
+                policy = node.metadata.effective_policy(q.vhost, q.name, "queue")
+                definition = policy.definition if policy is not None else None
+                replicated = _replicated(q.arguments, definition)
+                if not replicated:
+                    if q.replicated:
+                        await node.propose_metadata(md.SetQueueReplicas(q.vhost, q.name, "", ()))
+                    continue
+                plan = plan_replicas(
+                    queue_type=_queue_type(q.arguments), arguments=q.arguments, policy=definition,
+                    members=members, running=running, current=q.replicas or (q.node,),
+                    leader=q.node, home=q.node, replica_counts=counts)
+                if q.replicated and tuple(plan.members) == q.replicas:
+                    continue
+                group = q.group or new_group_id()
+                await node.propose_metadata(md.SetQueueReplicas(q.vhost, q.name, group, tuple(plan.members)))
+
+
+def _queue_type(arguments: Any) -> str:
+    t = (arguments or {}).get("x-queue-type")
+    if isinstance(t, bytes):
+        t = t.decode("utf-8", "replace")
+    return t if t in ("classic", "quorum") else "classic"
+
+
+def _replicated(arguments: Any, policy: Any) -> bool:
+    """A quorum queue, or a classic queue under a policy with ha-mode, is a replicated group."""
+    if _queue_type(arguments) == "quorum":
+        return True
+    return bool(policy) and "ha-mode" in policy
+
+
+__all__ = ["Mirroring", "METADATA_GROUP"]

@@ -1,0 +1,108 @@
+"""`QueueMachine`: a replicated queue's Raft state machine — `QueueState` fed by its group's log.
+
+A mirrored or quorum queue is a Raft group (`cluster/raft`); every replica hosts one
+`QueueMachine`, and every change to the queue is an entry of that group's log. An
+entry is one proposal of the leader's shell (`broker.replicated_queue`): the commands
+it gathered while one task ran, applied in order.
+
+    entry = msgpack [proposer, proposal, [command, ...]]
+
+`proposer` names the shell that proposed it (node name and a random boot token) and
+`proposal` its number there, so the proposing shell can match the outcome of each of
+its commands (a confirm, a basic.get) when the entry is applied on its node. Commands
+are `broker.queue.command_to_wire` forms, except that an enqueue carries its message
+inline (`["enq", message, now_ms, deliver_to, ack_required, redelivered]`), and
+`["load", state]` replaces the whole state (a queue becoming replicated starts its log
+with the state it had); `["mark"]` changes nothing (a leader handing the queue back to a
+plain queue waits until everything before it is applied).
+
+Apply is deterministic: time arrives in the commands, and a message's id is made from
+the entry's index and its place in the entry, so every replica gives the same message
+the same id without reading a counter. Effects are returned to the shell of this node,
+which acts on them only while it leads the group (`ReplicatedQueue.applied`).
+
+Snapshots are the queue's state (`broker.queue_snapshot`), taken by the driver every
+`snapshot_every` entries, so the log is compacted and a new or returning replica
+catches up from the snapshot and the log tail.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import msgpack
+
+from broker.arguments import QueueSettings
+from broker.queue import Command, Enqueue, QueueState, command_from_wire
+from broker.queue_snapshot import state_from_bytes, state_to_bytes
+from broker.remote_queue import message_from_wire, message_to_wire
+
+if TYPE_CHECKING:
+    from broker.message import Message
+
+# Ids of messages made by apply: index << ID_SHIFT | position in the entry. High enough
+# that a node's own counter (which starts at 1 each boot) is far below them.
+ID_SHIFT = 20
+ID_BASE = 1 << 62
+
+
+class AppliedListener(Protocol):
+    def applied(self, proposer: str, proposal: int, commands: list[Any], results: list[list[Any]]) -> None: ...
+
+    def restored(self) -> None: ...
+
+
+def encode_entry(proposer: str, proposal: int, commands: list[Any]) -> bytes:
+    return msgpack.packb([proposer, proposal, commands], use_bin_type=True)
+
+
+def enqueue_wire(message: "Message", now_ms: int, deliver_to: str | None, ack_required: bool,
+                 redelivered: bool = False) -> list[Any]:
+    return ["enq", message_to_wire(message), now_ms, deliver_to, ack_required, redelivered]
+
+
+def load_wire(state: QueueState) -> list[Any]:
+    return ["load", state_to_bytes(state)]
+
+
+class QueueMachine:
+    """One replica's state of a replicated queue (the driver's `StateMachine`)."""
+
+    def __init__(self, name: str, settings: QueueSettings, created_ms: int = 0) -> None:
+        self.state = QueueState(name, settings, created_ms)
+        self.listener: AppliedListener | None = None
+
+    def apply(self, index: int, data: bytes) -> None:
+        proposer, proposal, commands = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        results: list[list[Any]] = []
+        state = self.state
+        for position, wire in enumerate(commands):
+            tag = wire[0]
+            if tag == "load":
+                self.state = state = state_from_bytes(wire[1])
+                results.append([])
+                continue
+            if tag == "mark":  # changes nothing: its leader waits for it (a hand-over)
+                results.append([])
+                continue
+            cmd: Command
+            if tag == "enq":
+                message = message_from_wire(wire[1], ID_BASE | index << ID_SHIFT | position)
+                cmd = Enqueue(message, wire[2], wire[3], wire[4], wire[5])
+            else:
+                cmd = command_from_wire(wire, _no_message)
+            results.append(state.apply(cmd))
+        if self.listener is not None:
+            self.listener.applied(proposer, proposal, commands, results)
+
+    def snapshot(self) -> bytes:
+        return state_to_bytes(self.state)
+
+    def restore(self, data: bytes) -> None:
+        self.state = state_from_bytes(data)
+        if self.listener is not None:
+            self.listener.restored()
+
+
+def _no_message(message_id: int) -> "Message":
+    raise ValueError("an enqueue without its message")
