@@ -191,7 +191,7 @@ def _nodes(listed: Sequence[Any], cluster: frozenset[str], up: frozenset[str], c
         return tuple(_unique([first] + wanted))
     if anchor in wanted:
         return _ordered(anchor, set(wanted) & set(current), current, [n for n in wanted if n not in current])
-    successors = [n for n in wanted if n in synchronised and n in up]
+    successors = [n for n in wanted if n in synchronised and n in up and n in current]
     if successors:
         # The old leader hands over to a synchronised listed replica and leaves the group.
         first = successors[0]

@@ -188,6 +188,9 @@ def test_nodes_keeps_an_unlisted_leader_until_a_listed_replica_is_synchronised()
     assert plan(**base, synchronised=("n3",), running=("n1", "n2")).members == ("n1", "n2", "n3")
     # The first listed synchronised one (by name) takes over.
     assert plan(**base, synchronised=("n3", "n2")).members == ("n2", "n3")
+    # Only a replica can be synchronised: a listed node without one yet cannot take over.
+    assert plan(policy=nodes("n2", "n3"), current=("n1", "n2"), leader="n1", synchronised=("n3",)).members \
+        == ("n1", "n2", "n3")
 
 
 def test_nodes_a_listed_leader_drops_unlisted_replicas() -> None:
