@@ -38,7 +38,7 @@ from broker.queue_snapshot import state_from_bytes, state_to_bytes
 from broker.replicated_queue import ReplicatedQueue, replica_proposer
 from cluster import metadata as md
 from cluster.membership import METADATA_GROUP, add_member, remove_member
-from cluster.mirrors import plan_replicas
+from cluster.mirrors import is_replicated, plan_replicas, queue_type_of, sync_mode_of
 from cluster.raft.driver import Applied
 from cluster.raft.group import LEADER
 
@@ -78,6 +78,8 @@ class Mirroring:
         self._recorded: set[tuple[str, int]] = set()
         self._plan_wanted = trio.Event()
         self._nursery: trio.Nursery | None = None
+        # Manual-sync groups whose missing replicas `sync_queue` asked to add.
+        self.sync_requested: set[str] = set()
 
     # ------------------------------------------------------------------ placement of new queues
 
@@ -88,11 +90,11 @@ class Mirroring:
         node = self.node
         policy = node.metadata.effective_policy(vhost, name, "queue")
         plan = plan_replicas(
-            queue_type=_queue_type(arguments), arguments=arguments,
+            queue_type=queue_type_of(arguments), arguments=arguments,
             policy=policy.definition if policy is not None else None,
             members=self._members(), running=self._running(), current=(), leader=None, home=home,
             replica_counts=self._replica_counts())
-        if not _replicated(arguments, policy.definition if policy is not None else None):
+        if not is_replicated(queue_type_of(arguments), policy.definition if policy is not None else None):
             return "", ()
         return new_group_id(), plan.members
 
@@ -315,9 +317,47 @@ class Mirroring:
         if q is None or q.group != shell.group or shell.group in self._reconciling:
             return
         wanted = frozenset(q.replicas)
-        if wanted and wanted != members:
+        if not wanted or wanted == members:
+            self.sync_requested.discard(shell.group)
+            return
+        if not (wanted - members) <= self.node.reachable_nodes():
+            # A replica to add is down: add it once it is back (removals first meanwhile).
+            wanted = wanted & (members | self.node.reachable_nodes())
+        if wanted - members and self.sync_mode(q) == "manual" and shell.group not in self.sync_requested \
+                and shell.state.messages:
+            # ha-sync-mode manual: a new mirror gets nothing until `sync_queue` (an empty
+            # queue has nothing to copy: its new mirrors are synchronised at once).
+            wanted = wanted & members
+        if wanted != members and wanted:
             self._reconciling.add(shell.group)
-            nursery.start_soon(self._change_members, shell.group, wanted, members)
+            nursery.start_soon(self._change_members, shell.group, frozenset(wanted), members)
+
+    def sync_mode(self, q: md.QueueRecord) -> str:
+        policy = self.node.metadata.effective_policy(q.vhost, q.name, "queue")
+        definition = policy.definition if policy is not None else None
+        return sync_mode_of(queue_type_of(q.arguments), definition)
+
+    def request_sync(self, group: str) -> bool:
+        """`sync_queue`: add the replicas a manual-sync queue still lacks (the leader's side);
+        False if this node does not lead the group."""
+        shell = self.shells.get(group)
+        if shell is None or not shell.active:
+            return False
+        self.sync_requested.add(group)
+        return True
+
+    def cancel_sync(self, group: str) -> bool:
+        """`cancel_sync_queue`: stop adding replicas; a learner still catching up is removed."""
+        shell = self.shells.get(group)
+        if shell is None or not shell.active:
+            return False
+        self.sync_requested.discard(group)
+        status = self.node.driver.status(group)
+        client = self.node.clustering.groups
+        if status is not None and client is not None and self._nursery is not None:
+            for learner in sorted(status.learners):
+                self._nursery.start_soon(remove_member, client, group, learner)
+        return True
 
     async def _change_members(self, group: str, wanted: frozenset[str], members: frozenset[str]) -> None:
         """One step towards `wanted`: add a missing replica (learner, then voter once caught
@@ -363,33 +403,19 @@ class Mirroring:
                     continue
                 policy = node.metadata.effective_policy(q.vhost, q.name, "queue")
                 definition = policy.definition if policy is not None else None
-                replicated = _replicated(q.arguments, definition)
+                replicated = is_replicated(queue_type_of(q.arguments), definition)
                 if not replicated:
                     if q.replicated:
                         await node.propose_metadata(md.SetQueueReplicas(q.vhost, q.name, "", ()))
                     continue
                 plan = plan_replicas(
-                    queue_type=_queue_type(q.arguments), arguments=q.arguments, policy=definition,
+                    queue_type=queue_type_of(q.arguments), arguments=q.arguments, policy=definition,
                     members=members, running=running, current=q.replicas or (q.node,),
                     leader=q.node, home=q.node, replica_counts=counts)
-                if q.replicated and tuple(plan.members) == q.replicas:
-                    continue
+                if not plan.members or q.replicated and tuple(plan.members) == q.replicas:
+                    continue  # (no members: every replica was on a forgotten node)
                 group = q.group or new_group_id()
                 await node.propose_metadata(md.SetQueueReplicas(q.vhost, q.name, group, tuple(plan.members)))
-
-
-def _queue_type(arguments: Any) -> str:
-    t = (arguments or {}).get("x-queue-type")
-    if isinstance(t, bytes):
-        t = t.decode("utf-8", "replace")
-    return t if t in ("classic", "quorum") else "classic"
-
-
-def _replicated(arguments: Any, policy: Any) -> bool:
-    """A quorum queue, or a classic queue under a policy with ha-mode, is a replicated group."""
-    if _queue_type(arguments) == "quorum":
-        return True
-    return bool(policy) and "ha-mode" in policy
 
 
 __all__ = ["Mirroring", "METADATA_GROUP"]

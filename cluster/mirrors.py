@@ -56,6 +56,29 @@ class ReplicaPlan:
         return self.members[0] if self.members else None
 
 
+def queue_type_of(arguments: Mapping[str, Any] | None) -> str:
+    """"quorum" or "classic", from a queue's declare arguments."""
+    t = (arguments or {}).get("x-queue-type")
+    if isinstance(t, bytes):
+        t = t.decode("utf-8", "replace")
+    return "quorum" if t == "quorum" else "classic"
+
+
+def is_replicated(queue_type: str, policy: Mapping[str, Any] | None) -> bool:
+    """A quorum queue, or a classic queue under a policy with ha-mode, is a Raft group of
+    its own; any other queue has one replica that writes its rows directly."""
+    return queue_type == "quorum" or bool(policy) and "ha-mode" in policy  # type: ignore[operator]
+
+
+def sync_mode_of(queue_type: str, policy: Mapping[str, Any] | None) -> str:
+    """How new replicas catch up: a quorum queue's always do; a mirrored queue's as its
+    ha-sync-mode says (RabbitMQ's default: manual)."""
+    if queue_type == "quorum":
+        return "automatic"
+    sync = (policy or {}).get("ha-sync-mode")
+    return sync if sync in SYNC_MODES else DEFAULT_SYNC_MODE
+
+
 def plan_replicas(*, queue_type: str, arguments: Mapping[str, Any],
                   policy: Mapping[str, Any] | None, members: Collection[str],
                   running: Collection[str], current: Sequence[str], leader: str | None,
@@ -78,8 +101,7 @@ def plan_replicas(*, queue_type: str, arguments: Mapping[str, Any],
         return ReplicaPlan(_quorum(arguments, cluster, up, current, leader, home, replica_counts),
                            "automatic", "quorum")
     policy = policy or {}
-    sync = policy.get("ha-sync-mode")
-    sync_mode = sync if sync in SYNC_MODES else DEFAULT_SYNC_MODE
+    sync_mode = sync_mode_of(queue_type, policy)
     mode, params = policy.get("ha-mode"), policy.get("ha-params")
     if mode == "all":
         chosen = _all(cluster, current, leader, home)
