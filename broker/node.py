@@ -642,6 +642,13 @@ class Node:
         else:
             then()
 
+    def start_soon(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run `fn(*args)` as a task of the core (False, not started, if the core is not running)."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn, *args)
+        return True
+
     def leader(self, vhost: str, name: str) -> QueueLeader | None:
         return self.leaders.get((vhost, name))
 

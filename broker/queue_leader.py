@@ -321,6 +321,10 @@ class QueueLeader:
             else:
                 rest.append(e)
         self._carry_out(rest, now_ms, None)
+        return self._got(got, no_ack)
+
+    def _got(self, got: Delivered | None, no_ack: bool) -> Delivered | None:
+        """What basic.get took, counted, and as the client is to see it."""
         counters = self.counters
         if got is None:
             counters.get_empty += 1

@@ -247,8 +247,7 @@ class ReplicatedQueue(QueueLeader):
         rest = [e for e in effects if e is not got]
         if active:
             self._carry_out(rest, now, None)
-            self._count_get(got, p.value)
-        p.resolve(got if active else None)
+        p.resolve(self._got(got, p.value) if active else None)
 
     def restored(self) -> None:
         """The machine was replaced by a snapshot (this replica caught up from one)."""
@@ -318,17 +317,6 @@ class ReplicatedQueue(QueueLeader):
 
     def get(self, now_ms: int, no_ack: bool) -> Delivered | None:
         raise AssertionError("a replicated queue answers basic.get through fetch()")
-
-    def _count_get(self, got: Delivered | None, no_ack: bool) -> None:
-        counters = self.counters
-        if got is None:
-            counters.get_empty += 1
-        elif no_ack:
-            counters.get_no_ack += 1
-        else:
-            counters.get += 1
-        if got is not None and got.redelivered:
-            counters.redeliver += 1
 
     async def purge_now(self, now_ms: int) -> int:
         if not self.active:

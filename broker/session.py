@@ -24,6 +24,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+import trio
+
 from broker import auth
 from broker.alarms import block_reason
 from broker.amqp import codec, spec
@@ -67,6 +69,10 @@ _login_refusals = RefusalLog(log)
 # Output queued for a client beyond which no more deliveries are pushed to it
 # until its writer drains: the bound between queues and a slow socket.
 OUTPUT_HIGH_WATER = 1 << 20
+# A consumer of a replicated queue that fails over is attached to the new leader within
+# this many seconds (or cancelled), trying again this often.
+REATTACH_TIMEOUT = 30.0
+REATTACH_RETRY = 0.2
 
 # Direct reply-to (RabbitMQ's pseudo-queue): replies go straight to the requester's channel.
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -114,6 +120,8 @@ class Session:
         self.reply_consumers: dict[int, tuple[str, str]] = {}
         # channel -> the queue it declared last (an empty queue name refers to it)
         self._declared: dict[int, str] = {}
+        # (channel, consumer tag) -> how it consumed (to attach it again after a failover)
+        self._consume_args: dict[tuple[int, str], _ConsumeArgs] = {}
 
     # ------------------------------------------------------------------ machine callbacks
 
@@ -178,10 +186,44 @@ class Session:
         return dtag
 
     def cancel_consumer(self, channel: int, tag: str) -> None:
-        """The queue went away: tell the client (basic.cancel) and forget the consumer."""
-        self.consumers.get(channel, {}).pop(tag, None)
+        """The queue went away: tell the client (basic.cancel) and forget the consumer. A
+        replicated queue that is failing over has not gone: its consumer is attached again
+        to the new leader, unless it asked for x-cancel-on-ha-failover (RabbitMQ's rule)."""
+        queue = self.consumers.get(channel, {}).pop(tag, None)
+        args = self._consume_args.get((channel, tag))
+        record = self.node.metadata.queue(self.vhost, queue.name) if queue is not None else None
+        if (args is not None and record is not None and record.replicated and not args.cancel_on_failover
+                and not self.closed and self.node.start_soon(self._reattach, channel, tag, record.name, args)):
+            return
+        self._consume_args.pop((channel, tag), None)
         self.conn.cancel_consumer(channel, tag)
         self.on_output()
+
+    async def _reattach(self, channel: int, tag: str, name: str, args: "_ConsumeArgs") -> None:
+        """Consume again from a replicated queue's new leader (REATTACH_TIMEOUT at most)."""
+        node = self.node
+        with trio.move_on_after(REATTACH_TIMEOUT):
+            while not self.closed and self.conn.channel(channel) is not None \
+                    and self._consume_args.get((channel, tag)) is args:
+                await node.mirroring.until_served(self.vhost, name)
+                queue = node.queue(self.vhost, name)
+                if queue is None:
+                    break  # deleted meanwhile
+                ref = ConsumerRef(self, channel, tag, args.no_ack)
+                refused = await queue.add_consumer(ref, args.priority, args.exclusive)
+                if refused is None:
+                    if self.closed or self.conn.channel(channel) is None:
+                        now = node.now_ms()
+                        queue.remove_consumer(self, channel, tag, now)
+                        queue.consumers_gone(now)
+                        return
+                    self.consumers[channel][tag] = queue
+                    queue.dispatch(node.now_ms())
+                    return
+                await trio.sleep(REATTACH_RETRY)
+        if self._consume_args.pop((channel, tag), None) is not None and not self.closed:
+            self.conn.cancel_consumer(channel, tag)
+            self.on_output()
 
     def tick(self, now: float) -> None:
         self.handle_sync(self.conn.tick(now))
@@ -551,6 +593,7 @@ class Session:
 
     def _consumer_cancelled(self, channel: int, tag: str) -> None:
         self._drop_reply_consumer(channel, tag)
+        self._consume_args.pop((channel, tag), None)
         queue = self.consumers.get(channel, {}).pop(tag, None)
         if queue is not None:
             now = self.node.now_ms()
@@ -560,6 +603,8 @@ class Session:
     def _channel_closed(self, ev: ChannelClosed) -> None:
         self._drop_reply_consumer(ev.channel)
         self._declared.pop(ev.channel, None)
+        for key in [k for k in self._consume_args if k[0] == ev.channel]:
+            del self._consume_args[key]
         now = self.node.now_ms()
         consumed = set(self.consumers.pop(ev.channel, {}).values())
         for queue in consumed:
@@ -876,6 +921,9 @@ class Session:
             queue.consumers_gone(now)
             return
         self.consumers[channel][tag] = queue
+        cancel_on_failover = (m.arguments or {}).get("x-cancel-on-ha-failover") is True
+        self._consume_args[(channel, tag)] = _ConsumeArgs(
+            priority if isinstance(priority, int) else 0, m.exclusive, m.no_ack, cancel_on_failover)
         self._reply(channel, m.nowait, spec.BasicConsumeOk(consumer_tag=tag))
         queue.dispatch(self.node.now_ms())
 
@@ -951,6 +999,14 @@ class _BufferedReply:
 # What `_admit` returns: the properties as they will be stored, the expiry in ms, and the
 # queues the publish is routed to (None for a direct reply-to).
 _Admitted = tuple[spec.BasicProperties, "int | None", "Collection[str] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class _ConsumeArgs:
+    priority: int
+    exclusive: bool
+    no_ack: bool
+    cancel_on_failover: bool
 
 
 class _TxCommit:
