@@ -118,8 +118,10 @@ class Mirroring:
 
     def queue_added(self, q: md.QueueRecord, now: int, *, declared: bool) -> None:
         if self.node.name in q.replicas:
+            existed = q.group in self.node.store.groups() if self.node.store is not None else False
             self._host(q, now, voters=q.replicas if declared else ())
-            if declared and q.node == self.node.name:
+            if declared and not existed and q.node == self.node.name:
+                # The declaring node's choice of leader: elected at once instead of after a timeout.
                 self.node.driver.campaign_soon(q.group)
         self.want_plan()
 
