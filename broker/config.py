@@ -92,6 +92,10 @@ class Settings:
     port_mapper_port: int = 4370
     # Where a new queue is homed unless x-queue-master-locator or a policy says otherwise.
     queue_master_locator: str = "client-local"
+    # How long a node holding a replica of an ha-mode exactly queue may be down before the
+    # replica is placed on another node (RabbitMQ re-places at once; a restart would then
+    # cost a full copy of the queue).
+    mirror_replacement_delay: float = 60.0
     # Ready messages a queue keeps in memory before paging the rest to the store
     # (0: never page), and the same window in bytes of bodies.
     queue_memory_window: int = 10_000
@@ -305,6 +309,7 @@ _KEYS: dict[str, tuple[Callable[[Any, str], Any], str | None]] = {
     "cluster_nodes": (_node_names, "LEVERET_CLUSTER_NODES"),
     "port_mapper_port": (_int_in(1, 65535), "LEVERET_PORT_MAPPER_PORT"),
     "queue_master_locator": (_locator, "LEVERET_QUEUE_MASTER_LOCATOR"),
+    "mirror_replacement_delay": (_seconds(0.0, 86_400.0), "LEVERET_MIRROR_REPLACEMENT_DELAY"),
     "queue_memory_window": (_int_in(0, 2**31 - 1, " (0 turns paging off)"), "LEVERET_QUEUE_MEMORY_WINDOW"),
     "queue_memory_window_bytes": (_positive_size, None),
     "max_message_size": (_message_size, None),

@@ -78,6 +78,9 @@ class Mirroring:
         self._recorded: set[tuple[str, int]] = set()
         self._plan_wanted = trio.Event()
         self._nursery: trio.Nursery | None = None
+        # Members seen down, since when (trio time): lost once down mirror_replacement_delay.
+        self._down_since: dict[str, float] = {}
+        self._last_running: tuple[str, ...] = ()
         # Manual-sync groups whose missing replicas `sync_queue` asked to add.
         self.sync_requested: set[str] = set()
 
@@ -269,10 +272,30 @@ class Mirroring:
                     return
                 await trio.sleep(SERVE_POLL)
 
+    def _lost(self, now: float) -> frozenset[str]:
+        """Members down longer than the replacement delay (re-planned when that happens)."""
+        running = self._running()
+        if running != self._last_running:
+            self._last_running = running
+            self.want_plan()
+        down = set(self._members()) - set(running)
+        for n in [n for n in self._down_since if n not in down]:
+            del self._down_since[n]
+        delay = self.node.settings.mirror_replacement_delay
+        lost = set()
+        for n in down:
+            since = self._down_since.setdefault(n, now)
+            if now - since >= delay:
+                lost.add(n)
+                if now - since < delay + WATCH_INTERVAL * 2:
+                    self.want_plan()
+        return frozenset(lost)
+
     def _watch(self, nursery: trio.Nursery) -> None:
         node = self.node
         driver = node.driver
         now = trio.current_time()
+        self._lost(now)
         for group, shell in list(self.shells.items()):
             status = driver.status(group)
             if status is None:
@@ -413,7 +436,8 @@ class Mirroring:
                 plan = plan_replicas(
                     queue_type=queue_type_of(q.arguments), arguments=q.arguments, policy=definition,
                     members=members, running=running, current=q.replicas or (q.node,),
-                    leader=q.node, home=q.node, replica_counts=counts)
+                    leader=q.node, home=q.node, replica_counts=counts,
+                    lost=self._lost(trio.current_time()))
                 if not plan.members or q.replicated and tuple(plan.members) == q.replicas:
                     continue  # (no members: every replica was on a forgotten node)
                 group = q.group or new_group_id()

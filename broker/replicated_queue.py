@@ -123,6 +123,11 @@ class ReplicatedQueue(QueueLeader):
     def follow(self) -> list[ConsumerRef]:
         """Another node leads now (or none): stop acting; returns the consumers to cancel."""
         self.active = False
+        # What waits on entries not yet applied: nacked and answered empty now (an entry may
+        # still commit under the new leader; a nack allows that, and the publisher retries).
+        waiting, self._waiting = self._waiting, {}
+        for pendings in waiting.values():
+            self._fail(pendings)
         refs = list(self.refs.values())
         self.refs.clear()
         for c in list(self.consumers):
