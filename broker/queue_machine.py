@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+import logging
+
 import msgpack
 
 from broker.arguments import QueueSettings
@@ -39,6 +41,8 @@ from broker.remote_queue import message_from_wire, message_to_wire
 
 if TYPE_CHECKING:
     from broker.message import Message
+
+log = logging.getLogger("leveret.queue_machine")
 
 # Ids of messages made by apply: index << ID_SHIFT | position in the entry. High enough
 # that a node's own counter (which starts at 1 each boot) is far below them.
@@ -93,7 +97,12 @@ class QueueMachine:
                 cmd = command_from_wire(wire, _no_message)
             results.append(state.apply(cmd))
         if self.listener is not None:
-            self.listener.applied(proposer, proposal, commands, results)
+            try:
+                self.listener.applied(proposer, proposal, commands, results)
+            except Exception:
+                # Called from the Raft driver's loop: the shell's failure to act on an entry
+                # (a client's connection, say) must not stop the node's replication.
+                log.exception("acting on an applied entry of queue '%s' failed", self.state.name)
 
     def snapshot(self) -> bytes:
         return state_to_bytes(self.state)

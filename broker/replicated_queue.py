@@ -198,7 +198,11 @@ class ReplicatedQueue(QueueLeader):
             return  # `applied` has handled it
         pendings = self._waiting.pop(proposal, None)
         if pendings is not None:
-            self._fail(pendings)
+            try:
+                self._fail(pendings)
+            except Exception:
+                # Called from the Raft driver's loop, which must go on.
+                log.exception("answering lost commands of queue '%s' failed", self.name)
 
     def _fail(self, pendings: list[_Pending | None]) -> None:
         """The commands will never be applied (or not knowingly): nack, release, answer empty."""

@@ -252,7 +252,11 @@ class RaftDriver:
     def campaign_soon(self, group: str) -> None:
         """`campaign` without waiting: the election starts at the driver's next cycle, before
         any proposal made after this call."""
-        self._requests.append((lambda: self.node.campaign(group), _Callback(None)))  # type: ignore[arg-type]
+        def op() -> None:
+            if group in self.node.groups:  # (removed meanwhile: nothing to elect)
+                self.node.campaign(group)
+
+        self._requests.append((op, _Callback(None)))  # type: ignore[arg-type]
         self._kick.set()
 
     async def wait_applied(self, group: str, index: int) -> None:
