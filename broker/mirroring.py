@@ -19,8 +19,9 @@ Who decides what (see docs/mirroring.md):
 - **Conversion.** A plain queue becoming mirrored (a policy set) starts its group on
   its home node with its current state as the log's first entry, keeping its
   consumers and delivery handles; its rows are deleted once that entry is committed.
-  A mirrored queue becoming plain (the policy cleared) is taken back by its leader:
-  its persistent messages are written as rows, then the group is dropped.
+  A node that stops half-way finishes on restart (`after_recovery`). A replicated
+  queue whose policy is cleared stays a group, with one replica: going back to rows
+  would need the rows written and the log dropped in one step on every replica.
 """
 
 from __future__ import annotations
@@ -32,10 +33,9 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from broker.local_queue import LocalQueue
-from broker.queue_leader import QueueLeader
 from broker.queue_machine import QueueMachine
 from broker.queue_snapshot import state_from_bytes, state_to_bytes
-from broker.replicated_queue import ReplicatedQueue, replica_proposer
+from broker.replicated_queue import CONVERTED_TERM, ReplicatedQueue, replica_proposer
 from cluster import metadata as md
 from cluster.membership import METADATA_GROUP, add_member, remove_member
 from cluster.mirrors import is_replicated, plan_replicas, queue_type_of, sync_mode_of
@@ -60,8 +60,12 @@ SERVE_POLL = 0.005
 PLAN_INTERVAL = 0.2
 
 
-def new_group_id() -> str:
-    return f"q.{random.getrandbits(64):016x}"
+# Groups made for a plain queue becoming replicated (their first voter is the queue's home).
+CONVERTED_PREFIX = "q.c."
+
+
+def new_group_id(converted: bool = False) -> str:
+    return f"{CONVERTED_PREFIX if converted else 'q.'}{random.getrandbits(64):016x}"
 
 
 class Mirroring:
@@ -120,8 +124,10 @@ class Mirroring:
     # ------------------------------------------------------------------ metadata changes
 
     def queue_added(self, q: md.QueueRecord, now: int, *, declared: bool) -> None:
+        if self.node.replaying:
+            return  # hosted from the metadata the replay ends with (`sweep`)
         if self.node.name in q.replicas:
-            existed = q.group in self.node.store.groups() if self.node.store is not None else False
+            existed = self._stored(q.group)
             self._host(q, now, voters=q.replicas if declared else ())
             if declared and not existed and q.node == self.node.name:
                 # The declaring node's choice of leader: elected at once instead of after a timeout.
@@ -131,6 +137,11 @@ class Mirroring:
     def queue_removed(self, q: md.QueueRecord) -> None:
         shell = self.shells.pop(q.group, None)
         if shell is None:
+            if self._stored(q.group):
+                # Replayed: the group was left in the store; host it to drop it.
+                self._host(q, self.node.now_ms(), voters=())
+                self.shells.pop(q.group, None)
+                self.node.driver.remove_group(q.group)
             return
         self._leaving.pop(q.group, None)
         if shell.active:
@@ -138,36 +149,78 @@ class Mirroring:
         self.node.driver.remove_group(q.group)
 
     def replicas_changed(self, q: md.QueueRecord, previous: md.QueueRecord, now: int) -> None:
-        node = self.node
-        me = node.name
+        if self.node.replaying:
+            return  # hosted and converted from the metadata the replay ends with
         if not previous.replicated and q.replicated:
             self._become_replicated(q, now)
-        elif previous.replicated and not q.replicated:
-            self._become_plain(previous, q, now)
         elif q.replicated:
-            if me in q.replicas and q.group not in self.shells:
+            self._follow_replica_set(q, now)
+
+    def _follow_replica_set(self, q: md.QueueRecord, now: int) -> None:
+        """Host `q`'s group if this node is named, leave it (after the grace) if not."""
+        me = self.node.name
+        if me in q.replicas:
+            self._leaving.pop(q.group, None)
+            if q.group not in self.shells:
                 self._host(q, now, voters=())
-            elif me not in q.replicas and q.group in self.shells:
-                self._leaving[q.group] = trio.current_time() + LEAVE_GRACE
-            if me in q.replicas:
-                self._leaving.pop(q.group, None)
+        elif q.group in self.shells and q.group not in self._leaving:
+            self._leaving[q.group] = trio.current_time() + LEAVE_GRACE
 
     def restored(self) -> None:
-        """The metadata was replaced by a snapshot: host what it names, drop what it does not."""
+        """The metadata was replaced by a snapshot (a lagging replica caught up from one)."""
+        if not self.node.replaying:
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Host every group the metadata names this node in, leave every other one."""
         node = self.node
         now = node.now_ms()
         named: set[str] = set()
         for v in node.metadata.vhosts():
             for q in node.metadata.queues(v.name):
-                if q.replicated and node.name in q.replicas:
+                if q.replicated and node.name in q.replicas and not self.awaiting_conversion(q):
                     named.add(q.group)
-                    if q.group not in self.shells:
-                        self._host(q, now, voters=())
+                    self._follow_replica_set(q, now)
         for group in [g for g in self.shells if g not in named]:
-            shell = self.shells.pop(group)
+            shell = self.shells[group]
             if shell.active:
-                node.retire_local(shell)
-            node.driver.remove_group(group)
+                continue  # still leading: it moves its membership first (the watch)
+            if group not in self._leaving:
+                self._leaving[group] = trio.current_time() + LEAVE_GRACE
+
+    def awaiting_conversion(self, q: md.QueueRecord) -> bool:
+        """A queue this node was converting to a replicated one when it stopped, before its
+        group was created: it is still the plain queue its rows hold."""
+        return (q.replicated and q.group.startswith(CONVERTED_PREFIX) and q.node == self.node.name
+                and not self._stored(q.group))
+
+    def _stored(self, group: str) -> bool:
+        store = self.node.store
+        return store is not None and group in store.groups()
+
+    async def after_recovery(self) -> None:
+        """After replay and message recovery: finish conversions to replicated queues that
+        the replay found started. A plain queue here whose metadata says replicated is either
+        converted already (its group applied the load entry: the group has the queue and the
+        recovered rows are stale) or not (its state, with the recovered rows, starts the log)."""
+        node = self.node
+        self.sweep()
+        now = node.now_ms()
+        for v in node.metadata.vhosts():
+            for q in node.metadata.queues(v.name):
+                plain = node.leaders.get((q.vhost, q.name))
+                if not q.replicated or plain is None or isinstance(plain, ReplicatedQueue):
+                    continue
+                shell = self.shells.get(q.group)
+                if shell is not None:
+                    status = node.driver.status(q.group)
+                    with trio.move_on_after(SERVE_TIMEOUT):
+                        if status is not None:
+                            await node.driver.wait_applied(q.group, status.commit)
+                    if shell.machine.loaded:
+                        node.discard_local(plain)
+                        continue
+                self._become_replicated(q, now)
 
     def _host(self, q: md.QueueRecord, now: int, voters: tuple[str, ...]) -> ReplicatedQueue:
         node = self.node
@@ -186,11 +239,11 @@ class Mirroring:
         node = self.node
         plain = node.leaders.get((q.vhost, q.name))
         if plain is None or isinstance(plain, ReplicatedQueue):
-            if node.name in q.replicas:
-                self._host(q, now, voters=())
+            self._follow_replica_set(q, now)
             return
+        plain.state.page_in_all()
         state_bytes = state_to_bytes(plain.state)
-        shell = self._host(q, now, voters=(node.name,))
+        shell = self.shells.get(q.group) or self._host(q, now, voters=(node.name,))
         shell.machine.state = shell.state = state_from_bytes(state_bytes)
         shell.take_over(plain)
         node.replace_local(plain, shell)
@@ -200,45 +253,13 @@ class Mirroring:
         def loaded(committed: bool) -> None:
             if committed:
                 plain._forget(rows)
+                if plain.pages is not None:
+                    plain.pages.drop_all()
             else:
                 log.error("queue '%s' in vhost '%s' could not start its replicated log; its rows are kept",
                           q.name, q.vhost)
 
         shell.convert_from(state_bytes, loaded)
-
-    def _become_plain(self, previous: md.QueueRecord, q: md.QueueRecord, now: int) -> None:
-        """A mirrored queue has one replica again. Every replica keeps hosting the group for
-        now: its leader hands the queue over to a plain queue (`_hand_over`, from the watch)
-        once everything proposed before is committed, and only then drops the group; the
-        others drop it once removed or after `LEAVE_GRACE`."""
-        if previous.group in self.shells:
-            self._leaving[previous.group] = trio.current_time() + LEAVE_GRACE
-
-    def _hand_over(self, shell: ReplicatedQueue) -> None:
-        node = self.node
-
-        def done(shell: ReplicatedQueue) -> None:
-            q = node.metadata.queue(shell.vhost, shell.name)
-            self.shells.pop(shell.group, None)
-            self._leaving.pop(shell.group, None)
-            group = shell.group
-            if q is None or q.replicated:  # deleted, or mirrored again meanwhile: nothing to take
-                node.retire_local(shell)
-                node.driver.remove_group(group)
-                return
-            plain = QueueLeader(node, q.vhost, q.name, q.durable, node.settings_for(q), node.now_ms())
-            plain.state = state_from_bytes(state_to_bytes(shell.state))
-            plain.take_over(shell)
-            shell.active = False
-            node.replace_local(shell, plain)
-            for op, args in shell.take_held():
-                getattr(plain, op)(*args)
-            if q.durable:
-                node.persist_all(plain, lambda: node.driver.remove_group(group))
-            else:
-                node.driver.remove_group(group)
-
-        shell.hand_over(done)
 
     # ------------------------------------------------------------------ the watch
 
@@ -310,13 +331,8 @@ class Mirroring:
                     q = node.metadata.queue(shell.vhost, shell.name)
                     shell.lead(status.term, node.settings_for(q) if q is not None else shell.settings)
                     node.serve_local(shell)
-            elif not leads and shell.active:
+            elif not leads and shell.active and shell.term != CONVERTED_TERM:
                 node.retire_local(shell)
-            q = node.metadata.queue(shell.vhost, shell.name)
-            if leads and shell.active and (q is None or q.group != group):
-                if q is not None and not shell.handing_over:
-                    self._hand_over(shell)
-                continue
             if leads:
                 self._record_leader(shell, status.term, nursery)
                 self._reconcile(shell, status.voters | status.learners, nursery)
@@ -428,11 +444,9 @@ class Mirroring:
                     continue
                 policy = node.metadata.effective_policy(q.vhost, q.name, "queue")
                 definition = policy.definition if policy is not None else None
-                replicated = is_replicated(queue_type_of(q.arguments), definition)
-                if not replicated:
-                    if q.replicated:
-                        await node.propose_metadata(md.SetQueueReplicas(q.vhost, q.name, "", ()))
+                if not q.replicated and not is_replicated(queue_type_of(q.arguments), definition):
                     continue
+                # (A replicated queue whose policy went keeps its group, with one replica.)
                 plan = plan_replicas(
                     queue_type=queue_type_of(q.arguments), arguments=q.arguments, policy=definition,
                     members=members, running=running, current=q.replicas or (q.node,),
@@ -440,7 +454,7 @@ class Mirroring:
                     lost=self._lost(trio.current_time()))
                 if not plan.members or q.replicated and tuple(plan.members) == q.replicas:
                     continue  # (no members: every replica was on a forgotten node)
-                group = q.group or new_group_id()
+                group = q.group or new_group_id(converted=True)
                 await node.propose_metadata(md.SetQueueReplicas(q.vhost, q.name, group, tuple(plan.members)))
 
 

@@ -29,7 +29,7 @@ from collections import Counter
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import psutil
 import trio
@@ -49,7 +49,7 @@ from broker.local_queue import LocalQueue
 from broker.mirroring import Mirroring
 from broker.paging import encode_persisted, persisted_key
 from broker.replicated_queue import ReplicatedQueue
-from broker.queue_client import QueueClient
+from broker.queue_client import QueueClient, QueueUnavailable
 from broker.queue_leader import MESSAGES_TABLE, QueueLeader, decode_persisted, queue_key_prefix
 from broker.remote_queue import QueuePeers, serve_queue_peers
 from broker.routing import Router
@@ -79,6 +79,10 @@ log = logging.getLogger("leveret.node")
 GC_YOUNG_THRESHOLD = 20_000
 # A metadata change the cluster could not commit (no majority reachable): a channel error.
 UNAVAILABLE_CODE = 541
+# How long a client's call on a replicated queue that is failing over waits for its new
+# leader (seconds), asking again this often.
+FAILOVER_WAIT = 10.0
+FAILOVER_RETRY = 0.1
 # How long a starting node waits for a majority of its cluster before giving up.
 CATCH_UP_TIMEOUT = 300.0
 SHUTDOWN_TEXT = "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
@@ -254,6 +258,8 @@ class Node:
                     await self._catch_up()
                     await self._propose_defaults()
                     self._recover_messages()
+                    await self.mirroring.after_recovery()
+                    self.replaying = False
                     if self._app_wanted:
                         await self._start_listener(settings.node_port)
                     nursery.start_soon(self._tick_connections)
@@ -274,6 +280,8 @@ class Node:
         self.local_queues: dict[tuple[str, str], LocalQueue] = {}
         # The replicated queues this node hosts a replica of (and serves, while it leads one).
         self.mirroring = Mirroring(self)
+        # Until the log is replayed and messages are recovered: history, not news.
+        self.replaying = True
         # While one publish is handed to its queues: the dead letters they produce, routed
         # after it (see `hold_dead_letters`).
         self._held_dead_letters: list[tuple[str, str, DeadLetter, int]] | None = None
@@ -547,7 +555,11 @@ class Node:
         self.mirroring.restored()
         for vhost in state.vhosts():
             for q in state.queues(vhost.name):
-                if not q.replicated and (q.vhost, q.name) not in self.leaders:
+                if (q.vhost, q.name) in self.leaders:
+                    continue
+                if self.mirroring.awaiting_conversion(q):
+                    self._add_plain(q, now)
+                elif not q.replicated:
                     self._queue_added(q, now, declared=False)
 
     def _settings_for(self, q: md.QueueRecord, policy: md.PolicyRecord | None = None) -> QueueSettings:
@@ -561,8 +573,10 @@ class Node:
         if q.replicated:
             self.mirroring.queue_added(q, now, declared=declared)
             return
-        if q.node != self.name:
-            return
+        if q.node == self.name:
+            self._add_plain(q, now)
+
+    def _add_plain(self, q: md.QueueRecord, now: int) -> None:
         leader = QueueLeader(self, q.vhost, q.name, q.durable, self._settings_for(q), now)
         self.leaders[(q.vhost, q.name)] = leader
         self.local_queues[(q.vhost, q.name)] = LocalQueue(leader)
@@ -622,25 +636,35 @@ class Node:
             self._expiring.add(new)
         self._track_expiry(new)
 
-    def persist_all(self, leader: QueueLeader, then: Callable[[], None]) -> None:
-        """Write rows for every persistent message `leader`'s queue holds, then call `then`
-        (a queue that stopped being replicated: its log may go once its rows are written)."""
-        state = leader.state
-        prefix = queue_key_prefix(leader.vhost, leader.name)
-        messages = [*state.ready_in_memory(), *state.unacked_messages(state.unacked_seqs())]
-        ops = [Put(MESSAGES_TABLE, persisted_key(prefix, m.id), encode_persisted(m)) for m in messages if m.persistent]
+    def discard_local(self, plain: QueueLeader) -> None:
+        """A plain queue found converted already (its group holds it): its rows go."""
+        key = (plain.vhost, plain.name)
+        if self.leaders.get(key) is plain:
+            del self.leaders[key]
+            self.local_queues.pop(key, None)
+        self._expiring.discard(plain)
+        state = plain.state
+        plain._forget([*state.ready_in_memory(), *state.unacked_messages(state.unacked_seqs())])
+        if plain.pages is not None:
+            plain.pages.drop_all()
 
-        def written(exc: BaseException | None) -> None:
-            if exc is None:
-                then()
-            else:
-                log.error("rows of queue '%s' in vhost '%s' not written (%s): its replicated log is kept",
-                          leader.name, leader.vhost, exc)
-
-        if ops:
-            self.stage(ops, written)
-        else:
-            then()
+    async def ask_queue(self, vhost: str, name: str,
+                        op: Callable[[QueueClient], Awaitable[Any]]) -> tuple[QueueClient | None, Any]:
+        """`op(client)` on queue (vhost, name), and the client it ran on. A replicated queue
+        whose leader cannot be reached (it is failing over) is asked again, at its new leader
+        once known, for up to FAILOVER_WAIT, instead of answering 404 at once."""
+        deadline = trio.current_time() + FAILOVER_WAIT
+        while True:
+            await self.mirroring.until_served(vhost, name)
+            queue = self.queue(vhost, name)
+            if queue is None:
+                return None, None
+            result = await op(queue)
+            q = self.metadata.queue(vhost, name)
+            if not isinstance(result, QueueUnavailable) or q is None or not q.replicated \
+                    or trio.current_time() >= deadline:
+                return queue, result
+            await trio.sleep(FAILOVER_RETRY)
 
     def start_soon(self, fn: Callable[..., Any], *args: Any) -> bool:
         """Run `fn(*args)` as a task of the core (False, not started, if the core is not running)."""

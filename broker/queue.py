@@ -819,6 +819,13 @@ class QueueState:
             if not self._page_out(limits, top):
                 return
 
+    def page_in_all(self) -> None:
+        """Read every paged-out message back into memory (a queue about to become replicated:
+        its state is then one snapshot). Its pages stay in the page store until dropped."""
+        for level in self._levels:
+            while level.pages:
+                self._page_in(level)
+
     def _page_in(self, level: _Level) -> None:
         assert self._pages is not None
         page = level.pages.popleft()

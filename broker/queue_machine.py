@@ -13,8 +13,7 @@ its commands (a confirm, a basic.get) when the entry is applied on its node. Com
 are `broker.queue.command_to_wire` forms, except that an enqueue carries its message
 inline (`["enq", message, now_ms, deliver_to, ack_required, redelivered]`), and
 `["load", state]` replaces the whole state (a queue becoming replicated starts its log
-with the state it had); `["mark"]` changes nothing (a leader handing the queue back to a
-plain queue waits until everything before it is applied).
+with the state it had).
 
 Apply is deterministic: time arrives in the commands, and a message's id is made from
 the entry's index and its place in the entry, so every replica gives the same message
@@ -75,6 +74,8 @@ class QueueMachine:
     def __init__(self, name: str, settings: QueueSettings, created_ms: int = 0) -> None:
         self.state = QueueState(name, settings, created_ms)
         self.listener: AppliedListener | None = None
+        # A "load" entry was applied: the group holds a queue converted from a plain one.
+        self.loaded = False
 
     def apply(self, index: int, data: bytes) -> None:
         proposer, proposal, commands = msgpack.unpackb(data, raw=False, strict_map_key=False)
@@ -84,9 +85,7 @@ class QueueMachine:
             tag = wire[0]
             if tag == "load":
                 self.state = state = state_from_bytes(wire[1])
-                results.append([])
-                continue
-            if tag == "mark":  # changes nothing: its leader waits for it (a hand-over)
+                self.loaded = True
                 results.append([])
                 continue
             cmd: Command
@@ -105,10 +104,12 @@ class QueueMachine:
                 log.exception("acting on an applied entry of queue '%s' failed", self.state.name)
 
     def snapshot(self) -> bytes:
-        return state_to_bytes(self.state)
+        return msgpack.packb([self.loaded, state_to_bytes(self.state)], use_bin_type=True)
 
     def restore(self, data: bytes) -> None:
-        self.state = state_from_bytes(data)
+        loaded, state = msgpack.unpackb(data, raw=False)
+        self.loaded = bool(loaded)
+        self.state = state_from_bytes(state)
         if self.listener is not None:
             self.listener.restored()
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -100,9 +100,6 @@ class ReplicatedQueue(QueueLeader):
         # This term's deliveries in flight: in all, and reserved per consumer.
         self._in_flight = 0
         self._reserved: Counter[str] = Counter()
-        # While handing over to a plain queue: what clients asked, for the taker.
-        self.handing_over = False
-        self._held: list[tuple[str, tuple[Any, ...]]] = []
 
     # ------------------------------------------------------------------ leadership
 
@@ -144,28 +141,6 @@ class ReplicatedQueue(QueueLeader):
         """Start the log with the state a queue had before it became replicated; `loaded`
         says whether that entry was committed."""
         self._append(["load", state_bytes], _Pending("load", self.term, loaded))
-
-    def hand_over(self, done: Callable[["ReplicatedQueue"], None]) -> None:
-        """The queue is to be plain again: once everything proposed so far is applied here,
-        `done(self)` takes it over; what clients ask meanwhile is held for the taker."""
-        if self.handing_over:
-            return
-        self.handing_over = True
-
-        def marked(committed: bool) -> None:
-            self.handing_over = False
-            held, self._held = self._held, []
-            if committed:
-                done(self)
-                return
-            for op, args in held:  # not handed over: answered here (nacked if not leading)
-                getattr(self, op)(*args)
-
-        self._append(["mark"], _Pending("mark", self.term, marked))
-
-    def take_held(self) -> list[tuple[str, tuple[Any, ...]]]:
-        held, self._held = self._held, []
-        return held
 
     # ------------------------------------------------------------------ proposing
 
@@ -265,9 +240,6 @@ class ReplicatedQueue(QueueLeader):
     # ------------------------------------------------------------------ what channels ask
 
     def publish(self, message: "Message", now_ms: int, confirm: Confirm | None) -> None:
-        if self.handing_over:
-            self._held.append(("publish", (message, now_ms, confirm)))
-            return
         self.counters.publish += 1
         if not self.active:
             if confirm is not None:
@@ -295,7 +267,7 @@ class ReplicatedQueue(QueueLeader):
         return room > reserved
 
     def dispatch(self, now_ms: int) -> None:
-        if not self.active or self._dispatching or self.deleted or self.handing_over:
+        if not self.active or self._dispatching or self.deleted:
             return
         self._dispatching = True
         try:
@@ -346,24 +318,17 @@ class ReplicatedQueue(QueueLeader):
         self._append(["req", [seq], now_ms], None)
 
     def settle(self, seqs: tuple[int, ...], now_ms: int) -> None:
-        if self.handing_over:
-            self._held.append(("settle", (seqs, now_ms)))
-            return
         self.counters.ack += len(seqs)
         if self.active:
             self._append(["ack", list(seqs)], None)
             self.dispatch(now_ms)
 
     def requeue(self, seqs: tuple[int, ...], now_ms: int) -> None:
-        if self.handing_over:
-            self._held.append(("requeue", (seqs, now_ms)))
-        elif self.active:
+        if self.active:
             self._append(["req", list(seqs), now_ms], None)
 
     def reject(self, seqs: tuple[int, ...], now_ms: int) -> None:
-        if self.handing_over:
-            self._held.append(("reject", (seqs, now_ms)))
-        elif self.active:
+        if self.active:
             self._append(["rej", list(seqs)], None)
 
     def expire(self, now_ms: int) -> None:

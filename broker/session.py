@@ -792,10 +792,9 @@ class Session:
         await self._declare_ok(channel, m, name)
 
     async def _declare_ok(self, channel: int, m: spec.QueueDeclare, name: str) -> None:
-        queue = self.node.queue(self.vhost, name)
-        counts = None
-        if queue is not None:
-            counts = await queue.counts(self.node.now_ms(), touch=True)
+        node = self.node
+        _, counts = await node.ask_queue(self.vhost, name, lambda c: c.counts(node.now_ms(), touch=True))
+        if counts is not None:
             if isinstance(counts, QueueUnavailable):
                 self._refuse(channel, spec.NOT_FOUND, counts.text, m)
                 return
@@ -838,10 +837,12 @@ class Session:
     async def _queue_purge(self, channel: int, m: spec.QueuePurge) -> None:
         if not self._check(channel, auth.checks_for_queue_purge(self.vhost, m.queue), m):
             return
-        queue = self._queue_for(channel, m.queue, m)
-        if queue is None:
+        if self._queue_for(channel, m.queue, m) is None:
             return
-        count = await queue.purge(self.node.now_ms())
+        node = self.node
+        _, count = await node.ask_queue(self.vhost, m.queue, lambda c: c.purge(node.now_ms()))
+        if count is None:
+            count = 0  # deleted meanwhile
         if isinstance(count, QueueUnavailable):
             self._refuse(channel, spec.NOT_FOUND, count.text, m)
             return
@@ -858,10 +859,10 @@ class Session:
             return
         if not self._owned_check(channel, q, m):
             return
-        queue = self.node.queue(vhost, m.queue)
+        node = self.node
+        queue, counts = await node.ask_queue(vhost, m.queue, lambda c: c.counts(node.now_ms(), touch=False))
         count = 0
         if queue is not None:
-            counts = await queue.counts(self.node.now_ms(), touch=False)
             if isinstance(counts, QueueUnavailable):
                 self._refuse(channel, spec.NOT_FOUND, counts.text, m)
                 return
@@ -906,7 +907,12 @@ class Session:
         priority = (m.arguments or {}).get("x-priority", 0)
         ref = ConsumerRef(self, channel, tag, m.no_ack)
         # The queue checks exclusivity (its consumers decide) as it adds the consumer.
-        refused = await queue.add_consumer(ref, priority if isinstance(priority, int) else 0, m.exclusive)
+        found, refused = await self.node.ask_queue(
+            vhost, m.queue, lambda c: c.add_consumer(ref, priority if isinstance(priority, int) else 0, m.exclusive))
+        if found is None:
+            self._refuse(channel, spec.NOT_FOUND, f"no queue '{m.queue}' in vhost '{vhost}'", m)
+            return
+        queue = found
         if isinstance(refused, QueueUnavailable):
             self._refuse(channel, spec.NOT_FOUND, refused.text, m)
             return
@@ -942,10 +948,13 @@ class Session:
     async def _basic_get(self, channel: int, m: spec.BasicGet) -> None:
         if not self._check(channel, auth.checks_for_consume(self.vhost, m.queue), m):
             return
-        queue = self._queue_for(channel, m.queue, m)
-        if queue is None:
+        if self._queue_for(channel, m.queue, m) is None:
             return
-        got = await queue.get(self.node.now_ms(), m.no_ack)
+        node = self.node
+        queue, got = await node.ask_queue(self.vhost, m.queue, lambda c: c.get(node.now_ms(), m.no_ack))
+        if queue is None:
+            self._refuse(channel, spec.NOT_FOUND, f"no queue '{m.queue}' in vhost '{self.vhost}'", m)
+            return
         if isinstance(got, QueueUnavailable):
             self._refuse(channel, spec.NOT_FOUND, got.text, m)
             return

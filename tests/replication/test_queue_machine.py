@@ -34,7 +34,7 @@ def entries() -> list[bytes]:
                                  enqueue_wire(message(b"two"), 1000, None, True)]),
         encode_entry("n1/a", 2, [["dlv", 1001, "c1", True], ["dlv", 1001, "c1", True]]),
         encode_entry("n1/a", 3, [["ack", [1]], ["req", [2], 1002]]),
-        encode_entry("n2/b", 1, [["reqall", 1003], ["mark"]]),
+        encode_entry("n2/b", 1, [["reqall", 1003], ["touch", 1003]]),
     ]
 
 
