@@ -18,7 +18,10 @@ confirmed id must come out, so the checker is exactly as strict once mirroring e
 
 Failover times: for each fault, how long each publisher connected to a node the fault did
 not touch waited for its next confirm; the worst of those is the fault's failover time
-(None when no surviving publisher got a confirm before the run ended).
+(None when no surviving publisher got a confirm before the run ended). Recovery times: for
+each fault, how long until every queue confirmed a publish again (the queue the fault hurt
+most decides): with single-replica queues that is the node's restart, with mirrored queues
+the election of a new leader.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Confirm:
     at: float  # seconds since the run started
     publisher: int
     node: str  # the node the publisher was connected to
+    queue: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,7 @@ class Verdict:
     duplicated: int  # deliveries beyond the first of each id
     duplicated_ids: int  # ids received more than once
     failover: tuple[float | None, ...] = field(default=())
+    recovery: tuple[float | None, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
@@ -102,6 +107,24 @@ def failover_times(faults: Sequence[FaultSpan], confirms: Sequence[Confirm]) -> 
             waited = after.at - fault.start
             worst = waited if worst is None else max(worst, waited)
         times.append(worst)
+    return tuple(times)
+
+
+def recovery_times(faults: Sequence[FaultSpan], confirms: Sequence[Confirm]) -> tuple[float | None, ...]:
+    """Per fault: from its start until the last of the queues confirmed a publish again (None
+    when some queue that confirmed before the fault never confirmed after it)."""
+    ordered = sorted(confirms, key=lambda c: c.at)
+    times: list[float | None] = []
+    for fault in faults:
+        queues = {c.queue for c in ordered if c.at <= fault.start}
+        first_after: dict[str, float] = {}
+        for c in ordered:
+            if c.at > fault.start and c.queue in queues and c.queue not in first_after:
+                first_after[c.queue] = c.at
+        if not queues or set(first_after) != queues:
+            times.append(None)
+        else:
+            times.append(max(first_after.values()) - fault.start)
     return tuple(times)
 
 

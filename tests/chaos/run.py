@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import pika
 
-from tests.chaos.checker import FaultSpan, Verdict, check, failover_times, summarise
+from tests.chaos.checker import FaultSpan, Verdict, check, failover_times, recovery_times, summarise
 from tests.chaos.cluster import ChaosCluster
 from tests.chaos.nemesis import Fault, Nemesis, end_of, plan
 from tests.chaos.workload import History, Workload, drain, parameters
@@ -132,7 +132,8 @@ def run(cluster: ChaosCluster, scenario: Scenario, seed: int, mode: str = "quoru
                       limit=2 * len(history.published) + 1000, timeout=180)
     confirmed = [c.id for c in history.confirms]
     verdict = replace(check(history.published, confirmed, [d[0] for d in history.deliveries]),
-                      failover=failover_times(nemesis.spans, history.confirms))
+                      failover=failover_times(nemesis.spans, history.confirms),
+                      recovery=recovery_times(nemesis.spans, history.confirms))
     refused: dict[str, int] = {}
     for why in history.refused.values():
         refused[why] = refused.get(why, 0) + 1
@@ -145,14 +146,14 @@ def run(cluster: ChaosCluster, scenario: Scenario, seed: int, mode: str = "quoru
 
 
 COLUMNS: Final = ("target", "scenario", "mode", "seed", "published", "confirmed", "lost", "unexpected",
-                  "duplicated", "failover s (median/max)", "faults", "verdict")
+                  "duplicated", "failover s (median/max)", "recovery s (median/max)", "faults", "verdict")
 
 
 def row(r: RunReport) -> list[str]:
     v = r.verdict
     faults = ", ".join(f"{s.kind} {'/'.join(n.split('@')[0] for n in s.nodes)}" for s in r.faults)
     return [r.target, r.scenario, r.mode, str(r.seed), str(v.published), str(v.confirmed), str(len(v.lost)),
-            str(len(v.unexpected)), str(v.duplicated), summarise(v.failover), faults or "-",
+            str(len(v.unexpected)), str(v.duplicated), summarise(v.failover), summarise(v.recovery), faults or "-",
             "ok" if r.ok else "FAIL"]
 
 

@@ -53,9 +53,9 @@ class History:
         with self.lock:
             self.published.append(mid)
 
-    def confirm(self, mid: str, publisher: int, node: str) -> None:
+    def confirm(self, mid: str, publisher: int, node: str, queue: str) -> None:
         with self.lock:
-            self.confirms.append(Confirm(mid, self.clock(), publisher, node))
+            self.confirms.append(Confirm(mid, self.clock(), publisher, node, queue))
 
     def refuse(self, mid: str, why: str) -> None:
         with self.lock:
@@ -174,7 +174,7 @@ class Workload:
                     except BaseException:
                         h.refuse(mid, "connection lost")
                         raise
-                    h.confirm(mid, k, node)
+                    h.confirm(mid, k, node, queue)
                     next_at += interval
                     pause = next_at - time.monotonic()
                     if pause > 0:
