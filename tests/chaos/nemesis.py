@@ -87,6 +87,8 @@ class Nemesis:
         self.clock = clock  # seconds since the run started
         self.leader_queue = leader_queue
         self.spans: list[FaultSpan] = []
+        # Partitions the cluster never noticed (a cut that separated nothing proves nothing).
+        self.unobserved: list[str] = []
         self.log = log
 
     def _target(self, fault: Fault) -> int:
@@ -107,8 +109,15 @@ class Nemesis:
             start = self.clock()
             self.log(f"{start:7.2f}s fault {fault.kind} on {', '.join(names)}")
             deadline = start + fault.duration
+            observed = fault.kind not in PARTITIONS
             while self.clock() < deadline and not stop():
+                if not observed:
+                    observed = self.cluster.sees_partition(target)
+                    if observed:
+                        self.log(f"{self.clock():7.2f}s {names[0]} sees the partition")
                 time.sleep(0.05)
+            if not observed:
+                self.unobserved.append(f"{fault.describe()}: {names[0]} never saw the partition")
             self._heal(fault, target)
             self.cluster.wait_whole(timeout=90)
             end = self.clock()

@@ -127,6 +127,7 @@ def run(cluster: ChaosCluster, scenario: Scenario, seed: int, mode: str = "quoru
         stuck = workload.finish(timeout=60)
         problems += [f"client {name} did not stop" for name in stuck]
         cluster.heal()
+    problems += nemesis.unobserved
     cluster.wait_whole(timeout=120)
     problems += drain(cluster.endpoints, cluster.node_names, queues, history,
                       limit=2 * len(history.published) + 1000, timeout=180)
