@@ -152,18 +152,12 @@ class LeveretCluster:
         return self.running_nodes(i) != sorted(self.node_names)
 
     def leader_of(self, queue: str) -> int | None:
-        for i in range(len(self.nodes)):
-            code, out, _ = self.ctl(i, "list_queues", "name", "pid", "leader", "--formatter", "json")
-            if code != 0:
-                continue
-            for row in json.loads(out):
-                if row.get("name") != queue:
-                    continue
-                where = row.get("leader") or str(row.get("pid", ""))
-                for k, name in enumerate(self.node_names):
-                    if where == name or where.startswith(f"<{name}."):
-                        return k
-            return None
+        """The node that lists `queue` among its local ones (`list_queues --local`: the home
+        node, master or quorum leader), asked node by node."""
+        for i in range(len(self.node_names)):
+            code, out, _ = self.ctl(i, "list_queues", "--local", "name", "--formatter", "json")
+            if code == 0 and any(row.get("name") == queue for row in json.loads(out or "[]")):
+                return i
         return None
 
     def set_policy(self, name: str, pattern: str, definition: dict[str, Any]) -> None:

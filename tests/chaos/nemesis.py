@@ -11,7 +11,8 @@ Fault kinds (each ends before the next starts, and the cluster is whole between 
 - bridge:  cut two nodes from each other; both still see the third.
 - restart: SIGTERM a node (a graceful stop), then start it again.
 A target of LEADER means the node that leads the first queue of the workload at the moment
-the fault strikes (RabbitMQ: its quorum leader or classic master; Leveret: its home node).
+the fault strikes, as `list_queues pid` names it (RabbitMQ: the quorum leader's or the
+classic master's process; Leveret: the queue's home node).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class Scenario:
     gap: tuple[float, float] = (4.0, 7.0)
     leader_share: float = 0.5
     first_at: float = 4.0
-    tail: float = 4.0  # load after the last fault ends
+    tail: float = 6.0  # load after the last fault ends (recovery is measured within it)
 
     def plan(self, seed: int) -> list[Fault]:
         return plan(seed, self.kinds, faults=self.faults, duration=self.duration, gap=self.gap,
@@ -115,13 +115,16 @@ def run(cluster: ChaosCluster, scenario: Scenario, seed: int, mode: str = "quoru
     clock = lambda: time.monotonic() - started  # noqa: E731
     history = History(clock=clock)
     workload = Workload(cluster.endpoints, cluster.node_names, queues, history, tag, rate=rate)
-    deadline = started + end_of(schedule) + scenario.tail
-    workload.start(deadline)
+    # The clients run until the nemesis is done and `tail` seconds more; the hard deadline only
+    # bounds a run whose faults overran their plan (slow restarts, slow leader look-ups).
+    hard_deadline = started + end_of(schedule) + scenario.tail + 180
+    workload.start(hard_deadline)
     nemesis = Nemesis(cluster, schedule, clock=clock, leader_queue=queues[0], log=log)
     problems: list[str] = []
     try:
-        nemesis.run(stop=lambda: time.monotonic() > deadline + 120)
-        while time.monotonic() < deadline:
+        nemesis.run(stop=lambda: time.monotonic() > hard_deadline)
+        tail_end = min(time.monotonic() + scenario.tail, hard_deadline)
+        while time.monotonic() < tail_end:
             time.sleep(0.1)
     finally:
         stuck = workload.finish(timeout=60)
