@@ -57,7 +57,7 @@ class SimNetwork:
         return transport
 
     def dial(self, src: str, dst: str) -> Any:
-        async def dial() -> trio.abc.Stream:
+        async def dial(local_address: str | None) -> trio.abc.Stream:
             while (src, dst) in self.blocked or (dst, src) in self.blocked:
                 await self.wait_change()  # a SYN into a partition: the dialler's timeout decides
             if dst not in self.nodes:
@@ -373,7 +373,7 @@ async def test_full_outbox_drops_raft_but_fails_casts_and_calls_as_values(
 async def test_reconnect_backoff_doubles_is_bounded_and_jittered(autojump_clock: trio.testing.MockClock) -> None:
     attempts: list[float] = []
 
-    async def refused() -> trio.abc.Stream:
+    async def refused(local_address: str | None) -> trio.abc.Stream:
         attempts.append(trio.current_time())
         raise ConnectionRefusedError(111, "Connection refused")
 
@@ -538,11 +538,12 @@ async def test_raft_drivers_replicate_over_the_transport_through_a_partition(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_cycle_beyond_the_frame_limit_is_split_into_as_few_frames_as_fit(
+async def test_a_cycle_beyond_the_frame_limit_is_split_into_as_few_frames_as_fit_and_a_large_item_chunked(
         autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         net = SimNetwork(nursery, seed=12)
-        options = {"max_frame_size": 1024, "heartbeat_interval": 1000, "link_timeout": 2000}
+        options = {"max_frame_size": 1024, "max_message_size": 8192, "heartbeat_interval": 1000,
+                   "link_timeout": 2000}
         a, b = net.add("a@h", **options), net.add("b@h", **options)
         recorder = Recorder(b)
         await start(nursery, net)
@@ -551,11 +552,17 @@ async def test_a_cycle_beyond_the_frame_limit_is_split_into_as_few_frames_as_fit
         payloads = [bytes([n]) * 300 for n in range(10)]  # three fit in a frame of 1024 bytes
         for payload in payloads:
             assert a.cast("b@h", "note", payload) is None
-        too_big = a.cast("b@h", "note", b"x" * 1024)
-        assert isinstance(too_big, Undeliverable) and "exceed the peer frame limit" in too_big.reason
+        too_big = a.cast("b@h", "note", b"x" * 8192)
+        assert isinstance(too_big, Undeliverable) and "exceed the peer message limit" in too_big.reason
         await until(lambda: len(recorder.casts["a@h"]) == 10)
         assert recorder.casts["a@h"] == payloads
         assert b.statistics()["a@h"].frames_received - before == 4
+        # beyond the frame limit but within the message limit: carried in chunks of the frame's size
+        before = b.statistics()["a@h"].frames_received
+        assert a.cast("b@h", "note", b"x" * 3000) is None
+        await until(lambda: len(recorder.casts["a@h"]) == 11)
+        assert recorder.casts["a@h"][-1] == b"x" * 3000
+        assert b.statistics()["a@h"].frames_received - before == 3
         nursery.cancel_scope.cancel()
 
 
@@ -580,7 +587,7 @@ async def test_failing_or_oversized_answers_are_remote_failures_and_the_link_sur
         autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         net = SimNetwork(nursery, seed=14)
-        options = {"max_frame_size": 64 * 1024}
+        options = {"max_frame_size": 64 * 1024, "max_message_size": 96 * 1024}
         a, b = net.add("a@h", **options), net.add("b@h", **options)
         Recorder(b)
 
@@ -588,7 +595,7 @@ async def test_failing_or_oversized_answers_are_remote_failures_and_the_link_sur
             raise RuntimeError("e" * 100_000)
 
         async def huge_reply(src: str, args: Any) -> Any:
-            return b"r" * 100_000
+            return b"r" * args
 
         async def unencodable(src: str, args: Any) -> Any:
             return object()
@@ -600,8 +607,10 @@ async def test_failing_or_oversized_answers_are_remote_failures_and_the_link_sur
         error = await a.call("b@h", "huge_error", None)
         assert isinstance(error, RemoteFailure) and error.text.startswith("RuntimeError: eee")
         assert len(error.text) <= 4096 + 3
-        reply = await a.call("b@h", "huge_reply", None)
-        assert isinstance(reply, RemoteFailure) and "exceeds the peer frame limit" in reply.text
+        reply = await a.call("b@h", "huge_reply", 100_000)
+        assert isinstance(reply, RemoteFailure) and "exceeds the peer message limit" in reply.text
+        # beyond the frame limit, within the message limit: the reply comes in chunks
+        assert await a.call("b@h", "huge_reply", 70_000) == Replied(b"r" * 70_000)
         assert isinstance(await a.call("b@h", "unencodable", None), RemoteFailure)
         assert await a.call("b@h", "echo", 1) == Replied({"from": "b@h", "args": 1})
         assert a.statistics()["b@h"].reconnects == 0
