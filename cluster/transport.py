@@ -215,6 +215,7 @@ class PeerStatistics:
     casts_dropped: int
     calls_waiting: int
     inbound_links: int
+    bytes_reassembling: int = 0  # received chunks of messages not yet whole, on the live links
 
 
 # --------------------------------------------------------------------------- pieces
@@ -505,7 +506,9 @@ class PeerTransport:
             traffic = LinkStatistics()
             _add_traffic(traffic, self._traffic.get(name, LinkStatistics()))
             for link in [*self._inbound.get(name, ()), *([peer.link] if peer.link is not None else [])]:
-                _add_traffic(traffic, link.statistics())
+                live = link.statistics()
+                _add_traffic(traffic, live)
+                traffic.bytes_reassembling += live.bytes_reassembling
             out[name] = PeerStatistics(
                 node=name, state=peer.state, connected=peer.state == "up", last_error=peer.last_error,
                 refusal=peer.refusal, reconnects=peer.reconnects, frames_sent=traffic.frames_sent,
@@ -514,7 +517,7 @@ class PeerTransport:
                 queued_bytes=peer.outbox.size + peer.outbox.large_size,
                 raft_batches_dropped=peer.raft_batches_dropped,
                 casts_dropped=peer.casts_dropped, calls_waiting=len(peer.calls),
-                inbound_links=len(self._inbound.get(name, ())))
+                inbound_links=len(self._inbound.get(name, ())), bytes_reassembling=traffic.bytes_reassembling)
         return out
 
     @property
