@@ -24,17 +24,22 @@ clock; the trio shell owns the wake-ups.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgpack
 
-from cluster.peer import CHUNK_SIZE, ChunkWriter, frame_of, message_payload
+from cluster.peer import CHUNK_SIZE, ChunkWriter, message_frame_of_items, message_payload
 
 Item = tuple[str, bytes, int]
 """(tag, encoded item, call id or 0)."""
 
 _PACKER = msgpack.Packer(use_bin_type=True)
+
+
+class Waker(Protocol):
+    def set(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,26 +59,42 @@ class _InChunks:
         self.item, self.writer = item, writer
 
 
-class Outbox:
-    """Items waiting for a link's writer, and the large ones being written in chunks."""
+class _NoWaker:
+    """The wake-up of an outbox nobody waits on (a pure test)."""
 
-    __slots__ = ("limit", "large_limit", "size", "large_size", "_ordered_tags", "_chunk_size", "_max_frame_items",
-                 "_free", "_free_large", "_ordered", "_ordered_large", "_sending_ordered", "_sending_free",
-                 "_ordered_turn", "_ids")
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+class Outbox:
+    """Items waiting for a link's writer, and the large ones being written in chunks.
+
+    `wake` is set whenever an item is queued and replaced by a fresh one from `new_wake` when
+    `next_write` finds nothing: the trio shell passes `trio.Event`, and its writer waits on it.
+    """
+
+    __slots__ = ("limit", "large_limit", "size", "large_size", "wake", "_new_wake", "_ordered_tags", "_chunk_size",
+                 "_max_frame_items", "_free", "_free_large", "_ordered", "_ordered_large", "_sending_ordered",
+                 "_sending_free", "_ordered_turn", "_ids")
 
     def __init__(self, limit: float, *, large_limit: float, ordered_tags: Collection[str] = (),
-                 chunk_size: int = CHUNK_SIZE, max_frame_items_bytes: int) -> None:
+                 chunk_size: int = CHUNK_SIZE, max_frame_items_bytes: int,
+                 new_wake: Callable[[], Waker] = _NoWaker) -> None:
         assert 0 < chunk_size <= max_frame_items_bytes
         self.limit = limit
         self.large_limit = large_limit
         self.size = 0  # bytes of small items queued
         self.large_size = 0  # bytes of large items queued or in chunks
+        self._new_wake = new_wake
+        self.wake = new_wake()
         self._ordered_tags = frozenset(ordered_tags)
         self._chunk_size = chunk_size
         self._max_frame_items = max_frame_items_bytes
         self._free: list[Item] = []  # small items that may overtake
         self._free_large: deque[Item] = deque()
-        self._ordered: deque[Item] = deque()  # small and large, in order
+        self._ordered: list[Item] = []  # small and large, in order
         self._ordered_large = 0  # how many of `_ordered` are large
         self._sending_ordered: _InChunks | None = None
         self._sending_free: _InChunks | None = None
@@ -86,22 +107,24 @@ class Outbox:
     def put(self, item: Item, *, always: bool = False) -> bool:
         """Queue `item`; False (and not queued) when its budget is spent, unless `always`."""
         n = len(item[1])
-        large = n > self._chunk_size
-        if large:
-            if not always and self.large_size + n > self.large_limit:
-                return False
-            self.large_size += n
-        else:
-            if not always and self.size + n > self.limit:
+        if n <= self._chunk_size:
+            if self.size + n > self.limit and not always:
                 return False
             self.size += n
-        if item[0] in self._ordered_tags:
-            self._ordered.append(item)
-            self._ordered_large += large
-        elif large:
-            self._free_large.append(item)
+            if item[0] in self._ordered_tags:
+                self._ordered.append(item)
+            else:
+                self._free.append(item)
         else:
-            self._free.append(item)
+            if self.large_size + n > self.large_limit and not always:
+                return False
+            self.large_size += n
+            if item[0] in self._ordered_tags:
+                self._ordered.append(item)
+                self._ordered_large += 1
+            else:
+                self._free_large.append(item)
+        self.wake.set()
         return True
 
     def __len__(self) -> int:
@@ -115,36 +138,43 @@ class Outbox:
         return self._sending_ordered is not None or self._sending_free is not None
 
     def next_write(self) -> Write | None:
-        """What to write now, or None when nothing waits."""
+        """What to write now, or None (and a fresh `wake`) when nothing waits."""
         small = self._free
         self._free = []
         started: list[Item] = []
-        if self._sending_ordered is None and self._ordered:
+        if self._ordered and self._sending_ordered is None:
             if not self._ordered_large:  # the common case: all small, all go
-                small += self._ordered
-                self._ordered.clear()
-            else:
-                while self._ordered and len(self._ordered[0][1]) <= self._chunk_size:
-                    small.append(self._ordered.popleft())
-                if self._ordered:  # a large one: its chunks begin after the small ones before it
-                    item = self._ordered.popleft()
-                    self._ordered_large -= 1
-                    self._sending_ordered = self._start(item)
-                    started.append(item)
+                small = small + self._ordered if small else self._ordered
+                self._ordered = []
+            else:  # the small ones up to the first large one, whose chunks begin after them
+                first = next(i for i, item in enumerate(self._ordered) if len(item[1]) > self._chunk_size)
+                item = self._ordered[first]
+                small += self._ordered[:first]
+                del self._ordered[: first + 1]
+                self._ordered_large -= 1
+                self._sending_ordered = self._start(item)
+                started.append(item)
         if self._sending_free is None and self._free_large:
             item = self._free_large.popleft()
             self._sending_free = self._start(item)
             started.append(item)
-        frames: list[bytes] = []
-        if small:
-            self.size -= sum(len(item[1]) for item in small)
+        chunk = self._next_chunk()
+        if not small:
+            if chunk is None:
+                self.wake = self._new_wake()
+                return None
+            return Write(chunk, 1, started)
+        # The bytes taken: all the small ones', unless some wait behind a large ordered item.
+        waiting = sum(len(item[1]) for item in self._ordered if len(item[1]) <= self._chunk_size) \
+            if self._ordered else 0
+        taken, self.size = self.size - waiting, waiting
+        if taken <= self._max_frame_items:
+            frames = [message_frame_of_items([item[1] for item in small], taken)]
+        else:
             frames = _batch_frames(small, self._max_frame_items)
-            started = small + started
-        if (chunk := self._next_chunk()) is not None:
+        if chunk is not None:
             frames.append(chunk)
-        if not frames:
-            return None
-        return Write(b"".join(frames), len(frames), started)
+        return Write(b"".join(frames), len(frames), small + started if started else small)
 
     def withdraw(self, call_id: int) -> bool:
         """Forget a queued call whose caller stopped waiting; False if it has begun going out."""
@@ -170,9 +200,10 @@ class Outbox:
     def take_all(self) -> list[Item]:
         """Everything, queued or in chunks, is given up (and returned): the outbox is empty."""
         items = [*self.link_lost(), *self._free, *self._free_large, *self._ordered]
-        self._free, self._free_large, self._ordered = [], deque(), deque()
+        self._free, self._free_large, self._ordered = [], deque(), []
         self._ordered_large = 0
         self.size = self.large_size = 0
+        self.wake = self._new_wake()
         return items
 
     def _start(self, item: Item) -> _InChunks:
@@ -182,6 +213,8 @@ class Outbox:
 
     def _next_chunk(self) -> bytes | None:
         """One chunk, taking turns between the ordered and the free item in chunks."""
+        if self._sending_ordered is None and self._sending_free is None:
+            return None
         order = (True, False) if self._ordered_turn else (False, True)
         for ordered in order:
             sending = self._sending_ordered if ordered else self._sending_free
@@ -200,7 +233,7 @@ class Outbox:
 
 
 def _batch_frames(items: list[Item], max_bytes: int) -> list[bytes]:
-    """Small items as frames of ["m", [item, ...]]: one, unless the items exceed `max_bytes`."""
+    """Small items as frames of ["m", [item, ...]], as few as `max_bytes` of items each allows."""
     frames = []
     start = 0
     while start < len(items):
@@ -208,7 +241,6 @@ def _batch_frames(items: list[Item], max_bytes: int) -> list[bytes]:
         while end < len(items) and (end == start or size + len(items[end][1]) <= max_bytes):
             size += len(items[end][1])
             end += 1
-        header = _PACKER.pack_array_header(end - start)
-        frames.append(frame_of(message_payload(header + b"".join(item[1] for item in items[start:end]))))
+        frames.append(message_frame_of_items([item[1] for item in items[start:end]], size))
         start = end
     return frames

@@ -88,7 +88,7 @@ import trio
 
 from cluster.logtext import RefusalLog, peer_text
 from cluster.outbound import Item as _Item
-from cluster.outbound import Outbox, Write
+from cluster.outbound import Outbox
 from cluster.peer import (
     CHUNK_SIZE,
     DEFAULT_FRAME_MAX,
@@ -109,7 +109,6 @@ from cluster.peerport import describe_refusal
 from cluster.raft.messages import PeerBatch
 
 log = logging.getLogger("leveret.transport")
-
 
 
 class Dial(Protocol):
@@ -236,31 +235,14 @@ class _Waiter:
 
 
 class _Outbox(Outbox):
-    """An `Outbox` (what waits for a link's writer) and the writer's wake-up: set while
-    anything waits."""
+    """An `Outbox` whose `wake` is a trio event its link's writer waits on."""
 
-    __slots__ = ("wake",)
+    __slots__ = ()
+    wake: trio.Event
 
     def __init__(self, limit: float, *, large_limit: float, chunk_size: int, max_frame_items_bytes: int) -> None:
         super().__init__(limit, large_limit=large_limit, ordered_tags=_ORDERED, chunk_size=chunk_size,
-                         max_frame_items_bytes=max_frame_items_bytes)
-        self.wake = trio.Event()
-
-    def put(self, item: _Item, *, always: bool = False) -> bool:
-        if not super().put(item, always=always):
-            return False
-        self.wake.set()
-        return True
-
-    def next_write(self) -> Write | None:
-        write = super().next_write()
-        if write is None:
-            self.wake = trio.Event()
-        return write
-
-    def take_all(self) -> list[_Item]:
-        self.wake = trio.Event()
-        return super().take_all()
+                         max_frame_items_bytes=max_frame_items_bytes, new_wake=trio.Event)
 
 
 def _add_traffic(total: LinkStatistics, link: LinkStatistics) -> None:

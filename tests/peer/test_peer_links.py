@@ -303,7 +303,8 @@ async def peer_link_pair(max_message_size: int = peer.DEFAULT_MESSAGE_MAX) -> tu
                                                  purpose=peer.Purpose.PEER)
 
     async def accept() -> None:
-        results["a"] = await peer.accept_peer(right, cookie=COOKIE, local_name="a@h", max_message_size=max_message_size,
+        results["a"] = await peer.accept_peer(right, cookie=COOKIE, local_name="a@h",
+                                              max_message_size=max_message_size,
                                               purposes=frozenset({peer.Purpose.PEER}))
 
     async with trio.open_nursery() as nursery:
