@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import pika
 
-from tests.chaos.checker import FaultSpan, Verdict, check, failover_times, recovery_times, summarise
+from tests.chaos.checker import Confirm, FaultSpan, Verdict, check, failover_times, recovery_times, summarise
 from tests.chaos.cluster import ChaosCluster
 from tests.chaos.nemesis import Fault, Nemesis, end_of, plan
 from tests.chaos.workload import History, Workload, drain, parameters
@@ -74,6 +74,7 @@ class RunReport:
     errors: list[str]
     seconds: float
     refused: dict[str, int] = field(default_factory=dict)
+    confirms: list[Confirm] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -144,7 +145,7 @@ def run(cluster: ChaosCluster, scenario: Scenario, seed: int, mode: str = "quoru
     if delete_after:
         delete_queues(cluster, queues)
     report = RunReport(cluster.kind, scenario.name, mode, seed, verdict, nemesis.spans, problems,
-                       list(history.errors), clock(), refused)
+                       list(history.errors), clock(), refused, list(history.confirms))
     log(format_table([report]))
     return report
 
@@ -173,6 +174,10 @@ def explain(report: RunReport) -> str:
     """What to read when a run fails: the ids, the problems, the clients' errors."""
     v = report.verdict
     parts = [f"lost ({len(v.lost)}): {list(v.lost[:20])}", f"unexpected ({len(v.unexpected)}): {list(v.unexpected[:20])}"]
+    lost = set(v.lost[:20])
+    parts += [f"lost {c.id}: confirmed at {c.at:.2f}s to publisher {c.publisher} on {c.node} for {c.queue}"
+              for c in report.confirms if c.id in lost]
+    parts += [f"fault {s.kind} on {', '.join(s.nodes)} from {s.start:.2f}s to {s.end:.2f}s" for s in report.faults]
     parts += [f"problem: {p}" for p in report.problems]
     parts += [f"refused: {report.refused}"]
     parts += [f"client error: {e}" for e in report.errors[:30]]
