@@ -40,8 +40,23 @@ After the handshake every frame is an envelope:
     ["r", id, ok, value]            its reply, matched to the waiting caller by id
     ["x", reason]                   the sender found a protocol error and closes the link
                                     (`receive` / `call` raise ProtocolViolation with the reason)
+    ["c", id, total, bytes]         a chunk of a larger envelope (below)
 Replies are routed by whichever task is reading the link at the time, so a
 `call` works with or without a separate receive loop.
+
+Chunks. One huge frame would hold up everything behind it on the link, so a
+sender may cut an envelope's encoding (`total` bytes) into chunk frames of
+message `id` (`ChunkWriter`, `CHUNK_SIZE` each) and write other frames between
+them; the receiver appends the pieces of each id in arrival order and, once it
+holds `total` bytes, decodes them and routes the envelope as if it had come in
+one frame (`Reassembler`). Nothing of a message is delivered before it is
+whole, and what a link was reassembling is dropped with the link. The receiver
+bounds the bytes of unfinished messages by the link's `max_message_size`,
+checked on the announced `total` before anything is buffered, and closes a
+link that would exceed it as it closes one announcing an oversized frame
+(`MessageTooLarge`). A control link's bound is its frame limit: chunks let
+nobody make a node buffer more than before; `cluster.transport` chunks on
+peer links (`CHUNK_SIZE`, up to `DEFAULT_MESSAGE_MAX`).
 """
 
 from __future__ import annotations
@@ -61,9 +76,14 @@ import msgpack
 import trio
 
 # 2: the hello names its purpose, refusals carry a kind, the "x" envelope.
-PROTOCOL_VERSION: Final = 2
+# 3: large envelopes travel as "c" chunk frames, reassembled by the receiver.
+PROTOCOL_VERSION: Final = 3
 HANDSHAKE_FRAME_MAX: Final = 64 * 1024
 DEFAULT_FRAME_MAX: Final = 64 * 1024 * 1024
+# A chunk's share of an envelope: what small traffic waits behind at most.
+CHUNK_SIZE: Final = 256 * 1024
+# The largest envelope a peer link reassembles (a queue's snapshot may be this big).
+DEFAULT_MESSAGE_MAX: Final = 1024 * 1024 * 1024
 NONCE_LEN: Final = 32
 AUTHENTICATION_FAILED: Final = "authentication failed"
 
@@ -100,6 +120,10 @@ class FrameTooLarge(PeerWireError):
 
 class MalformedFrame(PeerWireError):
     pass
+
+
+class MessageTooLarge(PeerWireError):
+    """The peer announced a chunked message beyond what this link reassembles."""
 
 
 class PeerClosed(Exception):
@@ -173,6 +197,112 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+
+_CHUNK: Final = "c"
+# msgpack of a two-element array and the string "m": what precedes a message's own encoding.
+_PACKED_MESSAGE_HEAD: Final = b"\x92" + msgpack.packb("m")
+_ARRAY_HEADER: Final = msgpack.Packer().pack_array_header
+
+
+def message_payload(packed: bytes) -> bytes:
+    """The encoding of the envelope ["m", obj] for an `obj` the caller msgpack-encoded."""
+    return _PACKED_MESSAGE_HEAD + packed
+
+
+def frame_of(payload: bytes) -> bytes:
+    """`payload` (an envelope's encoding) as one frame; the caller has checked its size."""
+    return _HEADER.pack(len(payload)) + payload
+
+
+def message_frame_of_items(items: list[bytes], size: int) -> bytes:
+    """One frame of the message [item, ...] from items the caller encoded (`size`: their total
+    length), built with a single copy: the hot path of a peer link's writer."""
+    array = _ARRAY_HEADER(len(items))
+    return b"".join([_HEADER.pack(len(_PACKED_MESSAGE_HEAD) + len(array) + size), _PACKED_MESSAGE_HEAD, array,
+                     *items])
+
+
+class ChunkWriter:
+    """One envelope's encoding cut into chunk frames of message `message_id`, handed out one at
+    a time so that the caller can write other frames between them."""
+
+    __slots__ = ("_payload", "_id", "_chunk_size", "_offset")
+
+    def __init__(self, payload: bytes, message_id: int, chunk_size: int = CHUNK_SIZE) -> None:
+        assert payload and chunk_size > 0
+        self._payload = memoryview(payload)
+        self._id = message_id
+        self._chunk_size = chunk_size
+        self._offset = 0
+
+    @property
+    def done(self) -> bool:
+        return self._offset >= len(self._payload)
+
+    @property
+    def total(self) -> int:
+        return len(self._payload)
+
+    def next_frame(self) -> bytes:
+        assert not self.done
+        end = self._offset + self._chunk_size
+        piece = self._payload[self._offset : end]
+        self._offset = min(end, len(self._payload))
+        return frame_of(msgpack.packb([_CHUNK, self._id, len(self._payload), piece], use_bin_type=True))
+
+
+class Reassembler:
+    """Chunk frames in, whole envelope encodings out. Holds at most `limit` bytes of unfinished
+    messages, counted on their announced totals, so that a peer is refused on the first chunk
+    of a message that would not fit rather than after sending most of it."""
+
+    __slots__ = ("limit", "_parts", "_reserved")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._parts: dict[int, tuple[int, bytearray]] = {}
+        self._reserved = 0
+
+    def add(self, message_id: int, total: int, data: bytes) -> bytearray | None:
+        """The whole encoding once `data` completes message `message_id`, else None. Raises
+        MessageTooLarge / MalformedFrame; after either the reassembler must not be used again."""
+        part = self._parts.get(message_id)
+        if part is None:
+            if total <= 0:
+                raise MalformedFrame(f"chunked message {message_id} announces {total} bytes")
+            if self._reserved + total > self.limit:
+                held = f" ({self._reserved} bytes of other messages unfinished)" if self._reserved else ""
+                raise MessageTooLarge(f"peer sent a chunked message of {total} bytes{held}, "
+                                      f"the limit is {self.limit}")
+            part = (total, bytearray())
+            self._parts[message_id] = part
+            self._reserved += total
+        elif part[0] != total:
+            raise MalformedFrame(f"chunked message {message_id} announced {part[0]} bytes, then {total}")
+        buffer = part[1]
+        if not data or len(buffer) + len(data) > total:
+            raise MalformedFrame(f"a chunk of {len(data)} bytes does not fit message {message_id} "
+                                 f"({len(buffer)} of {total} bytes received)")
+        buffer += data
+        if len(buffer) < total:
+            return None
+        del self._parts[message_id]
+        self._reserved -= total
+        return buffer
+
+    def clear(self) -> None:
+        self._parts.clear()
+        self._reserved = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of unfinished messages."""
+        return sum(len(buffer) for _, buffer in self._parts.values())
+
+    @property
+    def unfinished(self) -> int:
+        return len(self._parts)
 
 
 # --------------------------------------------------------------------------
@@ -411,11 +541,10 @@ class LinkStatistics:
     bytes_received: int = 0
     calls_waiting: int = 0
     buffered_messages: int = 0
+    bytes_reassembling: int = 0  # received chunks of messages not yet whole
 
 
-_REPLY = object()
-# msgpack of a two-element array and the string "m": what precedes a message's own encoding.
-_PACKED_MESSAGE_HEAD: Final = b"\x92" + msgpack.packb("m")
+_ROUTED = object()  # `_route` consumed the envelope (a reply): nothing for the reader
 
 
 @dataclass(eq=False)
@@ -426,6 +555,8 @@ class PeerLink:
     done by whoever calls `receive` or is waiting in `call`; replies go to
     their callers, messages and requests to `receive`. A send that is cancelled
     or fails closes the link, since part of a frame may have gone out.
+    Chunked messages are reassembled while reading, up to `max_message_size`
+    bytes unfinished (by default the frame limit: see the module docstring).
     """
 
     stream: trio.abc.HalfCloseableStream | trio.abc.Stream
@@ -442,20 +573,24 @@ class PeerLink:
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _stats: LinkStatistics = field(default_factory=LinkStatistics)
     _closed: bool = False
+    max_message_size: int | None = None  # None: the frame limit
+    _reassembler: Reassembler = field(init=False)
 
     def __post_init__(self) -> None:
         self._decoder.max_size = self.max_frame_size
+        self._reassembler = Reassembler(self.max_message_size or self.max_frame_size)
+
+    def limit_messages(self, max_message_size: int) -> None:
+        """Reassemble chunked messages of up to `max_message_size` bytes (unfinished ones together)."""
+        self.max_message_size = self._reassembler.limit = max_message_size
 
     async def send(self, obj: Any) -> None:
         await self._send_envelope(["m", obj])
 
-    async def send_packed(self, packed: bytes) -> None:
-        """One message already msgpack-encoded by the caller (who may have built it from
-        pieces encoded earlier): framed without decoding and encoding it again."""
-        payload = _PACKED_MESSAGE_HEAD + packed
-        if len(payload) > self.max_frame_size:
-            raise FrameTooLarge(f"frame of {len(payload)} bytes exceeds the limit of {self.max_frame_size}")
-        await self._write(_HEADER.pack(len(payload)) + payload, 1)
+    async def send_frames(self, data: bytes, frames: int) -> None:
+        """`frames` whole frames the caller built (`frame_of`, `message_frame_of_items`,
+        `ChunkWriter`: messages encoded from pieces encoded earlier, chunks), in one write."""
+        await self._write(data, frames)
 
     async def abort(self, reason: str) -> None:
         """Tell the peer it broke the protocol (best effort), then close the link."""
@@ -466,6 +601,7 @@ class PeerLink:
             pass
         finally:
             self._closed = True
+            self._reassembler.clear()
             await trio.aclose_forcefully(self.stream)
 
     async def send_batch(self, objs: Iterable[Any]) -> None:
@@ -487,7 +623,7 @@ class PeerLink:
                 if self._inbox:
                     return self._inbox.popleft()
                 item = self._route(await self._read_envelope())
-            if item is not _REPLY:
+            if item is not _ROUTED:
                 return item
 
     async def call(self, method: str, args: Mapping[str, Any] | None = None) -> Any:
@@ -501,7 +637,7 @@ class PeerLink:
                     if request_id in self._replies:
                         break
                     item = self._route(await self._read_envelope())
-                    if item is not _REPLY:
+                    if item is not _ROUTED:
                         self._inbox.append(item)
             ok, value = self._replies.pop(request_id)
         finally:
@@ -519,10 +655,12 @@ class PeerLink:
 
     async def aclose(self) -> None:
         self._closed = True
+        self._reassembler.clear()
         await self.stream.aclose()
 
     def statistics(self) -> LinkStatistics:
-        return replace(self._stats, calls_waiting=len(self._pending), buffered_messages=len(self._inbox))
+        return replace(self._stats, calls_waiting=len(self._pending), buffered_messages=len(self._inbox),
+                       bytes_reassembling=self._reassembler.buffered)
 
     async def _send_envelope(self, envelope: list[Any]) -> None:
         await self._write(encode_frame(envelope, max_size=self.max_frame_size), 1)
@@ -541,22 +679,46 @@ class PeerLink:
         self._stats.bytes_sent += len(data)
 
     async def _read_envelope(self) -> Any:
+        """The next whole envelope: a frame's, or the last of a chunked message's."""
         while True:
             try:
                 frame = self._decoder.next_frame()
+                if frame is not NEED_DATA:
+                    self._stats.frames_received += 1
+                    if frame.__class__ is list and frame and frame[0] == _CHUNK:
+                        frame = self._reassemble(frame)
+                        if frame is NEED_DATA:
+                            continue
+                    return frame
             except PeerWireError:
+                self._reassembler.clear()
                 await trio.aclose_forcefully(self.stream)
                 raise
-            if frame is not NEED_DATA:
-                self._stats.frames_received += 1
-                return frame
             if self._closed:
+                self._reassembler.clear()
                 raise PeerClosed(f"link to '{self.peer_name}' is closed")
             data = await self.stream.receive_some(65536)
             if not data:
+                self._reassembler.clear()  # a message cut short is never delivered, nor kept
                 raise PeerClosed(f"peer '{self.peer_name}' closed the connection")
             self._stats.bytes_received += len(data)
             self._decoder.feed(data)
+
+    def _reassemble(self, frame: list[Any]) -> Any:
+        match frame:
+            case [_, int(message_id), int(total), bytes(data)]:
+                whole = self._reassembler.add(message_id, total, data)
+            case _:
+                raise MalformedFrame(f"not a chunk: {frame!r:.80}")
+        if whole is None:
+            return NEED_DATA
+        try:
+            envelope = msgpack.unpackb(whole, raw=False, strict_map_key=False)
+        except Exception as exc:  # msgpack raises several unrelated types for bad input
+            raise MalformedFrame(f"undecodable chunked message: {exc}") from None
+        if envelope.__class__ is list and envelope and envelope[0] == _CHUNK:
+            raise MalformedFrame("a chunked message that is itself a chunk")
+        return envelope
 
     def _route(self, envelope: Any) -> Any:
         match envelope:
@@ -568,7 +730,7 @@ class PeerLink:
                 if request_id in self._pending:
                     self._replies[request_id] = (ok, value)
                 # else: the caller was cancelled; drop the late reply.
-                return _REPLY
+                return _ROUTED
             case ["x", str(reason)]:
                 self._closed = True
                 raise ProtocolViolation(f"peer '{self.peer_name}' closed the link: {reason}")
@@ -636,8 +798,13 @@ async def open_peer_link(
     timeout: float = 10.0,
     max_frame_size: int = DEFAULT_FRAME_MAX,
     purpose: Purpose = Purpose.CONTROL,
+    max_message_size: int | None = None,
 ) -> PeerLink:
-    """Run the connector side of the handshake on an open stream. Raises HandshakeFailed."""
+    """Run the connector side of the handshake on an open stream. Raises HandshakeFailed.
+    `max_message_size`: what the link reassembles (default: `DEFAULT_MESSAGE_MAX` on a peer
+    link, the frame limit on a control link)."""
+    if max_message_size is None and purpose is Purpose.PEER:
+        max_message_size = DEFAULT_MESSAGE_MAX
     machine = ConnectorHandshake(
         cookie=cookie, local_name=local_name, remote_name=remote_name, nonce=secrets.token_bytes(NONCE_LEN),
         purpose=purpose,
@@ -646,7 +813,8 @@ async def open_peer_link(
     outcome = await _handshake(stream, machine, decoder, machine.start(), timeout)
     if isinstance(outcome, HandshakeRefused):
         raise HandshakeFailed(outcome)
-    return PeerLink(stream, outcome.peer_name, local_name, max_frame_size, purpose, decoder)
+    return PeerLink(stream, outcome.peer_name, local_name, max_frame_size, purpose, decoder,
+                    max_message_size=max_message_size)
 
 
 async def connect_peer(
@@ -691,9 +859,12 @@ async def accept_peer(
     timeout: float = 10.0,
     max_frame_size: int = DEFAULT_FRAME_MAX,
     purposes: frozenset[Purpose] = frozenset({Purpose.CONTROL}),
+    max_message_size: int = DEFAULT_MESSAGE_MAX,
 ) -> PeerLink | HandshakeRefused:
     """Run the acceptor side for connectors of `purposes` (the link's `purpose` says which
-    one came). On refusal the stream is closed and the refusal returned for logging."""
+    one came). On refusal the stream is closed and the refusal returned for logging. A peer
+    link reassembles chunked messages up to `max_message_size`, a control link none beyond
+    its frame limit."""
     machine = AcceptorHandshake(cookie=cookie, local_name=local_name, nonce=secrets.token_bytes(NONCE_LEN),
                                 purposes=purposes)
     decoder = FrameDecoder(HANDSHAKE_FRAME_MAX)
@@ -701,4 +872,6 @@ async def accept_peer(
     outcome = await _handshake(stream, machine, decoder, [], timeout)
     if isinstance(outcome, HandshakeRefused):
         return replace(outcome, peer_address=address)
-    return PeerLink(stream, outcome.peer_name, local_name, max_frame_size, outcome.purpose, decoder)
+    limit = max_message_size if outcome.purpose is Purpose.PEER else None  # control links: frames only
+    return PeerLink(stream, outcome.peer_name, local_name, max_frame_size, outcome.purpose, decoder,
+                    max_message_size=limit)

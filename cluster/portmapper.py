@@ -292,11 +292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --------------------------------------------------------------------------- clients
 
 
-async def request(host: str, port: int, message: dict[str, Any], *, timeout: float = 2.0) -> dict[str, Any]:
-    """One request on a fresh connection. Raises OSError or trio.TooSlowError when the mapper
-    does not answer, PeerWireError when it answers garbage."""
+async def request(host: str, port: int, message: dict[str, Any], *, timeout: float = 2.0,
+                  local_address: str | None = None) -> dict[str, Any]:
+    """One request on a fresh connection (leaving from `local_address` when given). Raises
+    OSError or trio.TooSlowError when the mapper does not answer, PeerWireError when it
+    answers garbage."""
     with trio.fail_after(timeout):
-        stream = await trio.open_tcp_stream(host, port)
+        stream = await trio.open_tcp_stream(host, port, local_address=local_address)
         try:
             await stream.send_all(encode_frame(message, max_size=FRAME_MAX))
             try:
@@ -311,20 +313,23 @@ async def request(host: str, port: int, message: dict[str, Any], *, timeout: flo
 
 
 async def lookup(host: str, name: str, *, mapper_port: int = DEFAULT_PORT_MAPPER_PORT,
-                 timeout: float = 2.0) -> int | None:
+                 timeout: float = 2.0, local_address: str | None = None) -> int | None:
     """The peer port the mapper on `host` has for `name`; None if it does not know the name.
     Raises OSError / trio.TooSlowError / PeerWireError when the mapper does not answer."""
-    reply = await request(host, mapper_port, {"op": "lookup", "name": alive_name(name)}, timeout=timeout)
+    reply = await request(host, mapper_port, {"op": "lookup", "name": alive_name(name)}, timeout=timeout,
+                          local_address=local_address)
     port = reply.get("port")
     return port if type(port) is int and 0 < port < 65536 else None
 
 
 async def resolve_peer_port(node_name: str, *, mapper_port: int = DEFAULT_PORT_MAPPER_PORT,
-                            default_port: int = DEFAULT_PEER_PORT, timeout: float = 2.0) -> int:
+                            default_port: int = DEFAULT_PEER_PORT, timeout: float = 2.0,
+                            local_address: str | None = None) -> int:
     """The peer port of `node_name`: its host's mapper's answer, else `default_port` (a name the
     mapper does not know, or no mapper answering)."""
     try:
-        port = await lookup(node_host(node_name), node_name, mapper_port=mapper_port, timeout=timeout)
+        port = await lookup(node_host(node_name), node_name, mapper_port=mapper_port, timeout=timeout,
+                            local_address=local_address)
     except (OSError, trio.TooSlowError, PeerWireError):
         return default_port
     return port if port is not None else default_port
@@ -342,11 +347,13 @@ async def resolve_control_port(node_name: str, explicit_port: int | None, *,
 def mapped_dial(node_name: str, *, mapper_port: int = DEFAULT_PORT_MAPPER_PORT,
                 default_port: int = DEFAULT_PEER_PORT) -> Any:
     """A `cluster.transport.Dial` for `node_name`: asks its host's mapper on every dial, so a node
-    that restarted on another port is found again."""
+    that restarted on another port is found again. Both connections leave from the dial's
+    `local_address` (the node's own address) when it has one."""
 
-    async def dial() -> trio.abc.Stream:
-        port = await resolve_peer_port(node_name, mapper_port=mapper_port, default_port=default_port)
-        return await trio.open_tcp_stream(node_host(node_name), port)
+    async def dial(local_address: str | None) -> trio.abc.Stream:
+        port = await resolve_peer_port(node_name, mapper_port=mapper_port, default_port=default_port,
+                                       local_address=local_address)
+        return await trio.open_tcp_stream(node_host(node_name), port, local_address=local_address)
 
     return dial
 

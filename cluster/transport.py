@@ -16,7 +16,7 @@ side replaces only the link that side dialled, and a reply always travels on
 the link its request came by, so a node that the callee does not know (one
 that is joining) still gets its answer.
 
-Frames. After the handshake every frame is one message: a list of items
+Frames. After the handshake every message is a list of items
     ["raft", <PeerBatch.to_wire()>]
     ["cast", kind, payload]
     ["call", id, method, args]
@@ -29,7 +29,21 @@ since its last write and writes it as ONE frame (several only if that would
 exceed the frame limit). A driver cycle that sends to every peer therefore
 costs one write per peer, however many groups and casts it carried.
 
-Outbox. Bounded by bytes (`max_outbox_bytes`). When it is full a Raft batch is
+Large items. An item over `chunk_size` (256 KiB; a Raft snapshot, a cast of
+big messages) travels alone, as a message cut into chunk frames
+(`cluster.peer`) written one per cycle between the small items, so a
+heartbeat or another group's append waits behind one chunk, not a whole
+snapshot (`cluster.outbound`). Casts and calls keep their order among
+themselves (a cast queued after a large one waits for its last chunk); Raft
+batches, pings and replies overtake. A Raft batch holding a large message is
+split so that its other groups' messages go at once. Items up to
+`max_message_size` (1 GiB) are carried; the receiving side of a link
+reassembles no more than that and closes a link whose peer announces more,
+logging one line, as for a frame over the frame limit. A link that breaks
+mid-way delivers nothing of the item in chunks and keeps none of it.
+
+Outbox. Bounded by bytes: small items by `max_outbox_bytes`, large ones by
+`max_message_size`. When it is full a Raft batch is
 dropped (Raft retries) and a cast or call fails at once with `Undeliverable`.
 While a peer's dial is failing (state `backoff`), casts and calls fail at once
 with `PeerUnreachable` rather than wait for a timeout: a caller forwarding to
@@ -39,6 +53,10 @@ batches). Items queued but not yet written when a link breaks wait for the
 next link; calls already written are failed (`PeerUnreachable`: the request
 may or may not have been carried out) and casts already written may be lost:
 casts are at most once.
+
+Source address. With `local_address` (the node's `node_ip_address`) every
+dial, to a peer's mapper and to its peer port, leaves from that address, so a
+firewall rule between two addresses separates exactly those two nodes.
 
 Reconnect. A failed dial waits `initial_backoff` doubled per consecutive
 failure up to `max_backoff`, scaled by a jitter factor in [0.5, 1) drawn from
@@ -63,17 +81,23 @@ import math
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import msgpack
 import trio
 
 from cluster.logtext import RefusalLog, peer_text
+from cluster.outbound import Item as _Item
+from cluster.outbound import Outbox
 from cluster.peer import (
+    CHUNK_SIZE,
     DEFAULT_FRAME_MAX,
+    DEFAULT_MESSAGE_MAX,
+    FrameTooLarge,
     HandshakeFailed,
     HandshakeRefused,
     LinkStatistics,
+    MessageTooLarge,
     PeerClosed,
     PeerLink,
     PeerWireError,
@@ -86,8 +110,13 @@ from cluster.raft.messages import PeerBatch
 
 log = logging.getLogger("leveret.transport")
 
-Dial = Callable[[], Awaitable[trio.abc.Stream]]
-"""Opens a stream to one peer (TCP in a node, a simulated link in tests). Raises OSError."""
+
+class Dial(Protocol):
+    """Opens a stream to one peer (TCP in a node, a simulated link in tests), leaving from
+    `local_address` when it is not None. Raises OSError."""
+
+    def __call__(self, local_address: str | None, /) -> Awaitable[trio.abc.Stream]: ...
+
 
 CastHandler = Callable[[str, Any], None]
 """(sender node, payload): runs in the link's reader task, in arrival order; must not block."""
@@ -106,6 +135,8 @@ _CALL: Final = "call"
 _REPLY: Final = "reply"
 _PING: Final = "ping"
 _PONG: Final = "pong"
+# What keeps its order on a link: a call must arrive after the casts queued before it.
+_ORDERED: Final = frozenset({_CAST, _CALL})
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -183,6 +214,7 @@ class PeerStatistics:
     casts_dropped: int
     calls_waiting: int
     inbound_links: int
+    bytes_reassembling: int = 0  # received chunks of messages not yet whole, on the live links
 
 
 # --------------------------------------------------------------------------- pieces
@@ -202,38 +234,15 @@ class _Waiter:
             self.event.set()
 
 
-# (tag, packed item, call id or 0)
-_Item = tuple[str, bytes, int]
+class _Outbox(Outbox):
+    """An `Outbox` whose `wake` is a trio event its link's writer waits on."""
 
+    __slots__ = ()
+    wake: trio.Event
 
-class _Outbox:
-    """What waits for a link's writer: encoded items, their total size, and the writer's wake-up."""
-
-    __slots__ = ("items", "size", "limit", "wake")
-
-    def __init__(self, limit: float) -> None:
-        self.items: list[_Item] = []
-        self.size = 0
-        self.limit = limit
-        self.wake = trio.Event()
-
-    def put(self, item: _Item) -> bool:
-        if self.size + len(item[1]) > self.limit:
-            return False
-        self.items.append(item)
-        self.size += len(item[1])
-        self.wake.set()
-        return True
-
-    def take(self) -> list[_Item]:
-        items, self.items, self.size = self.items, [], 0
-        self.wake = trio.Event()
-        return items
-
-    def withdraw(self, call_id: int) -> None:
-        kept = [item for item in self.items if item[2] != call_id]
-        if len(kept) != len(self.items):
-            self.items, self.size = kept, sum(len(item[1]) for item in kept)
+    def __init__(self, limit: float, *, large_limit: float, chunk_size: int, max_frame_items_bytes: int) -> None:
+        super().__init__(limit, large_limit=large_limit, ordered_tags=_ORDERED, chunk_size=chunk_size,
+                         max_frame_items_bytes=max_frame_items_bytes, new_wake=trio.Event)
 
 
 def _add_traffic(total: LinkStatistics, link: LinkStatistics) -> None:
@@ -267,6 +276,11 @@ class _ProtocolError(Exception):
     """The peer sent something this protocol does not allow; the link is aborted with this reason."""
 
 
+class _Oversized(str):
+    """Why a link ended: the peer sent more than a frame or message limit allows (the link
+    closed itself, as `cluster.peer` does on the header)."""
+
+
 def _pack(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
@@ -289,6 +303,9 @@ class PeerTransport:
         rng: random.Random | None = None,
         max_outbox_bytes: int = 64 * 1024 * 1024,
         max_frame_size: int = DEFAULT_FRAME_MAX,
+        max_message_size: int = DEFAULT_MESSAGE_MAX,
+        chunk_size: int = CHUNK_SIZE,
+        local_address: str | None = None,
         received_buffer: int = 1024,
         connect_timeout: float = 5.0,
         handshake_timeout: float = 5.0,
@@ -306,6 +323,11 @@ class PeerTransport:
         self._max_frame_size = max_frame_size
         # A frame is [b"m", [items...]]: leave room for the envelope and the array header.
         self._max_batch_bytes = max_frame_size - 16
+        self._max_message_size = max_message_size
+        self._max_item_bytes = max_message_size - 16  # an item alone, in chunks
+        self._chunk_size = min(chunk_size, self._max_batch_bytes)
+        # An address to leave from; all addresses (or none given) leave it to the kernel.
+        self._local_address = None if local_address in (None, "", "0.0.0.0", "::") else local_address
         self._connect_timeout = connect_timeout
         self._handshake_timeout = handshake_timeout
         self._heartbeat_interval = heartbeat_interval
@@ -336,13 +358,13 @@ class PeerTransport:
         peer = self._peers.get(batch.dst)
         if peer is None:
             return
-        packed = _pack([_RAFT, batch.to_wire()])
-        if len(packed) > self._max_batch_bytes:
-            self._log.warning(f"raft-too-large {peer.name}", "a Raft batch of %d bytes for node '%s' exceeds "
-                              "the peer frame limit and was dropped", len(packed), peer_text(peer.name))
-            peer.raft_batches_dropped += 1
-        elif peer.state == "backoff" or not peer.outbox.put((_RAFT, packed, 0)):
-            peer.raft_batches_dropped += 1
+        for packed in _raft_items(batch, self._chunk_size):
+            if len(packed) > self._max_item_bytes:
+                self._log.warning(f"raft-too-large {peer.name}", "a Raft batch of %d bytes for node '%s' exceeds "
+                                  "the peer message limit and was dropped", len(packed), peer_text(peer.name))
+                peer.raft_batches_dropped += 1
+            elif peer.state == "backoff" or not peer.outbox.put((_RAFT, packed, 0)):
+                peer.raft_batches_dropped += 1
 
     @property
     def received(self) -> trio.MemoryReceiveChannel[PeerBatch]:
@@ -405,11 +427,16 @@ class PeerTransport:
         return waiter.value
 
     def _queue(self, peer: _Peer, item: _Item) -> Undeliverable | None:
-        if len(item[1]) > self._max_batch_bytes:
-            return Undeliverable(peer.name, f"{len(item[1])} bytes exceed the peer frame limit")
+        if len(item[1]) > self._max_item_bytes:
+            return Undeliverable(peer.name, f"{len(item[1])} bytes exceed the peer message limit")
         if not peer.outbox.put(item):
-            return Undeliverable(peer.name, f"outbox full ({peer.outbox.size} bytes queued for the node)")
+            queued = peer.outbox.large_size if peer.outbox.is_large(item) else peer.outbox.size
+            return Undeliverable(peer.name, f"outbox full ({queued} bytes queued for the node)")
         return None
+
+    def _new_outbox(self, limit: float, large_limit: float) -> _Outbox:
+        return _Outbox(limit, large_limit=large_limit, chunk_size=self._chunk_size,
+                       max_frame_items_bytes=self._max_batch_bytes)
 
     def _unreachable(self, peer: _Peer) -> PeerUnreachable:
         return PeerUnreachable(peer.name, peer.last_error or "not connected", peer.refusal)
@@ -432,7 +459,7 @@ class PeerTransport:
             if peer is not None:
                 peer.dial = dial
                 continue
-            peer = _Peer(name, dial, _Outbox(self._max_outbox_bytes))
+            peer = _Peer(name, dial, self._new_outbox(self._max_outbox_bytes, self._max_message_size))
             self._peers[name] = peer
             if self._nursery is not None:
                 self._nursery.start_soon(self._run_peer, peer)
@@ -461,15 +488,18 @@ class PeerTransport:
             traffic = LinkStatistics()
             _add_traffic(traffic, self._traffic.get(name, LinkStatistics()))
             for link in [*self._inbound.get(name, ()), *([peer.link] if peer.link is not None else [])]:
-                _add_traffic(traffic, link.statistics())
+                live = link.statistics()
+                _add_traffic(traffic, live)
+                traffic.bytes_reassembling += live.bytes_reassembling
             out[name] = PeerStatistics(
                 node=name, state=peer.state, connected=peer.state == "up", last_error=peer.last_error,
                 refusal=peer.refusal, reconnects=peer.reconnects, frames_sent=traffic.frames_sent,
                 frames_received=traffic.frames_received, bytes_sent=traffic.bytes_sent,
-                bytes_received=traffic.bytes_received, queued_items=len(peer.outbox.items),
-                queued_bytes=peer.outbox.size, raft_batches_dropped=peer.raft_batches_dropped,
+                bytes_received=traffic.bytes_received, queued_items=len(peer.outbox),
+                queued_bytes=peer.outbox.size + peer.outbox.large_size,
+                raft_batches_dropped=peer.raft_batches_dropped,
                 casts_dropped=peer.casts_dropped, calls_waiting=len(peer.calls),
-                inbound_links=len(self._inbound.get(name, ())))
+                inbound_links=len(self._inbound.get(name, ())), bytes_reassembling=traffic.bytes_reassembling)
         return out
 
     @property
@@ -515,7 +545,7 @@ class PeerTransport:
     async def _dial(self, peer: _Peer) -> PeerLink | str | HandshakeRefused:
         try:
             with trio.fail_after(self._connect_timeout):
-                stream = await peer.dial()
+                stream = await peer.dial(self._local_address)
         except trio.TooSlowError:
             return f"no connection within {self._connect_timeout:g} s"
         except OSError as exc:
@@ -523,7 +553,7 @@ class PeerTransport:
         try:
             return await open_peer_link(stream, cookie=self._cookie, local_name=self.name, remote_name=peer.name,
                                         timeout=self._handshake_timeout, max_frame_size=self._max_frame_size,
-                                        purpose=Purpose.PEER)
+                                        purpose=Purpose.PEER, max_message_size=self._max_message_size)
         except HandshakeFailed as exc:
             return exc.refusal
 
@@ -558,6 +588,7 @@ class PeerTransport:
             peer.link = None
             self._set_state(peer, "connecting")
             peer.last_error = why
+            self._count_dropped(peer, peer.outbox.link_lost())  # their first chunks went on this link
             _add_traffic(self._traffic.setdefault(peer.name, LinkStatistics()), link.statistics())
             self._fail_written(peer, f"the link broke before the reply ({why}); the request may have been "
                                      "carried out")
@@ -567,31 +598,29 @@ class PeerTransport:
 
     async def _write_outbound(self, peer: _Peer, link: PeerLink) -> None:
         next_ping = trio.current_time()
-        ping = (_PING, _pack([_PING]), 0)
+        outbox = peer.outbox
         while True:
             with trio.move_on_at(next_ping):
-                await peer.outbox.wake.wait()
-            items = peer.outbox.take()
-            if trio.current_time() >= next_ping:
-                items.append(ping)  # rides in this cycle's frame
-                next_ping = trio.current_time() + self._heartbeat_interval
-            for tag, _, call_id in items:
-                if tag == _CALL:
-                    peer.written.add(call_id)
-            with trio.fail_after(self._link_timeout):
-                await self._write_items(link, items)
+                await outbox.wake.wait()
+            # Write after write until nothing waits: a large item goes a chunk per write, with
+            # what was queued meanwhile (pings included) in the same write.
+            while True:
+                if trio.current_time() >= next_ping:
+                    outbox.put(_PING_ITEM, always=True)  # rides in this write
+                    next_ping = trio.current_time() + self._heartbeat_interval
+                write = outbox.next_write()
+                if write is None:
+                    break
+                for tag, _, call_id in write.started:
+                    if tag == _CALL:
+                        peer.written.add(call_id)
+                with trio.fail_after(self._link_timeout):
+                    await link.send_frames(write.data, write.frames)
 
-    async def _write_items(self, link: PeerLink, items: list[_Item]) -> None:
-        """Everything in one frame, or as few as the frame limit allows."""
-        start = 0
-        while start < len(items):
-            size, end = 0, start
-            while end < len(items) and (end == start or size + len(items[end][1]) <= self._max_batch_bytes):
-                size += len(items[end][1])
-                end += 1
-            header = msgpack.Packer().pack_array_header(end - start)
-            await link.send_packed(header + b"".join(item[1] for item in items[start:end]))
-            start = end
+    async def _write_all(self, link: PeerLink, outbox: _Outbox) -> None:
+        while (write := outbox.next_write()) is not None:
+            with trio.fail_after(self._link_timeout):
+                await link.send_frames(write.data, write.frames)
 
     async def _read_replies(self, peer: _Peer, link: PeerLink, heard: list[float]) -> None:
         while True:
@@ -627,6 +656,8 @@ class PeerTransport:
             try:
                 result = await task
                 ended.append(result if isinstance(result, str) else "closed")
+            except (FrameTooLarge, MessageTooLarge) as exc:
+                ended.append(_Oversized(exc))
             except (PeerClosed, PeerWireError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 ended.append(str(exc) or type(exc).__name__)
             except trio.TooSlowError:
@@ -639,6 +670,10 @@ class PeerTransport:
             for task in tasks:
                 nursery.start_soon(guard, task)
         why = ended[0] if ended else "closed"
+        if isinstance(why, _Oversized):
+            self._log.warning(f"oversized {link.peer_name}", "peer link %s node '%s' closed: %s", direction,
+                              peer_text(link.peer_name), why)
+            return str(why)
         if isinstance(why, _ProtocolError):
             self._log.warning(f"protocol {link.peer_name}", "peer link %s node '%s' aborted: %s", direction,
                               peer_text(link.peer_name), peer_text(why))
@@ -649,13 +684,19 @@ class PeerTransport:
 
     def _fail_queued(self, peer: _Peer, reason: str) -> None:
         """Everything still in the outbox is given up: Raft batches and casts counted, calls answered."""
-        for tag, _, call_id in peer.outbox.take():
+        items = peer.outbox.take_all()
+        self._count_dropped(peer, items)
+        for tag, _, call_id in items:
+            if tag == _CALL and (waiter := peer.calls.get(call_id)) is not None:
+                waiter.resolve(PeerUnreachable(peer.name, reason, peer.refusal))
+
+    @staticmethod
+    def _count_dropped(peer: _Peer, items: list[_Item]) -> None:
+        for tag, _, _ in items:
             if tag == _RAFT:
                 peer.raft_batches_dropped += 1
             elif tag == _CAST:
                 peer.casts_dropped += 1
-            elif tag == _CALL and (waiter := peer.calls.get(call_id)) is not None:
-                waiter.resolve(PeerUnreachable(peer.name, reason, peer.refusal))
 
     def _fail_written(self, peer: _Peer, reason: str) -> None:
         for call_id in peer.written:
@@ -667,9 +708,10 @@ class PeerTransport:
 
     async def serve_inbound(self, link: PeerLink) -> None:
         """Serve one authenticated link a peer dialled (the peer port's PEER handler) until it ends."""
+        link.limit_messages(self._max_message_size)
         links = self._inbound.setdefault(link.peer_name, set())
         links.add(link)
-        replies = _Outbox(math.inf)  # bounded by max_calls_in_progress: one reply per call
+        replies = self._new_outbox(math.inf, math.inf)  # bounded by max_calls_in_progress: one reply per call
         heard = [trio.current_time()]
         in_progress = [0]
         try:
@@ -688,9 +730,7 @@ class PeerTransport:
     async def _write_replies(self, link: PeerLink, replies: _Outbox) -> None:
         while True:
             await replies.wake.wait()
-            items = replies.take()
-            with trio.fail_after(self._link_timeout):
-                await self._write_items(link, items)
+            await self._write_all(link, replies)
 
     async def _read_inbound(self, link: PeerLink, replies: _Outbox, heard: list[float], in_progress: list[int],
                             nursery: trio.Nursery) -> None:
@@ -716,7 +756,7 @@ class PeerTransport:
                             nursery.start_soon(self._answer, handler, src, call_id, method, args, replies,
                                                in_progress)
                     case [str(_PING)]:
-                        replies.put((_PONG, _pack([_PONG]), 0))
+                        replies.put(_PONG_ITEM)
                     case _:
                         raise _ProtocolError(f"unexpected item on an inbound link: {item!r:.80}")
 
@@ -746,8 +786,8 @@ class PeerTransport:
             except (TypeError, ValueError, OverflowError) as exc:
                 replies.put(_error_reply(call_id, f"the reply could not be encoded: {exc}"))
                 return
-            if len(item[1]) > self._max_batch_bytes:
-                item = _error_reply(call_id, f"the reply of {len(item[1])} bytes exceeds the peer frame limit")
+            if len(item[1]) > self._max_item_bytes:
+                item = _error_reply(call_id, f"the reply of {len(item[1])} bytes exceeds the peer message limit")
             replies.put(item)
         finally:
             in_progress[0] -= 1
@@ -766,6 +806,30 @@ def _reply(call_id: int, ok: bool, value: Any) -> _Item:
 def _error_reply(call_id: int, text: str) -> _Item:
     # Bounded: an exception's text may be anything, and a reply beyond the frame limit would cut the link.
     return _reply(call_id, False, text if len(text) <= ERROR_TEXT_MAX else text[:ERROR_TEXT_MAX] + "...")
+
+
+_PING_ITEM: Final = (_PING, _pack([_PING]), 0)
+_PONG_ITEM: Final = (_PONG, _pack([_PONG]), 0)
+
+
+def _raft_items(batch: PeerBatch, chunk_size: int) -> list[bytes]:
+    """`batch` encoded as one item, or, when it is large and holds several messages, as one item
+    for its small messages and one for each large one (a snapshot): the others need not wait
+    for the snapshot's chunks. Raft takes messages in any order."""
+    packed = _pack([_RAFT, batch.to_wire()])
+    if len(packed) <= chunk_size or len(batch.messages) < 2:
+        return [packed]
+    small, large = [], []
+    for message in batch.messages:
+        alone = _pack([_RAFT, PeerBatch(batch.src, batch.dst, batch.incarnation, (message,)).to_wire()])
+        if len(alone) > chunk_size:
+            large.append(alone)
+        else:
+            small.append(message)
+    if not large:
+        return [packed]
+    rest = [_pack([_RAFT, PeerBatch(batch.src, batch.dst, batch.incarnation, tuple(small)).to_wire()])] if small else []
+    return rest + large
 
 
 def _items(message: Any) -> list[Any]:
@@ -789,7 +853,7 @@ def _raft_batch(wire: Any, src: str, dst: str) -> PeerBatch:
 def tcp_dial(host: str, port: int) -> Dial:
     """A `Dial` to a fixed address."""
 
-    async def dial() -> trio.abc.Stream:
-        return await trio.open_tcp_stream(host, port)
+    async def dial(local_address: str | None) -> trio.abc.Stream:
+        return await trio.open_tcp_stream(host, port, local_address=local_address)
 
     return dial

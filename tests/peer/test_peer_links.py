@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import msgpack
 import pytest
 import trio
 import trio.testing
@@ -287,3 +288,104 @@ async def test_send_cut_short_closes_the_link() -> None:
         nursery.cancel_scope.cancel()
     with pytest.raises(trio.ClosedResourceError):
         await link.send("y")
+
+
+# --------------------------------------------------------------------------- chunked messages
+
+
+async def peer_link_pair(max_message_size: int = peer.DEFAULT_MESSAGE_MAX) -> tuple[PeerLink, PeerLink]:
+    """A connector and acceptor of purpose PEER over memory streams."""
+    left, right = trio.testing.memory_stream_pair()
+    results: dict[str, object] = {}
+
+    async def connect() -> None:
+        results["c"] = await peer.open_peer_link(left, cookie=COOKIE, local_name="c@h", remote_name="a@h",
+                                                 purpose=peer.Purpose.PEER)
+
+    async def accept() -> None:
+        results["a"] = await peer.accept_peer(right, cookie=COOKIE, local_name="a@h",
+                                              max_message_size=max_message_size,
+                                              purposes=frozenset({peer.Purpose.PEER}))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(connect)
+        nursery.start_soon(accept)
+    c, a = results["c"], results["a"]
+    assert isinstance(c, PeerLink) and isinstance(a, PeerLink)
+    return c, a
+
+
+def chunk_frames(obj: object, message_id: int, chunk_size: int) -> list[bytes]:
+    writer = peer.ChunkWriter(peer.message_payload(msgpack.packb(obj)), message_id, chunk_size)
+    frames = []
+    while not writer.done:
+        frames.append(writer.next_frame())
+    return frames
+
+
+async def test_a_chunked_message_is_delivered_whole_after_the_frames_between_its_chunks() -> None:
+    c, a = await peer_link_pair()
+    big = {"snapshot": bytes(range(256)) * 40}
+    frames = chunk_frames(big, 1, 1000)
+    assert len(frames) == 11
+    small = peer.frame_of(peer.message_payload(msgpack.packb("small")))
+    await c.send_frames(frames[0] + small + b"".join(frames[1:5]) + small, 7)
+    assert await a.receive() == "small"
+    assert await a.receive() == "small"
+    assert a.statistics().bytes_reassembling == 5000
+    await c.send_frames(b"".join(frames[5:]), 6)
+    assert await a.receive() == big
+    assert a.statistics().bytes_reassembling == 0 and a.statistics().frames_received == 13
+
+
+async def test_a_chunked_message_beyond_the_limit_is_refused_on_its_first_chunk() -> None:
+    c, a = await peer_link_pair(max_message_size=10_000)
+    within = chunk_frames(b"w" * 9_000, 1, 4096)
+    await c.send_frames(b"".join(within), len(within))
+    assert await a.receive() == b"w" * 9_000
+    beyond = chunk_frames(b"x" * 20_000, 2, 4096)
+    await c.send_frames(beyond[0], 1)  # the rest need not come: the total is announced
+    with pytest.raises(peer.MessageTooLarge, match=r"chunked message of 200\d\d bytes, the limit is 10000"):
+        await a.receive()
+    with pytest.raises(trio.ClosedResourceError):  # the link is closed
+        await a.send("anything")
+
+
+async def test_a_control_link_reassembles_nothing_beyond_its_frame_limit() -> None:
+    c, a, _ = await link_pair(max_frame_size=1024)  # purpose CONTROL
+    assert isinstance(c, PeerLink) and isinstance(a, PeerLink)
+    frames = chunk_frames(b"x" * 2000, 1, 512)
+    await c.send_frames(frames[0], 1)
+    with pytest.raises(peer.MessageTooLarge, match="the limit is 1024"):
+        await a.receive()
+
+
+async def test_a_link_closed_mid_message_delivers_none_of_it_and_keeps_nothing() -> None:
+    c, a = await peer_link_pair()
+    frames = chunk_frames(b"t" * 50_000, 1, 4096)
+    await c.send_frames(b"".join(frames[:6]), 6)
+    await c.send("whole")
+    assert await a.receive() == "whole"
+    assert a.statistics().bytes_reassembling == 6 * 4096
+    await c.aclose()
+    with pytest.raises(peer.PeerClosed):
+        await a.receive()
+    assert a.statistics().bytes_reassembling == 0
+
+
+_NESTED = msgpack.packb(["c", 2, 1, b"x"])
+
+
+@pytest.mark.parametrize("frame", [
+    ["c", 1, 0, b""],  # announces nothing
+    ["c", 1, 10, b"x" * 11],  # more than announced
+    ["c", 1, 10, "text"],  # not bytes
+    ["c", 1, 3, b"\xc1\xc1\xc1"],  # whole, but not msgpack
+    ["c", 1, len(_NESTED), _NESTED],  # a chunk inside a chunk
+])
+async def test_malformed_chunks_close_the_link(frame: list[object]) -> None:
+    c, a = await peer_link_pair()
+    await c.send_frames(peer.encode_frame(frame), 1)
+    with pytest.raises(peer.MalformedFrame):
+        await a.receive()
+    assert a.statistics().bytes_reassembling == 0

@@ -66,3 +66,36 @@ def test_acceptor_without_the_cookie_never_authenticates_garbage(frames: list) -
         if outcome is not None:
             assert isinstance(outcome, peer.HandshakeRefused)
             break
+
+
+@settings(max_examples=150)
+@given(st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=5), st.integers(1, 700), st.data())
+def test_chunked_messages_reassemble_whatever_the_chunk_size_interleaving_and_cuts(
+        payloads: list[bytes], chunk_size: int, data: st.DataObject) -> None:
+    writers = {n: peer.ChunkWriter(p, n, chunk_size) for n, p in enumerate(payloads)}
+    # the writers take turns in any order, with whole frames between their chunks
+    stream = bytearray()
+    while live := [n for n, w in writers.items() if not w.done]:
+        n = data.draw(st.sampled_from(live))
+        stream += writers[n].next_frame()
+        if data.draw(st.booleans()):
+            stream += peer.encode_frame(["m", n, writers[n].done])
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    decoder = peer.FrameDecoder(max_size=chunk_size + 64)  # a chunk frame is one chunk and a little
+    reassembler = peer.Reassembler(sum(map(len, payloads)))
+    whole: dict[int, bytes] = {}
+    start = 0
+    for cut in [*cuts, len(stream)]:
+        decoder.feed(bytes(stream[start:cut]))
+        start = cut
+        while (frame := decoder.next_frame()) is not peer.NEED_DATA:
+            if frame[0] == "c":
+                assert 0 < len(frame[3]) <= chunk_size
+                done = reassembler.add(frame[1], frame[2], frame[3])
+                if done is not None:
+                    assert frame[1] not in whole
+                    whole[frame[1]] = bytes(done)
+            else:  # whole once its last chunk came, never before
+                assert (frame[1] in whole) == frame[2]
+    assert whole == dict(enumerate(payloads))
+    assert reassembler.buffered == 0 and reassembler.unfinished == 0 and decoder.buffered == 0

@@ -25,7 +25,8 @@ from cluster.logtext import RefusalLog
 from cluster import peer
 from cluster.peer import Purpose, RefusalKind
 from cluster.peerport import serve_connection
-from cluster.raft.messages import Heartbeat, PeerBatch
+from cluster.raft.messages import Heartbeat, InstallSnapshot, PeerBatch
+from storage.interface import Snapshot
 from cluster.transport import (
     CallTimedOut,
     PeerTransport,
@@ -57,7 +58,7 @@ class SimNetwork:
         return transport
 
     def dial(self, src: str, dst: str) -> Any:
-        async def dial() -> trio.abc.Stream:
+        async def dial(local_address: str | None) -> trio.abc.Stream:
             while (src, dst) in self.blocked or (dst, src) in self.blocked:
                 await self.wait_change()  # a SYN into a partition: the dialler's timeout decides
             if dst not in self.nodes:
@@ -373,7 +374,7 @@ async def test_full_outbox_drops_raft_but_fails_casts_and_calls_as_values(
 async def test_reconnect_backoff_doubles_is_bounded_and_jittered(autojump_clock: trio.testing.MockClock) -> None:
     attempts: list[float] = []
 
-    async def refused() -> trio.abc.Stream:
+    async def refused(local_address: str | None) -> trio.abc.Stream:
         attempts.append(trio.current_time())
         raise ConnectionRefusedError(111, "Connection refused")
 
@@ -538,11 +539,12 @@ async def test_raft_drivers_replicate_over_the_transport_through_a_partition(
         nursery.cancel_scope.cancel()
 
 
-async def test_a_cycle_beyond_the_frame_limit_is_split_into_as_few_frames_as_fit(
+async def test_a_cycle_beyond_the_frame_limit_is_split_into_as_few_frames_as_fit_and_a_large_item_chunked(
         autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         net = SimNetwork(nursery, seed=12)
-        options = {"max_frame_size": 1024, "heartbeat_interval": 1000, "link_timeout": 2000}
+        options = {"max_frame_size": 1024, "max_message_size": 8192, "heartbeat_interval": 1000,
+                   "link_timeout": 2000}
         a, b = net.add("a@h", **options), net.add("b@h", **options)
         recorder = Recorder(b)
         await start(nursery, net)
@@ -551,11 +553,17 @@ async def test_a_cycle_beyond_the_frame_limit_is_split_into_as_few_frames_as_fit
         payloads = [bytes([n]) * 300 for n in range(10)]  # three fit in a frame of 1024 bytes
         for payload in payloads:
             assert a.cast("b@h", "note", payload) is None
-        too_big = a.cast("b@h", "note", b"x" * 1024)
-        assert isinstance(too_big, Undeliverable) and "exceed the peer frame limit" in too_big.reason
+        too_big = a.cast("b@h", "note", b"x" * 8192)
+        assert isinstance(too_big, Undeliverable) and "exceed the peer message limit" in too_big.reason
         await until(lambda: len(recorder.casts["a@h"]) == 10)
         assert recorder.casts["a@h"] == payloads
         assert b.statistics()["a@h"].frames_received - before == 4
+        # beyond the frame limit but within the message limit: carried in chunks of the frame's size
+        before = b.statistics()["a@h"].frames_received
+        assert a.cast("b@h", "note", b"x" * 3000) is None
+        await until(lambda: len(recorder.casts["a@h"]) == 11)
+        assert recorder.casts["a@h"][-1] == b"x" * 3000
+        assert b.statistics()["a@h"].frames_received - before == 3
         nursery.cancel_scope.cancel()
 
 
@@ -580,7 +588,7 @@ async def test_failing_or_oversized_answers_are_remote_failures_and_the_link_sur
         autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         net = SimNetwork(nursery, seed=14)
-        options = {"max_frame_size": 64 * 1024}
+        options = {"max_frame_size": 64 * 1024, "max_message_size": 96 * 1024}
         a, b = net.add("a@h", **options), net.add("b@h", **options)
         Recorder(b)
 
@@ -588,7 +596,7 @@ async def test_failing_or_oversized_answers_are_remote_failures_and_the_link_sur
             raise RuntimeError("e" * 100_000)
 
         async def huge_reply(src: str, args: Any) -> Any:
-            return b"r" * 100_000
+            return b"r" * args
 
         async def unencodable(src: str, args: Any) -> Any:
             return object()
@@ -600,9 +608,145 @@ async def test_failing_or_oversized_answers_are_remote_failures_and_the_link_sur
         error = await a.call("b@h", "huge_error", None)
         assert isinstance(error, RemoteFailure) and error.text.startswith("RuntimeError: eee")
         assert len(error.text) <= 4096 + 3
-        reply = await a.call("b@h", "huge_reply", None)
-        assert isinstance(reply, RemoteFailure) and "exceeds the peer frame limit" in reply.text
+        reply = await a.call("b@h", "huge_reply", 100_000)
+        assert isinstance(reply, RemoteFailure) and "exceeds the peer message limit" in reply.text
+        # beyond the frame limit, within the message limit: the reply comes in chunks
+        assert await a.call("b@h", "huge_reply", 70_000) == Replied(b"r" * 70_000)
         assert isinstance(await a.call("b@h", "unencodable", None), RemoteFailure)
         assert await a.call("b@h", "echo", 1) == Replied({"from": "b@h", "args": 1})
         assert a.statistics()["b@h"].reconnects == 0
+        nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- large items in chunks
+
+
+def snapshot_batch(src: str, dst: str, size: int, group: str = "q1") -> PeerBatch:
+    data = random.Random(size).randbytes(size)  # incompressible, and checked byte for byte
+    return PeerBatch(src, dst, 7, (InstallSnapshot(group, 3, src, dst, Snapshot(40, 3, data)),))
+
+
+def drain(transport: PeerTransport) -> list[PeerBatch]:
+    out = []
+    while True:
+        try:
+            out.append(transport.received.receive_nowait())
+        except trio.WouldBlock:
+            return out
+
+
+async def test_a_10mb_snapshot_crosses_while_small_traffic_sent_after_it_overtakes(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        net = SimNetwork(nursery, seed=21, max_delay=0.01)  # every write takes a while
+        a, b = net.add("a@h"), net.add("b@h")
+        recorder = Recorder(b)
+        await start(nursery, net)
+        await until(lambda: a.reachable() == {"b@h"})
+        big = snapshot_batch("a@h", "b@h", 10 * 1024 * 1024)
+        a.send(big)
+        # in the same driver cycle: another group's heartbeat and the casts of the moment
+        a.send(PeerBatch("a@h", "b@h", 7, (Heartbeat("q2", 3, "a@h", "b@h", commit=5),)))
+        for n in range(3):
+            assert a.cast("b@h", "note", n) is None
+        await until(lambda: len(recorder.casts["a@h"]) == 3)
+        assert [batch.messages[0].group for batch in drain(b)] == ["q2"]  # the snapshot is not whole yet
+        # casts queued while the snapshot is part-way through its chunks wait behind one chunk at most
+        await until(lambda: b.statistics()["a@h"].bytes_reassembling > 4 * 1024 * 1024)
+        for n in range(3, 6):
+            assert a.cast("b@h", "note", n) is None
+        await until(lambda: len(recorder.casts["a@h"]) == 6)
+        assert 0 < b.statistics()["a@h"].bytes_reassembling < 10 * 1024 * 1024
+        assert drain(b) == []
+        await until(lambda: b.received.statistics().current_buffer_used == 1)
+        assert drain(b) == [big]
+        assert b.statistics()["a@h"].bytes_reassembling == 0
+        assert recorder.casts["a@h"] == list(range(6))
+        assert a.statistics()["b@h"].queued_bytes == 0 and a.statistics()["b@h"].reconnects == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_raft_batch_holding_a_snapshot_lets_the_other_groups_go_first(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        net = SimNetwork(nursery, seed=22, max_delay=0.01)
+        a, b = net.add("a@h"), net.add("b@h")
+        await start(nursery, net)
+        await until(lambda: a.reachable() == {"b@h"})
+        snapshot = snapshot_batch("a@h", "b@h", 2 * 1024 * 1024).messages[0]
+        others = tuple(Heartbeat(f"g{n}", 3, "a@h", "b@h", commit=n) for n in range(3))
+        a.send(PeerBatch("a@h", "b@h", 7, (others[0], snapshot, *others[1:])))
+        got: list[PeerBatch] = []
+        await until(lambda: bool(got.extend(drain(b))) or len(got) == 2)
+        assert got == [PeerBatch("a@h", "b@h", 7, others), PeerBatch("a@h", "b@h", 7, (snapshot,))]
+        nursery.cancel_scope.cancel()
+
+
+async def test_casts_and_calls_never_overtake_a_large_cast_but_pings_do(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        net = SimNetwork(nursery, seed=23, max_delay=0.01)
+        # a link times out after 0.2 s of silence: the pings must get through between the chunks
+        options = {"chunk_size": 64 * 1024, "heartbeat_interval": 0.05, "link_timeout": 0.2}
+        a, b = net.add("a@h", **options), net.add("b@h", **options)
+        recorder = Recorder(b)
+        await start(nursery, net)
+        await until(lambda: a.reachable() == {"b@h"})
+        large = b"L" * (100 * 64 * 1024)  # 100 chunks, about 0.5 s of writes
+        assert a.cast("b@h", "note", "before") is None
+        assert a.cast("b@h", "note", large) is None
+        assert a.cast("b@h", "note", "after") is None
+        reply = await a.call("b@h", "echo", "call after")
+        assert reply == Replied({"from": "b@h", "args": "call after"})
+        assert recorder.casts["a@h"] == ["before", large, "after"]  # the call arrived after all three
+        assert a.statistics()["b@h"].reconnects == 0 and b.statistics()["a@h"].reconnects == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_message_beyond_the_receivers_limit_closes_that_link_only_with_one_line(
+        autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    async with trio.open_nursery() as nursery:
+        net = SimNetwork(nursery, seed=24)
+        a = net.add("a@h", chunk_size=16 * 1024)  # sends up to the default 1 GiB
+        b = net.add("b@h", max_message_size=100 * 1024)
+        c = net.add("c@h")
+        recorder = Recorder(b)
+        await start(nursery, net)
+        await until(lambda: a.reachable() == {"b@h", "c@h"} and c.reachable() == {"a@h", "b@h"})
+        assert a.cast("b@h", "note", b"x" * (200 * 1024)) is None
+        await until(lambda: a.statistics()["b@h"].reconnects == 1 and a.reachable() == {"b@h", "c@h"})
+        assert a.statistics()["b@h"].casts_dropped == 1  # given up with the link, not sent again
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        [line] = lines
+        assert line.startswith("peer link from node 'a@h' closed: peer sent a chunked message of 2048")
+        assert line.endswith(f" bytes, the limit is {100 * 1024}")
+        # nothing else harmed: the next casts from a, and c's, arrive; c's link never broke
+        assert a.cast("b@h", "note", "small") is None
+        assert c.cast("b@h", "note", "from c") is None
+        await until(lambda: recorder.casts["a@h"] == ["small"] and recorder.casts["c@h"] == ["from c"])
+        assert c.statistics()["b@h"].reconnects == 0
+        assert b.statistics()["a@h"].bytes_reassembling == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_link_cut_mid_way_delivers_nothing_of_the_message_and_keeps_none_of_it(
+        autojump_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        net = SimNetwork(nursery, seed=25, max_delay=0.01)
+        a, b = net.add("a@h"), net.add("b@h")
+        recorder = Recorder(b)
+        await start(nursery, net)
+        await until(lambda: a.reachable() == {"b@h"})
+        a.send(snapshot_batch("a@h", "b@h", 4 * 1024 * 1024))
+        assert a.cast("b@h", "note", b"c" * (4 * 1024 * 1024)) is None
+        await until(lambda: b.statistics()["a@h"].bytes_reassembling > 2 * 1024 * 1024)
+        net.cut("a@h", "b@h")
+        await until(lambda: a.statistics()["b@h"].reconnects == 1 and a.reachable() == {"b@h"})
+        await until(lambda: b.statistics()["a@h"].inbound_links == 1)
+        stats = a.statistics()["b@h"]
+        assert stats.raft_batches_dropped == 1 and stats.casts_dropped == 1 and stats.queued_bytes == 0
+        assert b.statistics()["a@h"].bytes_reassembling == 0
+        assert a.cast("b@h", "note", "next") is None
+        await until(lambda: recorder.casts["a@h"] == ["next"])
+        assert drain(b) == []
         nursery.cancel_scope.cancel()

@@ -96,6 +96,10 @@ class NodeProcess:
     log_path: Path | None = None
     # Settings written to a YAML file passed with --config (e.g. {"heartbeat": 5}).
     config: dict | None = None
+    # The port mapper this node registers with and looks its peers up in: the test process's
+    # own (127.0.0.1 only) unless given, e.g. a mapper that also answers on the node addresses
+    # 127.0.0.11.. of a cluster whose node names carry those addresses (tests/chaos).
+    port_mapper: int | None = None
     proc: subprocess.Popen | None = None
 
     @property
@@ -127,7 +131,7 @@ class NodeProcess:
             "LEVERET_DATA_DIR": str(self.data_dir),
             "LEVERET_COOKIE": self.cookie,
             "LEVERET_LOG_LEVEL": "info",
-            "LEVERET_PORT_MAPPER_PORT": str(port_mapper_port()),
+            "LEVERET_PORT_MAPPER_PORT": str(self.port_mapper or port_mapper_port()),
         })
         env.update(self.extra_env)
         return env
@@ -164,6 +168,9 @@ class NodeProcess:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            if sig != signal.SIGKILL:
+                # A paused (SIGSTOP) process would not act on the signal until resumed.
+                self.proc.send_signal(signal.SIGCONT)
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
@@ -183,6 +190,16 @@ class NodeProcess:
     def kill(self) -> None:
         """SIGKILL: nothing is flushed, as after a power cut of the process."""
         self.stop(signal.SIGKILL)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process stays, its sockets stay open, and nothing answers (a long GC
+        pause, a stalled VM)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
