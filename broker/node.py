@@ -182,7 +182,9 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 self._outer = nursery
-                transport = PeerTransport(self.name, cookie)
+                # Dials leave from the node's own address, so a firewall rule between two
+                # nodes' addresses separates exactly those two.
+                transport = PeerTransport(self.name, cookie, local_address=settings.node_ip_address or None)
                 self.clustering = Clustering(self, transport)
                 serve_queue_peers(self, transport)
                 await nursery.start(transport.run)
