@@ -88,14 +88,15 @@ async def transfer_here(node: "Node", vhost: str, name: str, target: str) -> dic
     if refused is None:
         # Raft hands over once the target holds the whole log; wait for it (bounded), so
         # the caller can count the leaders as they are after the move.
+        # The old leader steps down first and learns its successor a moment later.
         with trio.move_on_after(TRANSFER_WAIT):
             while True:
                 status = driver.status(q.group)
-                if status is None or status.role != LEADER:
+                if status is None or status.leader not in (None, node.name):
                     break
                 await trio.sleep(TRANSFER_POLL)
     status = driver.status(q.group)
-    return {"leader": status.leader if status is not None and status.leader is not None else node.name}
+    return {"leader": status.leader if status is not None else None}
 
 
 def serve_replica_control(node: "Node", transport: PeerTransport) -> None:
