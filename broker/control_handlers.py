@@ -34,6 +34,8 @@ from broker.config import DiskFreeLimit, MemoryWatermark
 from broker.control_cluster import ClusterControl
 from broker.node_view import NodeView, plain
 from broker.queue_client import QueueUnavailable
+from broker.replica_control import rebalance, sync_queue
+from broker.replica_status import queue_rows
 from cluster import metadata as md
 from cluster.control import (
     EX_DATAERR,
@@ -434,8 +436,9 @@ class ControlHandlers:
     # ------------------------------------------------------------------ inspection
 
     async def op_list_queues(self, args: Mapping[str, Any]) -> Any:
-        return [{**row, "arguments": typed_table(row["arguments"])}
-                for row in self.view.queue_rows(self._vhost(args))]
+        # Each queue as its leader sees it, wherever it is led (broker.replica_status).
+        rows = await queue_rows(self.view, self.node.clustering.transport, self._vhost(args))
+        return [{**row, "arguments": typed_table(row["arguments"])} for row in rows]
 
     async def op_list_exchanges(self, args: Mapping[str, Any]) -> Any:
         return [{**row, "arguments": typed_table(row["arguments"])}
@@ -500,6 +503,17 @@ class ControlHandlers:
             raise ControlError("Queue is in use", EX_USAGE)
         await self._propose(md.DeleteQueue(vhost, name, None))
         return ready
+
+    async def op_sync_queue(self, args: Mapping[str, Any]) -> Any:
+        return await sync_queue(self.node, self._vhost(args), str(args["name"]), cancel=False)
+
+    async def op_cancel_sync_queue(self, args: Mapping[str, Any]) -> Any:
+        return await sync_queue(self.node, self._vhost(args), str(args["name"]), cancel=True)
+
+    async def op_rebalance_queues(self, args: Mapping[str, Any]) -> Any:
+        summary = await rebalance(self.node, str(args.get("type") or "all"), str(args.get("vhost_pattern") or ".*"),
+                                  str(args.get("queue_pattern") or ".*"))
+        return [{"node": s.node, "quorum": s.quorum, "classic": s.classic} for s in summary]
 
     async def op_close_connection(self, args: Mapping[str, Any]) -> Any:
         ident, reason = str(args["connection"]), str(args.get("reason") or "")

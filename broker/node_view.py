@@ -34,7 +34,10 @@ from broker import __version__, auth
 from broker.alarms import ResourceLimits
 from broker.message import Message
 from cluster import metadata as md
+from cluster.mirrors import is_replicated
 from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, is_container
+from cluster.raft.group import LEADER
+from cluster.replica_listing import replica_items
 
 if TYPE_CHECKING:
     from broker.node import Node
@@ -320,9 +323,7 @@ class NodeView:
         # consumer_utilisation is a classic queue metric: RabbitMQ leaves it empty for quorum queues.
         utilisation: Any = (_utilisation(leader) if leader is not None else 0) \
             if queue_type == "classic" else ""
-        # leader, members and online describe quorum queues; RabbitMQ leaves them empty for
-        # classic ones.
-        replicated = queue_type != "classic"
+        replicas = self.replica_items(q, queue_type, policy.definition if policy else None)
         return {
             "name": q.name,
             "vhost": q.vhost,
@@ -332,7 +333,7 @@ class NodeView:
             "arguments": q.arguments or {},
             "policy": policy.name if policy else "",
             "effective_policy_definition": policy.definition if policy else {},
-            "pid": f"<{q.node}.{q.vhost}.{q.name}>",
+            "pid": replicas["pid"],
             "owner_pid": owner or "",
             "exclusive_consumer_pid": exclusive_channel,
             "exclusive_consumer_tag": exclusive_consumer.tag if exclusive_consumer else "",
@@ -361,17 +362,44 @@ class NodeView:
             "consumer_capacity": utilisation,
             # Payload plus a per-message bookkeeping estimate: Python has no per-queue heap.
             "memory": 2048 + bytes_ready + bytes_unacked + 256 * (ready + unacked),
-            "slave_pids": "",
-            "synchronised_slave_pids": "",
+            "slave_pids": replicas["slave_pids"],
+            "synchronised_slave_pids": replicas["synchronised_slave_pids"],
             # A queue whose writes the store refused (a full disk) says so until one succeeds.
             "state": "down" if leader is None else "store_error" if leader.store_error else "running",
             "type": queue_type,
-            "leader": q.node if replicated else "",
-            "members": [q.node] if replicated else "",
-            "online": [q.node] if replicated and leader is not None else "",
-            # Not an info key: what `list_queues --local` filters on.
-            "home_node": q.node,
+            "leader": replicas["leader"],
+            "members": replicas["members"],
+            "online": replicas["online"],
+            "synchronised_nodes": replicas["synchronised_nodes"],
+            # Not an info key: the node leading the queue, what `list_queues --local` filters on.
+            "home_node": self.queue_leader_node(q),
         }
+
+    def queue_leader_node(self, q: md.QueueRecord) -> str:
+        """The node leading `q` as far as this node knows: for a replicated queue this
+        replica's view of its group (newer than the metadata's record), else the metadata's."""
+        driver = self.node.driver
+        status = driver.status(q.group) if q.replicated and driver is not None else None
+        return status.leader if status is not None and status.leader is not None else q.node
+
+    def replica_items(self, q: md.QueueRecord, queue_type: str,
+                      policy: Mapping[str, Any] | None) -> dict[str, Any]:
+        """`pid`, `slave_pids`, `synchronised_slave_pids`, `leader`, `members`, `online` as
+        this node knows them. Exact where this node leads the queue (the leader alone knows
+        which followers have caught up); elsewhere no follower is counted as synchronised,
+        and `replica_status` asks the leader instead."""
+        node = self.node
+        driver = node.driver
+        status = driver.status(q.group) if q.replicated and driver is not None else None
+        leads = status is not None and status.role == LEADER
+        return replica_items(
+            vhost=q.vhost, name=q.name, queue_type=queue_type,
+            mirrored=queue_type == "classic" and is_replicated("classic", policy),
+            leader=self.queue_leader_node(q), replicas=q.replicas,
+            running=(node.reachable_nodes() & node.cluster_members()) | {node.name},
+            voters=status.voters if leads and status is not None else (),
+            match=status.match if leads and status is not None else {},
+            commit=status.commit if leads and status is not None else 0)
 
     # ------------------------------------------------------------------ exchanges
 

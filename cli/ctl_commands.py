@@ -21,7 +21,7 @@ from typing import Any
 
 from broker.config import parse_size
 from cli.ctl import Context, Exit
-from cli.ctl_format import csv_lines, json_rows, json_value, table_lines
+from cli.ctl_format import box_lines, csv_lines, json_rows, json_value, table_lines
 from cluster.control import EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_USAGE
 from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, is_container
 
@@ -961,6 +961,58 @@ def cmd_close_all_connections(ctx: Context, args: list[str]) -> None:
         ctx.out(f"Closed {closed} connections")
 
 
+# --------------------------------------------------------------------------- replication
+
+
+@command("[--vhost <vhost>] <queue>",
+         "Instructs a mirrored queue with unsynchronised mirrors (follower replicas) to synchronise them",
+         args=("queue",))
+def cmd_sync_queue(ctx: Context, args: list[str]) -> None:
+    vhost = ctx.options.vhost
+    ctx.info(f"Synchronising queue '{args[0]}' in vhost '{vhost}' ...")
+    ctx.call("sync_queue", {"vhost": vhost, "name": args[0]})
+    _done(ctx)
+
+
+@command("[--vhost <vhost>] <queue>", "Instructs a synchronising mirrored queue to stop synchronising itself",
+         args=("queue",))
+def cmd_cancel_sync_queue(ctx: Context, args: list[str]) -> None:
+    vhost = ctx.options.vhost
+    ctx.info(f"Stopping synchronising queue '{args[0]}' in vhost '{vhost}' ...")
+    value = ctx.call("cancel_sync_queue", {"vhost": vhost, "name": args[0]})
+    if value is None:
+        _done(ctx)
+    elif ctx.options.formatter == "json":
+        # rabbitmqctl 3.10.8: {"node":...,"result":"ok","value":"not_syncing"}, exit 0.
+        ctx.out(json_value({"node": ctx.options.node, "result": "ok", "value": value}))
+    else:
+        ctx.out(str(value))
+
+
+REBALANCE_COLUMNS = ("Node name", "Number of quorum queues", "Number of replicated classic queues")
+
+
+@command("[<all | classic | quorum>] [--vhost-pattern <pattern>] [--queue-pattern <pattern>]",
+         "Re-balances leaders of replicated queues across up-and-running cluster nodes",
+         optional=("type",), options={"--vhost-pattern": "str", "--queue-pattern": "str"})
+def cmd_rebalance_queues(ctx: Context, args: list[str]) -> None:
+    """rabbitmq-queues rebalance: the same banner, summary and exit codes."""
+    kind = args[0] if args else "all"
+    o = ctx.options.command_options
+    if kind in ("all", "classic", "quorum"):
+        ctx.info(f"Re-balancing leaders of {kind} queues...")
+    summary = ctx.call("rebalance_queues", {"type": kind, "vhost_pattern": o.get("vhost_pattern", ".*"),
+                                            "queue_pattern": o.get("queue_pattern", ".*")})
+    rows = [[s["node"], s["quorum"], s["classic"]] for s in summary]
+    if ctx.options.formatter == "json":
+        value = [[list(pair) for pair in zip(REBALANCE_COLUMNS, row)] for row in rows]
+        ctx.out(json_value({"node": ctx.options.node, "result": "ok", "value": value}))
+        return
+    # No queue to count: rabbitmq-queues prints its empty result as a one-cell table.
+    for line in box_lines(REBALANCE_COLUMNS, rows) if rows else box_lines(("Output",), [["[]"]]):
+        ctx.out(line)
+
+
 # --------------------------------------------------------------------------- definitions
 
 
@@ -1026,6 +1078,8 @@ _GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Nodes", ("await_startup", "start_app", "stop", "stop_app")),
     ("Cluster", ("await_online_nodes", "change_cluster_node_type", "cluster_status", "forget_cluster_node",
                  "force_reset", "join_cluster", "rename_cluster_node", "reset")),
+    # rebalance_queues is rabbitmq-queues' `rebalance`, grouped here with the other replica commands.
+    ("Replication", ("cancel_sync_queue", "rebalance_queues", "sync_queue")),
     ("Users", ("add_user", "authenticate_user", "change_password", "clear_password", "delete_user", "list_users",
                "set_user_tags")),
     ("Access Control", ("clear_permissions", "clear_topic_permissions", "list_permissions", "list_topic_permissions",

@@ -156,3 +156,31 @@ def json_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, stre
 
 def json_value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+# The DEC special graphics set that rabbitmq-queues' table formatter draws its borders in
+# (it prints them even to a pipe): ESC ( 0 switches to it, ESC ( B back to ASCII.
+_LINES_ON, _LINES_OFF = "\x1b(0", "\x1b(B"
+_BOLD, _PLAIN = "\x1b[1m", "\x1b[0m"
+
+
+def box_lines(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """A table as rabbitmq-queues 3.10.8 prints one (rebalance's summary): line-drawing
+    borders, a bold header row, every row ruled off, cells left-aligned."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def rule(left: str, middle: str, right: str) -> str:
+        return _LINES_ON + left + middle.join("q" * (w + 2) for w in widths) + right + _LINES_OFF
+
+    bar = _LINES_ON + "x" + _LINES_OFF
+
+    def line(values: Sequence[str], bold: bool) -> str:
+        shown = [(f"{_BOLD}{v}{_PLAIN}" if bold else v) + " " * (w - len(v)) for v, w in zip(values, widths)]
+        return bar + "".join(f" {v} {bar}" for v in shown)
+
+    out = [rule("l", "w", "k"), line(headers, True)]
+    for row in cells:
+        out += [rule("t", "n", "u"), line(row, False)]
+    out.append(rule("m", "v", "j"))
+    return out

@@ -33,6 +33,7 @@ and `advance()`.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from storage.interface import HardState, LogEntry, Snapshot, WriteBatch
@@ -64,6 +65,9 @@ class GroupStatus:
     voters: frozenset[str]
     learners: frozenset[str]
     quiescent: bool
+    # On the leader, every other member's match index (the last entry it is known to hold):
+    # who has caught up with the commit index. Empty on a follower, which does not know.
+    match: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -153,8 +157,9 @@ class RaftNode:
     def status(self, group: str) -> GroupStatus:
         g = self.groups[group]
         conf = g.conf
+        match = {peer: pr.match for peer, pr in g.progress.items()} if g.role == LEADER else {}
         return GroupStatus(group, g.role, g.term, g.leader, g.commit, g.applied, g.last_index,
-                           g.log.snap_index, conf.voters, conf.learners, g.quiescent)
+                           g.log.snap_index, conf.voters, conf.learners, g.quiescent, match)
 
     # ------------------------------------------------------------------ host interface for groups
 

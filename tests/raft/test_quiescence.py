@@ -95,3 +95,18 @@ def test_a_quick_restart_of_the_leaders_node_is_noticed() -> None:
         sim.step()
     for gid in sim.group_ids:
         assert len({n.applied[gid] for n in sim.nodes.values()}) == 1
+
+
+def test_the_leaders_status_carries_each_followers_match_index() -> None:
+    # What list_queues' synchronised_slave_pids are read from (cluster.replica_listing).
+    sim = settled_sim()
+    sim.propose("g1")
+    for _ in range(60):
+        sim.step()
+    leader = sim.leader_of("g1")
+    assert leader is not None
+    status = leader.raft.status("g1")
+    assert status.role == LEADER and set(status.match) == set(status.voters) - {leader.id}
+    assert all(index == status.commit for index in status.match.values()), status
+    follower = next(n for n in sim.nodes.values() if n.id != leader.id and "g1" in n.raft.groups)
+    assert follower.raft.status("g1").match == {}

@@ -1,0 +1,123 @@
+"""`list_queues` across the cluster: each queue's row as its leader sees it.
+
+Only a queue's leader knows its contents (the counts, consumers, memory of the queue it
+serves) and which of its followers have caught up (the Raft progress of its group). The
+node `leveretctl` talks to builds every row from its own metadata, then asks each other
+node leading some of the queues for those queues' live items, with one peer call per
+node (`queue.replica_status`, all of them at once). A node that no longer leads a queue
+answers with the leader it knows of, and that node is asked in turn (at most
+`ROUNDS` times, so a queue changing leaders under the listing cannot keep it waiting).
+A queue whose leader cannot be reached keeps the row this node made, with state `down`,
+as RabbitMQ lists a queue on an unreachable node.
+
+Wire:  "queue.replica_status"  {"queues": [[vhost, name], ...]}
+       -> [{item: value, ...} | {"missing": true, "leader": node or None}, ...] in order.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import trio
+
+from broker.node_view import NodeView
+from cluster.transport import PeerTransport, Replied
+
+if TYPE_CHECKING:
+    from broker.node import Node
+
+REPLICA_STATUS: Final = "queue.replica_status"
+# How long the listing waits for one node's answer (seconds), and how many times it
+# follows a node's word that another node leads a queue now.
+CALL_TIMEOUT: Final = 5.0
+ROUNDS: Final = 3
+
+# The row items only a queue's leader knows; the others come from the metadata, which
+# every node holds.
+LEADER_ITEMS: Final = (
+    "messages", "messages_ready", "messages_unacknowledged", "messages_ready_ram",
+    "messages_unacknowledged_ram", "messages_ram", "messages_paged_out", "messages_persistent",
+    "message_bytes_persistent", "message_bytes", "message_bytes_ready", "message_bytes_unacknowledged",
+    "message_bytes_ram", "message_bytes_paged_out", "head_message_timestamp", "consumers",
+    "consumer_utilisation", "consumer_capacity", "memory", "exclusive_consumer_pid", "exclusive_consumer_tag",
+    "state", "pid", "slave_pids", "synchronised_slave_pids", "leader", "members", "online", "home_node",
+    "synchronised_nodes",
+)
+
+
+def leader_items(view: NodeView, vhost: str, name: str) -> dict[str, Any]:
+    """On any node: the live items of a queue this node leads, or `{"missing": True,
+    "leader": ...}` naming the node it believes leads it (None if the queue is unknown)."""
+    q = view.metadata.queue(vhost, name)
+    if q is None:
+        return {"missing": True, "leader": None}
+    if view.leader(vhost, name) is None:
+        return {"missing": True, "leader": view.queue_leader_node(q)}
+    row = view.queue_row(q)
+    return {key: row[key] for key in LEADER_ITEMS}
+
+
+async def queue_rows(view: NodeView, transport: PeerTransport, vhost: str | None) -> list[dict[str, Any]]:
+    """Every queue of `vhost` (all vhosts for None), each with its leader's live items."""
+    node = view.node
+    records = [q for v in ([vhost] if vhost is not None else [v.name for v in view.metadata.vhosts()])
+               for q in view.metadata.queues(v)]
+    rows = [view.queue_row(q) for q in records]
+    ask: dict[str, list[int]] = defaultdict(list)
+    for i, q in enumerate(records):
+        if view.leader(q.vhost, q.name) is None:
+            ask[view.queue_leader_node(q)].append(i)
+    asked: set[tuple[str, int]] = set()
+    for _ in range(ROUNDS):
+        ask = {n: [i for i in indexes if (n, i) not in asked] for n, indexes in ask.items() if n != node.name}
+        ask = {n: indexes for n, indexes in ask.items() if indexes}
+        if not ask:
+            break
+        asked |= {(n, i) for n, indexes in ask.items() for i in indexes}
+        retry: dict[str, list[int]] = defaultdict(list)
+
+        async def one(target: str, indexes: Sequence[int]) -> None:
+            outcome = await transport.call(
+                target, REPLICA_STATUS, {"queues": [[rows[i]["vhost"], rows[i]["name"]] for i in indexes]},
+                timeout=CALL_TIMEOUT)
+            if not isinstance(outcome, Replied) or not isinstance(outcome.value, list) \
+                    or len(outcome.value) != len(indexes):
+                return  # unreachable or not answering: the rows stay as this node sees them
+            for i, answer in zip(indexes, outcome.value):
+                if not isinstance(answer, Mapping):
+                    continue
+                if answer.get("missing"):
+                    hint = answer.get("leader")
+                    if isinstance(hint, str) and hint != target:
+                        retry[hint].append(i)
+                    continue
+                rows[i].update({k: answer[k] for k in LEADER_ITEMS if k in answer})
+
+        async with trio.open_nursery() as nursery:
+            for target, indexes in ask.items():
+                nursery.start_soon(one, target, indexes)
+        # Elected here while the listing ran: this node's own row is now the leader's.
+        for i in retry.pop(node.name, []):
+            rows[i] = view.queue_row(records[i])
+        ask = retry
+    return rows
+
+
+def serve_replica_status(node: "Node", transport: PeerTransport) -> None:
+    """Answer `queue.replica_status` on this node's transport (once per process; the
+    running core is read at each call, and a node without one leads nothing)."""
+
+    async def handle(src: str, args: Any) -> Any:
+        if not isinstance(args, Mapping) or not isinstance(args.get("queues"), list):
+            raise ValueError("queue.replica_status takes {\"queues\": [[vhost, name], ...]}")
+        queues = args["queues"]
+        if node.driver is None or not node.app_running:
+            await trio.lowlevel.checkpoint()
+            return [{"missing": True, "leader": None} for _ in queues]
+        view = NodeView(node)
+        await trio.lowlevel.checkpoint()
+        return [leader_items(view, str(vhost), str(name)) for vhost, name in queues]
+
+    transport.on_call(REPLICA_STATUS, handle)
