@@ -323,8 +323,8 @@ class Mirroring:
                 continue
             leads = status.role == LEADER
             if leads and (not shell.active or shell.term != status.term):
-                if shell.active and shell.term == -2:
-                    shell.term = status.term  # a converted queue's first election: nothing to take over
+                if shell.active and shell.term == CONVERTED_TERM:
+                    shell.adopt_term(status.term)  # a converted queue's first election: nothing to take over
                 else:
                     if shell.active:
                         node.retire_local(shell)

@@ -56,6 +56,9 @@ log = logging.getLogger("leveret.replicated_queue")
 UNLIMITED_IN_FLIGHT = 256
 # The term of a shell that took over a plain queue before its group's first election.
 CONVERTED_TERM = -2
+# Settlements refused while a leadership goes on are proposed again after this long (s).
+RETRY_DELAY = 0.05
+SETTLEMENTS = frozenset({"ack", "rej", "req"})
 
 
 class _Pending:
@@ -78,6 +81,15 @@ class _Pending:
             self.event.set()
 
 
+class _Proposal:
+    __slots__ = ("term", "commands", "pendings")
+
+    def __init__(self, term: int, commands: list[Any], pendings: list[_Pending | None]) -> None:
+        self.term = term
+        self.commands = commands
+        self.pendings = pendings
+
+
 class ReplicatedQueue(QueueLeader):
     def __init__(self, node: "Node", vhost: str, name: str, durable: bool, settings: QueueSettings,
                  now_ms: int, group: str, machine: QueueMachine, proposer: str) -> None:
@@ -95,8 +107,8 @@ class ReplicatedQueue(QueueLeader):
         self._pendings: list[_Pending | None] = []
         self._flush_scheduled = False
         self._proposals = 0
-        # proposal -> its commands' pendings, until applied here or lost
-        self._waiting: dict[int, list[_Pending | None]] = {}
+        # proposal number -> what it proposed, until applied here or lost
+        self._waiting: dict[int, _Proposal] = {}
         # This term's deliveries in flight: in all, and reserved per consumer.
         self._in_flight = 0
         self._reserved: Counter[str] = Counter()
@@ -123,8 +135,8 @@ class ReplicatedQueue(QueueLeader):
         # What waits on entries not yet applied: nacked and answered empty now (an entry may
         # still commit under the new leader; a nack allows that, and the publisher retries).
         waiting, self._waiting = self._waiting, {}
-        for pendings in waiting.values():
-            self._fail(pendings)
+        for proposal in waiting.values():
+            self._fail(proposal.pendings)
         refs = list(self.refs.values())
         self.refs.clear()
         for c in list(self.consumers):
@@ -160,24 +172,52 @@ class ReplicatedQueue(QueueLeader):
         try:
             self._proposals += 1
             proposal = self._proposals
-            self._waiting[proposal] = pendings
+            self._waiting[proposal] = _Proposal(self.term, commands, pendings)
             data = encode_entry(self._proposer, proposal, commands)
             self.node.driver.propose_soon(self.group, data, lambda outcome: self._outcome(proposal, outcome))
         except Exception:
             # Run by the trio loop itself (run_sync_soon): an exception here would end the node.
             log.exception("proposing to queue '%s' failed", self.name)
-            self._fail(self._waiting.pop(self._proposals, pendings))
+            self._waiting.pop(self._proposals, None)
+            self._fail(pendings)
 
     def _outcome(self, proposal: int, outcome: Any) -> None:
         if isinstance(outcome, Applied):
             return  # `applied` has handled it
-        pendings = self._waiting.pop(proposal, None)
-        if pendings is not None:
-            try:
-                self._fail(pendings)
-            except Exception:
-                # Called from the Raft driver's loop, which must go on.
-                log.exception("answering lost commands of queue '%s' failed", self.name)
+        waiting = self._waiting.pop(proposal, None)
+        if waiting is None:
+            return
+        try:
+            if self.active and waiting.term == self.term:
+                # Refused while this leadership goes on (a leadership transfer under way):
+                # settlements are proposed again shortly, or their messages would stay
+                # unacknowledged until the next failover. Publishes are nacked (the publisher
+                # retries), deliveries chosen again.
+                retry = [cmd for cmd, p in zip(waiting.commands, waiting.pendings)
+                         if p is None and cmd[0] in SETTLEMENTS]
+                if retry:
+                    self.node.start_soon(self._propose_again, waiting.term, retry)
+            self._fail(waiting.pendings)
+        except Exception:
+            # Called from the Raft driver's loop, which must go on.
+            log.exception("answering lost commands of queue '%s' failed", self.name)
+
+    async def _propose_again(self, term: int, commands: list[Any]) -> None:
+        await trio.sleep(RETRY_DELAY)
+        if self.active and self.term == term:
+            for cmd in commands:
+                self._append(cmd, None)
+
+    def adopt_term(self, term: int) -> None:
+        """A converted queue's group held its first election: what it proposed before is
+        this leadership's."""
+        for waiting in self._waiting.values():
+            if waiting.term == self.term:
+                waiting.term = term
+                for p in waiting.pendings:
+                    if p is not None:
+                        p.term = term
+        self.term = term
 
     def _fail(self, pendings: list[_Pending | None]) -> None:
         """The commands will never be applied (or not knowingly): nack, release, answer empty."""
@@ -203,18 +243,23 @@ class ReplicatedQueue(QueueLeader):
     # ------------------------------------------------------------------ applied entries
 
     def applied(self, proposer: str, proposal: int, commands: list[Any], results: list[list[Any]]) -> None:
-        """An entry of the group was applied on this node (every replica does this)."""
+        """An entry of the group was applied on this node (every replica does this). Its
+        effects are carried out only if this leadership proposed it: an entry of an earlier
+        leadership names consumers and publishers of that one (its deliveries are returned
+        by this leadership's `RequeueAll`, which the log orders after them)."""
         self.state = self.machine.state
-        pendings = self._waiting.pop(proposal, None) if proposer == self._proposer else None
+        waiting = self._waiting.pop(proposal, None) if proposer == self._proposer else None
+        pendings = waiting.pendings if waiting is not None else None
         now = self.node.now_ms()
         active = self.active
+        ours = active and waiting is not None and waiting.term == self.term
         for i, effects in enumerate(results):
             p = pendings[i] if pendings is not None else None
             if p is not None:
                 self._release(p)
             if p is not None and p.kind in ("get", "purge"):
-                self._answer(p, effects, now, active)
-            elif active:
+                self._answer(p, effects, now, ours)
+            elif ours:
                 self._carry_out(effects, now, p.confirm if p is not None else None)
             elif p is not None and p.confirm is not None:
                 # Committed after this node stopped leading: the outcome stands.
