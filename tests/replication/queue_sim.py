@@ -51,7 +51,7 @@ import hashlib
 import random
 import sys
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import msgpack
@@ -63,13 +63,15 @@ from broker.message import Message
 from broker.queue import Delivered, Enqueued, PublisherRejected, QueueState
 from broker.queue_machine import QueueMachine, encode_entry, enqueue_wire
 from broker.queue_snapshot import state_to_bytes
-from cluster.raft.group import LEADER, Proposed
+from cluster.raft.group import LEADER, Proposed, Refused
 from cluster.raft.log import entry_payload
 from cluster.raft.sim import Sim, SimConfig, SimFailure, SimNode
 from storage.interface import LogEntry
 
 RAW_PROPERTIES = codec.encode_properties(BasicProperties())
 MS_PER_STEP = 10
+# Commands a leader re-proposes after a refusal instead of dropping (acks, rejects, requeues).
+KEPT_ON_REFUSAL = frozenset({"ack", "rej", "req", "reqall"})
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ QUEUE_MIXES: dict[str, QueueMix] = {
     "lossy": QueueMix(_cfg(drop=0.2, duplicate=0.1, max_delay=5, steps=250)),
     "churn": QueueMix(_cfg(membership=0.06, transfer=0.05, partition=0.05, partial=0.02, steps=250)),
     "stale-leaders": QueueMix(_cfg(pause=0.04, steps=250)),
+    # Leadership handed on often: proposals refused while a transfer is in progress.
+    "transfers": QueueMix(_cfg(transfer=0.2, drop=0.15, max_delay=5, steps=200)),
     "amnesia": QueueMix(_cfg(group_size=5, contest=0.1, amnesia=1.0, crash=0.03, steps=200)),
 }
 
@@ -358,8 +362,16 @@ class Shell:
         if isinstance(r, Proposed):
             self.waiting[proposal] = (r.index, pendings)
             self.at_index[r.index] = proposal
-        else:
-            self._fail(pendings)
+            return
+        if isinstance(r, Refused) and self.active:
+            # Still leading (a transfer is in progress): what returns or settles deliveries
+            # must not be dropped, or the messages stay unacknowledged for good if the
+            # transfer fails; it goes out with the next proposal.
+            kept = [i for i, c in enumerate(commands) if c[0] in KEPT_ON_REFUSAL]
+            self.outbox[:0] = [commands[i] for i in kept]
+            self.pendings[:0] = [pendings[i] for i in kept]
+            pendings = [p for i, p in enumerate(pendings) if i not in kept]
+        self._fail(pendings)
 
     def lost(self, index: int) -> None:
         """Our entry at `index` will never be applied (another won the index, or a snapshot
