@@ -188,7 +188,7 @@ class Sim:
             for nid in members:
                 self.placed.add((nid, gid))
                 self.nodes[nid].raft.create_group(gid, members)
-                self.nodes[nid].machines[gid] = self.machine()
+                self.nodes[nid].machines[gid] = self.make_machine(self.nodes[nid], gid)
                 self.nodes[nid].applied[gid] = 0
 
     # What the checks know, under the names tests read.
@@ -203,6 +203,19 @@ class Sim:
     @property
     def acked(self) -> dict[str, dict[int, bytes]]:
         return {gid: {i: data[1:] for i, (_, data) in acked.items()} for gid, acked in self.inv.acked.items()}
+
+    # ------------------------------------------------------------------ what a harness may replace
+
+    def make_machine(self, n: SimNode, gid: str) -> StateMachine:
+        """A fresh state machine for `gid` on `n` (at bootstrap, on placement and on every
+        restart). A harness that hosts more than the machine on each node (a replicated
+        queue's shell, say) overrides this to build its per-node part alongside."""
+        return self.machine()
+
+    def probe_payload(self, gid: str) -> bytes:
+        """The entry the liveness check proposes after healing; it must be one the machine
+        accepts (a no-op for a machine that parses its entries)."""
+        return f"{gid}/probe".encode()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -224,7 +237,7 @@ class Sim:
             st = n.store
             entries = st.entries(gid, st.first_index(gid), st.last_index(gid) + 1)
             snap = n.raft.restore_group(gid, st.hard_state(gid), st.snapshot(gid), entries)
-            sm = self.machine()
+            sm = self.make_machine(n, gid)
             if snap is not None:
                 sm.restore(snap.data)
             n.machines[gid] = sm
@@ -236,7 +249,7 @@ class Sim:
             if nid == n.id and gid not in n.raft.groups:
                 initial = self.initial[gid] if n.id in self.initial[gid] else ()
                 n.raft.create_group(gid, initial)
-                n.machines[gid] = self.machine()
+                n.machines[gid] = self.make_machine(n, gid)
                 n.applied[gid] = 0
 
     def crash(self, n: SimNode, keep_unsynced: int = 0) -> None:
@@ -499,7 +512,7 @@ class Sim:
             if gid not in t.raft.groups:
                 self.placed.add((target, gid))
                 t.raft.create_group(gid)
-                t.machines[gid] = self.machine()
+                t.machines[gid] = self.make_machine(t, gid)
                 t.applied[gid] = 0
         elif op == "promote":
             target = rng.choice(sorted(conf.learners))
@@ -574,7 +587,7 @@ class Sim:
         deadline = self.now + self.cfg.liveness_ticks
         for gid in self.group_ids:
             probe: tuple[int, int] | None = None
-            payload = f"{gid}/probe".encode()
+            payload = self.probe_payload(gid)
             while True:
                 if self.now >= deadline:
                     self.fail(f"liveness: {gid} did not elect a leader and commit a new entry within "
