@@ -73,6 +73,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("leveret.remote_queue")
 
 OPS: Final = "queue.ops"
+SETTLEMENT_OPS: Final = frozenset({"settle", "requeue", "reject"})
+# Settlements kept per unreachable node at most (the oldest go first: a redelivery).
+UNSENT_MAX: Final = 100_000
 REPLIES: Final = "queue.replies"
 GET: Final = "queue.get"
 CONSUME: Final = "queue.consume"
@@ -380,6 +383,8 @@ class QueuePeers:
         self._confirmed = trio.Event()
         # Nodes whose link went down and has not come up since.
         self._lost: set[str] = set()
+        # Settlements for a node that could not be sent, kept until its link is back.
+        self._unsent: dict[str, list[Any]] = defaultdict(list)
         # Sessions of other nodes consuming from queues here: (node, session id) -> proxy.
         self.proxies: dict[tuple[str, str], ConsumerProxy] = {}
         # Remote queues that sessions here consume from (cancelled if their home goes away).
@@ -446,6 +451,15 @@ class QueuePeers:
             for op in ops:
                 if op[0] == "publish":
                     self._resolve(op[4], False)
+                elif op[0] in SETTLEMENT_OPS:
+                    # Sent again when the link is back: if the other node never noticed the
+                    # link was down, its proxy still holds these deliveries (a requeue of one
+                    # that never reached its consumer, above all), and nothing else would
+                    # ever settle them.
+                    unsent = self._unsent[node]
+                    unsent.append(op)
+                    if len(unsent) > UNSENT_MAX:
+                        del unsent[:len(unsent) - UNSENT_MAX]
 
     # ------------------------------------------------------------------ confirms (B)
 
@@ -514,6 +528,11 @@ class QueuePeers:
             for node in reachable - now_reachable:
                 self._lost.add(node)
                 self.node_lost(node)
+            for node in now_reachable - reachable:
+                unsent = self._unsent.pop(node, None)
+                if unsent:
+                    self._ops.setdefault(node, []).extend(unsent)
+                    self._schedule_flush()
             self._lost -= now_reachable
             reachable = now_reachable
             self._nack_waiting(None)
@@ -580,13 +599,19 @@ class QueuePeers:
                 if local is None or local.leader.ref.incarnation != incarnation:
                     continue
                 ref = local.leader.ref
-                seqs = tuple(seqs)
+                # Only what that node's consumers hold is theirs to settle: a settlement sent
+                # again after its link came back may name a delivery this node has since
+                # taken back (the link went down) and handed to another consumer.
+                held: set[int] = set()
                 for key, proxy in list(self.proxies.items()):
                     if proxy.node == src:
+                        held.update(proxy.unacked.get(ref, ()))
                         proxy.settled(ref, seqs)
                         if proxy.idle():
                             del self.proxies[key]
-                getattr(local, kind)(ref, seqs, now)
+                seqs = tuple(seq for seq in seqs if seq in held)
+                if seqs:
+                    getattr(local, kind)(ref, seqs, now)
             elif kind == "credit":
                 _, vhost, name, session_id, channel, tag, limit = op
                 proxy = self.proxies.get((src, session_id))
