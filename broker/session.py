@@ -702,6 +702,7 @@ class Session:
             if not self._owned_check(channel, q, m):
                 return
             # A passive declare is a use too: it renews x-expires (RabbitMQ's queue stat call).
+            await node.mirroring.until_served(vhost, name)
             await self._declare_ok(channel, m, name)
             return
         server_named = not name
@@ -779,8 +780,10 @@ class Session:
             else:
                 self._reply(channel, m.nowait, spec.QueueBindOk())
 
-    def _queue_for(self, channel: int, name: str, m: spec.Method) -> QueueClient | None:
+    async def _queue_for(self, channel: int, name: str, m: spec.Method) -> QueueClient | None:
         vhost = self.vhost
+        # A replicated queue failing over is used once its new leader serves it.
+        await self.node.mirroring.until_served(vhost, name)
         q = self.node.metadata.queue(vhost, name)
         queue = self.node.queue(vhost, name) if q is not None else None
         if q is None or queue is None:
@@ -793,7 +796,7 @@ class Session:
     async def _queue_purge(self, channel: int, m: spec.QueuePurge) -> None:
         if not self._check(channel, auth.checks_for_queue_purge(self.vhost, m.queue), m):
             return
-        queue = self._queue_for(channel, m.queue, m)
+        queue = await self._queue_for(channel, m.queue, m)
         if queue is None:
             return
         count = await queue.purge(self.node.now_ms())
@@ -850,7 +853,7 @@ class Session:
             return
         if not self._check(channel, auth.checks_for_consume(vhost, m.queue), m):
             return
-        queue = self._queue_for(channel, m.queue, m)
+        queue = await self._queue_for(channel, m.queue, m)
         if queue is None:
             return
         refusal = (check_consume_arguments(m.queue, vhost, m.arguments)
@@ -894,7 +897,7 @@ class Session:
     async def _basic_get(self, channel: int, m: spec.BasicGet) -> None:
         if not self._check(channel, auth.checks_for_consume(self.vhost, m.queue), m):
             return
-        queue = self._queue_for(channel, m.queue, m)
+        queue = await self._queue_for(channel, m.queue, m)
         if queue is None:
             return
         got = await queue.get(self.node.now_ms(), m.no_ack)
