@@ -36,6 +36,7 @@ A, B, C = "a@localhost", "b@localhost", "c@localhost"
 FORMS = [
     ("ha-all", '{"ha-mode":"all"}', {}, 3, {A, B, C}),
     ("ha-exactly-2", '{"ha-mode":"exactly","ha-params":2,"ha-sync-mode":"automatic"}', {}, 2, {A}),
+    ("ha-nodes-b-c", '{"ha-mode":"nodes","ha-params":["b@localhost","c@localhost"]}', {}, 2, {B, C}),
     ("quorum-2", None, {"x-queue-type": "quorum", "x-quorum-initial-group-size": 2}, 2, {A}),
     ("quorum-default", None, {"x-queue-type": "quorum"}, 3, {A, B, C}),
 ]
