@@ -4,6 +4,7 @@ publishing and draining a queue."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -168,3 +169,110 @@ def no_tracebacks(nodes: list[NodeProcess]) -> Iterator[str]:
         text = n.log_text()
         if "Traceback" in text:
             yield f"{n.name}:\n{text[-6000:]}"
+
+
+class Load:
+    """A confirmed publisher on one node and an acking consumer on another, each in a thread
+    of its own connection, bounded by `count` messages and `seconds`. `publish_gap` paces the
+    publisher so the load spans the changes a test makes meanwhile."""
+
+    def __init__(self, publish_on: NodeProcess, consume_on: NodeProcess, queue: str, count: int,
+                 seconds: float = 90.0, publish_gap: float = 0.005) -> None:
+        self.publish_on, self.consume_on, self.queue = publish_on, consume_on, queue
+        self.count, self.seconds, self.publish_gap = count, seconds, publish_gap
+        self.confirmed: list[bytes] = []
+        self.received: list[tuple[bytes, bool]] = []
+        self.errors: list[BaseException] = []
+        self._publishing_done = threading.Event()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._guard, args=(self._publish,), daemon=True),
+                         threading.Thread(target=self._guard, args=(self._consume,), daemon=True)]
+
+    def __enter__(self) -> "Load":
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _guard(self, body: Callable[[], None]) -> None:
+        try:
+            body()
+        except BaseException as exc:  # reported by the test
+            self.errors.append(exc)
+        finally:
+            if body == self._publish:
+                self._publishing_done.set()
+
+    def _publish(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        conn = connect(self.publish_on)
+        try:
+            ch = conn.channel()
+            ch.confirm_delivery()
+            for i in range(self.count):
+                if self._stop.is_set() or time.monotonic() > deadline:
+                    break
+                body = b"load-%05d" % i
+                # pika raises NackError on a nack: the test fails on any.
+                ch.basic_publish("", self.queue, body, pika.BasicProperties(delivery_mode=2), mandatory=True)
+                self.confirmed.append(body)
+                if self.publish_gap:
+                    time.sleep(self.publish_gap)
+        finally:
+            if conn.is_open:
+                conn.close()
+
+    def _consume(self) -> None:
+        deadline = time.monotonic() + self.seconds + 30
+        conn = connect(self.consume_on)
+        try:
+            ch = conn.channel()
+            ch.basic_qos(prefetch_count=50)
+
+            def on_message(ch: Any, method: Any, props: Any, body: bytes) -> None:
+                self.received.append((body, method.redelivered))
+                ch.basic_ack(method.delivery_tag)
+
+            ch.basic_consume(self.queue, on_message)
+            while time.monotonic() < deadline and not self._stop.is_set():
+                conn.process_data_events(time_limit=0.1)
+                if self._publishing_done.is_set() and self.all_received():
+                    break
+        finally:
+            if conn.is_open:
+                conn.close()
+
+    def all_received(self) -> bool:
+        return set(self.confirmed) <= {body for body, _ in self.received}
+
+    def wait(self, timeout: float = 120.0) -> None:
+        """Until both threads are done (the consumer once it has every confirmed message)."""
+        for t in self._threads:
+            t.join(timeout)
+            assert not t.is_alive(), "load still running"
+
+    def check(self) -> None:
+        """No channel or connection error, every confirmed message received, nothing that was
+        never published, and a message received twice only if flagged redelivered."""
+        assert not self.errors, self.errors
+        published = set(self.confirmed)
+        got = [body for body, _ in self.received]
+        assert set(got) - published == set(), sorted(set(got) - published)[:5]
+        missing = published - set(got)
+        assert not missing, (len(missing), sorted(missing)[:5])
+        seen: set[bytes] = set()
+        for body, redelivered in self.received:
+            assert body not in seen or redelivered, f"{body!r} delivered twice without redelivered"
+            seen.add(body)
+
+
+def wait_plain(nodes: list[NodeProcess], queue: str, timeout: float = 30.0) -> None:
+    """Until every running node's metadata says `queue` is plain again and none hosts its group."""
+    def check() -> bool:
+        rows = [replica_row(n, queue) for n in running(nodes)]
+        return all(r is not None and r["group"] == "" and not r["replicas"] and not r["hosted"] for r in rows)
+    wait_for(check, timeout, f"{queue} plain")

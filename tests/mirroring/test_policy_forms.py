@@ -10,21 +10,16 @@ other replica."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tests.ctl.support import connect
 from tests.mirroring.support import (
     drain,
-    no_tracebacks,
     node_named,
     publish_confirmed,
     replica_row,
     running,
     set_policy,
-    start_cluster,
-    stop_all,
     wait_for,
     wait_replicas,
 )
@@ -42,17 +37,6 @@ FORMS = [
 ]
 
 
-@pytest.fixture
-def cluster() -> Iterator[list[NodeProcess]]:
-    nodes = start_cluster()
-    try:
-        yield nodes
-        problems = list(no_tracebacks(nodes))
-        assert not problems, "\n".join(problems)
-    finally:
-        stop_all(nodes)
-
-
 @pytest.mark.parametrize("form, policy, arguments, size, included", FORMS, ids=[f[0] for f in FORMS])
 def test_replica_set_cross_node_traffic_and_leader_kill(
         cluster: list[NodeProcess], form: str, policy: str | None, arguments: dict, size: int,
@@ -60,7 +44,7 @@ def test_replica_set_cross_node_traffic_and_leader_kill(
     a, b, c = cluster
     queue = f"{form}.q"
     if policy is not None:
-        set_policy(a, "mirror", r"^ha-", policy)
+        set_policy(a, f"mirror-{form}", f"^{form}\\.", policy)
     conn = connect(a)
     conn.channel().queue_declare(queue, durable=True, arguments=arguments)
     conn.close()
@@ -85,7 +69,9 @@ def test_replica_set_cross_node_traffic_and_leader_kill(
     publish_confirmed(publisher, queue, second)
     leader.kill()
     if size == 2:
+        # Unavailable until the killed replica is back (and the group has a leader again).
         leader.start()
+        wait_replicas(cluster, queue, replicas, timeout=60)
     survivor = next(n for n in running(cluster) if n is not leader)
     got = drain(survivor, queue, len(second), timeout=60)
     bodies = [body for body, _ in got]
