@@ -32,6 +32,7 @@ import trio
 from broker import auth
 from broker.config import DiskFreeLimit, MemoryWatermark
 from broker.control_cluster import ClusterControl
+from broker.control_mirroring import MirroringControl
 from broker.node_view import NodeView, plain
 from broker.queue_client import QueueUnavailable
 from broker.replica_control import rebalance, sync_queue
@@ -121,6 +122,7 @@ class ControlHandlers:
         }
         cluster = ClusterControl(node)
         self._methods.update(cluster.methods())
+        self._methods.update(MirroringControl(node).methods())
         self._without_app = _WITHOUT_APP | cluster.WITHOUT_APP
 
     async def handle(self, method: str, args: Mapping[str, Any]) -> Any:

@@ -276,21 +276,29 @@ class Mirroring:
             self._watch(self._nursery)
 
     async def until_served(self, vhost: str, name: str, timeout: float = SERVE_TIMEOUT) -> None:
-        """Until a replicated queue this node hosts has a leader serving it (a queue just
-        declared, or failing over), `timeout` at most; at once for anything else."""
+        """Until a replicated queue has a leader this node can reach (a queue just declared,
+        or failing over: RabbitMQ's channel likewise waits for a mirror's promotion),
+        `timeout` at most; at once for anything else. A node hosting a replica knows the
+        leader from its group, any other node from the metadata."""
+        node = self.node
         with trio.move_on_after(timeout):
             while True:
-                q = self.node.metadata.queue(vhost, name)
-                shell = self.shells.get(q.group) if q is not None and q.replicated else None
+                q = node.metadata.queue(vhost, name)
+                if q is None or not q.replicated:
+                    return
+                shell = self.shells.get(q.group)
                 if shell is None:
-                    return
-                if self._nursery is not None:
-                    self._watch(self._nursery)
-                if shell.active:
-                    return
-                status = self.node.driver.status(shell.group)
-                if status is not None and status.leader is not None and status.leader != self.node.name:
-                    return
+                    if q.node == node.name or q.node in node.reachable_nodes():
+                        return
+                else:
+                    if self._nursery is not None:
+                        self._watch(self._nursery)
+                    if shell.active:
+                        return
+                    status = node.driver.status(shell.group)
+                    if status is not None and status.leader is not None and status.leader != node.name \
+                            and status.leader in node.reachable_nodes():
+                        return
                 await trio.sleep(SERVE_POLL)
 
     def _lost(self, now: float) -> frozenset[str]:

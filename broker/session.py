@@ -783,6 +783,10 @@ class Session:
         arguments = dict(m.arguments or {})
         home = node.home_for(vhost, name, arguments, m.exclusive)
         group, replicas = node.mirroring.plan_new(vhost, name, arguments, home, m.exclusive)
+        if replicas:
+            # A replicated queue starts led by its plan's first replica, which need not be
+            # the home (ha-mode nodes may leave the home out).
+            home = replicas[0]
         cmd = md.DeclareQueue(vhost, name, durable, m.auto_delete, self.id if m.exclusive else None,
                               arguments, home, "quorum" if is_quorum(arguments) else "classic", server_named,
                               group, replicas)
