@@ -84,7 +84,7 @@ class Mirroring:
         self._nursery: trio.Nursery | None = None
         # Members seen down, since when (trio time): lost once down mirror_replacement_delay.
         self._down_since: dict[str, float] = {}
-        self._last_running: tuple[str, ...] = ()
+        self._last_seen: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
         # Manual-sync groups whose missing replicas `sync_queue` asked to add.
         self.sync_requested: set[str] = set()
 
@@ -304,10 +304,12 @@ class Mirroring:
     def _lost(self, now: float) -> frozenset[str]:
         """Members down longer than the replacement delay (re-planned when that happens)."""
         running = self._running()
-        if running != self._last_running:
-            self._last_running = running
+        members = self._members()
+        if (members, running) != self._last_seen:
+            # A node joined, left, was forgotten, went down or came back: plans may change.
+            self._last_seen = (members, running)
             self.want_plan()
-        down = set(self._members()) - set(running)
+        down = set(members) - set(running)
         for n in [n for n in self._down_since if n not in down]:
             del self._down_since[n]
         delay = self.node.settings.mirror_replacement_delay
