@@ -127,7 +127,8 @@ def _validate_ha(definition: Mapping[str, Any]) -> str | None:
     """rabbit_mirror_queue_misc:validate_policy/1."""
     mode = definition.get("ha-mode")
     if mode is None:
-        if any(k in definition for k in ("ha-params", "ha-sync-mode", "ha-promote-on-shutdown")):
+        # RabbitMQ's check covers every ha-* key, whatever its message names.
+        if any(k in definition for k in HA_KEYS if k != "ha-mode"):
             return "ha-mode must be specified to specify ha-params, ha-sync-mode or ha-promote-on-shutdown"
         return None
     params = definition.get("ha-params")
@@ -146,8 +147,9 @@ def _validate_ha(definition: Mapping[str, Any]) -> str | None:
             return f'ha-mode="nodes" takes a list, {erlang_repr(params)} given'
         if not params:
             return 'ha-mode="nodes" list must be non-empty'
-        if not all(isinstance(p, str) for p in params):
-            return f'ha-mode="nodes" takes a list of strings, {erlang_repr(params)} given'
+        not_strings = [p for p in params if not isinstance(p, str)]
+        if not_strings:
+            return f'ha-mode="nodes" takes a list of strings, {erlang_repr(not_strings)} was not a string'
     else:
         return f"{erlang_repr(mode)} is not a valid ha-mode value"
     sync = definition.get("ha-sync-mode")

@@ -48,6 +48,14 @@ from cluster.policy import (
     ({"ha-sync-mode": "automatic"},
      "ha-mode must be specified to specify ha-params, ha-sync-mode or ha-promote-on-shutdown"),
     ({"ha-mode": "all", "ha-sync-batch-size": 0}, "ha-sync-batch-size takes an integer greater than 0, 0 given"),
+    # Checked against RabbitMQ 3.10.8: every ha-* key wants ha-mode, whatever the text names.
+    ({"ha-sync-batch-size": 5},
+     "ha-mode must be specified to specify ha-params, ha-sync-mode or ha-promote-on-shutdown"),
+    ({"ha-promote-on-failure": "always"},
+     "ha-mode must be specified to specify ha-params, ha-sync-mode or ha-promote-on-shutdown"),
+    ({"ha-mode": "nodes", "ha-params": [1]}, 'ha-mode="nodes" takes a list of strings, [1] was not a string'),
+    ({"ha-mode": "nodes", "ha-params": ["a@h", ["b"]]},
+     'ha-mode="nodes" takes a list of strings, [[<<"b">>]] was not a string'),
     ({"ha-mode": "all", "ha-promote-on-shutdown": "x"},
      'ha-promote-on-shutdown must be "always" or "when-synced", got <<"x">>'),
 ])
