@@ -21,9 +21,9 @@ from tests.support.node_process import NodeProcess
 NAMES = ("a@localhost", "b@localhost", "c@localhost")
 
 
-def start_cluster(names: tuple[str, ...] = NAMES) -> list[NodeProcess]:
+def start_cluster(names: tuple[str, ...] = NAMES, extra_env: dict[str, str] | None = None) -> list[NodeProcess]:
     """Nodes started and joined to the first; the caller stops them (`stop_all`)."""
-    nodes = [NodeProcess(name=n) for n in names]
+    nodes = [NodeProcess(name=n, extra_env=dict(extra_env or {})) for n in names]
     try:
         for n in nodes:
             n.launch()
@@ -115,15 +115,24 @@ def set_policy(node: NodeProcess, name: str, pattern: str, definition: str, *ext
     ok(node, "set_policy", name, pattern, definition, "--apply-to", "queues", *extra)
 
 
-def publish_confirmed(node: NodeProcess, queue: str, bodies: list[bytes]) -> None:
+def publish_confirmed(node: NodeProcess, queue: str, bodies: list[bytes], retry_for: float = 0.0) -> None:
     """Publish persistent messages with confirms; returns once every one is confirmed (pika
-    raises on a nack)."""
+    raises on a nack). With `retry_for`, a nacked message is published again for that many
+    seconds, as a client publishing through a failover does."""
     conn = connect(node)
     try:
         ch = conn.channel()
         ch.confirm_delivery()
+        deadline = time.monotonic() + retry_for
         for body in bodies:
-            ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2), mandatory=True)
+            while True:
+                try:
+                    ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2), mandatory=True)
+                    break
+                except pika.exceptions.NackError:
+                    if time.monotonic() >= deadline:
+                        raise
+                    time.sleep(0.1)
     finally:
         conn.close()
 
@@ -153,6 +162,15 @@ def drain(node: NodeProcess, queue: str, expected: int, timeout: float = 30.0,
         if conn.is_open:
             conn.close()
     return got
+
+
+def declare(node: NodeProcess, queue: str, **arguments: object) -> None:
+    conn = connect(node)
+    try:
+        conn.channel().queue_declare(queue, durable=True, arguments=dict(arguments))
+    finally:
+        if conn.is_open:
+            conn.close()
 
 
 def ready_count(node: NodeProcess, queue: str) -> int:
@@ -268,11 +286,3 @@ class Load:
         for body, redelivered in self.received:
             assert body not in seen or redelivered, f"{body!r} delivered twice without redelivered"
             seen.add(body)
-
-
-def wait_plain(nodes: list[NodeProcess], queue: str, timeout: float = 30.0) -> None:
-    """Until every running node's metadata says `queue` is plain again and none hosts its group."""
-    def check() -> bool:
-        rows = [replica_row(n, queue) for n in running(nodes)]
-        return all(r is not None and r["group"] == "" and not r["replicas"] and not r["hosted"] for r in rows)
-    wait_for(check, timeout, f"{queue} plain")

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from tests.clustering.test_join_and_metadata import join
-from tests.ctl.support import connect, ctl, ok
+from tests.ctl.support import ctl, ok
 from tests.mirroring.support import (
+    declare,
     Load,
     control,
     drain,
@@ -24,12 +25,6 @@ from tests.mirroring.support import (
 from tests.support.node_process import NodeProcess
 
 A, B, C, D = "a@localhost", "b@localhost", "c@localhost", "d@localhost"
-
-
-def declare(node: NodeProcess, queue: str, **arguments: object) -> None:
-    conn = connect(node)
-    conn.channel().queue_declare(queue, durable=True, arguments=dict(arguments))
-    conn.close()
 
 
 def test_policy_set_changed_and_cleared_under_load(cluster: list[NodeProcess]) -> None:
