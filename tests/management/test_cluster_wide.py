@@ -2,7 +2,8 @@
 a quorum queue led on node b are listed by node a's API with b's counts, mirrors, leader
 and members, got from and purged through a, synchronised on request; /api/nodes shows each
 member's own figures, and a member that is killed as not running; the metrics of the
-leader's node carry the queue groups' Raft state and the store's fsync histogram.
+leader's node carry the queue groups' Raft state and the store's fsync histogram; the web
+UI of node a shows the mirrors and leader of queues b leads, and requests a sync.
 
 One cluster for the module (forming one takes a while); the test that kills a node runs last.
 """
@@ -20,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.clustering.test_join_and_metadata import join
 from tests.ctl.support import connect, wait_until
 from tests.management.http import Api
+from tests.support.browser import chromium_paths, headless_chromium
 from tests.support.node_process import NodeProcess, wait_for_port
 
 A, B, C = "cw-a@localhost", "cw-b@localhost", "cw-c@localhost"
@@ -180,6 +182,39 @@ def test_metrics_carry_queue_groups_partitions_and_fsync_latency(cluster: list[N
     assert on_a["leveret_raft_group_is_leader"][group] == 0
     assert any(dict(labels).get("group") == group[0][1] and dict(labels)["leader"] == B
                for labels in on_a["leveret_raft_group_info"])
+
+
+def test_the_ui_shows_mirrors_leader_and_sync_state_of_queues_led_elsewhere(cluster: list[NodeProcess],
+                                                                            queues: None) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    paths, why = chromium_paths()
+    if paths is None:
+        pytest.skip(f"chromium could not be installed: {why}")
+    a = cluster[0]
+    settled(Api(a.management_url), "/api/queues/%2F/ha.q", lambda q: len(q["synchronised_slave_nodes"]) == 2)
+    browser = headless_chromium(*paths)
+    try:
+        wait = WebDriverWait(browser, 20)
+        browser.get(a.management_url + "/")
+        wait.until(ec.presence_of_element_located((By.ID, "login")))
+        browser.find_element(By.ID, "username").send_keys("guest")
+        browser.find_element(By.ID, "password").send_keys("guest")
+        browser.find_element(By.ID, "login-button").click()
+        wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "h1"), "Overview"))
+        browser.get(a.management_url + "/#/queues")
+        wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "main"), f"leader {B}; members"))
+        text = browser.find_element(By.TAG_NAME, "main").text
+        assert f"{B}; mirrors: " in text and f"{A} (synchronised)" in text and f"{C} (synchronised)" in text
+        # The queue's page offers to synchronise its mirrors; the request goes to b, its leader.
+        browser.get(a.management_url + "/#/queue/%2F/ha.q")
+        wait.until(ec.element_to_be_clickable((By.ID, "sync"))).click()
+        wait.until(ec.alert_is_present()).accept()
+        wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "Synchronisation requested"))
+    finally:
+        browser.quit()
 
 
 def test_nodes_show_each_member_and_a_killed_one_as_not_running(cluster: list[NodeProcess], queues: None) -> None:
