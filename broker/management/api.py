@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
