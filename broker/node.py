@@ -52,6 +52,7 @@ from broker.replicated_queue import ReplicatedQueue
 from broker.queue_client import QueueClient, QueueUnavailable
 from broker.queue_leader import MESSAGES_TABLE, QueueLeader, decode_persisted, queue_key_prefix
 from broker.remote_queue import QueuePeers, serve_queue_peers
+from broker.cluster_view import serve_node_status
 from broker.replica_control import serve_replica_control
 from broker.replica_status import serve_replica_status
 from broker.routing import Router
@@ -191,6 +192,7 @@ class Node:
                 serve_queue_peers(self, transport)
                 serve_replica_status(self, transport)
                 serve_replica_control(self, transport)
+                serve_node_status(self, transport)
                 await nursery.start(transport.run)
                 # The peer port first: a restarted member needs its peers to elect a leader.
                 host = settings.node_ip_address

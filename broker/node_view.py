@@ -371,6 +371,8 @@ class NodeView:
             "members": replicas["members"],
             "online": replicas["online"],
             "synchronised_nodes": replicas["synchronised_nodes"],
+            "follower_nodes": replicas["follower_nodes"],
+            "replica_followers": replicas["replica_followers"],
             # Not an info key: the node leading the queue, what `list_queues --local` filters on.
             "home_node": self.queue_leader_node(q),
         }

@@ -11,11 +11,13 @@ A queue whose leader cannot be reached keeps the row this node made, with state 
 as RabbitMQ lists a queue on an unreachable node.
 
 Wire:  "queue.replica_status"  {"queues": [[vhost, name], ...]}
-       -> [{item: value, ...} | {"missing": true, "leader": node or None}, ...] in order.
+       -> [{item: value, ..., "counters": {counter: n}} | {"missing": true, "leader": node or None}, ...]
+          in order.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import trio
 
 from broker.node_view import NodeView
+from cluster import metadata as md
 from cluster.transport import PeerTransport, Replied
 
 if TYPE_CHECKING:
@@ -43,8 +46,12 @@ LEADER_ITEMS: Final = (
     "message_bytes_ram", "message_bytes_paged_out", "head_message_timestamp", "consumers",
     "consumer_utilisation", "consumer_capacity", "memory", "exclusive_consumer_pid", "exclusive_consumer_tag",
     "state", "pid", "slave_pids", "synchronised_slave_pids", "leader", "members", "online", "home_node",
-    "synchronised_nodes",
+    "synchronised_nodes", "follower_nodes", "replica_followers",
 )
+# Not a row item: the queue's running message counters (`QueueCounters` fields), which the
+# management API's message_stats show. A leader answers with them; the row carries them
+# under this key once its leader answered (None before).
+COUNTERS: Final = "counters"
 
 
 def leader_items(view: NodeView, vhost: str, name: str) -> dict[str, Any]:
@@ -56,15 +63,30 @@ def leader_items(view: NodeView, vhost: str, name: str) -> dict[str, Any]:
     if view.leader(vhost, name) is None:
         return {"missing": True, "leader": view.queue_leader_node(q)}
     row = view.queue_row(q)
-    return {key: row[key] for key in LEADER_ITEMS}
+    return {**{key: row[key] for key in LEADER_ITEMS}, COUNTERS: counters_of(view, vhost, name)}
+
+
+def counters_of(view: NodeView, vhost: str, name: str) -> dict[str, int] | None:
+    """A queue led here: its `QueueCounters` as a plain map (None if it has no leader here)."""
+    counters = view.queue_counters(vhost, name)
+    return dataclasses.asdict(counters) if counters is not None else None
 
 
 async def queue_rows(view: NodeView, transport: PeerTransport, vhost: str | None) -> list[dict[str, Any]]:
     """Every queue of `vhost` (all vhosts for None), each with its leader's live items."""
-    node = view.node
     records = [q for v in ([vhost] if vhost is not None else [v.name for v in view.metadata.vhosts()])
                for q in view.metadata.queues(v)]
-    rows = [view.queue_row(q) for q in records]
+    return await rows_of(view, transport, records)
+
+
+def _own_row(view: NodeView, q: md.QueueRecord) -> dict[str, Any]:
+    return {**view.queue_row(q), COUNTERS: counters_of(view, q.vhost, q.name)}
+
+
+async def rows_of(view: NodeView, transport: PeerTransport, records: Sequence[md.QueueRecord]) -> list[dict[str, Any]]:
+    """The rows of `records`, each with its leader's live items (and `COUNTERS`), in order."""
+    node = view.node
+    rows = [_own_row(view, q) for q in records]
     ask: dict[str, list[int]] = defaultdict(list)
     for i, q in enumerate(records):
         if view.leader(q.vhost, q.name) is None:
@@ -93,14 +115,14 @@ async def queue_rows(view: NodeView, transport: PeerTransport, vhost: str | None
                     if isinstance(hint, str) and hint != target:
                         retry[hint].append(i)
                     continue
-                rows[i].update({k: answer[k] for k in LEADER_ITEMS if k in answer})
+                rows[i].update({k: answer[k] for k in (*LEADER_ITEMS, COUNTERS) if k in answer})
 
         async with trio.open_nursery() as nursery:
             for target, indexes in ask.items():
                 nursery.start_soon(one, target, indexes)
         # Elected here while the listing ran: this node's own row is now the leader's.
         for i in retry.pop(node.name, []):
-            rows[i] = view.queue_row(records[i])
+            rows[i] = _own_row(view, records[i])
         ask = retry
     return rows
 

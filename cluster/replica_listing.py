@@ -36,7 +36,8 @@ def synchronised_followers(followers: Sequence[str], voters: Collection[str], ma
 def replica_items(*, vhost: str, name: str, queue_type: str, mirrored: bool, leader: str,
                   replicas: Sequence[str], running: Collection[str], voters: Collection[str],
                   match: Mapping[str, int], commit: int) -> dict[str, Any]:
-    """The six replica items of one queue's `list_queues` row (and `synchronised_nodes`).
+    """The six replica items of one queue's `list_queues` row (and `synchronised_nodes`,
+    `follower_nodes`, `replica_followers`).
 
     `queue_type` is the declared type ("classic" or another, listed as RabbitMQ lists
     quorum queues); `mirrored` whether a classic queue is under an ha-mode policy;
@@ -49,6 +50,10 @@ def replica_items(*, vhost: str, name: str, queue_type: str, mirrored: bool, lea
     # Not an info item: the nodes that could lead the queue now without losing a message
     # (what rebalance_queues may move its leadership to), the leader first.
     items["synchronised_nodes"] = [leader, *synced]
+    # Nor these: the followers running now and every follower in the replica set, by node
+    # (the management API's slave_nodes and recoverable_slaves of a mirrored queue).
+    items["follower_nodes"] = followers
+    items["replica_followers"] = [n for n in dict.fromkeys(replicas) if n != leader]
     if queue_type != "classic":
         members = list(replicas) or [leader]
         items.update(leader=leader, members=members, online=[n for n in members if n in running])

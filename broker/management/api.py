@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +27,13 @@ from broker.control_handlers import import_commands
 from broker.management import access, shapes
 from broker.management.errors import LOGIN_FAILED, NOT_FOUND, ApiError, bad_request, not_authorised, not_found
 from broker.management.listing import apply_list_query, parse_bool, parse_list_query
-from broker.management.rates import QUEUE_TOTALS, RateSamples, message_stats_counts, sum_counts
+from broker.management.rates import (
+    QUEUE_TOTALS,
+    RateSamples,
+    counters_message_stats,
+    message_stats_counts,
+    sum_counts,
+)
 from broker.management.requests import (
     bool_field,
     check_base64,
@@ -45,7 +50,10 @@ from broker.management.requests import (
     str_field,
     tags_field,
 )
+from broker.cluster_view import ClusterView
 from broker.node_view import SETTLE_MODES, NodeView
+from broker.queue_client import QueueUnavailable
+from broker.replica_status import COUNTERS
 from cluster import metadata as md
 from cluster.nesting import MAX_TABLE_DEPTH
 from cluster.policy import validate_policy
@@ -120,11 +128,18 @@ def _amqp_refusal(refusal: Any) -> ApiError:
     return bad_request(refusal_reason(text))
 
 
+def unavailable(outcome: QueueUnavailable) -> ApiError:
+    """A queue whose leader cannot be asked: 404 quoting why, as RabbitMQ answers an operation
+    on a queue whose home node is down (the channel's NOT_FOUND, passed on)."""
+    return not_found(outcome.text)
+
+
 class ManagementApi:
     """The handlers, sharing the node, its view and the sampled rates."""
 
     def __init__(self, node: "Node", rates: RateSamples) -> None:
         self.view = NodeView(node)
+        self.cluster = ClusterView(node)
         self.rates = rates
 
     # ------------------------------------------------------------------ plumbing
@@ -202,9 +217,10 @@ class ManagementApi:
 
     # ------------------------------------------------------------------ rates
 
-    def queue_counts(self, vhost: str, name: str) -> dict[str, int]:
-        counters = self.view.queue_counters(vhost, name)
-        return message_stats_counts(counters) if counters is not None else {}
+    @staticmethod
+    def queue_counts(row: Mapping[str, Any]) -> dict[str, int]:
+        """A queue row's message_stats counts, from the counters its leader answered with."""
+        return counters_message_stats(row.get(COUNTERS))
 
     def rate_samples(self) -> dict[Any, dict[str, int]]:
         """What the sampler records each interval: every queue's counters and lengths, and
@@ -223,9 +239,9 @@ class ManagementApi:
         view = self.view
         meta = view.metadata
         vhosts = self.visible_vhosts(call, None)
-        queues = [r for v in vhosts for r in view.queue_rows(v)]
+        queues = await self.cluster.queue_rows(vhosts)
         totals = sum_counts([{k: r[k] for k in QUEUE_TOTALS} for r in queues])
-        stats = sum_counts([self.queue_counts(r["vhost"], r["name"]) for r in queues])
+        stats = sum_counts([self.queue_counts(r) for r in queues])
         key = ("overview",)
         connections = [r for r in view.connection_rows() if call.who.sees_user_objects(r["user"])]
         channels = [r for r in view.channel_rows() if call.who.sees_user_objects(r["user"])]
@@ -267,60 +283,20 @@ class ManagementApi:
         return [{"ssl_opts": [], "node": self.view.node_name, "description": "Leveret Management", "path": "/",
                  "port": str(port)} for proto, _host, port in self.view.listeners if proto == "http"]
 
-    def node_json(self) -> dict[str, Any]:
-        status = self.view.status()
-        alarms = set(status["alarms"])
-        return {
-            "name": self.view.node_name,
-            "type": "disc",
-            "running": True,
-            "being_drained": False,
-            "os_pid": str(status["pid"]),
-            "mem_used": status["memory_used"],
-            "mem_limit": status["vm_memory_limit"],
-            "mem_alarm": "memory" in alarms,
-            "mem_calculation_strategy": status["memory_calculation_strategy"],
-            "disk_free": status["disk_free"],
-            "disk_free_limit": status["disk_free_limit"],
-            "disk_free_alarm": "disk" in alarms,
-            "fd_used": status["file_descriptors"],
-            "fd_total": status["file_descriptor_limit"],
-            "sockets_used": status["connection_count"],
-            "sockets_total": status["file_descriptor_limit"],
-            "proc_used": 0,
-            "proc_total": 0,
-            "uptime": status["uptime"] * 1000,
-            "run_queue": 0,
-            "processors": os.cpu_count() or 1,
-            "partitions": [],
-            "rates_mode": "basic",
-            "exchange_types": shapes.exchange_types(),
-            "auth_mechanisms": [{"name": n, "description": d, "enabled": True} for n, d in shapes.AUTH_MECHANISMS],
-            "applications": [{"name": "leveret", "description": "Leveret", "version": __version__}],
-            "contexts": self.contexts_json(),
-            "log_files": [],
-            "db_dir": status["data_directory"],
-            "config_files": status["config_files"],
-            "enabled_plugins": ["rabbitmq_management", "rabbitmq_prometheus"],
-            "net_ticktime": 60,
-            "cluster_links": [],
-        }
-
-    def nodes_json(self) -> list[dict[str, Any]]:
-        """This node in full, and the cluster's other members as this node sees them: running
-        while their peer link works, down otherwise (their own figures are not fetched yet)."""
-        others = [{"name": name, "type": "disc", "running": reachable, "partitions": []}
-                  for name, reachable in self.view.other_members()]
-        return sorted([self.node_json(), *others], key=lambda n: n["name"])
+    async def nodes_json(self) -> list[dict[str, Any]]:
+        """Every member of the cluster with its own figures, asked of it over the peer link;
+        one that cannot be reached shows as not running (RabbitMQ's shape for a down node)."""
+        return [shapes.node_json(r.name, r.status, r.processors, r.partitions)
+                for r in await self.cluster.node_reports()]
 
     async def nodes(self, call: Call) -> Response:
         _check(access.require_monitor(call.who))
-        return self.listed(call, self.nodes_json())
+        return self.listed(call, await self.nodes_json())
 
     async def node(self, call: Call) -> Response:
         _check(access.require_monitor(call.who))
         name = path_name(call.params["node"])
-        return self.one(call, _found(next((n for n in self.nodes_json() if n["name"] == name), None)))
+        return self.one(call, _found(next((n for n in await self.nodes_json() if n["name"] == name), None)))
 
     async def cluster_name(self, call: Call) -> Response:
         return json_reply({"name": self.view.cluster_name})
@@ -461,11 +437,12 @@ class ManagementApi:
     # ------------------------------------------------------------------ queues
 
     def queue_json(self, row: dict[str, Any]) -> dict[str, Any]:
-        return shapes.queue_json(row, self.queue_counts(row["vhost"], row["name"]), self.rates)
+        return shapes.queue_json(row, self.queue_counts(row), self.rates)
 
     async def queues(self, call: Call) -> Response:
-        vhosts = self.listing_vhosts(call)
-        return self.listed(call, [self.queue_json(r) for v in vhosts for r in self.view.queue_rows(v)])
+        # Each queue as its leader sees it, wherever it is led (broker.replica_status).
+        rows = await self.cluster.queue_rows(self.listing_vhosts(call))
+        return self.listed(call, [self.queue_json(r) for r in rows])
 
     def queue_record(self, call: Call) -> md.QueueRecord:
         vhost = self.visible_vhosts(call, path_name(call.params["vhost"]))[0]
@@ -474,7 +451,7 @@ class ManagementApi:
 
     async def queue(self, call: Call) -> Response:
         q = self.queue_record(call)
-        item = self.queue_json(self.view.queue_row(q))
+        item = self.queue_json(await self.cluster.queue_row(q))
         item["consumer_details"] = [shapes.consumer_json(r, self.view.node_name)
                                     for r in self.view.consumer_rows(q.vhost) if r["queue_name"] == q.name]
         item["deliveries"] = []
@@ -507,7 +484,11 @@ class ManagementApi:
     async def delete_queue(self, call: Call) -> Response:
         q = self.queue_record(call)
         self.check_amqp(call, q.vhost, auth.checks_for_queue_delete(q.vhost, q.name))
-        ready, consumers = self.view.queue_lengths(q.vhost, q.name) or (0, 0)
+        lengths = await self.cluster.queue_lengths(q.vhost, q.name)
+        if isinstance(lengths, QueueUnavailable) and (parse_bool(call.query.get("if-empty"))
+                                                      or parse_bool(call.query.get("if-unused"))):
+            raise unavailable(lengths)  # the conditions cannot be checked without the leader
+        ready, consumers = lengths if isinstance(lengths, tuple) else (0, 0)
         # RabbitMQ checks if-empty (ready messages) before if-unused.
         if parse_bool(call.query.get("if-empty")) and ready:
             raise bad_request(f"queue '{q.name}' in vhost '{q.vhost}' not empty")
@@ -527,8 +508,11 @@ class ManagementApi:
 
     async def purge_queue(self, call: Call) -> Response:
         q = self.queue_for_action(call, auth.checks_for_queue_purge)
-        if self.view.purge(q.vhost, q.name) is None:
+        purged = await self.cluster.purge(q.vhost, q.name)
+        if purged is None:
             raise NOT_FOUND
+        if isinstance(purged, QueueUnavailable):
+            raise unavailable(purged)
         return no_content()
 
     async def get_messages(self, call: Call) -> Response:
@@ -543,7 +527,9 @@ class ManagementApi:
             raise bad_request(f"'ackmode' must be one of {', '.join(SETTLE_MODES)}, got {json.dumps(ackmode)}")
         if encoding not in GET_ENCODINGS:
             raise bad_request(f"'encoding' must be auto or base64, got {json.dumps(encoding)}")
-        taken = _found(self.view.get_messages(q.vhost, q.name, count, ackmode))
+        taken = _found(await self.cluster.get_messages(q.vhost, q.name, count, ackmode))
+        if isinstance(taken, QueueUnavailable):
+            raise unavailable(taken)
         return json_reply([shapes.message_json(g.message, g.redelivered, g.remaining, encoding, truncate)
                            for g in taken])
 
@@ -555,7 +541,11 @@ class ManagementApi:
         action = body["action"]
         if action not in ("sync", "cancel_sync"):
             raise bad_request(f"'action' must be sync or cancel_sync, got {json.dumps(action)}")
-        # A cluster of one has no mirrors to synchronise: both actions are done at once.
+        # As RabbitMQ's: the request goes to the queue's leader and the answer does not wait
+        # for the outcome (a queue without mirrors, or whose leader is away, has nothing done).
+        synced = await self.cluster.sync(q.vhost, q.name, cancel=action == "cancel_sync")
+        log.info("%s of queue '%s' in vhost '%s' asked by %s over HTTP: %s", action, q.name, q.vhost, call.who.name,
+                 "taken by its leader" if synced else "nothing to do")
         return no_content()
 
     # ------------------------------------------------------------------ bindings
@@ -630,19 +620,26 @@ class ManagementApi:
 
     # ------------------------------------------------------------------ vhosts
 
-    def vhost_item(self, name: str) -> dict[str, Any]:
-        record = self.view.metadata.vhost(name)
-        assert record is not None
-        activity = [(message_stats_counts(counters), lengths)
-                    for vhost, _queue, counters, lengths in self.view.queue_activity() if vhost == name]
-        return shapes.vhost_json(record, self.view.node_name, sum_counts([lengths for _c, lengths in activity]),
-                                 sum_counts([counts for counts, _l in activity]), self.rates)
+    async def vhost_items(self, names: list[str]) -> list[dict[str, Any]]:
+        """The vhosts `names`, each with the lengths and counters of its queues, wherever led."""
+        rows = await self.cluster.queue_rows(names)
+        items = []
+        for name in names:
+            record = self.view.metadata.vhost(name)
+            if record is None:
+                continue  # deleted while its queues were asked for
+            mine = [r for r in rows if r["vhost"] == name]
+            items.append(shapes.vhost_json(record, self.view.node_name,
+                                           sum_counts([{k: r[k] for k in QUEUE_TOTALS} for r in mine]),
+                                           sum_counts([self.queue_counts(r) for r in mine]), self.rates))
+        return items
 
     async def vhosts(self, call: Call) -> Response:
-        return self.listed(call, [self.vhost_item(v) for v in self.visible_vhosts(call, None)])
+        return self.listed(call, await self.vhost_items(self.visible_vhosts(call, None)))
 
     async def vhost(self, call: Call) -> Response:
-        return self.one(call, self.vhost_item(self.visible_vhosts(call, path_name(call.params["vhost"]))[0]))
+        return self.one(call, _found(next(iter(await self.vhost_items(
+            self.visible_vhosts(call, path_name(call.params["vhost"])))), None)))
 
     async def put_vhost(self, call: Call) -> Response:
         _check(access.require_admin(call.who))

@@ -2,8 +2,12 @@
 
 `/metrics` gives RabbitMQ 3.10's aggregated metrics (rabbitmq_prometheus's default: one
 unlabelled sample per metric, summed over objects); `/metrics/per-object` the same names
-with a sample per queue, labelled `vhost` and `queue`. Leveret's own metrics carry the
-`leveret_` prefix: the store's group-commit writer and the node's Raft groups.
+with a sample per queue, labelled `vhost` and `queue`. As RabbitMQ's plugin, a node reports
+the queues it leads (summing every node's metrics counts each queue once). Leveret's own
+metrics carry the `leveret_` prefix: the node's Raft groups (the metadata's and each
+replicated queue's: role, term, commit lag, synchronised followers), its peer links
+(partitions as this node sees them), and the store's group-commit writer (cycles and the
+duration of each durable write, a histogram).
 
 Rendering is pure (`render` takes `MetricFamily` values); `metrics_snapshot` reads the
 node through `NodeView` once per scrape.
@@ -24,6 +28,9 @@ from broker import __version__
 from broker.management.rates import message_stats_counts, sum_counts
 from broker.management.shapes import RABBITMQ_VERSION
 from broker.node_view import NodeView
+from cluster.raft.group import LEADER
+from cluster.replica_listing import synchronised_followers
+from storage.latency import HistogramSnapshot
 
 if TYPE_CHECKING:
     from broker.node import Node
@@ -36,12 +43,13 @@ Labels = tuple[tuple[str, str], ...]
 @dataclass(slots=True)
 class MetricFamily:
     name: str
-    kind: str  # "gauge" | "counter" | "untyped"
+    kind: str  # "gauge" | "counter" | "histogram" | "untyped"
     help: str
-    samples: list[tuple[Labels, float]] = field(default_factory=list)
+    # (labels, value, suffix of the sample's name: "" or a histogram's "_bucket", "_sum", "_count")
+    samples: list[tuple[Labels, float, str]] = field(default_factory=list)
 
     def add(self, value: float, labels: Labels = ()) -> "MetricFamily":
-        self.samples.append((labels, value))
+        self.samples.append((labels, value, ""))
         return self
 
 
@@ -62,10 +70,10 @@ def render(families: Iterable[MetricFamily]) -> str:
     for family in families:
         lines.append(f"# HELP {family.name} {family.help}")
         lines.append(f"# TYPE {family.name} {family.kind}")
-        for labels, value in family.samples:
+        for labels, value, suffix in family.samples:
             label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-            lines.append(f"{family.name}{{{label_text}}} {_number(value)}" if labels
-                         else f"{family.name} {_number(value)}")
+            name = family.name + suffix
+            lines.append(f"{name}{{{label_text}}} {_number(value)}" if labels else f"{name} {_number(value)}")
     return "\n".join(lines) + "\n"
 
 
@@ -108,14 +116,21 @@ class MetricsSnapshot:
     status: dict[str, Any]
     raft_groups: list[Any]
     writer: Any
+    group_queues: dict[str, tuple[str, str]] = field(default_factory=dict)  # Raft group -> (vhost, queue)
+    members: list[str] = field(default_factory=list)  # the cluster's other members
+    reachable: frozenset[str] = frozenset()  # those this node has a working peer link to
 
 
 def metrics_snapshot(view: NodeView) -> MetricsSnapshot:
     queues = []
-    for row in view.queue_rows():
-        counters = view.queue_counters(row["vhost"], row["name"])
-        queues.append({**row, "counts": message_stats_counts(counters) if counters is not None else {}})
     meta = view.metadata
+    for v in meta.vhosts():
+        for q in meta.queues(v.name):
+            counters = view.queue_counters(q.vhost, q.name)
+            if counters is None:
+                continue  # led elsewhere: its leader's node reports it
+            queues.append({**view.queue_row(q), "counts": message_stats_counts(counters)})
+    members = [name for name, _reachable in view.other_members()]
     return MetricsSnapshot(
         node=view.node_name,
         cluster=view.cluster_name,
@@ -127,6 +142,9 @@ def metrics_snapshot(view: NodeView) -> MetricsSnapshot:
         status=view.status(),
         raft_groups=view.raft_groups(),
         writer=view.writer_statistics(),
+        group_queues={q.group: (q.vhost, q.name) for v in meta.vhosts() for q in meta.queues(v.name) if q.replicated},
+        members=members,
+        reachable=frozenset(name for name, reachable in view.other_members() if reachable),
     )
 
 
@@ -186,7 +204,8 @@ def families(snapshot: MetricsSnapshot, per_object: bool) -> list[MetricFamily]:
         MetricFamily("rabbitmq_global_messages_redelivered_total", "counter",
                      "Total number of messages redelivered to consumers").add(totals.get("redeliver", 0)),
     ]
-    out += _raft_families(s.raft_groups)
+    out += _raft_families(s.raft_groups, s.group_queues)
+    out += _cluster_families(s.members, s.reachable)
     if s.writer is not None:
         out += _writer_families(s.writer)
     return out
@@ -200,23 +219,62 @@ def _queue_samples(family: MetricFamily, queues: list[dict[str, Any]], per_objec
         family.add(sum(value(q) for q in queues))
 
 
-def _raft_families(groups: list[Any]) -> list[MetricFamily]:
+def _raft_families(groups: list[Any], group_queues: dict[str, tuple[str, str]]) -> list[MetricFamily]:
+    info = MetricFamily("leveret_raft_group_info", "gauge",
+                        "The Raft groups hosted here: the queue a group replicates (none for the metadata) "
+                        "and the leader this node knows of")
     leader = MetricFamily("leveret_raft_group_is_leader", "gauge", "1 if this node leads the Raft group")
+    has_leader = MetricFamily("leveret_raft_group_has_leader", "gauge", "1 if this node knows a leader of the group")
     term = MetricFamily("leveret_raft_group_term", "gauge", "Current Raft term of the group")
     commit = MetricFamily("leveret_raft_group_commit_index", "gauge", "Highest log index known committed")
     applied = MetricFamily("leveret_raft_group_applied_index", "gauge", "Highest log index applied")
     lag = MetricFamily("leveret_raft_group_commit_lag", "gauge",
                        "Log entries appended here but not yet committed (last index - commit index)")
     voters = MetricFamily("leveret_raft_group_voters", "gauge", "Voting members of the group")
+    learners = MetricFamily("leveret_raft_group_learners", "gauge",
+                            "Members still copying the log before they may vote")
+    synced = MetricFamily("leveret_raft_group_synchronised_followers", "gauge",
+                          "On the leader: followers that are voters holding every committed entry "
+                          "(a mirror that could take over without losing a message)")
+    followers = MetricFamily("leveret_raft_group_followers", "gauge", "On the leader: the other members")
+    follower_lag = MetricFamily("leveret_raft_group_follower_lag", "gauge",
+                                "On the leader: committed entries a follower does not hold yet "
+                                "(commit index - its match index)")
     for g in groups:
         labels = (("group", g.group),)
-        leader.add(int(g.role == "leader"), labels)
+        vhost, queue = group_queues.get(g.group, ("", ""))
+        info.add(1, (*labels, ("vhost", vhost), ("queue", queue), ("leader", g.leader or "")))
+        leader.add(int(g.role == LEADER), labels)
+        has_leader.add(int(g.leader is not None), labels)
         term.add(g.term, labels)
         commit.add(g.commit, labels)
         applied.add(g.applied, labels)
         lag.add(max(g.last_index - g.commit, 0), labels)
         voters.add(len(g.voters), labels)
-    return [leader, term, commit, applied, lag, voters]
+        learners.add(len(g.learners), labels)
+        if g.role == LEADER:
+            others = sorted((g.voters | g.learners) - {g.leader})
+            followers.add(len(others), labels)
+            synced.add(len(synchronised_followers(others, g.voters, g.match, g.commit)), labels)
+            for name in others:
+                follower_lag.add(max(g.commit - g.match.get(name, 0), 0), (*labels, ("follower", name)))
+    return [info, leader, has_leader, term, commit, applied, lag, voters, learners, followers, synced, follower_lag]
+
+
+def _cluster_families(members: list[str], reachable: frozenset[str]) -> list[MetricFamily]:
+    peer = MetricFamily("leveret_cluster_peer_reachable", "gauge",
+                        "1 if this node has a working peer link to the member, 0 if it is down or partitioned "
+                        "away from this node")
+    for name in members:
+        peer.add(int(name in reachable), (("peer", name),))
+    return [
+        MetricFamily("leveret_cluster_members", "gauge", "Members of the cluster, this node included").add(
+            len(members) + 1),
+        MetricFamily("leveret_cluster_peers_unreachable", "gauge",
+                     "Other members this node has no working peer link to (down, or across a partition)").add(
+            sum(1 for name in members if name not in reachable)),
+        peer,
+    ]
 
 
 def _writer_families(w: Any) -> list[MetricFamily]:
@@ -232,7 +290,24 @@ def _writer_families(w: Any) -> list[MetricFamily]:
                      "Store operations made durable").add(w.ops_written),
         MetricFamily("leveret_store_writer_batches_pending", "gauge",
                      "Batches submitted and not yet taken by a write").add(w.batches_pending),
+        *([_histogram("leveret_store_writer_fsync_seconds",
+                      "Duration of each durable store write: the LMDB commit and its fsyncs", w.write_seconds)]
+          if w.write_seconds is not None else []),
     ]
+
+
+def _histogram(name: str, text: str, h: HistogramSnapshot) -> MetricFamily:
+    """A histogram family: cumulative `_bucket` samples by `le`, then `_sum` and `_count`."""
+    family = MetricFamily(name, "histogram", text)
+    for bound, count in zip((*h.bounds, float("inf")), h.cumulative):
+        family.samples.append(((("le", _le(bound)),), count, "_bucket"))
+    family.samples.append(((), h.sum, "_sum"))
+    family.samples.append(((), h.count, "_count"))
+    return family
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
 
 
 def prometheus_app(node: "Node") -> Starlette:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 # The queue counters RabbitMQ's message_stats shows, in its order.
@@ -35,6 +36,14 @@ def message_stats_counts(counters: Any) -> dict[str, int]:
         "publish": counters.publish,
         "redeliver": counters.redeliver,
     }
+
+
+def counters_message_stats(counters: Mapping[str, int] | None) -> dict[str, int]:
+    """The same from a `QueueCounters` sent as a map (a queue's leader on another node
+    answers with its counters so; None when no leader answered: no message_stats)."""
+    if counters is None:
+        return {}
+    return message_stats_counts(SimpleNamespace(**{k: int(v) for k, v in counters.items()}))
 
 
 def sum_counts(many: list[Mapping[str, int]]) -> dict[str, int]:

@@ -72,12 +72,64 @@ def queue_json(row: Mapping[str, Any], counts: Mapping[str, int], rates: RateSam
         "single_active_consumer_tag": None,
     }
     if row["type"] != "classic":
-        # Quorum queues: their Raft members (one, on a single node).
+        # Quorum queues: their Raft members in the order the queue was created, the leader,
+        # and the members running now.
         out.update(leader=row["leader"], members=row["members"], online=row["online"] or [])
     elif "ha-mode" in (row["effective_policy_definition"] or {}):
-        # A classic queue under an ha-mode policy: its mirrors, none on a cluster of one.
-        out.update(slave_nodes=[], synchronised_slave_nodes=[])
+        # A classic queue under an ha-mode policy: its mirrors on running nodes, those that
+        # hold every committed message, and every mirror it has (down ones too), as
+        # RabbitMQ 3.10 lists slave_nodes, synchronised_slave_nodes and recoverable_slaves.
+        mirrors = list(row.get("follower_nodes") or [])
+        synchronised = list(row.get("synchronised_nodes") or [])[1:]
+        out.update(slave_nodes=mirrors, synchronised_slave_nodes=[n for n in synchronised if n in mirrors],
+                   recoverable_slaves=list(row.get("replica_followers") or []))
     return out
+
+
+def node_json(name: str, status: Mapping[str, Any] | None, processors: int,
+              partitions: list[str]) -> dict[str, Any]:
+    """One member as GET /api/nodes shows it, from its `NodeView.status()` (None when it does
+    not answer: RabbitMQ then shows only its name, type, running false and no links)."""
+    if status is None:
+        return {"name": name, "type": "disc", "running": False, "cluster_links": []}
+    alarms = set(status["alarms"])
+    contexts = [{"ssl_opts": [], "node": name, "description": "Leveret Management", "path": "/",
+                 "port": str(listener["port"])} for listener in status["listeners"] if listener["protocol"] == "http"]
+    return {
+        "name": name,
+        "type": "disc",
+        "running": True,
+        "being_drained": False,
+        "os_pid": str(status["pid"]),
+        "mem_used": status["memory_used"],
+        "mem_limit": status["vm_memory_limit"],
+        "mem_alarm": "memory" in alarms,
+        "mem_calculation_strategy": status["memory_calculation_strategy"],
+        "disk_free": status["disk_free"],
+        "disk_free_limit": status["disk_free_limit"],
+        "disk_free_alarm": "disk" in alarms,
+        "fd_used": status["file_descriptors"],
+        "fd_total": status["file_descriptor_limit"],
+        "sockets_used": status["connection_count"],
+        "sockets_total": status["file_descriptor_limit"],
+        "proc_used": 0,
+        "proc_total": 0,
+        "uptime": status["uptime"] * 1000,
+        "run_queue": 0,
+        "processors": processors,
+        "partitions": partitions,
+        "rates_mode": "basic",
+        "exchange_types": exchange_types(),
+        "auth_mechanisms": [{"name": n, "description": d, "enabled": True} for n, d in AUTH_MECHANISMS],
+        "applications": [{"name": "leveret", "description": "Leveret", "version": status["product_version"]}],
+        "contexts": contexts,
+        "log_files": [],
+        "db_dir": status["data_directory"],
+        "config_files": status["config_files"],
+        "enabled_plugins": ["rabbitmq_management", "rabbitmq_prometheus"],
+        "net_ticktime": 60,
+        "cluster_links": [],
+    }
 
 
 def exchange_json(row: Mapping[str, Any]) -> dict[str, Any]:

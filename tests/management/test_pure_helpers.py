@@ -1,5 +1,6 @@
 """The management package's pure helpers: list queries, rates, credentials and tag rules,
-body fields, binding keys, Prometheus rendering (checked with prometheus_client's parser)."""
+body fields, binding keys, Prometheus rendering (checked with prometheus_client's parser), the
+latency histogram, partitions from the members' reports."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from broker.management import access
 from broker.management.errors import ApiError
 from broker.management.listing import ListQuery, apply_list_query, parse_list_query, select_columns
-from broker.management.prometheus import MetricFamily, render
+from broker.management.prometheus import MetricFamily, _histogram, render
 from broker.management.rates import RateSamples
 from broker.management.requests import bool_field, int_field, object_field, parse_body, refusal_reason, tags_field
-from broker.management.shapes import properties_key
+from broker.management.shapes import node_json, properties_key
+from cluster.partitions import partitions
+from storage.latency import LatencyHistogram
 
 ITEMS = [{"name": n, "messages": m, "message_stats": {"publish": p}}
          for n, m, p in (("b", 2, 20), ("a", 3, 10), ("c", 1, 30))]
@@ -137,3 +140,50 @@ def test_rendered_metrics_parse_back() -> None:
     assert parsed["leveret_things"].samples[0].labels == {"vhost": '/"odd"\\\n', "queue": "q"}
     assert parsed["leveret_done"].type == "counter" and parsed["leveret_done"].samples[0].value == 7
     assert parsed["leveret_ratio"].samples[0].value == 0.25
+
+
+def test_a_histogram_renders_as_prometheus_reads_one() -> None:
+
+    h = LatencyHistogram((0.001, 0.01))
+    for seconds in (0.0005, 0.001, 0.002, 3.0):
+        h.observe(seconds)
+    parsed = {f.name: f for f in text_string_to_metric_families(
+        render([_histogram("leveret_fsync_seconds", "Fsyncs", h.snapshot())]))}
+    family = parsed["leveret_fsync_seconds"]
+    assert family.type == "histogram"
+    by_name = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    # Cumulative, a value equal to a bound counted in that bound's bucket.
+    assert by_name[("leveret_fsync_seconds_bucket", "0.001")] == 2
+    assert by_name[("leveret_fsync_seconds_bucket", "0.01")] == 3
+    assert by_name[("leveret_fsync_seconds_bucket", "+Inf")] == 4 == by_name[("leveret_fsync_seconds_count", None)]
+    assert by_name[("leveret_fsync_seconds_sum", None)] == pytest.approx(3.0035)
+
+
+@given(st.lists(st.floats(min_value=0, max_value=20, allow_nan=False), max_size=30))
+def test_histogram_snapshots_are_cumulative_and_complete(values: list[float]) -> None:
+
+    h = LatencyHistogram()
+    for v in values:
+        h.observe(v)
+    snap = h.snapshot()
+    assert snap.count == len(values) == snap.cumulative[-1]
+    assert list(snap.cumulative) == sorted(snap.cumulative)
+    for bound, count in zip(snap.bounds, snap.cumulative):
+        assert count == sum(1 for v in values if v <= bound)
+
+
+def test_partitions_are_running_members_a_member_does_not_reach() -> None:
+
+    members = ["a", "b", "c"]
+    # Everyone reaches everyone: no partition.
+    assert partitions(members, {"a": ["b", "c"], "b": ["a", "c"], "c": ["a", "b"]}) == {"a": [], "b": [], "c": []}
+    # c is down (nobody reaches it, it does not answer): down, not partitioned.
+    assert partitions(members, {"a": ["b"], "b": ["a"]}) == {"a": [], "b": []}
+    # a and c cannot reach each other; b reaches both and says so: a partition between a and c.
+    assert partitions(members, {"a": ["b"], "b": ["a", "c"]}) == {"a": ["c"], "b": []}
+    assert partitions(members, {"a": ["b"], "b": ["a", "c"], "c": ["b"]}) == {"a": ["c"], "b": [], "c": ["a"]}
+
+
+def test_a_member_that_does_not_answer_has_rabbitmqs_down_shape() -> None:
+
+    assert node_json("x@h", None, 0, []) == {"name": "x@h", "type": "disc", "running": False, "cluster_links": []}

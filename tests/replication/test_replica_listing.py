@@ -40,6 +40,8 @@ def test_a_replica_not_yet_a_voter_is_listed_but_not_synchronised() -> None:
 def test_a_follower_on_a_node_that_is_down_is_not_listed() -> None:
     got = items(running={"a", "b"})
     assert got["slave_pids"] == [pid("b")] and got["synchronised_slave_pids"] == [pid("b")]
+    # By node, for the management API: the running followers, and every follower it may recover.
+    assert got["follower_nodes"] == ["b"] and got["replica_followers"] == ["b", "c"]
     # No mirror at all: [] (not empty text), as RabbitMQ lists ha-nodes.q with its mirror down.
     lonely = items(running={"a"})
     assert lonely["slave_pids"] == [] and lonely["synchronised_slave_pids"] == []

@@ -66,6 +66,9 @@ async def test_batches_waiting_for_a_write_are_merged_into_the_next_one() -> Non
     assert (stats.writes, stats.batches_written, stats.ops_written, stats.batches_failed) == (2, 20, 20, 0)
     assert stats.mean_batches_per_write == 10.0
     assert len(list(store.inner.items("t"))) == 20
+    # Each write was timed in its thread: the first one waited at the gate, so it took a while.
+    timed = stats.write_seconds
+    assert timed is not None and timed.count == 2 and timed.sum > 0
 
 
 async def test_a_malformed_batch_fails_alone() -> None:

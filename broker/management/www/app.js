@@ -236,7 +236,7 @@ function chart(title, samples, series, unit) {
 
 pages.nodes = async () => {
   const nodes = await api("GET", "/nodes");
-  // Another member's figures are not fetched yet: only whether this node reaches it.
+  // Each member's figures are asked of it; one that does not answer has none (it is down).
   const known = (n, text) => n.mem_used === undefined ? "" : text();
   return [
     h("h1", {}, "Nodes"),
@@ -308,13 +308,20 @@ pages.exchanges = async () => {
   ];
 };
 
-// Where a queue lives and its copies: the leader and members of a replicated queue, the
-// mirrors (and which are synchronised) of a mirrored one.
+// Where a queue lives and its copies: the leader and members of a replicated queue (those
+// not running marked), the mirrors (and which are synchronised, and those on nodes that are
+// down) of a mirrored one.
 function placement(q) {
-  if (q.members) return `leader ${q.leader}; members ${q.members.join(", ")}; online ${(q.online || []).join(", ")}`;
+  if (q.members) {
+    const online = new Set(q.online || []);
+    const members = q.members.map(n => online.has(n) ? n : `${n} (down)`);
+    return `leader ${q.leader}; members ${members.join(", ")}`;
+  }
   if (q.slave_nodes) {
     const synced = new Set(q.synchronised_slave_nodes || []);
-    const mirrors = q.slave_nodes.map(n => synced.has(n) ? n : `${n} (unsynchronised)`);
+    const running = new Set(q.slave_nodes);
+    const mirrors = q.slave_nodes.map(n => synced.has(n) ? `${n} (synchronised)` : `${n} (unsynchronised)`)
+      .concat((q.recoverable_slaves || []).filter(n => !running.has(n)).map(n => `${n} (down)`));
     return `${q.node}; mirrors: ${mirrors.length ? mirrors.join(", ") : "none"}`;
   }
   return q.node;
@@ -397,6 +404,16 @@ pages.queue = async (vhost, name) => {
              h("pre", { class: "message" }, m.payload))) : [h("p", {}, "Queue is empty")]));
          }, "get"),
     got,
+    ...(q.slave_nodes ? [
+      h("h2", {}, "Mirrors"),
+      h("p", {}, `${(q.synchronised_slave_nodes || []).length} of ${q.slave_nodes.length} running mirrors synchronised.`),
+      h("button", { id: "sync", onclick: () => confirmThen(`Synchronise the mirrors of ${q.name}?`,
+        () => api("POST", base + "/actions", { action: "sync" }), "Synchronisation requested") }, "Synchronise"),
+      " ",
+      h("button", { id: "cancel-sync", onclick: () => confirmThen(`Stop synchronising ${q.name}?`,
+        () => api("POST", base + "/actions", { action: "cancel_sync" }), "Synchronisation cancelled") },
+        "Cancel synchronisation"),
+    ] : []),
     h("h2", {}, "Purge and delete"),
     h("button", { id: "purge", onclick: () => confirmThen(`Purge queue ${q.name}?`,
       () => api("DELETE", base + "/contents"), "Queue purged") }, "Purge messages"),
