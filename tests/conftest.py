@@ -28,7 +28,7 @@ def queues_across_nodes():
     min-masters, so the queues a test declares alternate between the node its client is
     connected to and the other one (ties go to the lower name): the protocol tests then run
     on queues served from another node as well as local ones."""
-    from tests.clustering.test_join_and_metadata import join
+    from tests.support.cluster import join
     from tests.support.node_process import NodeProcess
 
     home = NodeProcess(name="home@localhost")

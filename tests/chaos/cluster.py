@@ -76,7 +76,7 @@ class LeveretCluster:
         self.endpoints = [(n.host, n.port) for n in self.nodes]
 
     def form(self) -> "LeveretCluster":
-        from tests.clustering.test_join_and_metadata import join
+        from tests.support.cluster import join
 
         try:
             wait_for_port("127.0.0.1", self.mapper_port, 15, self.mapper)

@@ -13,7 +13,7 @@ import pytest
 from tests.ctl.support import connect, ctl, ok, wait_until
 from tests.support.node_process import NodeProcess
 
-NAMES = ("a@localhost", "b@localhost", "c@localhost")
+from tests.support.cluster import NAMES, join  # noqa: F401 (used by other test modules too)
 
 
 @pytest.fixture
@@ -26,13 +26,6 @@ def trio_nodes():
     finally:
         for n in nodes:
             n.stop()
-
-
-def join(node: NodeProcess, target: str) -> None:
-    ok(node, "stop_app")
-    joined = ok(node, "join_cluster", target)
-    assert joined.out == f"Clustering node {node.name} with {target}\n"
-    ok(node, "start_app")
 
 
 def status(node: NodeProcess) -> dict:

@@ -12,27 +12,18 @@ import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 import pytest
 
-from tests.clustering.test_join_and_metadata import NAMES, join, known_everywhere
+from tests.clustering.test_join_and_metadata import known_everywhere
+from tests.support.cluster import NAMES, joined_cluster
 from tests.ctl.support import connect, ok, wait_until
 from tests.support.node_process import NodeProcess
 
 
 @pytest.fixture
 def cluster() -> Iterator[list[NodeProcess]]:
-    nodes = [NodeProcess(name=n) for n in NAMES]
-    try:
-        for n in nodes:
-            n.start()
-        a, b, c = nodes
-        join(b, a.name)
-        join(c, a.name)
+    # Afterwards: the queue traffic never failed on a node (a cast handler's exception is
+    # only logged, and a traceback in a log fails the test).
+    with joined_cluster([NodeProcess(name=n) for n in NAMES]) as nodes:
         yield nodes
-        # The queue traffic never failed on a node (a cast handler's exception is only logged).
-        for n in nodes:
-            assert "Traceback" not in n.log_text(), n.log_text()
-    finally:
-        for n in nodes:
-            n.stop()
 
 
 def declare_durable(cluster: list[NodeProcess], queue: str) -> None:

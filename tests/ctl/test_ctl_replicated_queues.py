@@ -14,7 +14,7 @@ import pytest
 
 from cli.ctl_format import box_lines
 from cluster.mirrors import pid_text
-from tests.clustering.test_join_and_metadata import NAMES, join
+from tests.support.cluster import NAMES, joined_cluster
 from tests.ctl.support import connect, ctl, ok, wait_until
 from tests.support.node_process import NodeProcess
 
@@ -25,20 +25,8 @@ COLUMNS = ("name", "pid", "slave_pids", "synchronised_slave_pids", "type", "lead
 
 @pytest.fixture
 def cluster() -> Iterator[list[NodeProcess]]:
-    nodes = [NodeProcess(name=n) for n in NAMES]
-    try:
-        for n in nodes:
-            n.start()
-        a, b, c = nodes
-        join(b, a.name)
-        join(c, a.name)
+    with joined_cluster([NodeProcess(name=n) for n in NAMES]) as nodes:
         yield nodes
-        for n in nodes:
-            if n.proc is not None and n.proc.poll() is None:
-                assert "Traceback" not in n.log_text(), n.log_text()
-    finally:
-        for n in nodes:
-            n.stop()
 
 
 def pid(node: str, queue: str) -> str:

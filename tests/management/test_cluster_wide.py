@@ -18,7 +18,7 @@ import pika
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.clustering.test_join_and_metadata import join
+from tests.support.cluster import joined_cluster
 from tests.ctl.support import connect, wait_until
 from tests.management.http import Api
 from tests.support.browser import chromium_paths, headless_chromium
@@ -29,22 +29,11 @@ A, B, C = "cw-a@localhost", "cw-b@localhost", "cw-c@localhost"
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[list[NodeProcess]]:
-    nodes = [NodeProcess(name=A).with_http(), NodeProcess(name=B).with_http(), NodeProcess(name=C)]
-    try:
-        for n in nodes:
-            n.start()
-        a, b, c = nodes
-        join(b, a.name)
-        join(c, a.name)
-        for n in (a, b):
+    with joined_cluster([NodeProcess(name=A).with_http(), NodeProcess(name=B).with_http(),
+                         NodeProcess(name=C)]) as nodes:
+        for n in nodes[:2]:
             wait_for_port(n.host, n.management_port, 10)
         yield nodes
-        for n in nodes:
-            if n.proc is not None and n.proc.poll() is None:
-                assert "Traceback" not in n.log_text(), n.log_text()
-    finally:
-        for n in nodes:
-            n.stop()
 
 
 @pytest.fixture(scope="module")

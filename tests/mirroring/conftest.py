@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.mirroring.support import no_tracebacks, start_cluster, stop_all
+from tests.mirroring.support import start_cluster, stop_all
+from tests.support.cluster import tracebacks
 from tests.support.node_process import NodeProcess
 
 
@@ -16,7 +17,7 @@ def cluster() -> Iterator[list[NodeProcess]]:
     nodes = start_cluster()
     try:
         yield nodes
-        problems = list(no_tracebacks(nodes))
+        problems = tracebacks(nodes)
         assert not problems, "\n".join(problems)
     finally:
         stop_all(nodes)

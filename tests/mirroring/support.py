@@ -14,36 +14,15 @@ import pika.exceptions
 import trio
 
 from cluster.control import control_call
-from tests.clustering.test_join_and_metadata import join
 from tests.ctl.support import connect, ok
+from tests.support.cluster import NAMES, running, stop_all
+from tests.support.cluster import start_cluster as joined_nodes
 from tests.support.node_process import NodeProcess
-
-NAMES = ("a@localhost", "b@localhost", "c@localhost")
 
 
 def start_cluster(names: tuple[str, ...] = NAMES, extra_env: dict[str, str] | None = None) -> list[NodeProcess]:
-    """Nodes started and joined to the first; the caller stops them (`stop_all`)."""
-    nodes = [NodeProcess(name=n, extra_env=dict(extra_env or {})) for n in names]
-    try:
-        for n in nodes:
-            n.launch()
-        for n in nodes:
-            n.wait_ready()
-        for n in nodes[1:]:
-            join(n, nodes[0].name)
-    except BaseException:
-        stop_all(nodes)
-        raise
-    return nodes
-
-
-def stop_all(nodes: list[NodeProcess]) -> None:
-    for n in nodes:
-        n.stop()
-
-
-def running(nodes: list[NodeProcess]) -> list[NodeProcess]:
-    return [n for n in nodes if n.proc is not None and n.proc.poll() is None]
+    """Nodes named `names` started and joined to the first; the caller stops them (`stop_all`)."""
+    return joined_nodes([NodeProcess(name=n, extra_env=dict(extra_env or {})) for n in names])
 
 
 def control(node: NodeProcess, method: str, **args: Any) -> dict[str, Any]:
@@ -180,13 +159,6 @@ def ready_count(node: NodeProcess, queue: str) -> int:
     finally:
         if conn.is_open:
             conn.close()
-
-
-def no_tracebacks(nodes: list[NodeProcess]) -> Iterator[str]:
-    for n in nodes:
-        text = n.log_text()
-        if "Traceback" in text:
-            yield f"{n.name}:\n{text[-6000:]}"
 
 
 class Load:
