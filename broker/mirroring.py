@@ -11,9 +11,9 @@ Who decides what (see docs/mirroring.md):
   `QueueMachine` and a `ReplicatedQueue` shell. Replicas named at declaration create
   the group with those voters; a node added later hosts it empty and waits for the
   leader to add it (learner, caught up from a snapshot and the log, then voter).
-- **Masters.** A watch every `WATCH_INTERVAL` compares each group's Raft role with its
-  shell: the node that leads a group serves the queue (its shell becomes active and the
-  node's local queue), records itself as the queue's node in the metadata (so every
+- **Masters.** A watch (as the Raft driver reports changes, and every `SWEEP_INTERVAL`)
+  compares each group's Raft role with its shell: the node that leads a group serves the
+  queue (its shell becomes active and the node's local queue), records itself as the queue's node in the metadata (so every
   node routes there), and moves the group's membership to the metadata's replica set,
   one node at a time. A node that stops leading cancels its consumers.
 - **Conversion.** A plain queue becoming mirrored (a policy set) starts its group on
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -47,8 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("leveret.mirroring")
 
-# How often leadership of the hosted groups is compared with their shells (seconds).
-WATCH_INTERVAL = 0.05
+# How often every hosted group is compared with its shell and the metadata (seconds);
+# groups whose Raft role, leader or members change are looked at at once.
+SWEEP_INTERVAL = 0.5
 # How long a node named out of a queue's replicas keeps hosting the group, so the leader
 # can still commit the membership change that removes it (seconds).
 LEAVE_GRACE = 10.0
@@ -155,6 +157,7 @@ class Mirroring:
             self._become_replicated(q, now)
         elif q.replicated:
             self._follow_replica_set(q, now)
+        self.watch_now(q.group)  # a leader here moves its membership now
 
     def _follow_replica_set(self, q: md.QueueRecord, now: int) -> None:
         """Host `q`'s group if this node is named, leave it (after the grace) if not."""
@@ -267,13 +270,21 @@ class Mirroring:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._plan_forever)
+            next_sweep = trio.current_time()
             while True:
-                self._watch(nursery)
-                await trio.sleep(WATCH_INTERVAL)
+                # Groups that changed role, leader or members are looked at as soon as the
+                # Raft driver applies the change; all of them once per SWEEP_INTERVAL (a
+                # retry of a membership move, a leader deposed without any traffic).
+                changed = await self.node.driver.wait_changes(max(0.0, next_sweep - trio.current_time()))
+                if trio.current_time() >= next_sweep:
+                    self._watch(nursery)
+                    next_sweep = trio.current_time() + SWEEP_INTERVAL
+                elif changed:
+                    self._watch(nursery, changed)
 
-    def watch_now(self) -> None:
+    def watch_now(self, group: str | None = None) -> None:
         if self._nursery is not None:
-            self._watch(self._nursery)
+            self._watch(self._nursery, None if group is None else (group,))
 
     async def until_served(self, vhost: str, name: str, timeout: float = SERVE_TIMEOUT) -> None:
         """Until a replicated queue has a leader this node can reach (a queue just declared,
@@ -291,8 +302,7 @@ class Mirroring:
                     if q.node == node.name or q.node in node.reachable_nodes():
                         return
                 else:
-                    if self._nursery is not None:
-                        self._watch(self._nursery)
+                    self.watch_now(q.group)
                     if shell.active:
                         return
                     status = node.driver.status(shell.group)
@@ -318,16 +328,22 @@ class Mirroring:
             since = self._down_since.setdefault(n, now)
             if now - since >= delay:
                 lost.add(n)
-                if now - since < delay + WATCH_INTERVAL * 2:
+                if now - since < delay + SWEEP_INTERVAL * 2:
                     self.want_plan()
         return frozenset(lost)
 
-    def _watch(self, nursery: trio.Nursery) -> None:
+    def _watch(self, nursery: trio.Nursery, groups: Iterable[str] | None = None) -> None:
+        """Bring the shells of `groups` (every hosted group if None) in line with their Raft
+        role, and have the groups this node leads follow the metadata."""
         node = self.node
         driver = node.driver
         now = trio.current_time()
-        self._lost(now)
-        for group, shell in list(self.shells.items()):
+        if groups is None:
+            self._lost(now)
+            watched = list(self.shells.items())
+        else:
+            watched = [(g, self.shells[g]) for g in groups if g in self.shells]
+        for group, shell in watched:
             status = driver.status(group)
             if status is None:
                 continue
@@ -395,6 +411,7 @@ class Mirroring:
         if shell is None or not shell.active:
             return False
         self.sync_requested.add(group)
+        self.watch_now(group)
         return True
 
     def cancel_sync(self, group: str) -> bool:

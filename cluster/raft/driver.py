@@ -130,6 +130,10 @@ class RaftDriver:
         self._watches: dict[str, list[AppliedResults]] = {}
         self._applied_changed = trio.Event()
         self.cycles = 0
+        # Groups whose role, term, leader or members changed since `take_changes` (see there).
+        self._seen: dict[str, tuple[Any, ...]] = {}
+        self._changed: dict[str, None] = {}
+        self._changes = trio.Event()
 
     async def _write_in_thread(self, batch: WriteBatch) -> None:
         await trio.to_thread.run_sync(lambda: self.store.write(batch, sync=True))
@@ -310,7 +314,9 @@ class RaftDriver:
         requests, self._requests = self._requests, []
         for op, w in requests:
             w.resolve(op())
+        touched = list(self.node.dirty)
         rd = self.node.ready()
+        self._note_changes(touched)
         if rd is None:
             return
         self.cycles += 1
@@ -358,6 +364,33 @@ class RaftDriver:
         self.node.advance(rd)
         if self.node.has_ready():
             self._kick.set()
+
+    def _note_changes(self, groups: list[str]) -> None:
+        """Of the groups that did something this cycle, those whose role, term, leader or
+        members changed (cheap: only groups with work are looked at; a change without work,
+        a leader deposed by check-quorum say, is seen by the watcher's periodic sweep)."""
+        core = self.node.groups
+        for gid in groups:
+            g = core.get(gid)
+            if g is None:
+                continue
+            conf = g.conf
+            seen = (g.role, g.term, g.leader, conf.voters, conf.learners)
+            if self._seen.get(gid) != seen:
+                self._seen[gid] = seen
+                self._changed[gid] = None
+        if self._changed:
+            self._changes.set()
+
+    async def wait_changes(self, timeout: float) -> list[str]:
+        """Groups whose role, term, leader or members changed since the last call (waiting
+        for one up to `timeout` seconds; [] if none)."""
+        if not self._changed:
+            with trio.move_on_after(timeout):
+                await self._changes.wait()
+        changed, self._changed = list(self._changed), {}
+        self._changes = trio.Event()
+        return changed
 
     def _serve_reads(self, group: str) -> None:
         pending = self._reads_ready.get(group)
