@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+from pathlib import Path
 from collections.abc import Sequence
 
 from tests.chaos.firewall import Firewall
@@ -50,8 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for seed in seeds:
                     cluster = _cluster(options.target, options.handling, firewall)
                     try:
-                        reports.append(run(cluster, SCENARIOS[scenario], seed, mode, rate=options.rate,
-                                           log=lambda line: print(line, file=sys.stderr, flush=True)))
+                        report = run(cluster, SCENARIOS[scenario], seed, mode, rate=options.rate,
+                                     log=lambda line: print(line, file=sys.stderr, flush=True))
+                        reports.append(report)
+                        if not report.ok and hasattr(cluster, "logs"):
+                            _keep_logs(cluster.logs(), f"{scenario}-{mode}-{seed}")
                     finally:
                         cluster.heal()
                         cluster.close()
@@ -64,6 +69,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not r.ok:
             print(f"\n{r.target} {r.scenario} {r.mode} seed={r.seed} FAILED\n{explain(r)}", file=sys.stderr)
     return 0 if all(r.ok for r in reports) else 1
+
+
+def _keep_logs(logs: dict[str, str], label: str) -> None:
+    """A failed run's node logs, kept for its diagnosis (the nodes' own directories go)."""
+    keep = Path(tempfile.mkdtemp(prefix=f"leveret-chaos-{label}-"))
+    for name, text in logs.items():
+        (keep / f"{name}.log").write_text(text)
+    print(f"node logs of the failed run: {keep}", file=sys.stderr)
 
 
 def _cluster(target: str, handling: str, firewall: Firewall | None):  # type: ignore[no-untyped-def]
