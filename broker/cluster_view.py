@@ -9,7 +9,10 @@ link, each through the one call that already carries it:
   (`Node.queue`: the leader here, or the peer link to it, as a channel's basic.get);
 - sync / cancel_sync on the queue's leader (`broker.replica_control`, as `sync_queue`);
 - each member's own figures with `node.status` (served here), and the peers each one
-  reaches, from which the partitions follow (`cluster.partitions`).
+  reaches, from which the partitions follow (`cluster.partitions`);
+- each member's connections, channels and the consumers of the queues it leads with
+  `node.clients`, and closing a connection where it is with `connection.close`
+  (`broker.cluster_clients`, served along with `node.status`).
 
 A member that does not answer is down to the reader: its queues keep the row this node
 made (state `down`), and its node row says `running: false`; no reader gets an error
@@ -29,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from broker import cluster_clients
+from broker.cluster_clients import Clients
 from broker.node_view import SETTLE_MODES, NodeView
 from broker.queue_client import Got, QueueUnavailable
 from broker.replica_control import SYNC, on_leader
@@ -67,7 +72,9 @@ def own_report(node: "Node") -> dict[str, Any]:
 
 
 def serve_node_status(node: "Node", transport: PeerTransport) -> None:
-    """Answer `node.status` (once per process; each call reads the running core)."""
+    """Answer `node.status`, and `node.clients` and `connection.close`
+    (`broker.cluster_clients`), once per process; each call reads the running core."""
+    cluster_clients.serve_clients(node, transport)
 
     async def handle(src: str, args: Any) -> Any:
         await trio.lowlevel.checkpoint()
@@ -163,6 +170,17 @@ class ClusterView:
         except ControlError:
             return False  # its leader cannot be reached now
         return bool(answer.get("ok")) and not answer.get("missing")
+
+    # ------------------------------------------------------------------ connections, channels, consumers
+
+    async def clients(self) -> Clients:
+        """Every member's connections, channels and consumers, each row with its `node`
+        (a member that does not answer is left out)."""
+        return await cluster_clients.gather(self.node, self.transport)
+
+    async def close_connection(self, where: str, name: str, reason: str) -> bool:
+        """Close connection `name` on node `where`; whether it was there to close."""
+        return await cluster_clients.close_connection(self.node, self.transport, where, name, reason)
 
     # ------------------------------------------------------------------ nodes
 

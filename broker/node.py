@@ -55,6 +55,7 @@ from broker.remote_queue import QueuePeers, serve_queue_peers
 from broker.cluster_view import serve_node_status
 from broker.replica_control import serve_replica_control
 from broker.replica_status import serve_replica_status
+from broker.queue_rates import QueueRates
 from broker.routing import Router
 from cluster import metadata as md
 from cluster.control import serve_control
@@ -157,6 +158,8 @@ class Node:
         self._app_scope: trio.CancelScope | None = None  # the AMQP listener, while the app runs
         self._app_wanted = True  # stop_app / start_app; a reset keeps the app as it was
         self._core_stopped = trio.Event()
+        # The message rates of the queues led here (sampled while the process runs).
+        self.queue_rates = QueueRates()
 
     # ------------------------------------------------------------------ clocks and ids
 
@@ -201,6 +204,7 @@ class Node:
                 await nursery.start(Registration(self.name, dist_port, mapper_port=settings.port_mapper_port).run)
                 nursery.start_soon(self.clustering.follow_members_forever)
                 await nursery.start(self._run_core, None)
+                nursery.start_soon(self.queue_rates.run, self)
                 # The HTTP listeners live as long as the process, as the peer port does (a
                 # reset restarts the core under them), from once the core has started.
                 for protocol, http_port in (("http", settings.management_port),

@@ -33,6 +33,7 @@ import psutil
 from broker import __version__, auth
 from broker.alarms import ResourceLimits
 from broker.message import Message
+from broker.remote_queue import ConsumerProxy
 from cluster import metadata as md
 from cluster.mirrors import is_replicated
 from cluster.nesting import ELIDED, MAX_TABLE_DEPTH, is_container
@@ -79,8 +80,13 @@ def plain(value: Any, depth: int = 1) -> Any:
     return value
 
 
+def pid_of(connection_id: str) -> str:
+    """A connection's pid ("<node.n>") from its id ("<node.n> peer-host:port")."""
+    return connection_id.split(" ", 1)[0]
+
+
 def connection_pid(session: "Session") -> str:
-    return session.id.split(" ", 1)[0]
+    return pid_of(session.id)
 
 
 def connection_name(session: "Session") -> str:
@@ -165,6 +171,13 @@ class NodeView:
         """A queue's running `QueueCounters` (what rates are made of), None if it has no leader."""
         leader = self.leader(vhost, name)
         return leader.counters if leader is not None else None
+
+    def queue_rates(self, vhost: str, name: str) -> dict[str, float]:
+        """A queue's message rates as this node sampled them (`broker.queue_rates`), by counter
+        and length name; empty if it is not led here (another node's samples are its own)."""
+        if self.leader(vhost, name) is None:
+            return {}
+        return self.node.queue_rates.rates(vhost, name)
 
     def queue_lengths(self, vhost: str, name: str) -> tuple[int, int] | None:
         """(ready messages, consumers) of a queue, None if it has no leader."""
@@ -494,6 +507,15 @@ class NodeView:
         return rows
 
     def consumer_rows(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        """The consumers on this node's connections of the queues led here."""
+        return [row for row in self.led_consumer_rows(vhost) if row["node"] == self.node_name]
+
+    def led_consumer_rows(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        """Every consumer of the queues led here, wherever its connection is, with the node
+        of its connection (`node`) and the connection's pid (`connection`). A consumer on a
+        connection here has a complete row; one on another node's (its endpoint here a
+        `ConsumerProxy`) has what the queue knows of it, and none of the connection's and
+        channel's items, which that node's channel row completes (`broker.cluster_clients`)."""
         meta = self.metadata
         vhosts = [vhost] if vhost is not None else [v.name for v in meta.vhosts()]
         rows = []
@@ -506,28 +528,35 @@ class NodeView:
                 ref = leader.refs.get(c.name)
                 if ref is None:
                     continue
-                session = ref.session
-                if getattr(session, "conn", None) is None:
-                    continue  # a proxy of a consumer on another node: no connection here to describe
-                ch = session.conn.channel(ref.channel)
                 is_active = active is None or active is c
-                rows.append({
+                row: dict[str, Any] = {
                     "queue_name": q.name,
                     "vhost": q.vhost,
-                    "channel_pid": channel_pid(session, ref.channel),
                     "channel_number": ref.channel,
-                    "connection_name": connection_name(session),
-                    "peer_host": session.peer[0],
-                    "peer_port": session.peer[1],
-                    "user": session.username or "",
                     "consumer_tag": c.tag,
                     "exclusive": c.exclusive,
                     "ack_required": not ref.no_ack,
-                    "prefetch_count": ch.consumer_prefetch if ch is not None else 0,
                     "active": is_active,
                     "activity_status": ("single_active" if active is not None else "up") if is_active
                     else "waiting",
                     "arguments": {"x-priority": c.priority} if c.priority else {},
+                }
+                session = ref.session
+                if isinstance(session, ConsumerProxy):
+                    row.update(node=session.node, connection=pid_of(session.id))
+                    rows.append(row)
+                    continue
+                ch = session.conn.channel(ref.channel)
+                rows.append({
+                    **row,
+                    "node": self.node_name,
+                    "connection": connection_pid(session),
+                    "channel_pid": channel_pid(session, ref.channel),
+                    "connection_name": connection_name(session),
+                    "peer_host": session.peer[0],
+                    "peer_port": session.peer[1],
+                    "user": session.username or "",
+                    "prefetch_count": ch.consumer_prefetch if ch is not None else 0,
                 })
         return rows
 

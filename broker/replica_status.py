@@ -11,8 +11,12 @@ A queue whose leader cannot be reached keeps the row this node made, with state 
 as RabbitMQ lists a queue on an unreachable node.
 
 Wire:  "queue.replica_status"  {"queues": [[vhost, name], ...]}
-       -> [{item: value, ..., "counters": {counter: n}} | {"missing": true, "leader": node or None}, ...]
+       -> [{item: value, ..., "counters": {counter: n}, "rates": {name: per second}}
+           | {"missing": true, "leader": node or None}, ...]
           in order.
+
+The rates are the leader's (`broker.queue_rates`: only the node counting a queue's
+messages can sample them); a leader that sends none (not sampled yet) leaves them 0.0.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ LEADER_ITEMS: Final = (
 # management API's message_stats show. A leader answers with them; the row carries them
 # under this key once its leader answered (None before).
 COUNTERS: Final = "counters"
+# Not a row item either: the rates of those counters and of the queue's lengths, as the
+# leader's node sampled them (`QueueRates.rates`; empty where nothing was sampled).
+RATES: Final = "rates"
 
 
 def leader_items(view: NodeView, vhost: str, name: str) -> dict[str, Any]:
@@ -63,7 +70,8 @@ def leader_items(view: NodeView, vhost: str, name: str) -> dict[str, Any]:
     if view.leader(vhost, name) is None:
         return {"missing": True, "leader": view.queue_leader_node(q)}
     row = view.queue_row(q)
-    return {**{key: row[key] for key in LEADER_ITEMS}, COUNTERS: counters_of(view, vhost, name)}
+    return {**{key: row[key] for key in LEADER_ITEMS}, COUNTERS: counters_of(view, vhost, name),
+            RATES: view.queue_rates(vhost, name)}
 
 
 def counters_of(view: NodeView, vhost: str, name: str) -> dict[str, int] | None:
@@ -80,11 +88,12 @@ async def queue_rows(view: NodeView, transport: PeerTransport, vhost: str | None
 
 
 def _own_row(view: NodeView, q: md.QueueRecord) -> dict[str, Any]:
-    return {**view.queue_row(q), COUNTERS: counters_of(view, q.vhost, q.name)}
+    return {**view.queue_row(q), COUNTERS: counters_of(view, q.vhost, q.name),
+            RATES: view.queue_rates(q.vhost, q.name)}
 
 
 async def rows_of(view: NodeView, transport: PeerTransport, records: Sequence[md.QueueRecord]) -> list[dict[str, Any]]:
-    """The rows of `records`, each with its leader's live items (and `COUNTERS`), in order."""
+    """The rows of `records`, each with its leader's live items (and `COUNTERS`, `RATES`), in order."""
     node = view.node
     rows = [_own_row(view, q) for q in records]
     ask: dict[str, list[int]] = defaultdict(list)
@@ -115,7 +124,7 @@ async def rows_of(view: NodeView, transport: PeerTransport, records: Sequence[md
                     if isinstance(hint, str) and hint != target:
                         retry[hint].append(i)
                     continue
-                rows[i].update({k: answer[k] for k in (*LEADER_ITEMS, COUNTERS) if k in answer})
+                rows[i].update({k: answer[k] for k in (*LEADER_ITEMS, COUNTERS, RATES) if k in answer})
 
         async with trio.open_nursery() as nursery:
             for target, indexes in ask.items():

@@ -27,13 +27,7 @@ from broker.control_handlers import import_commands
 from broker.management import access, shapes
 from broker.management.errors import LOGIN_FAILED, NOT_FOUND, ApiError, bad_request, not_authorised, not_found
 from broker.management.listing import apply_list_query, parse_bool, parse_list_query
-from broker.management.rates import (
-    QUEUE_TOTALS,
-    RateSamples,
-    counters_message_stats,
-    message_stats_counts,
-    sum_counts,
-)
+from broker.management.rates import QUEUE_TOTALS, counters_message_stats, sum_counts, sum_rates, with_details
 from broker.management.requests import (
     bool_field,
     check_base64,
@@ -53,7 +47,7 @@ from broker.management.requests import (
 from broker.cluster_view import ClusterView
 from broker.node_view import SETTLE_MODES, NodeView
 from broker.queue_client import QueueUnavailable
-from broker.replica_status import COUNTERS
+from broker.replica_status import COUNTERS, RATES
 from cluster import metadata as md
 from cluster.nesting import MAX_TABLE_DEPTH
 from cluster.policy import validate_policy
@@ -135,12 +129,11 @@ def unavailable(outcome: QueueUnavailable) -> ApiError:
 
 
 class ManagementApi:
-    """The handlers, sharing the node, its view and the sampled rates."""
+    """The handlers, sharing the node and its views (this node's, the cluster's)."""
 
-    def __init__(self, node: "Node", rates: RateSamples) -> None:
+    def __init__(self, node: "Node") -> None:
         self.view = NodeView(node)
         self.cluster = ClusterView(node)
-        self.rates = rates
 
     # ------------------------------------------------------------------ plumbing
 
@@ -222,16 +215,11 @@ class ManagementApi:
         """A queue row's message_stats counts, from the counters its leader answered with."""
         return counters_message_stats(row.get(COUNTERS))
 
-    def rate_samples(self) -> dict[Any, dict[str, int]]:
-        """What the sampler records each interval: every queue's counters and lengths, and
-        their sums per vhost and for the overview."""
-        queues: dict[Any, dict[str, int]] = {}
-        by_vhost: dict[str, list[dict[str, int]]] = {}
-        for vhost, name, counters, lengths in self.view.queue_activity():
-            sample = queues[shapes.queue_key(vhost, name)] = {**message_stats_counts(counters), **lengths}
-            by_vhost.setdefault(vhost, []).append(sample)
-        vhosts = {shapes.vhost_key(vhost): sum_counts(samples) for vhost, samples in by_vhost.items()}
-        return {**queues, **vhosts, ("overview",): sum_counts(list(queues.values()))}
+    @staticmethod
+    def queue_rates(row: Mapping[str, Any]) -> Mapping[str, float]:
+        """A queue row's rates, as its leader's node sampled them (none: every rate 0.0)."""
+        rates = row.get(RATES)
+        return rates if isinstance(rates, Mapping) else {}
 
     # ------------------------------------------------------------------ overview and nodes
 
@@ -242,9 +230,10 @@ class ManagementApi:
         queues = await self.cluster.queue_rows(vhosts)
         totals = sum_counts([{k: r[k] for k in QUEUE_TOTALS} for r in queues])
         stats = sum_counts([self.queue_counts(r) for r in queues])
-        key = ("overview",)
-        connections = [r for r in view.connection_rows() if call.who.sees_user_objects(r["user"])]
-        channels = [r for r in view.channel_rows() if call.who.sees_user_objects(r["user"])]
+        rates = sum_rates([self.queue_rates(r) for r in queues])
+        clients = await self.cluster.clients()
+        connections = [r for r in clients.connections if call.who.sees_user_objects(r["user"])]
+        channels = [r for r in clients.channels if call.who.sees_user_objects(r["user"])]
         return self.one(call, {
             "management_version": shapes.RABBITMQ_VERSION,
             "rates_mode": "basic",
@@ -259,9 +248,9 @@ class ManagementApi:
             "erlang_full_version": f"Python {platform.python_version()}",
             "disable_stats": False,
             "enable_queue_totals": False,
-            "message_stats": self.rates.with_details(key, stats, tuple(sorted(stats))),
+            "message_stats": with_details(stats, rates, tuple(sorted(stats))),
             "churn_rates": {},
-            "queue_totals": self.rates.with_details(key, totals, QUEUE_TOTALS),
+            "queue_totals": with_details(totals, rates, QUEUE_TOTALS),
             "object_totals": {
                 "channels": len(channels),
                 "connections": len(connections),
@@ -309,59 +298,67 @@ class ManagementApi:
 
     # ------------------------------------------------------------------ connections, channels, consumers
 
-    def visible_connections(self, call: Call, vhost: str | None = None) -> list[dict[str, Any]]:
-        return [shapes.connection_json(r, self.view.node_name) for r in self.view.connection_rows()
+    # Every member's, each on the node its connection is on (broker.cluster_clients).
+
+    async def visible_connections(self, call: Call, vhost: str | None = None) -> list[dict[str, Any]]:
+        return [shapes.connection_json(r, r["node"]) for r in (await self.cluster.clients()).connections
                 if call.who.sees_user_objects(r["user"]) and (vhost is None or r["vhost"] == vhost)]
 
-    def visible_channels(self, call: Call, vhost: str | None = None) -> list[dict[str, Any]]:
-        return [shapes.channel_json(r, self.view.node_name) for r in self.view.channel_rows()
+    async def visible_channels(self, call: Call, vhost: str | None = None) -> list[dict[str, Any]]:
+        return [shapes.channel_json(r, r["node"]) for r in (await self.cluster.clients()).channels
                 if call.who.sees_user_objects(r["user"]) and (vhost is None or r["vhost"] == vhost)]
 
     async def connections(self, call: Call) -> Response:
-        return self.listed(call, self.visible_connections(call))
+        return self.listed(call, await self.visible_connections(call))
 
     async def vhost_connections(self, call: Call) -> Response:
         vhost = self.visible_vhosts(call, path_name(call.params["vhost"]))[0]
-        return self.listed(call, self.visible_connections(call, vhost))
+        return self.listed(call, await self.visible_connections(call, vhost))
 
-    def find_connection(self, call: Call) -> dict[str, Any]:
+    async def find_connection(self, call: Call) -> dict[str, Any]:
         name = path_name(call.params["connection"])
-        found = _found(next((c for c in self.visible_connections(call) if c["name"] == name), None))
+        found = _found(next((c for c in await self.visible_connections(call) if c["name"] == name), None))
         return found
 
     async def connection(self, call: Call) -> Response:
-        return self.one(call, self.find_connection(call))
+        return self.one(call, await self.find_connection(call))
 
     async def close_connection(self, call: Call) -> Response:
-        name = self.find_connection(call)["name"]
+        found = await self.find_connection(call)
+        name, where = found["name"], found["node"]
         reason = call.request.headers.get("x-reason") or "Closed via management plugin"
-        log.info("closing connection %s on request of %s over HTTP: %s", name, call.who.name, reason)
-        if not self.view.close_connection(name, reason):
-            raise NOT_FOUND  # gone between the lookup and the close
+        log.info("closing connection %s on %s on request of %s over HTTP: %s", name, where, call.who.name, reason)
+        # On the node the connection is on, which may be another member.
+        if not await self.cluster.close_connection(where, name, reason):
+            raise NOT_FOUND  # gone between the lookup and the close (or its node went away)
         return no_content()
 
     async def connection_channels(self, call: Call) -> Response:
-        name = self.find_connection(call)["name"]
-        return self.listed(call, [c for c in self.visible_channels(call)
+        name = (await self.find_connection(call))["name"]
+        return self.listed(call, [c for c in await self.visible_channels(call)
                                   if c["connection_details"]["name"] == name])
 
     async def channels(self, call: Call) -> Response:
-        return self.listed(call, self.visible_channels(call))
+        return self.listed(call, await self.visible_channels(call))
 
     async def vhost_channels(self, call: Call) -> Response:
         vhost = self.visible_vhosts(call, path_name(call.params["vhost"]))[0]
-        return self.listed(call, self.visible_channels(call, vhost))
+        return self.listed(call, await self.visible_channels(call, vhost))
 
     async def channel(self, call: Call) -> Response:
         name = path_name(call.params["channel"])
-        found = _found(next((c for c in self.visible_channels(call) if c["name"] == name), None))
+        found = _found(next((c for c in await self.visible_channels(call) if c["name"] == name), None))
         return self.one(call, found)
 
-    def consumers_of(self, vhosts: list[str]) -> list[dict[str, Any]]:
-        return [shapes.consumer_json(r, self.view.node_name) for v in vhosts for r in self.view.consumer_rows(v)]
+    async def consumers_of(self, vhosts: list[str], queue: str | None = None) -> list[dict[str, Any]]:
+        """The consumers of the queues of `vhosts` (of one queue, named), wherever their
+        connections and queues are."""
+        wanted = set(vhosts)
+        return [shapes.consumer_json(r, r["node"]) for r in (await self.cluster.clients()).consumers
+                if r["vhost"] in wanted and (queue is None or r["queue_name"] == queue)]
 
     async def consumers(self, call: Call) -> Response:
-        return self.listed(call, self.consumers_of(self.listing_vhosts(call)))
+        return self.listed(call, await self.consumers_of(self.listing_vhosts(call)))
 
     # ------------------------------------------------------------------ exchanges
 
@@ -437,7 +434,7 @@ class ManagementApi:
     # ------------------------------------------------------------------ queues
 
     def queue_json(self, row: dict[str, Any]) -> dict[str, Any]:
-        return shapes.queue_json(row, self.queue_counts(row), self.rates)
+        return shapes.queue_json(row, self.queue_counts(row), self.queue_rates(row))
 
     async def queues(self, call: Call) -> Response:
         # Each queue as its leader sees it, wherever it is led (broker.replica_status).
@@ -452,8 +449,7 @@ class ManagementApi:
     async def queue(self, call: Call) -> Response:
         q = self.queue_record(call)
         item = self.queue_json(await self.cluster.queue_row(q))
-        item["consumer_details"] = [shapes.consumer_json(r, self.view.node_name)
-                                    for r in self.view.consumer_rows(q.vhost) if r["queue_name"] == q.name]
+        item["consumer_details"] = await self.consumers_of([q.vhost], q.name)
         item["deliveries"] = []
         item["incoming"] = []
         return self.one(call, item)
@@ -631,7 +627,8 @@ class ManagementApi:
             mine = [r for r in rows if r["vhost"] == name]
             items.append(shapes.vhost_json(record, self.view.node_name,
                                            sum_counts([{k: r[k] for k in QUEUE_TOTALS} for r in mine]),
-                                           sum_counts([self.queue_counts(r) for r in mine]), self.rates))
+                                           sum_counts([self.queue_counts(r) for r in mine]),
+                                           sum_rates([self.queue_rates(r) for r in mine])))
         return items
 
     async def vhosts(self, call: Call) -> Response:

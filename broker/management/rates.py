@@ -2,9 +2,11 @@
 
 RabbitMQ's "basic" rates mode reports, for each counter, its value and the rate over the
 last sample interval (5 s by default) as `{"name": n, "name_details": {"rate": r}}`. The
-node's sampler task reads every queue's `QueueCounters` and queue lengths each interval
-and hands them here with the time; a rate is the difference between the last two samples
-over the time between them (0.0 until there are two).
+node's sampler (`broker.queue_rates`) reads the `QueueCounters` and lengths of every queue
+it leads each interval and hands them here with the time; a rate is the difference between
+the last two samples over the time between them (0.0 until there are two). A queue's rates
+travel with its counters from its leader's node (`broker.replica_status`), so any node
+shows them; a vhost's and the overview's are the sums of their queues' rates.
 """
 
 from __future__ import annotations
@@ -68,16 +70,34 @@ class RateSamples:
 
     def rate(self, key: Hashable, name: str) -> float:
         previous, latest = self._previous.get(key), self._latest.get(key)
-        if previous is None or latest is None or latest[0] <= previous[0]:
-            return 0.0
+        if previous is None or latest is None or latest[0] <= previous[0] or name not in previous[1]:
+            return 0.0  # fewer than two samples of it: no rate yet
         delta = latest[1].get(name, 0) - previous[1].get(name, 0)
         return round(delta / (latest[0] - previous[0]), 1)
 
-    def with_details(self, key: Hashable, counts: Mapping[str, int], names: tuple[str, ...]) -> dict[str, Any]:
-        """`{"name": n, "name_details": {"rate": r}}` for each of `names` present in `counts`."""
-        out: dict[str, Any] = {}
-        for name in names:
-            if name in counts:
-                out[name] = counts[name]
-                out[f"{name}_details"] = {"rate": self.rate(key, name)}
-        return out
+    def rates(self, key: Hashable) -> dict[str, float]:
+        """The rate of every counter of `key`'s latest sample (empty for an object not sampled)."""
+        latest = self._latest.get(key)
+        return {name: self.rate(key, name) for name in latest[1]} if latest is not None else {}
+
+
+def with_details(counts: Mapping[str, int], rates: Mapping[str, float], names: tuple[str, ...]) -> dict[str, Any]:
+    """`{"name": n, "name_details": {"rate": r}}` for each of `names` present in `counts`, the
+    rate from `rates` (0.0 for one not there: not sampled yet, or its leader did not answer)."""
+    out: dict[str, Any] = {}
+    for name in names:
+        if name in counts:
+            out[name] = counts[name]
+            out[f"{name}_details"] = {"rate": float(rates.get(name, 0.0))}
+    return out
+
+
+def sum_rates(many: list[Mapping[str, float]]) -> dict[str, float]:
+    """Rates of a set of queues (a vhost's, the cluster's): the sum of theirs. Each queue is
+    sampled by its own leader's node at its own moments, so the sum of the rates is the
+    rate of the sum."""
+    total: dict[str, float] = {}
+    for rates in many:
+        for key, value in rates.items():
+            total[key] = total.get(key, 0.0) + float(value)
+    return {key: round(value, 1) for key, value in total.items()}

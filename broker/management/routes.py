@@ -24,7 +24,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broker.management.api import Call, Handler, ManagementApi
 from broker.management.errors import NOT_FOUND, ApiError
-from broker.management.rates import RateSamples
 
 if TYPE_CHECKING:
     from broker.node import Node
@@ -178,10 +177,10 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 HTTP_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
-def management_app(node: "Node", rates: RateSamples) -> tuple[ASGIApp, ManagementApi]:
-    """The API as an ASGI application, and its handlers (the sampler reads their rate samples)."""
+def management_app(node: "Node") -> tuple[ASGIApp, ManagementApi]:
+    """The API as an ASGI application, and its handlers."""
     _register_convertors()
-    api = ManagementApi(node, rates)
+    api = ManagementApi(node)
     # Every method reaches the endpoint, which answers 405 itself (Starlette's own would
     # answer with text where RabbitMQ sends nothing).
     routes: list[BaseRoute] = [Route(path, _endpoint(api, handlers), methods=HTTP_METHODS)

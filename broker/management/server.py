@@ -4,8 +4,8 @@
 The socket is bound here, before Hypercorn starts, so that a port in use stops the node
 at start with an error naming the port and the setting (Hypercorn's own bind would fail
 later, inside its task, with a bare errno), and so that port 0 reports the port chosen.
-The management listener also runs the rate sampler: every `SAMPLE_INTERVAL_S` it records
-the queues' counters for the API's *_details rates.
+The rates the API shows are sampled by the node itself (`broker.queue_rates`), listener
+or not, so that any node can show the rates of the queues another one leads.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from starlette.types import ASGIApp
 
-from broker.management.api import ManagementApi
 from broker.management.routes import management_app
 from broker.management.prometheus import prometheus_app
-from broker.management.rates import SAMPLE_INTERVAL_S, RateSamples
 
 if TYPE_CHECKING:
     from broker.node import Node
@@ -69,9 +67,7 @@ async def serve_http(node: "Node", protocol: str, host: str, port: int,
     app: ASGIApp
     async with trio.open_nursery() as nursery:
         if protocol == "http":
-            rates = RateSamples()
-            app, api = management_app(node, rates)
-            nursery.start_soon(sample_rates, api, rates)
+            app, _api = management_app(node)
         else:
             app = prometheus_app(node)
         sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
@@ -79,9 +75,3 @@ async def serve_http(node: "Node", protocol: str, host: str, port: int,
                                                             sockets=sockets, task_status=task_status))
         log.info("%s listener started on %s:%d", protocol, host or "[::]", bound)
         task_status.started(bound)
-
-
-async def sample_rates(api: ManagementApi, rates: RateSamples) -> None:
-    while True:
-        rates.record(trio.current_time(), api.rate_samples())
-        await trio.sleep(SAMPLE_INTERVAL_S)

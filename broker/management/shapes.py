@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from broker import auth
-from broker.management.rates import MESSAGE_STATS, QUEUE_TOTALS, RateSamples
+from broker.management.rates import MESSAGE_STATS, QUEUE_TOTALS, with_details
 from broker.node_view import plain
 from cluster import metadata as md
 
@@ -42,10 +42,6 @@ def _or_null(value: Any) -> Any:
     return None if value == "" else value
 
 
-def queue_key(vhost: str, name: str) -> Hashable:
-    return ("queue", vhost, name)
-
-
 # Queue fields the API shows as the view has them; and those rabbitmqctl shows as "" where
 # the API shows null.
 _QUEUE_AS_IS = ("auto_delete", "consumers", "durable", "exclusive", "memory", "message_bytes",
@@ -56,16 +52,16 @@ _QUEUE_OR_NULL = ("consumer_capacity", "consumer_utilisation", "exclusive_consum
                   "message_bytes_persistent", "messages_persistent", "policy")
 
 
-def queue_json(row: Mapping[str, Any], counts: Mapping[str, int], rates: RateSamples) -> dict[str, Any]:
-    """One queue as GET /api/queues shows it. `counts` are its message_stats counters."""
-    key = queue_key(row["vhost"], row["name"])
+def queue_json(row: Mapping[str, Any], counts: Mapping[str, int], rates: Mapping[str, float]) -> dict[str, Any]:
+    """One queue as GET /api/queues shows it. `counts` are its message_stats counters, `rates`
+    their rates and its lengths' (as its leader's node sampled them)."""
     out: dict[str, Any] = {
         **{k: row[k] for k in _QUEUE_AS_IS},
         **{k: _or_null(row[k]) for k in _QUEUE_OR_NULL},
         "arguments": plain(row["arguments"]),
         "effective_policy_definition": plain(row["effective_policy_definition"]),
-        "message_stats": rates.with_details(key, counts, MESSAGE_STATS),
-        **rates.with_details(key, row, QUEUE_TOTALS),
+        "message_stats": with_details(counts, rates, MESSAGE_STATS),
+        **with_details(row, rates, QUEUE_TOTALS),
         "node": row["home_node"],
         "operator_policy": None,
         "recoverable_slaves": None,
@@ -258,17 +254,13 @@ def consumer_json(row: Mapping[str, Any], node: str) -> dict[str, Any]:
     }
 
 
-def vhost_key(name: str) -> Hashable:
-    return ("vhost", name)
-
-
 def vhost_json(v: md.VhostRecord, node: str, lengths: Mapping[str, int], counts: Mapping[str, int],
-               rates: RateSamples) -> dict[str, Any]:
-    """A vhost with its queues' totals: `lengths` summed queue lengths, `counts` summed counters."""
-    key = vhost_key(v.name)
+               rates: Mapping[str, float]) -> dict[str, Any]:
+    """A vhost with its queues' totals: `lengths` summed queue lengths, `counts` summed
+    counters, `rates` summed rates."""
     return {
-        **rates.with_details(key, {name: lengths.get(name, 0) for name in QUEUE_TOTALS}, QUEUE_TOTALS),
-        "message_stats": rates.with_details(key, counts, MESSAGE_STATS),
+        **with_details({name: lengths.get(name, 0) for name in QUEUE_TOTALS}, rates, QUEUE_TOTALS),
+        "message_stats": with_details(counts, rates, MESSAGE_STATS),
         "cluster_state": {node: "running"},
         "default_queue_type": v.default_queue_type or "undefined",
         "description": v.description,

@@ -1,6 +1,6 @@
 """The management package's pure helpers: list queries, rates, credentials and tag rules,
 body fields, binding keys, Prometheus rendering (checked with prometheus_client's parser), the
-latency histogram, partitions from the members' reports."""
+latency histogram, partitions from the members' reports, the members' client rows joined."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from broker.management import access
 from broker.management.errors import ApiError
 from broker.management.listing import ListQuery, apply_list_query, parse_list_query, select_columns
 from broker.management.prometheus import MetricFamily, _histogram, render
-from broker.management.rates import RateSamples
+from broker.cluster_clients import merge
+from broker.management.rates import RateSamples, sum_rates, with_details
 from broker.management.requests import bool_field, int_field, object_field, parse_body, refusal_reason, tags_field
 from broker.management.shapes import node_json, properties_key
 from cluster.partitions import partitions
@@ -81,10 +82,52 @@ def test_rates_are_the_change_between_the_last_two_samples() -> None:
     assert rates.rate("q", "publish") == 10.0
     rates.record(110.0, {"q": {"publish": 60}})
     assert rates.rate("q", "publish") == 0.0
-    assert rates.with_details("q", {"publish": 60, "ack": 1}, ("publish", "get")) == {
-        "publish": 60, "publish_details": {"rate": 0.0}}
-    rates.record(115.0, {})  # the queue is gone: forgotten
-    assert rates.rate("q", "publish") == 0.0
+    assert rates.rates("q") == {"publish": 0.0}
+    rates.record(115.0, {"q": {"publish": 61, "messages": 4}})
+    assert rates.rates("q") == {"publish": 0.2, "messages": 0.0} and rates.rates("other") == {}
+    rates.record(120.0, {})  # the queue is gone: forgotten
+    assert rates.rate("q", "publish") == 0.0 and rates.rates("q") == {}
+
+
+def test_details_take_the_rates_given_and_sums_add_them() -> None:
+    assert with_details({"publish": 60, "ack": 1}, {"publish": 2.5}, ("publish", "get", "ack")) == {
+        "publish": 60, "publish_details": {"rate": 2.5}, "ack": 1, "ack_details": {"rate": 0.0}}
+    assert sum_rates([{"publish": 0.1, "ack": 1.0}, {"publish": 0.2}, {}]) == {"publish": 0.3, "ack": 1.0}
+    assert sum_rates([]) == {}
+
+
+def _channel(connection: str, number: int, **items: object) -> dict:
+    return {"connection": connection, "number": number, "pid": f"{connection[:-1]}.{number}>",
+            "connection_name": f"name of {connection}", "peer_host": "10.0.0.9", "peer_port": 4000,
+            "user": "bob", "prefetch_count": 7, "vhost": "/", **items}
+
+
+def test_members_clients_merge_with_their_nodes_and_proxied_consumers_joined() -> None:
+    """A consumer led on b whose connection is on c takes c's channel items and node c; one
+    whose connection's node did not answer is left out; rows of b's own connections stay b's."""
+    b_consumer = {"queue_name": "q", "vhost": "/", "channel_number": 1, "consumer_tag": "t1", "node": "b",
+                  "connection": "<b.1>", "connection_name": "b's", "channel_pid": "<b.1.1>", "user": "al",
+                  "peer_host": "h", "peer_port": 1, "prefetch_count": 0}
+    proxied = {"queue_name": "q", "vhost": "/", "channel_number": 2, "consumer_tag": "t2", "node": "c",
+               "connection": "<c.4>"}
+    orphan = {**proxied, "consumer_tag": "t3", "node": "d", "connection": "<d.1>"}
+    answers = {
+        "b": {"connections": [{"name": "b's", "user": "al"}], "channels": [_channel("<b.1>", 1)],
+              "consumers": [b_consumer, proxied, orphan]},
+        "c": {"connections": [{"name": "c's", "user": "bob"}], "channels": [_channel("<c.4>", 2)],
+              "consumers": []},
+    }
+    merged = merge(answers)
+    assert [(r["name"], r["node"]) for r in merged.connections] == [("b's", "b"), ("c's", "c")]
+    assert [(r["connection"], r["node"]) for r in merged.channels] == [("<b.1>", "b"), ("<c.4>", "c")]
+    assert [r["consumer_tag"] for r in merged.consumers] == ["t1", "t2"]
+    own, joined = merged.consumers
+    assert own == {**b_consumer, "node": "b"}
+    assert joined == {**proxied, "node": "c", "channel_pid": "<c.4.2>", "connection_name": "name of <c.4>",
+                      "peer_host": "10.0.0.9", "peer_port": 4000, "user": "bob", "prefetch_count": 7}
+    # A channel with the same number on another connection is not the consumer's.
+    assert merge({"b": answers["b"], "c": {**answers["c"], "channels": [_channel("<c.5>", 2)]}}).consumers == [
+        {**b_consumer, "node": "b"}]
 
 
 def test_basic_credentials() -> None:

@@ -1,0 +1,46 @@
+"""`QueueRates`: the node's message-rate history of the queues it leads.
+
+Only a queue's leader counts its messages, so only the leader's node can turn the counts
+into rates. Every node samples the counters and lengths of the queues it leads each
+`SAMPLE_INTERVAL_S` (whether or not it serves the management API: RabbitMQ's management
+agent too runs on every node), and answers their rates with their counters when another
+node lists them (`broker.replica_status`). The rates themselves are the pure
+`broker.management.rates.RateSamples`; this is only its clock.
+
+One per node, kept across core resets (a queue no longer led here is forgotten at the
+next sample).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from broker.management.rates import SAMPLE_INTERVAL_S, RateSamples, message_stats_counts
+from broker.node_view import NodeView
+
+if TYPE_CHECKING:
+    from broker.node import Node
+
+
+class QueueRates:
+    def __init__(self) -> None:
+        self.samples = RateSamples()
+
+    def sample(self, view: NodeView, now: float) -> None:
+        """One pass: the counters and lengths of every queue led here now."""
+        self.samples.record(now, {(vhost, name): {**message_stats_counts(counters), **lengths}
+                                  for vhost, name, counters, lengths in view.queue_activity()})
+
+    def rates(self, vhost: str, name: str) -> dict[str, float]:
+        """The rates of a queue led here, by counter and length name (empty before its first
+        sample; every rate 0.0 until its second)."""
+        return self.samples.rates((vhost, name))
+
+    async def run(self, node: "Node") -> None:
+        """Sample forever (the node's nursery cancels it)."""
+        view = NodeView(node)
+        while True:
+            self.sample(view, trio.current_time())
+            await trio.sleep(SAMPLE_INTERVAL_S)
