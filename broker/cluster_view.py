@@ -37,7 +37,7 @@ from broker.cluster_clients import Clients
 from broker.node_view import SETTLE_MODES, NodeView
 from broker.queue_client import Got, QueueUnavailable
 from broker.replica_control import SYNC, on_leader
-from broker.replica_status import rows_of
+from broker.replica_status import Ranges, rows_of
 from cluster import metadata as md
 from cluster.control import ControlError
 from cluster.mirrors import is_replicated, queue_type_of
@@ -94,13 +94,14 @@ class ClusterView:
 
     # ------------------------------------------------------------------ queues
 
-    async def queue_rows(self, vhosts: Sequence[str]) -> list[dict[str, Any]]:
-        """Every queue of `vhosts`, each row with its leader's live items and counters."""
+    async def queue_rows(self, vhosts: Sequence[str], ranges: Ranges | None = None) -> list[dict[str, Any]]:
+        """Every queue of `vhosts`, each row with its leader's live items and counters (and
+        its past values at the times of `ranges`, when a chart asks)."""
         meta = self.local.metadata
-        return await rows_of(self.local, self.transport, [q for v in vhosts for q in meta.queues(v)])
+        return await rows_of(self.local, self.transport, [q for v in vhosts for q in meta.queues(v)], ranges)
 
-    async def queue_row(self, q: md.QueueRecord) -> dict[str, Any]:
-        return (await rows_of(self.local, self.transport, [q]))[0]
+    async def queue_row(self, q: md.QueueRecord, ranges: Ranges | None = None) -> dict[str, Any]:
+        return (await rows_of(self.local, self.transport, [q], ranges))[0]
 
     async def queue_lengths(self, vhost: str, name: str) -> tuple[int, int] | QueueUnavailable | None:
         """(ready messages, consumers) from the queue's leader; None if there is no such queue."""
@@ -183,6 +184,28 @@ class ClusterView:
         return await cluster_clients.close_connection(self.node, self.transport, where, name, reason)
 
     # ------------------------------------------------------------------ nodes
+
+    async def vhost_cluster_state(self) -> dict[str, str]:
+        """A vhost's `cluster_state` as RabbitMQ 3.10 words it (`rabbit_vhost:vhost_cluster_state`):
+        every running member, `running` (a Leveret node runs every vhost it knows), or
+        `nodedown` for one counted as running that did not answer in time; a member that is
+        stopped, or that this node cannot reach, is not running and is not listed."""
+        node = self.node
+        states = {node.name: "running"}
+        reachable = node.reachable_nodes()
+
+        async def ask(target: str) -> None:
+            outcome = await self.transport.call(target, NODE_STATUS, {}, timeout=NODE_CALL_TIMEOUT)
+            if not isinstance(outcome, Replied) or not isinstance(outcome.value, Mapping):
+                states[target] = "nodedown"
+            elif outcome.value.get("running"):
+                states[target] = "running"
+
+        async with trio.open_nursery() as nursery:
+            for name in sorted(node.cluster_members() - {node.name}):
+                if name in reachable:
+                    nursery.start_soon(ask, name)
+        return dict(sorted(states.items()))
 
     async def node_reports(self) -> list[NodeReport]:
         """Every member of the cluster, by name: this node's figures, and each other member's

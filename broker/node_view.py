@@ -24,7 +24,7 @@ import platform
 import resource
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from cluster.raft.group import LEADER
 from cluster.replica_listing import replica_items
 
 if TYPE_CHECKING:
+    from broker.management.rates import SampleRange
     from broker.node import Node
     from broker.queue import Delivered
     from broker.queue_leader import QueueLeader
@@ -178,6 +179,13 @@ class NodeView:
         if self.leader(vhost, name) is None:
             return {}
         return self.node.queue_rates.rates(vhost, name)
+
+    def queue_history(self, vhost: str, name: str, names: Sequence[str], at: "SampleRange") -> dict[str, list[int]]:
+        """A queue's past values of `names` at `at`'s times, as this node sampled them; empty
+        if it is not led here (its leader's node has its history)."""
+        if self.leader(vhost, name) is None:
+            return {}
+        return self.node.queue_rates.values(vhost, name, names, at)
 
     def queue_lengths(self, vhost: str, name: str) -> tuple[int, int] | None:
         """(ready messages, consumers) of a queue, None if it has no leader."""

@@ -10,13 +10,17 @@ answers with the leader it knows of, and that node is asked in turn (at most
 A queue whose leader cannot be reached keeps the row this node made, with state `down`,
 as RabbitMQ lists a queue on an unreachable node.
 
-Wire:  "queue.replica_status"  {"queues": [[vhost, name], ...]}
-       -> [{item: value, ..., "counters": {counter: n}, "rates": {name: per second}}
+Wire:  "queue.replica_status"  {"queues": [[vhost, name], ...],
+                                 "history": {"msg" | "lengths": [end_ms, incr_ms, count]}}  (optional)
+       -> [{item: value, ..., "counters": {counter: n}, "rates": {name: per second},
+            "history": {name: [value at each time, newest first]}}   (when asked)
            | {"missing": true, "leader": node or None}, ...]
           in order.
 
 The rates are the leader's (`broker.queue_rates`: only the node counting a queue's
 messages can sample them); a leader that sends none (not sampled yet) leaves them 0.0.
+So is the history of the counters ("msg") and lengths ("lengths") a chart asks for; it
+travels only when asked (a listing without charts does not pay for it).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
+from broker.management.rates import MESSAGE_STATS, QUEUE_TOTALS, SampleRange
 from broker.node_view import NodeView
 from cluster import metadata as md
 from cluster.transport import PeerTransport, Replied
@@ -59,9 +64,40 @@ COUNTERS: Final = "counters"
 # Not a row item either: the rates of those counters and of the queue's lengths, as the
 # leader's node sampled them (`QueueRates.rates`; empty where nothing was sampled).
 RATES: Final = "rates"
+# Nor this: the past values a chart asked for, by name (`QueueRates.values`; absent when no
+# chart was asked for, empty when the leader has no samples or did not answer).
+HISTORY: Final = "history"
+# The names each chart group covers ("msg": message_stats counters, "lengths": queue lengths).
+HISTORY_GROUPS: Final = {"msg": MESSAGE_STATS, "lengths": QUEUE_TOTALS}
+
+Ranges = Mapping[str, SampleRange]
 
 
-def leader_items(view: NodeView, vhost: str, name: str) -> dict[str, Any]:
+def history_of(view: NodeView, vhost: str, name: str, ranges: Ranges) -> dict[str, list[int]]:
+    """A queue led here: its past values for each chart group asked for in `ranges`."""
+    out: dict[str, list[int]] = {}
+    for group, at in ranges.items():
+        out.update(view.queue_history(vhost, name, HISTORY_GROUPS[group], at))
+    return out
+
+
+def ranges_wire(ranges: Ranges) -> dict[str, list[int]]:
+    return {group: at.wire() for group, at in ranges.items()}
+
+
+def ranges_from_wire(value: Any) -> dict[str, SampleRange]:
+    """The chart ranges another node asked for (those well formed, of known groups)."""
+    if not isinstance(value, Mapping):
+        return {}
+    out = {}
+    for group, wire in value.items():
+        at = SampleRange.from_wire(wire)
+        if group in HISTORY_GROUPS and at is not None:
+            out[str(group)] = at
+    return out
+
+
+def leader_items(view: NodeView, vhost: str, name: str, ranges: Ranges | None = None) -> dict[str, Any]:
     """On any node: the live items of a queue this node leads, or `{"missing": True,
     "leader": ...}` naming the node it believes leads it (None if the queue is unknown)."""
     q = view.metadata.queue(vhost, name)
@@ -70,8 +106,11 @@ def leader_items(view: NodeView, vhost: str, name: str) -> dict[str, Any]:
     if view.leader(vhost, name) is None:
         return {"missing": True, "leader": view.queue_leader_node(q)}
     row = view.queue_row(q)
-    return {**{key: row[key] for key in LEADER_ITEMS}, COUNTERS: counters_of(view, vhost, name),
-            RATES: view.queue_rates(vhost, name)}
+    items = {**{key: row[key] for key in LEADER_ITEMS}, COUNTERS: counters_of(view, vhost, name),
+             RATES: view.queue_rates(vhost, name)}
+    if ranges:
+        items[HISTORY] = history_of(view, vhost, name, ranges)
+    return items
 
 
 def counters_of(view: NodeView, vhost: str, name: str) -> dict[str, int] | None:
@@ -87,15 +126,21 @@ async def queue_rows(view: NodeView, transport: PeerTransport, vhost: str | None
     return await rows_of(view, transport, records)
 
 
-def _own_row(view: NodeView, q: md.QueueRecord) -> dict[str, Any]:
-    return {**view.queue_row(q), COUNTERS: counters_of(view, q.vhost, q.name),
-            RATES: view.queue_rates(q.vhost, q.name)}
+def _own_row(view: NodeView, q: md.QueueRecord, ranges: Ranges | None = None) -> dict[str, Any]:
+    row = {**view.queue_row(q), COUNTERS: counters_of(view, q.vhost, q.name),
+           RATES: view.queue_rates(q.vhost, q.name)}
+    if ranges:
+        row[HISTORY] = history_of(view, q.vhost, q.name, ranges)
+    return row
 
 
-async def rows_of(view: NodeView, transport: PeerTransport, records: Sequence[md.QueueRecord]) -> list[dict[str, Any]]:
-    """The rows of `records`, each with its leader's live items (and `COUNTERS`, `RATES`), in order."""
+async def rows_of(view: NodeView, transport: PeerTransport, records: Sequence[md.QueueRecord],
+                  ranges: Ranges | None = None) -> list[dict[str, Any]]:
+    """The rows of `records`, each with its leader's live items (and `COUNTERS`, `RATES`, and
+    `HISTORY` when `ranges` asks for charts), in order."""
     node = view.node
-    rows = [_own_row(view, q) for q in records]
+    rows = [_own_row(view, q, ranges) for q in records]
+    request_extra = {"history": ranges_wire(ranges)} if ranges else {}
     ask: dict[str, list[int]] = defaultdict(list)
     for i, q in enumerate(records):
         if view.leader(q.vhost, q.name) is None:
@@ -111,7 +156,8 @@ async def rows_of(view: NodeView, transport: PeerTransport, records: Sequence[md
 
         async def one(target: str, indexes: Sequence[int]) -> None:
             outcome = await transport.call(
-                target, REPLICA_STATUS, {"queues": [[rows[i]["vhost"], rows[i]["name"]] for i in indexes]},
+                target, REPLICA_STATUS, {"queues": [[rows[i]["vhost"], rows[i]["name"]] for i in indexes],
+                                         **request_extra},
                 timeout=CALL_TIMEOUT)
             if not isinstance(outcome, Replied) or not isinstance(outcome.value, list) \
                     or len(outcome.value) != len(indexes):
@@ -124,14 +170,14 @@ async def rows_of(view: NodeView, transport: PeerTransport, records: Sequence[md
                     if isinstance(hint, str) and hint != target:
                         retry[hint].append(i)
                     continue
-                rows[i].update({k: answer[k] for k in (*LEADER_ITEMS, COUNTERS, RATES) if k in answer})
+                rows[i].update({k: answer[k] for k in (*LEADER_ITEMS, COUNTERS, RATES, HISTORY) if k in answer})
 
         async with trio.open_nursery() as nursery:
             for target, indexes in ask.items():
                 nursery.start_soon(one, target, indexes)
         # Elected here while the listing ran: this node's own row is now the leader's.
         for i in retry.pop(node.name, []):
-            rows[i] = _own_row(view, records[i])
+            rows[i] = _own_row(view, records[i], ranges)
         ask = retry
     return rows
 
@@ -148,7 +194,8 @@ def serve_replica_status(node: "Node", transport: PeerTransport) -> None:
             await trio.lowlevel.checkpoint()
             return [{"missing": True, "leader": None} for _ in queues]
         view = NodeView(node)
+        ranges = ranges_from_wire(args.get("history"))
         await trio.lowlevel.checkpoint()
-        return [leader_items(view, str(vhost), str(name)) for vhost, name in queues]
+        return [leader_items(view, str(vhost), str(name), ranges) for vhost, name in queues]
 
     transport.on_call(REPLICA_STATUS, handle)

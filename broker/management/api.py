@@ -27,7 +27,17 @@ from broker.control_handlers import import_commands
 from broker.management import access, shapes
 from broker.management.errors import LOGIN_FAILED, NOT_FOUND, ApiError, bad_request, not_authorised, not_found
 from broker.management.listing import apply_list_query, parse_bool, parse_list_query
-from broker.management.rates import QUEUE_TOTALS, counters_message_stats, sum_counts, sum_rates, with_details
+from broker.management.rates import (
+    QUEUE_TOTALS,
+    SampleRange,
+    chart_ranges,
+    charts,
+    counters_message_stats,
+    sum_counts,
+    sum_rates,
+    sum_values,
+    with_details,
+)
 from broker.management.requests import (
     bool_field,
     check_base64,
@@ -47,7 +57,7 @@ from broker.management.requests import (
 from broker.cluster_view import ClusterView
 from broker.node_view import SETTLE_MODES, NodeView
 from broker.queue_client import QueueUnavailable
-from broker.replica_status import COUNTERS, RATES
+from broker.replica_status import COUNTERS, HISTORY, HISTORY_GROUPS, RATES
 from cluster import metadata as md
 from cluster.nesting import MAX_TABLE_DEPTH
 from cluster.policy import validate_policy
@@ -221,13 +231,35 @@ class ManagementApi:
         rates = row.get(RATES)
         return rates if isinstance(rates, Mapping) else {}
 
+    def chart_ranges(self, call: Call) -> dict[str, SampleRange]:
+        """The charts the request asks for (`msg_rates_age` / `msg_rates_incr`, `lengths_age` /
+        `lengths_incr`), ending now; none when it asks for none."""
+        ranges = chart_ranges(call.query, self.view.node.now_ms())
+        if isinstance(ranges, str):
+            raise bad_request(ranges)
+        return ranges
+
+    @staticmethod
+    def charted(rows: list[Mapping[str, Any]], ranges: Mapping[str, SampleRange]) -> dict[str, dict[str, Any]]:
+        """The chart items of a set of queues (one queue's, a vhost's, the overview's): the sum
+        of their past values at each time (a queue whose leader did not answer counts 0)."""
+        if not ranges:
+            return {}
+        histories = [row.get(HISTORY) or {} for row in rows]
+        summed: dict[str, list[int]] = {}
+        for group, at in ranges.items():
+            summed.update(sum_values(histories, HISTORY_GROUPS[group], at))
+        return charts(summed, ranges)
+
     # ------------------------------------------------------------------ overview and nodes
 
     async def overview(self, call: Call) -> Response:
         view = self.view
         meta = view.metadata
         vhosts = self.visible_vhosts(call, None)
-        queues = await self.cluster.queue_rows(vhosts)
+        ranges = self.chart_ranges(call)
+        queues = await self.cluster.queue_rows(vhosts, ranges)
+        charted = self.charted(queues, ranges)
         totals = sum_counts([{k: r[k] for k in QUEUE_TOTALS} for r in queues])
         stats = sum_counts([self.queue_counts(r) for r in queues])
         rates = sum_rates([self.queue_rates(r) for r in queues])
@@ -248,9 +280,9 @@ class ManagementApi:
             "erlang_full_version": f"Python {platform.python_version()}",
             "disable_stats": False,
             "enable_queue_totals": False,
-            "message_stats": with_details(stats, rates, tuple(sorted(stats))),
+            "message_stats": with_details(stats, rates, tuple(sorted(stats)), charted),
             "churn_rates": {},
-            "queue_totals": with_details(totals, rates, QUEUE_TOTALS),
+            "queue_totals": with_details(totals, rates, QUEUE_TOTALS, charted),
             "object_totals": {
                 "channels": len(channels),
                 "connections": len(connections),
@@ -433,13 +465,15 @@ class ManagementApi:
 
     # ------------------------------------------------------------------ queues
 
-    def queue_json(self, row: dict[str, Any]) -> dict[str, Any]:
-        return shapes.queue_json(row, self.queue_counts(row), self.queue_rates(row))
+    def queue_json(self, row: dict[str, Any], ranges: Mapping[str, SampleRange] | None = None) -> dict[str, Any]:
+        return shapes.queue_json(row, self.queue_counts(row), self.queue_rates(row),
+                                 self.charted([row], ranges or {}))
 
     async def queues(self, call: Call) -> Response:
         # Each queue as its leader sees it, wherever it is led (broker.replica_status).
-        rows = await self.cluster.queue_rows(self.listing_vhosts(call))
-        return self.listed(call, [self.queue_json(r) for r in rows])
+        ranges = self.chart_ranges(call)
+        rows = await self.cluster.queue_rows(self.listing_vhosts(call), ranges)
+        return self.listed(call, [self.queue_json(r, ranges) for r in rows])
 
     def queue_record(self, call: Call) -> md.QueueRecord:
         vhost = self.visible_vhosts(call, path_name(call.params["vhost"]))[0]
@@ -448,7 +482,8 @@ class ManagementApi:
 
     async def queue(self, call: Call) -> Response:
         q = self.queue_record(call)
-        item = self.queue_json(await self.cluster.queue_row(q))
+        ranges = self.chart_ranges(call)
+        item = self.queue_json(await self.cluster.queue_row(q, ranges), ranges)
         item["consumer_details"] = await self.consumers_of([q.vhost], q.name)
         item["deliveries"] = []
         item["incoming"] = []
@@ -616,27 +651,31 @@ class ManagementApi:
 
     # ------------------------------------------------------------------ vhosts
 
-    async def vhost_items(self, names: list[str]) -> list[dict[str, Any]]:
-        """The vhosts `names`, each with the lengths and counters of its queues, wherever led."""
-        rows = await self.cluster.queue_rows(names)
+    async def vhost_items(self, names: list[str],
+                          ranges: Mapping[str, SampleRange] | None = None) -> list[dict[str, Any]]:
+        """The vhosts `names`, each with the lengths and counters of its queues, wherever led
+        (and their charts, summed over its queues, when `ranges` asks)."""
+        rows = await self.cluster.queue_rows(names, ranges)
+        cluster_state = await self.cluster.vhost_cluster_state()
         items = []
         for name in names:
             record = self.view.metadata.vhost(name)
             if record is None:
                 continue  # deleted while its queues were asked for
             mine = [r for r in rows if r["vhost"] == name]
-            items.append(shapes.vhost_json(record, self.view.node_name,
+            items.append(shapes.vhost_json(record, cluster_state,
                                            sum_counts([{k: r[k] for k in QUEUE_TOTALS} for r in mine]),
                                            sum_counts([self.queue_counts(r) for r in mine]),
-                                           sum_rates([self.queue_rates(r) for r in mine])))
+                                           sum_rates([self.queue_rates(r) for r in mine]),
+                                           self.charted(mine, ranges or {})))
         return items
 
     async def vhosts(self, call: Call) -> Response:
-        return self.listed(call, await self.vhost_items(self.visible_vhosts(call, None)))
+        return self.listed(call, await self.vhost_items(self.visible_vhosts(call, None), self.chart_ranges(call)))
 
     async def vhost(self, call: Call) -> Response:
         return self.one(call, _found(next(iter(await self.vhost_items(
-            self.visible_vhosts(call, path_name(call.params["vhost"])))), None)))
+            self.visible_vhosts(call, path_name(call.params["vhost"])), self.chart_ranges(call))), None)))
 
     async def put_vhost(self, call: Call) -> Response:
         _check(access.require_admin(call.who))

@@ -52,16 +52,18 @@ _QUEUE_OR_NULL = ("consumer_capacity", "consumer_utilisation", "exclusive_consum
                   "message_bytes_persistent", "messages_persistent", "policy")
 
 
-def queue_json(row: Mapping[str, Any], counts: Mapping[str, int], rates: Mapping[str, float]) -> dict[str, Any]:
+def queue_json(row: Mapping[str, Any], counts: Mapping[str, int], rates: Mapping[str, float],
+               charted: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """One queue as GET /api/queues shows it. `counts` are its message_stats counters, `rates`
-    their rates and its lengths' (as its leader's node sampled them)."""
+    their rates and its lengths' (as its leader's node sampled them), `charted` the chart
+    items of each when a chart was asked for (`rates.charts`)."""
     out: dict[str, Any] = {
         **{k: row[k] for k in _QUEUE_AS_IS},
         **{k: _or_null(row[k]) for k in _QUEUE_OR_NULL},
         "arguments": plain(row["arguments"]),
         "effective_policy_definition": plain(row["effective_policy_definition"]),
-        "message_stats": with_details(counts, rates, MESSAGE_STATS),
-        **with_details(row, rates, QUEUE_TOTALS),
+        "message_stats": with_details(counts, rates, MESSAGE_STATS, charted),
+        **with_details(row, rates, QUEUE_TOTALS, charted),
         "node": row["home_node"],
         "operator_policy": None,
         "recoverable_slaves": None,
@@ -254,14 +256,14 @@ def consumer_json(row: Mapping[str, Any], node: str) -> dict[str, Any]:
     }
 
 
-def vhost_json(v: md.VhostRecord, node: str, lengths: Mapping[str, int], counts: Mapping[str, int],
-               rates: Mapping[str, float]) -> dict[str, Any]:
+def vhost_json(v: md.VhostRecord, cluster_state: Mapping[str, str], lengths: Mapping[str, int], counts: Mapping[str, int],
+               rates: Mapping[str, float], charted: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """A vhost with its queues' totals: `lengths` summed queue lengths, `counts` summed
-    counters, `rates` summed rates."""
+    counters, `rates` summed rates, `charted` summed charts (when asked for)."""
     return {
-        **with_details({name: lengths.get(name, 0) for name in QUEUE_TOTALS}, rates, QUEUE_TOTALS),
-        "message_stats": with_details(counts, rates, MESSAGE_STATS),
-        "cluster_state": {node: "running"},
+        **with_details({name: lengths.get(name, 0) for name in QUEUE_TOTALS}, rates, QUEUE_TOTALS, charted),
+        "message_stats": with_details(counts, rates, MESSAGE_STATS, charted),
+        "cluster_state": dict(cluster_state),
         "default_queue_type": v.default_queue_type or "undefined",
         "description": v.description,
         "metadata": {"description": v.description, "tags": list(v.tags)},
