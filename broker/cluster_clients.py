@@ -45,11 +45,13 @@ CHANNEL_ITEMS: Final = (("channel_pid", "pid"), ("connection_name", "connection_
 
 @dataclass(frozen=True, slots=True)
 class Clients:
-    """The rows of the members heard from, each with the `node` its connection is on."""
+    """The rows of the members heard from, each with the `node` its connection is on, and the
+    members asked that did not answer within CALL_TIMEOUT (left out)."""
 
     connections: list[dict[str, Any]] = field(default_factory=list)
     channels: list[dict[str, Any]] = field(default_factory=list)
     consumers: list[dict[str, Any]] = field(default_factory=list)
+    unanswered: list[str] = field(default_factory=list)
 
 
 def own_clients(view: NodeView) -> dict[str, Any]:
@@ -96,11 +98,13 @@ async def gather(node: "Node", transport: PeerTransport) -> Clients:
             answers[target] = outcome.value
 
     reachable = node.reachable_nodes()
+    asked = sorted(t for t in node.cluster_members() - {node.name} if t in reachable)
     async with trio.open_nursery() as nursery:
-        for target in sorted(node.cluster_members() - {node.name}):
-            if target in reachable:
-                nursery.start_soon(ask, target)
-    return merge(answers)
+        for target in asked:
+            nursery.start_soon(ask, target)
+    merged = merge(answers)
+    merged.unanswered.extend(t for t in asked if t not in answers)
+    return merged
 
 
 def _well_formed(value: Any) -> bool:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import trio
 
-from broker import auth
+from broker import auth, cluster_clients
 from broker.config import DiskFreeLimit, MemoryWatermark
 from broker.control_cluster import ClusterControl
 from broker.control_mirroring import MirroringControl
@@ -61,6 +61,12 @@ APP_NOT_RUNNING = ("this command requires the 'leveret' app to be running on the
 
 # Operations that work while the app is stopped (they manage the node itself).
 _WITHOUT_APP = frozenset({"ping", "status", "environment", "stop", "stop_app", "start_app", "await_startup"})
+
+def listed(rows: list[dict[str, Any]], unanswered: list[str]) -> dict[str, Any]:
+    """A cluster-wide listing's answer: its rows, and the members that did not answer in
+    time (`cluster_clients.CALL_TIMEOUT`, seconds), which leveretctl reports."""
+    return {"rows": rows, "unanswered": unanswered, "timeout": cluster_clients.CALL_TIMEOUT}
+
 
 def typed_value(value: Any, depth: int = 1) -> tuple[str, Any]:
     """(AMQP type, value) with the value as the CLI renders it: tables as triples, arrays as
@@ -187,8 +193,8 @@ class ControlHandlers:
     async def op_report(self, args: Mapping[str, Any]) -> Any:
         report: dict[str, Any] = {
             "status": await self.op_status(args),
-            "connections": await self.op_list_connections(args),
-            "channels": await self.op_list_channels(args),
+            "connections": (await self.op_list_connections(args))["rows"],
+            "channels": (await self.op_list_channels(args))["rows"],
             "vhosts": [],
         }
         for vhost in self.node.metadata.vhosts():
@@ -196,7 +202,8 @@ class ControlHandlers:
             for name, op in (("queues", self.op_list_queues), ("exchanges", self.op_list_exchanges),
                              ("bindings", self.op_list_bindings), ("consumers", self.op_list_consumers),
                              ("permissions", self.op_list_permissions), ("policies", self.op_list_policies)):
-                per[name] = await op({"vhost": vhost.name})
+                rows = await op({"vhost": vhost.name})
+                per[name] = rows["rows"] if isinstance(rows, Mapping) else rows
             report["vhosts"].append(per)
         return report
 
@@ -464,16 +471,28 @@ class ControlHandlers:
                          "arguments": typed_table(dict(sorted((b.arguments or {}).items())))})
         return rows
 
+    # Connections, channels and consumers are the cluster's, as rabbitmqctl lists them: every
+    # member answers `node.clients` (broker.cluster_clients). A member that does not answer is
+    # left out and named in `unanswered`, which leveretctl reports on stderr as rabbitmqctl
+    # reports a node whose emitter timed out; one that is down is not running and not asked.
+
     async def op_list_connections(self, args: Mapping[str, Any]) -> Any:
-        return [{**row, "client_properties": typed_table(row["client_properties"])}
-                for row in self.view.connection_rows()]
+        clients = await cluster_clients.gather(self.node, self.node.clustering.transport)
+        return listed([{**row, "client_properties": typed_table(row["client_properties"])}
+                       for row in clients.connections], clients.unanswered)
 
     async def op_list_channels(self, args: Mapping[str, Any]) -> Any:
-        return self.view.channel_rows()
+        clients = await cluster_clients.gather(self.node, self.node.clustering.transport)
+        return listed(clients.channels, clients.unanswered)
 
     async def op_list_consumers(self, args: Mapping[str, Any]) -> Any:
-        return [{**row, "arguments": typed_table(row["arguments"])}
-                for row in self.view.consumer_rows(self._vhost(args))]
+        vhost = self._vhost(args)
+        clients = await cluster_clients.gather(self.node, self.node.clustering.transport)
+        # rabbitmqctl asks only the nodes of the vhost's queues for their consumers.
+        leaders = {self.view.queue_leader_node(q) for q in self.node.metadata.queues(vhost)}
+        return listed([{**row, "arguments": typed_table(row["arguments"])}
+                       for row in clients.consumers if row["vhost"] == vhost],
+                      [n for n in clients.unanswered if n in leaders])
 
     # ------------------------------------------------------------------ operations
 

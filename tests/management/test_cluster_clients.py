@@ -18,7 +18,7 @@ import pika.exceptions
 import pytest
 
 from tests.clustering.test_join_and_metadata import join
-from tests.ctl.support import connect
+from tests.ctl.support import connect, ctl, ok
 from tests.management.http import Api, q
 from tests.management.test_cluster_wide import settled
 from tests.support.node_process import NodeProcess, wait_for_port
@@ -83,6 +83,22 @@ def test_rates_of_a_queue_led_elsewhere_are_its_leaders(cluster: list[NodeProces
         assert overview["message_stats"]["publish_details"]["rate"] > 0, overview["message_stats"]
         assert overview["queue_totals"]["messages_details"]["rate"] > 0, overview["queue_totals"]
         assert api.ok("GET", "/api/vhosts/%2F")["message_stats"]["publish_details"]["rate"] > 0
+
+        # Charted: b's history of its queue, through a, in RabbitMQ's shape.
+        charts = "msg_rates_age=60&msg_rates_incr=5&lengths_age=60&lengths_incr=5"
+        queue = api.ok("GET", f"/api/queues/%2F/rates.b?{charts}")
+        for details in (queue["message_stats"]["publish_details"], queue["messages_details"]):
+            samples = details["samples"]
+            assert len(samples) == 13 and max(s["sample"] for s in samples) > 0, details
+            times = [s["timestamp"] for s in samples]
+            assert times == sorted(times, reverse=True) and all(t % 5000 == 0 for t in times)
+            assert set(details) == {"rate", "samples", "avg", "avg_rate"}
+        overview = api.ok("GET", f"/api/overview?{charts}")
+        assert max(s["sample"] for s in overview["message_stats"]["publish_details"]["samples"]) > 0
+        assert max(s["sample"] for s in overview["queue_totals"]["messages_details"]["samples"]) > 0
+        vhost = api.ok("GET", f"/api/vhosts/%2F?{charts}")
+        assert max(s["sample"] for s in vhost["message_stats"]["publish_details"]["samples"]) > 0
+        assert "samples" not in api.ok("GET", "/api/queues/%2F/rates.b")["messages_details"]  # only when asked
         ch.queue_delete("rates.b")
     finally:
         conn.close()
@@ -158,19 +174,59 @@ def test_a_connection_on_c_is_closed_through_a(cluster: list[NodeProcess]) -> No
             conn.close()
 
 
+def test_leveretctl_lists_the_clusters_connections_channels_and_consumers(cluster: list[NodeProcess]) -> None:
+    """rabbitmqctl lists every running node's: so does leveretctl, asked on any node."""
+    a, b, c = cluster
+    api = Api(a.management_url)
+    declaring = connect(b)
+    try:
+        declaring.channel().queue_declare("ctl.b")
+    finally:
+        declaring.close()
+    conn = named_connection(c, "ctl-on-c")
+    try:
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=4)
+        ch.basic_consume("ctl.b", lambda *args: None, consumer_tag="ctl-tag")
+        conn.process_data_events(0.1)
+        [row] = by_client_name(settled(api, "/api/connections", lambda rows: by_client_name(rows, "ctl-on-c")),
+                               "ctl-on-c")
+        connections = ok(a, "-q", "list_connections", "peer_port", "user", "state").lines
+        assert f"{row['peer_port']}\tguest\trunning" in connections
+        channels = ok(a, "-q", "list_channels", "name", "prefetch_count", "consumer_count").lines
+        assert f"{row['name']} ({ch.channel_number})\t4\t1" in channels
+        consumers = ok(a, "-q", "list_consumers", "queue_name", "consumer_tag", "prefetch_count").lines
+        assert "ctl.b\tctl-tag\t4" in consumers
+        # Every member is running, as /api/vhosts words it.
+        assert api.ok("GET", "/api/vhosts/%2F")["cluster_state"] == {A: "running", B: "running", C: "running"}
+        ch.queue_delete("ctl.b")
+    finally:
+        conn.close()
+
+
 def test_a_member_that_does_not_answer_is_left_out(cluster: list[NodeProcess]) -> None:
     a, _b, c = cluster
     api = Api(a.management_url)
     on_a, on_c = named_connection(a, "stays-on-a"), named_connection(c, "paused-on-c")
     try:
-        settled(api, "/api/connections", lambda rows: by_client_name(rows, "paused-on-c"))
+        [paused] = by_client_name(settled(api, "/api/connections", lambda rows: by_client_name(rows, "paused-on-c")),
+                                  "paused-on-c")
         c.pause()  # alive to its peer link for a while, answering nothing
         started = time.monotonic()
         for path in ("/api/connections", "/api/channels", "/api/consumers", "/api/overview"):
             assert api.get(path).status == 200, path
         rows = api.ok("GET", "/api/connections")
         assert by_client_name(rows, "stays-on-a") and not by_client_name(rows, "paused-on-c")
-        assert time.monotonic() - started < 30
+        # Counted as running while its link stands, c does not answer: "nodedown", as
+        # RabbitMQ words it; once its link is down it is not running and not listed.
+        state = api.ok("GET", "/api/vhosts/%2F")["cluster_state"]
+        assert state in ({A: "running", B: "running", C: "nodedown"}, {A: "running", B: "running"}), state
+        # leveretctl leaves c out, with rabbitmqctl's line for a node that timed out (or none
+        # once c is known to be down).
+        listed = ctl(a, "-q", "list_connections", "peer_port")
+        assert listed.code == 0 and listed.err in ("", "{:badrpc, {:timeout, 3.0}}\n"), listed
+        assert str(paused["peer_port"]) not in listed.lines and len(listed.lines) >= 1, listed
+        assert time.monotonic() - started < 40
     finally:
         c.resume()
         on_a.close()

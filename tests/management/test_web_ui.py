@@ -113,3 +113,82 @@ def test_the_ui_is_served_with_the_api(api: Api) -> None:
     assert index.status == 200 and "<title>Leveret Management</title>" in index.text
     assert api.get("/app.js", auth=False).status == 200
     assert api.get("/api/nope").body == {"error": "Object Not Found", "reason": "Not Found"}
+
+
+def test_the_overview_charts_the_nodes_history_after_a_publish_load(browser: Any, http_node: NodeProcess,
+                                                                    api: Api) -> None:
+    """Published messages, held in a queue across two of the node's 5 s samples, show in the
+    overview's charts from its history (points above 0), over the range chosen."""
+    import time
+
+    import pika
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    conn = pika.BlockingConnection(pika.URLParameters(http_node.url))
+    try:
+        ch = conn.channel()
+        ch.queue_declare("ui-chart")
+        deadline = time.monotonic() + 12  # spans at least two samples
+        while time.monotonic() < deadline:
+            for _ in range(20):
+                ch.basic_publish("", "ui-chart", b"load")
+            conn.process_data_events(0.2)
+    finally:
+        conn.close()
+    wait = WebDriverWait(browser, WAIT_S)
+    browser.get(http_node.management_url + "/#/overview")
+    wait.until(ec.presence_of_element_located((By.ID, "chart-range")))
+    Select(browser.find_element(By.ID, "chart-range")).select_by_visible_text("Last minute")
+
+    def drawn() -> dict[str, list[str]]:
+        # Read in one script: the page is drawn again every 5 s.
+        return browser.execute_script(
+            "const out = {}; for (const id of ['chart-queued', 'chart-rates']) {"
+            " const c = document.getElementById(id); out[id] = c ? [c.dataset.points, c.dataset.nonzero,"
+            " c.parentElement.textContent] : null; } return out;")
+
+    def charted(_: Any) -> dict[str, list[str]] | None:
+        now = drawn()
+        # Drawn over the minute chosen (the page may still show the earlier range a moment):
+        # 13 samples of the lengths at 5 s, 12 rates between them.
+        ready = (now["chart-queued"] or ["", "0"])[0] == "13" and (now["chart-rates"] or ["", "0"])[0] == "12"
+        return now if ready and all(int(v[1]) > 0 for v in now.values()) else None
+
+    shown = wait.until(charted)
+    assert "(last minute)" in shown["chart-queued"][2], shown
+    screenshot = artefacts() / "management-overview-charts.png"
+    assert browser.save_screenshot(str(screenshot))
+    api.ok("DELETE", "/api/queues/%2F/ui-chart")
+
+
+def test_samples_on_one_node_and_bad_ranges(http_node: NodeProcess, api: Api) -> None:
+    """RabbitMQ's samples on a queue of the node itself; a range that cannot be drawn is 400."""
+    import time
+
+    import pika
+
+    conn = pika.BlockingConnection(pika.URLParameters(http_node.url))
+    try:
+        ch = conn.channel()
+        ch.queue_declare("samples-q")
+        for _ in range(30):
+            ch.basic_publish("", "samples-q", b"x")
+        conn.process_data_events(0.1)
+    finally:
+        conn.close()
+    query = "lengths_age=600&lengths_incr=5"
+    deadline = time.monotonic() + 12
+    details: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        details = api.ok("GET", f"/api/queues/%2F/samples-q?{query}")["messages_details"]
+        if details["samples"][0]["sample"] == 30:
+            break
+        time.sleep(0.5)
+    assert len(details["samples"]) == 121 and details["samples"][0]["sample"] == 30, details
+    assert details["samples"][-1]["sample"] == 0  # ten minutes ago it did not exist
+    assert "samples" not in api.ok("GET", "/api/queues/%2F/samples-q")["message_stats"].get("publish_details", {})
+    bad = api.get("/api/overview?msg_rates_age=60&msg_rates_incr=0")
+    assert bad.status == 400 and bad.body["error"] == "bad_request", bad.text
+    api.ok("DELETE", "/api/queues/%2F/samples-q")

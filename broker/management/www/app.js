@@ -5,12 +5,18 @@
 "use strict";
 
 const SAMPLE_MS = 5000;          // the node samples rates every 5 s; polling faster shows nothing new
-const HISTORY_SAMPLES = 120;     // 10 minutes of overview samples for the charts
+// The charts' ranges, as RabbitMQ's UI offers them: the node keeps 10 minutes of 5 s samples
+// and an hour of 60 s ones, and answers them as `samples` (?msg_rates_age=&msg_rates_incr=).
+const RANGES = [
+  { key: "60", label: "Last minute", age: 60, incr: 5 },
+  { key: "600", label: "Last ten minutes", age: 600, incr: 5 },
+  { key: "3600", label: "Last hour", age: 3600, incr: 60 },
+];
 
 let credentials = sessionStorage.getItem("leveret-credentials");
 let refreshTimer = null;
 let shownRoute = 0;               // which route() call may still draw: only the latest
-const history = [];               // overview samples: {t, rates: {...}, totals: {...}}
+let chartRange = RANGES.find(r => r.key === sessionStorage.getItem("leveret-range")) || RANGES[1];
 
 // ---------------------------------------------------------------------------- helpers
 
@@ -158,7 +164,6 @@ function showLogin(message) {
 function logout() {
   credentials = null;
   sessionStorage.removeItem("leveret-credentials");
-  history.length = 0;
   showLogin();
 }
 
@@ -167,26 +172,17 @@ function logout() {
 const pages = {};
 
 // Overview: totals, listeners, and the message rates and queued messages charted from the
-// samples taken while the page is open.
+// node's history of the cluster's queues (the chosen range, up to the last hour).
 pages.overview = async () => {
-  const o = await api("GET", "/overview");
+  const o = await api("GET", "/overview" + rangeQuery());
   const stats = o.message_stats || {};
   const totals = o.queue_totals || {};
-  history.push({
-    t: Date.now(),
-    rates: { publish: rate(stats, "publish"), deliver: rate(stats, "deliver_get"), ack: rate(stats, "ack") },
-    totals: { ready: totals.messages_ready || 0, unacked: totals.messages_unacknowledged || 0 },
-  });
-  while (history.length > HISTORY_SAMPLES) history.shift();
   const ot = o.object_totals || {};
   return [
     h("h1", {}, "Overview"),
     h("p", {}, `Cluster ${o.cluster_name} · node ${o.node} · ${o.product_name} ${o.product_version} ` +
                `(RabbitMQ ${o.rabbitmq_version} API)`),
-    h("div", { class: "charts" },
-      chart("Queued messages", history.map(s => s.totals), { ready: "#f0a030", unacked: "#3070c0" }, "msgs"),
-      chart("Message rates", history.map(s => s.rates),
-            { publish: "#30a050", deliver: "#3070c0", ack: "#a03070" }, "/s")),
+    charts(stats, totals),
     h("h2", {}, "Totals"),
     table([ot], [["Connections", x => x.connections, { num: true }], ["Channels", x => x.channels, { num: true }],
                  ["Exchanges", x => x.exchanges, { num: true }], ["Queues", x => x.queues, { num: true }],
@@ -199,10 +195,58 @@ pages.overview = async () => {
   ];
 };
 
-// A line chart of the samples' series (name -> colour) on a canvas, newest on the right.
-function chart(title, samples, series, unit) {
+function rangeQuery() {
+  const { age, incr } = chartRange;
+  return `?msg_rates_age=${age}&msg_rates_incr=${incr}&lengths_age=${age}&lengths_incr=${incr}`;
+}
+
+// The values of a *_details object's samples, oldest first (none when it has no samples).
+function sampleValues(obj, key) {
+  const details = obj && obj[key + "_details"];
+  return details && details.samples ? details.samples.map(s => s.sample).reverse() : [];
+}
+
+// Per-second rates between consecutive counter samples, oldest first. A counter that went
+// down (its queue deleted, or led by a new leader that counts afresh) draws 0, not a dip.
+function sampleRates(values) {
+  const out = [];
+  for (let i = 1; i < values.length; i++) out.push(Math.max(0, values[i] - values[i - 1]) / chartRange.incr);
+  return out;
+}
+
+// Points {name: value} oldest first from named series of equal length.
+function points(series) {
+  const length = Math.max(0, ...Object.values(series).map(v => v.length));
+  return Array.from({ length }, (_, i) => Object.fromEntries(
+    Object.entries(series).map(([name, values]) => [name, values[i] || 0])));
+}
+
+// The queued messages and message rates charts of an object's lengths (`totals`: messages_*)
+// and counters (`stats`: message_stats), with the range selector.
+function charts(stats, totals) {
+  const select = h("select", { id: "chart-range", onchange: e => {
+    chartRange = RANGES.find(r => r.key === e.target.value) || RANGES[1];
+    sessionStorage.setItem("leveret-range", chartRange.key);
+    route();
+  } }, RANGES.map(r => h("option", { value: r.key, selected: r === chartRange }, r.label)));
+  return h("div", {},
+    h("label", {}, "Charts: ", select),
+    h("div", { class: "charts" },
+      chart("Queued messages", points({ ready: sampleValues(totals, "messages_ready"),
+                                        unacked: sampleValues(totals, "messages_unacknowledged") }),
+            { ready: "#f0a030", unacked: "#3070c0" }, "msgs", "chart-queued"),
+      chart("Message rates", points({ publish: sampleRates(sampleValues(stats, "publish")),
+                                      deliver: sampleRates(sampleValues(stats, "deliver_get")),
+                                      ack: sampleRates(sampleValues(stats, "ack")) }),
+            { publish: "#30a050", deliver: "#3070c0", ack: "#a03070" }, "/s", "chart-rates")));
+}
+
+// A line chart of the samples' series (name -> colour) on a canvas, newest on the right; the
+// canvas carries how many points it drew above 0 (data-nonzero), for tests and scripts.
+function chart(title, samples, series, unit, id) {
   const width = 480, height = 180, pad = 30;
-  const canvas = h("canvas", { width, height });
+  const nonzero = samples.filter(s => Object.keys(series).some(k => (s[k] || 0) > 0)).length;
+  const canvas = h("canvas", { width, height, id, "data-points": samples.length, "data-nonzero": nonzero });
   const ctx = canvas.getContext("2d");
   const max = Math.max(1, ...samples.flatMap(s => Object.keys(series).map(k => s[k] || 0)));
   ctx.strokeStyle = "#ccc";
@@ -213,8 +257,8 @@ function chart(title, samples, series, unit) {
     ctx.beginPath(); ctx.moveTo(pad, y); ctx.lineTo(width - 5, y); ctx.stroke();
     ctx.fillText(fmt(max * (4 - i) / 4), 2, y + 4);
   }
-  const step = (width - pad - 5) / Math.max(1, HISTORY_SAMPLES - 1);
-  const first = HISTORY_SAMPLES - samples.length;
+  const step = (width - pad - 5) / Math.max(1, samples.length - 1);
+  const first = 0;
   for (const [name, colour] of Object.entries(series)) {
     ctx.strokeStyle = colour;
     ctx.lineWidth = 2;
@@ -228,7 +272,7 @@ function chart(title, samples, series, unit) {
   }
   const last = samples[samples.length - 1] || {};
   return h("div", {},
-    h("h2", {}, title + " (last 10 minutes)"),
+    h("h2", {}, `${title} (${chartRange.label.toLowerCase()})`),
     canvas,
     h("div", { class: "legend" }, Object.entries(series).map(([name, colour]) =>
       h("span", {}, h("i", { style: `background:${colour}` }), `${name} ${fmt(last[name] || 0)} ${unit}`))));
@@ -359,7 +403,7 @@ pages.queues = async () => {
 // One queue: its numbers, publish, get, purge, delete, bindings.
 pages.queue = async (vhost, name) => {
   const base = `/queues/${enc(vhost)}/${enc(name)}`;
-  const [q, bindings] = await Promise.all([api("GET", base), api("GET", base + "/bindings")]);
+  const [q, bindings] = await Promise.all([api("GET", base + rangeQuery()), api("GET", base + "/bindings")]);
   const got = h("div", { id: "got-messages" });
   return [
     h("h1", {}, `Queue ${q.name}`, h("small", {}, ` in vhost ${q.vhost}`)),
@@ -368,6 +412,7 @@ pages.queue = async (vhost, name) => {
                 ["Unacked", x => x.messages_unacknowledged, { num: true }],
                 ["Total", x => h("span", { id: "queue-total" }, String(x.messages)), { num: true }],
                 ["Consumers", x => x.consumers, { num: true }], ["Arguments", x => x.arguments]]),
+    charts(q.message_stats || {}, q),
     h("h2", {}, "Consumers"),
     table(q.consumer_details || [], [["Tag", c => c.consumer_tag], ["Channel", c => c.channel_details.name],
                                     ["Ack required", c => c.ack_required ? "yes" : "no"],
