@@ -13,7 +13,8 @@ its commands (a confirm, a basic.get) when the entry is applied on its node. Com
 are `broker.queue.command_to_wire` forms, except that an enqueue carries its message
 inline (`["enq", message, now_ms, deliver_to, ack_required, redelivered]`), and
 `["load", state]` replaces the whole state (a queue becoming replicated starts its log
-with the state it had).
+with the state it had); `["mark"]` changes nothing (an entry to wait for: the queue-group
+simulation's probe).
 
 Apply is deterministic: time arrives in the commands, and a message's id is made from
 the entry's index and its place in the entry, so every replica gives the same message
@@ -86,6 +87,9 @@ class QueueMachine:
             if tag == "load":
                 self.state = state = state_from_bytes(wire[1])
                 self.loaded = True
+                results.append([])
+                continue
+            if tag == "mark":
                 results.append([])
                 continue
             cmd: Command
