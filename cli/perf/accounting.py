@@ -124,15 +124,17 @@ class ConfirmClock:
 
     A tag acked singly ahead of the frontier is timed when the frontier reaches it (a
     slight overestimate; the brokers measured ack with `multiple`); a nacked message is timed
-    like an acked one. Also keeps the time of every batch of confirms that held an ack (a
-    basic.ack, not a nack), for the failover figures.
+    like an acked one. For the failover figures it also keeps, for every settling that held
+    an ack (a basic.ack, not only nacks), its time (`times_ns`) and, per batch of messages
+    it settled, (send time, confirm time) in `acks_ns`.
     """
 
-    __slots__ = ("latencies_ns", "times_ns", "_batches", "_through")
+    __slots__ = ("latencies_ns", "times_ns", "acks_ns", "_batches", "_through")
 
     def __init__(self) -> None:
         self.latencies_ns: list[int] = []
         self.times_ns: list[int] = []
+        self.acks_ns: list[tuple[int, int]] = []
         self._batches: deque[tuple[int, int, int]] = deque()  # (first tag, last tag, sent ns)
         self._through = 0
 
@@ -150,6 +152,8 @@ class ConfirmClock:
             first, last, sent_ns = batches[0]
             upto = min(last, through)
             latencies.extend([now_ns - sent_ns] * (upto - max(first, self._through + 1) + 1))
+            if acked:
+                self.acks_ns.append((sent_ns, now_ns))
             self._through = upto
             if upto < last:
                 break
@@ -176,6 +180,7 @@ class PublishTally:
     # every confirm that settled something (see ConfirmClock).
     confirm_latencies_ns: list[int] = field(default_factory=list)
     confirm_times_ns: list[int] = field(default_factory=list)
+    confirm_acks_ns: list[tuple[int, int]] = field(default_factory=list)
 
 
 class ReceiveTally:

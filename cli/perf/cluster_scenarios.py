@@ -338,16 +338,20 @@ async def _failover(cluster: RunningCluster, options: ClusterOptions, kind: str)
     finally:
         await cleanup(publish_at, [name], [])
     result = account(outcome, m)
+    if not killed_ns or not outcome.window or not outcome.window.start_ns < killed_ns < outcome.window.end_ns:
+        m.problems.append("the kill did not fall inside the publishing window")
+    # Any ack after the kill (possibly of a message committed just before it), and the
+    # first ack of a message published after it: the queue taking publishes again.
     confirms = [t for p in outcome.publishers for t in p.confirm_times_ns if t > killed_ns]
+    new_confirms = [t for p in outcome.publishers for sent, t in p.confirm_acks_ns if sent > killed_ns]
     arrivals = [t for r in outcome.receivers for t in r.arrivals_ns if t > killed_ns]
-    if confirms:
-        m.metrics["failover_first_confirm_s"] = (min(confirms) - killed_ns) / 1e9
-    else:
-        m.problems.append("no confirm after the kill")
-    if arrivals:
-        m.metrics["failover_first_delivery_s"] = (min(arrivals) - killed_ns) / 1e9
-    else:
-        m.problems.append("no delivery after the kill")
+    for metric, times, what in (("failover_first_confirm_ms", confirms, "ack"),
+                                ("failover_first_new_confirm_ms", new_confirms, "ack of a message published"),
+                                ("failover_first_delivery_ms", arrivals, "delivery")):
+        if times:
+            m.metrics[metric] = (min(times) - killed_ns) / 1e6
+        else:
+            m.problems.append(f"no {what} after the kill")
     m.metrics["failover_lost"] = result.lost_confirmed
     m.metrics["failover_missing"] = result.missing
     m.metrics["failover_duplicates"] = result.duplicates

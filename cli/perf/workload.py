@@ -206,6 +206,7 @@ class Publisher:
             if self.clock is not None:
                 tally.confirm_latencies_ns = self.clock.latencies_ns
                 tally.confirm_times_ns = self.clock.times_ns
+                tally.confirm_acks_ns = self.clock.acks_ns
             # The close handshake completes only once the broker has taken in every
             # publish before it, so wait for it as long as the drain allows.
             with trio.CancelScope(shield=True):
