@@ -218,8 +218,9 @@ class ReceiveTally:
         self.subscribed_ns = 0
         self.latencies_ns: list[int] = []
         self.keep_latencies = keep_latencies
-        # When each delivery arrived, duplicates included (for the failover figures).
-        self.arrivals_ns: list[int] = []
+        # (send time, arrival time) of each stamped delivery, duplicates included (for the
+        # failover figures).
+        self.arrivals_ns: list[tuple[int, int]] = []
         self.keep_arrivals = keep_arrivals
         # Unique deliveries with a lower sequence than one already seen from their publisher.
         self.out_of_order = 0
@@ -230,13 +231,13 @@ class ReceiveTally:
 
     def record(self, body: bytes, now_ns: int) -> bool:
         """Count one delivered body; True when it was a new message of this run."""
-        if self.keep_arrivals:
-            self.arrivals_ns.append(now_ns)
         stamp = read_stamp(body)
         if stamp is None:
             self.foreign += 1
             return False
         publisher, sequence, sent_ns = stamp
+        if self.keep_arrivals:
+            self.arrivals_ns.append((sent_ns, now_ns))
         bitmap = self._seen.get(publisher)
         if bitmap is None:
             bitmap = self._seen[publisher] = bytearray()

@@ -15,8 +15,9 @@
                      node 1: confirmed msg/s and confirm latency p50/p99 for each
     failover         a confirmed publisher and a consumer on the two other nodes at a fixed
                      rate through an `ha-mode: all` queue; its leader's node is killed (-9)
-                     part-way: time to the first confirm and the first delivery after the
-                     kill, and what was lost, duplicated or nacked
+                     part-way: time to the first ack and the first delivery after the kill
+                     (of any message, and of one published after the kill: those in flight
+                     at the kill can arrive at once), and what was lost, duplicated or nacked
     failover-quorum  the same through a quorum queue
 
 `failover` and `failover-quorum` leave a node dead: `cluster-compare` gives each of them a
@@ -344,10 +345,12 @@ async def _failover(cluster: RunningCluster, options: ClusterOptions, kind: str)
     # first ack of a message published after it: the queue taking publishes again.
     confirms = [t for p in outcome.publishers for t in p.confirm_times_ns if t > killed_ns]
     new_confirms = [t for p in outcome.publishers for sent, t in p.confirm_acks_ns if sent > killed_ns]
-    arrivals = [t for r in outcome.receivers for t in r.arrivals_ns if t > killed_ns]
+    arrivals = [t for r in outcome.receivers for _, t in r.arrivals_ns if t > killed_ns]
+    new_arrivals = [t for r in outcome.receivers for sent, t in r.arrivals_ns if sent > killed_ns]
     for metric, times, what in (("failover_first_confirm_ms", confirms, "ack"),
                                 ("failover_first_new_confirm_ms", new_confirms, "ack of a message published"),
-                                ("failover_first_delivery_ms", arrivals, "delivery")):
+                                ("failover_first_delivery_ms", arrivals, "delivery"),
+                                ("failover_first_new_delivery_ms", new_arrivals, "delivery of a message published")):
         if times:
             m.metrics[metric] = (min(times) - killed_ns) / 1e6
         else:

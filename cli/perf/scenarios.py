@@ -82,6 +82,7 @@ METRICS: dict[str, Metric] = {
     "failover_first_confirm_ms": Metric("first ack after kill", "ms", False),
     "failover_first_new_confirm_ms": Metric("first ack of a publish after kill", "ms", False),
     "failover_first_delivery_ms": Metric("first delivery after kill", "ms", False),
+    "failover_first_new_delivery_ms": Metric("first delivery of a publish after kill", "ms", False),
     "failover_lost": Metric("confirmed then lost", "msg", False),
     "failover_missing": Metric("published, never delivered", "msg", False),
     "failover_duplicates": Metric("delivered twice", "msg", False),
