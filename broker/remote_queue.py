@@ -107,12 +107,41 @@ def message_to_wire(m: Message) -> list[Any]:
     return [m.exchange, m.routing_key, raw, m.body, m.persistent, m.priority, m.expiration_ms]
 
 
+# The slot that holds a Message's properties (the dataclass's member descriptor).
+_PROPERTIES_SLOT = Message.__dict__["properties"]
+
+
+class WireMessage(Message):
+    """A message that arrived encoded (from another node, or out of a replicated queue's log),
+    its properties decoded only when something first reads them.
+
+    Most such messages are only queued and delivered, and a delivery sends `raw_properties`
+    as they are; every replica of a mirrored queue holds every message, yet only the
+    leader's ever deliver. So the decoding (a third of `message_from_wire`'s time) is left
+    to the first reader: dead-lettering, header exchanges, the management API.
+    """
+
+    __slots__ = ()
+
+    @property  # type: ignore[override]
+    def properties(self) -> Any:
+        props = _PROPERTIES_SLOT.__get__(self, Message)
+        if props is None:
+            props = codec.decode_properties(self.raw_properties)
+            _PROPERTIES_SLOT.__set__(self, props)
+        return props
+
+    @properties.setter
+    def properties(self, value: Any) -> None:
+        _PROPERTIES_SLOT.__set__(self, value)
+
+
 def message_from_wire(wire: Any, message_id: int) -> Message:
-    """A message another node sent; its id is this node's (ids are node-unique)."""
+    """A message another node sent; its id is this node's (ids are node-unique). Its
+    properties are decoded when first read (`WireMessage`)."""
     exchange, routing_key, raw, body, persistent, priority, expiration_ms = wire
-    raw = bytes(raw)
-    return Message(str(exchange), str(routing_key), codec.decode_properties(raw), bytes(body), bool(persistent),
-                   int(priority), None if expiration_ms is None else int(expiration_ms), raw, message_id)
+    return WireMessage(str(exchange), str(routing_key), None, bytes(body), bool(persistent), int(priority),
+                       None if expiration_ms is None else int(expiration_ms), bytes(raw), message_id)
 
 
 def _refusal_to_wire(refusal: Any) -> list[Any]:

@@ -82,12 +82,13 @@ class _Pending:
 
 
 class _Proposal:
-    __slots__ = ("term", "commands", "pendings")
+    __slots__ = ("term", "commands", "pendings", "data")
 
-    def __init__(self, term: int, commands: list[Any], pendings: list[_Pending | None]) -> None:
+    def __init__(self, term: int, commands: list[Any], pendings: list[_Pending | None], data: bytes = b"") -> None:
         self.term = term
         self.commands = commands
         self.pendings = pendings
+        self.data = data
 
 
 class ReplicatedQueue(QueueLeader):
@@ -105,6 +106,9 @@ class ReplicatedQueue(QueueLeader):
         self._proposer = proposer
         self._outbox: list[Any] = []
         self._pendings: list[_Pending | None] = []
+        # The message each outbox command enqueues (None for other commands): the machine
+        # applies this node's own entries from them instead of decoding (`QueueMachine.proposed`).
+        self._messages: list["Message | None"] = []
         self._flush_scheduled = False
         self._proposals = 0
         # proposal number -> what it proposed, until applied here or lost
@@ -135,6 +139,7 @@ class ReplicatedQueue(QueueLeader):
         # What waits on entries not yet applied: nacked and answered empty now (an entry may
         # still commit under the new leader; a nack allows that, and the publisher retries).
         waiting, self._waiting = self._waiting, {}
+        self.machine.forget()
         for proposal in waiting.values():
             self._fail(proposal.pendings)
         refs = list(self.refs.values())
@@ -156,29 +161,32 @@ class ReplicatedQueue(QueueLeader):
 
     # ------------------------------------------------------------------ proposing
 
-    def _append(self, wire: list[Any], pending: _Pending | None) -> None:
+    def _append(self, wire: list[Any], pending: _Pending | None, message: "Message | None" = None) -> None:
         self._outbox.append(wire)
         self._pendings.append(pending)
+        self._messages.append(message)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             trio.lowlevel.current_trio_token().run_sync_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        commands, pendings = self._outbox, self._pendings
+        commands, pendings, messages = self._outbox, self._pendings, self._messages
         if not commands:
             return
-        self._outbox, self._pendings = [], []
+        self._outbox, self._pendings, self._messages = [], [], []
         try:
             self._proposals += 1
             proposal = self._proposals
-            self._waiting[proposal] = _Proposal(self.term, commands, pendings)
             data = encode_entry(self._proposer, proposal, commands)
+            self._waiting[proposal] = _Proposal(self.term, commands, pendings, data)
+            self.machine.proposed(data, self._proposer, proposal, commands, messages)
             self.node.driver.propose_soon(self.group, data, lambda outcome: self._outcome(proposal, outcome))
         except Exception:
             # Run by the trio loop itself (run_sync_soon): an exception here would end the node.
             log.exception("proposing to queue '%s' failed", self.name)
             self._waiting.pop(self._proposals, None)
+            self.machine.forget()
             self._fail(pendings)
 
     def _outcome(self, proposal: int, outcome: Any) -> None:
@@ -187,6 +195,7 @@ class ReplicatedQueue(QueueLeader):
         waiting = self._waiting.pop(proposal, None)
         if waiting is None:
             return
+        self.machine.forget(waiting.data)
         try:
             if self.active and waiting.term == self.term:
                 # Refused while this leadership goes on (a leadership transfer under way):
@@ -301,7 +310,7 @@ class ReplicatedQueue(QueueLeader):
                 ack_required = chosen.ack_required
                 self._reserved[deliver_to] += 1
         self._append(enqueue_wire(message, now_ms, deliver_to, ack_required),
-                     _Pending("enq", self.term, confirm, deliver_to))
+                     _Pending("enq", self.term, confirm, deliver_to), message)
 
     def _has_credit(self, consumer: "Consumer") -> bool:
         ref = self.refs[consumer.name]

@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 __all__ = [
+    "ConfirmClock",
     "ConfirmTracker",
     "PublishTally",
     "ReceiveTally",
@@ -78,6 +79,11 @@ class ConfirmTracker:
     def unconfirmed(self) -> int:
         return len(self._outstanding) - len(self._settled_early)
 
+    @property
+    def settled_through(self) -> int:
+        """The highest tag with every tag up to it settled."""
+        return self._outstanding[0] - 1 if self._outstanding else self.published
+
     def publish(self) -> int:
         self.published += 1
         self._outstanding.append(self.published)
@@ -112,6 +118,49 @@ class ConfirmTracker:
         return settled
 
 
+class ConfirmClock:
+    """Confirm latency: the send time of each batch of tags, and the latency of every
+    message once the settled frontier (`ConfirmTracker.settled_through`) passes its tag.
+
+    A tag acked singly ahead of the frontier is timed when the frontier reaches it (a
+    slight overestimate; the brokers measured ack with `multiple`); a nacked message is timed
+    like an acked one. For the failover figures it also keeps, for every settling that held
+    an ack (a basic.ack, not only nacks), its time (`times_ns`) and, per batch of messages
+    it settled, (send time, confirm time) in `acks_ns`.
+    """
+
+    __slots__ = ("latencies_ns", "times_ns", "acks_ns", "_batches", "_through")
+
+    def __init__(self) -> None:
+        self.latencies_ns: list[int] = []
+        self.times_ns: list[int] = []
+        self.acks_ns: list[tuple[int, int]] = []
+        self._batches: deque[tuple[int, int, int]] = deque()  # (first tag, last tag, sent ns)
+        self._through = 0
+
+    def sent(self, first: int, last: int, now_ns: int) -> None:
+        self._batches.append((first, last, now_ns))
+
+    def settled(self, through: int, now_ns: int, acked: bool = True) -> None:
+        if acked:
+            self.times_ns.append(now_ns)
+        if through <= self._through:
+            return
+        batches = self._batches
+        latencies = self.latencies_ns
+        while batches and batches[0][0] <= through:
+            first, last, sent_ns = batches[0]
+            upto = min(last, through)
+            latencies.extend([now_ns - sent_ns] * (upto - max(first, self._through + 1) + 1))
+            if acked:
+                self.acks_ns.append((sent_ns, now_ns))
+            self._through = upto
+            if upto < last:
+                break
+            batches.popleft()
+        self._through = max(self._through, through)
+
+
 @dataclass(slots=True)
 class PublishTally:
     """What one publisher sent (sequences 1..sent) and what the broker confirmed."""
@@ -127,6 +176,11 @@ class PublishTally:
     last_ns: int = 0
     # When the last in-flight message was settled after publishing stopped.
     settled_ns: int = 0
+    # With `Workload.confirm_latencies`: one latency per confirmed message, and the time of
+    # every confirm that settled something (see ConfirmClock).
+    confirm_latencies_ns: list[int] = field(default_factory=list)
+    confirm_times_ns: list[int] = field(default_factory=list)
+    confirm_acks_ns: list[tuple[int, int]] = field(default_factory=list)
 
 
 class ReceiveTally:
@@ -144,11 +198,14 @@ class ReceiveTally:
         "subscribed_ns",
         "latencies_ns",
         "keep_latencies",
+        "arrivals_ns",
+        "keep_arrivals",
         "_seen",
         "_highest",
     )
 
-    def __init__(self, queue: str, window_end_ns: int, keep_latencies: bool = False) -> None:
+    def __init__(self, queue: str, window_end_ns: int, keep_latencies: bool = False,
+                 keep_arrivals: bool = False) -> None:
         self.queue = queue
         self.window_end_ns = window_end_ns
         self.unique = 0
@@ -161,6 +218,10 @@ class ReceiveTally:
         self.subscribed_ns = 0
         self.latencies_ns: list[int] = []
         self.keep_latencies = keep_latencies
+        # (send time, arrival time) of each stamped delivery, duplicates included (for the
+        # failover figures).
+        self.arrivals_ns: list[tuple[int, int]] = []
+        self.keep_arrivals = keep_arrivals
         # Unique deliveries with a lower sequence than one already seen from their publisher.
         self.out_of_order = 0
         # publisher id → bitmap of sequences seen.
@@ -175,6 +236,8 @@ class ReceiveTally:
             self.foreign += 1
             return False
         publisher, sequence, sent_ns = stamp
+        if self.keep_arrivals:
+            self.arrivals_ns.append((sent_ns, now_ns))
         bitmap = self._seen.get(publisher)
         if bitmap is None:
             bitmap = self._seen[publisher] = bytearray()

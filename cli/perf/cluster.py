@@ -32,7 +32,8 @@ from typing import Protocol, Self
 
 import psutil
 
-__all__ = ["ClusterNode", "LeveretCluster", "RabbitCluster", "RunningCluster", "free_port", "listening"]
+__all__ = ["ClusterNode", "LeveretCluster", "RabbitCluster", "RunningCluster", "free_port", "listening",
+           "queue_leader", "queue_mirrors", "set_policy"]
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE_SCRIPT = REPO / "scripts" / "rabbitmq-ref"
@@ -54,6 +55,50 @@ class ClusterNode:
 class RunningCluster(Protocol):
     label: str
     nodes: list[ClusterNode]
+
+    def ctl(self, node: int, *args: str) -> str:
+        """The operator CLI (leveretctl / rabbitmqctl) against node `node` (0-based); its stdout."""
+        ...
+
+    def kill(self, node: int) -> None:
+        """kill -9 node `node`'s broker process (0-based)."""
+        ...
+
+
+def set_policy(cluster: RunningCluster, name: str, pattern: str, definition: dict) -> None:
+    """A policy on the default vhost, through node 1 (both CLIs take the same arguments)."""
+    cluster.ctl(0, "set_policy", name, pattern, json.dumps(definition))
+
+
+def queue_leader(cluster: RunningCluster, queue: str) -> int | None:
+    """The index of `queue`'s leader (or master) node, if list_queues names it: its `leader`
+    (a quorum queue's on RabbitMQ, every replicated queue's on Leveret) or the node in its
+    `pid` (Leveret; RabbitMQ prints a classic queue's pid as `#PID<...>`, with no node)."""
+    rows = json.loads(cluster.ctl(0, "-q", "list_queues", "name", "pid", "leader", "--formatter", "json") or "[]")
+    for row in rows:
+        if row.get("name") == queue:
+            for i, node in enumerate(cluster.nodes):
+                if row.get("leader") == node.name or f"<{node.name}." in str(row.get("pid", "")):
+                    return i
+    return None
+
+
+def queue_mirrors(cluster: RunningCluster, queue: str) -> int:
+    """How many synchronised mirrors (followers) `queue` has, as list_queues says."""
+    rows = json.loads(cluster.ctl(0, "-q", "list_queues", "name", "synchronised_slave_pids", "--formatter", "json")
+                      or "[]")  # fmt: skip
+    for row in rows:
+        if row.get("name") == queue:
+            pids = row.get("synchronised_slave_pids")
+            return len(pids) if isinstance(pids, list) else 0
+    return 0
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def free_port() -> int:
@@ -194,8 +239,10 @@ class LeveretCluster(_StartedStopped):
                     tails.append(f"{p.name}: " + " | ".join(lines))
         return ("; logs: " + "; ".join(tails)) if tails else ""
 
-    def ctl(self, p: _LeveretProcess, *args: str) -> str:
-        """Run `leveretctl -n NAME --port PEER_PORT ARGS...` against node `p`; its stdout."""
+    def ctl(self, node: "_LeveretProcess | int", *args: str) -> str:
+        """Run `leveretctl -n NAME --port PEER_PORT ARGS...` against node `node` (a process, or
+        its 0-based index); its stdout."""
+        p = self._processes[node] if isinstance(node, int) else node
         command = [sys.executable, "-c", "from cli.ctl import main; main()", "-n", p.name, "--port", str(p.peer_port),
                    *args]  # fmt: skip
         env = dict(os.environ, LEVERET_COOKIE=COOKIE, LEVERET_PORT_MAPPER_PORT=str(self._mapper_port))
@@ -219,6 +266,12 @@ class LeveretCluster(_StartedStopped):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{p.name} lists {status.get('running_nodes')} as running after {timeout:.0f}s")
             time.sleep(0.2)
+
+    def kill(self, node: int) -> None:
+        proc = self._processes[node].proc
+        if proc is not None:
+            _kill(proc.pid)
+            proc.wait(10)
 
     def stop(self) -> None:
         """Stop every node and the port mapper, by pid, and remove the data directories."""
@@ -266,6 +319,17 @@ class RabbitCluster(_StartedStopped):
             if not psutil.pid_exists(pid):
                 raise RuntimeError(f"{pid_file} names pid {pid}, which is not running")
             self.nodes.append(ClusterNode(f"ref{i}@localhost", url, pid, dist_base + i - 1))
+
+    def ctl(self, node: int, *args: str) -> str:
+        command = ["rabbitmqctl", "-n", self.nodes[node].name, *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=90)
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl -n {self.nodes[node].name} {' '.join(args)} failed "
+                               f"({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")  # fmt: skip
+        return done.stdout
+
+    def kill(self, node: int) -> None:
+        _kill(self.nodes[node].pid)
 
     def stop(self) -> None:
         """`cluster-stop` stops each node through rabbitmqctl (by its pid file), else kills that pid."""

@@ -13,7 +13,7 @@ from typing import Callable
 import trio
 
 from .cluster import LeveretCluster, RabbitCluster, RunningCluster
-from .cluster_scenarios import ClusterOptions, run_cluster_scenario
+from .cluster_scenarios import DESTRUCTIVE, ClusterOptions, run_cluster_scenario
 from .report import Broker, Progress, Run
 from .scenarios import Measurement
 
@@ -33,8 +33,8 @@ def _failure(exc: BaseException) -> Measurement:
 
 
 async def _on_cluster(run: Run, key: str, cluster: RunningCluster, options: ClusterOptions, rep: int,
-                      progress: Progress) -> None:  # fmt: skip
-    for scenario in run.scenarios:
+                      progress: Progress, scenarios: list[str]) -> None:  # fmt: skip
+    for scenario in scenarios:
         progress.step(f"{scenario} · {cluster.label} · run {rep}/{run.repeat}")
         try:
             measurement = await run_cluster_scenario(scenario, cluster, options)
@@ -46,18 +46,27 @@ async def _on_cluster(run: Run, key: str, cluster: RunningCluster, options: Clus
 def run_cluster_rounds(run: Run, options: ClusterOptions, progress: Progress,
                        clusters: dict[str, tuple[str, Callable[[], LeveretCluster | RabbitCluster]]] = CLUSTERS,
                        ) -> None:  # fmt: skip
-    """`run.repeat` rounds; in each, every broker's cluster is started, measured and stopped."""
+    """`run.repeat` rounds; in each, every broker's cluster is started, measured and stopped.
+    A scenario that kills a node (`DESTRUCTIVE`) gets a fresh cluster of its own."""
+    kept = [s for s in run.scenarios if s not in DESTRUCTIVE]
+    groups = ([kept] if kept else []) + [[s] for s in run.scenarios if s in DESTRUCTIVE]
     for rep in range(1, run.repeat + 1):
         for broker in run.brokers:
-            label, make = clusters[broker.key]
-            try:
-                with make() as cluster:
-                    trio.run(_on_cluster, run, broker.key, cluster, options, rep, progress)
-            except Exception as exc:  # a cluster that would not start (or stop) fails this round's runs
-                for scenario in run.scenarios:
-                    if len(run.results.get((scenario, broker.key), [])) < rep:
-                        run.add(scenario, broker.key, _failure(exc))
-                        progress.step(f"{scenario} · {label} · run {rep}/{run.repeat}: cluster failed")
+            for group in groups:
+                _round(run, broker.key, clusters, options, rep, progress, group)
+
+
+def _round(run: Run, key: str, clusters: dict[str, tuple[str, Callable[[], LeveretCluster | RabbitCluster]]],
+           options: ClusterOptions, rep: int, progress: Progress, scenarios: list[str]) -> None:  # fmt: skip
+    label, make = clusters[key]
+    try:
+        with make() as cluster:
+            trio.run(_on_cluster, run, key, cluster, options, rep, progress, scenarios)
+    except Exception as exc:  # a cluster that would not start (or stop) fails this round's runs
+        for scenario in scenarios:
+            if len(run.results.get((scenario, key), [])) < rep:
+                run.add(scenario, key, _failure(exc))
+                progress.step(f"{scenario} · {label} · run {rep}/{run.repeat}: cluster failed")
 
 
 def cluster_brokers(clusters: dict[str, tuple[str, Callable[[], LeveretCluster | RabbitCluster]]] = CLUSTERS,

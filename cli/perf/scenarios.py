@@ -43,7 +43,8 @@ from .stats import percentile
 from .workers import RolesOutcome, run_roles
 from .workload import DeliveryAssembler, Role, Workload
 
-__all__ = ["METRICS", "Measurement", "Metric", "Options", "SCENARIOS", "run_scenario"]
+__all__ = ["Admin", "METRICS", "Measurement", "Metric", "Options", "SCENARIOS", "account", "await_known", "cleanup",
+           "name_for", "run_scenario"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,20 @@ METRICS: dict[str, Metric] = {
     "idle_cpu_pct_node2": Metric("CPU, node 2", "% core", False),
     "idle_cpu_pct_node3": Metric("CPU, node 3", "% core", False),
     "idle_peer_bytes_per_s": Metric("peer link traffic", "B/s", False),
+    "ha_confirmed_per_s": Metric("ha-all: confirmed", "msg/s", True),
+    "ha_confirm_p50_ms": Metric("ha-all: confirm p50", "ms", False),
+    "ha_confirm_p99_ms": Metric("ha-all: confirm p99", "ms", False),
+    "quorum_confirmed_per_s": Metric("quorum: confirmed", "msg/s", True),
+    "quorum_confirm_p50_ms": Metric("quorum: confirm p50", "ms", False),
+    "quorum_confirm_p99_ms": Metric("quorum: confirm p99", "ms", False),
+    "failover_first_confirm_ms": Metric("first ack after kill", "ms", False),
+    "failover_first_new_confirm_ms": Metric("first ack of a publish after kill", "ms", False),
+    "failover_first_delivery_ms": Metric("first delivery after kill", "ms", False),
+    "failover_first_new_delivery_ms": Metric("first delivery of a publish after kill", "ms", False),
+    "failover_lost": Metric("confirmed then lost", "msg", False),
+    "failover_missing": Metric("published, never delivered", "msg", False),
+    "failover_duplicates": Metric("delivered twice", "msg", False),
+    "failover_nacked": Metric("nacked", "msg", False),
 }
 
 SCENARIOS: tuple[str, ...] = ("transient", "confirmed", "fanout", "latency", "connections", "backlog", "mirrored")
@@ -122,8 +137,9 @@ class Admin:
             raise
         return cls(conn)
 
-    async def queue(self, name: str, durable: bool) -> None:
-        await self.conn.call(1, spec.QueueDeclare(0, name, False, durable, False, False, False, {}), spec.QueueDeclareOk)
+    async def queue(self, name: str, durable: bool, arguments: dict | None = None) -> None:
+        await self.conn.call(1, spec.QueueDeclare(0, name, False, durable, False, False, False, arguments or {}),
+                             spec.QueueDeclareOk)  # fmt: skip
 
     async def fanout(self, name: str) -> None:
         await self.conn.call(
@@ -175,7 +191,7 @@ async def _declare(url: str, queues: list[str], durable: bool, fanout: str = "")
         await admin.close()
 
 
-async def _await_known(url: str, queues: list[str], timeout: float = 10.0) -> None:
+async def await_known(url: str, queues: list[str], timeout: float = 10.0) -> None:
     """Until the node at `url` knows every queue in `queues` (passive declare), at most `timeout` s.
 
     A Leveret node answers declare-ok once the declare is applied on itself; the other
@@ -205,11 +221,11 @@ async def _await_known(url: str, queues: list[str], timeout: float = 10.0) -> No
         await conn.close()
 
 
-def _name(scenario: str) -> str:
+def name_for(scenario: str) -> str:
     return f"perf.{scenario}.{secrets.token_hex(4)}"
 
 
-def _account(outcome: RolesOutcome, into: Measurement) -> Verdict:
+def account(outcome: RolesOutcome, into: Measurement) -> Verdict:
     result = verdict(outcome.publishers, outcome.receivers)
     into.problems += outcome.errors + result.problems
     into.totals.update(
@@ -242,12 +258,12 @@ async def _throughput(
     url: str, options: Options, scenario: str, queues: int, durable: bool, workload: Workload, fanout: bool
 ) -> Measurement:
     m = Measurement()
-    names = [_name(scenario) for _ in range(queues)]
-    exchange = _name(scenario) if fanout else ""
+    names = [name_for(scenario) for _ in range(queues)]
+    exchange = name_for(scenario) if fanout else ""
     await _declare(url, names, durable, exchange)
     try:
         if options.consume_url:
-            await _await_known(options.consume_url, names)
+            await await_known(options.consume_url, names)
         routed = replace(workload, exchange=exchange, routing_key="" if fanout else names[0],
                          body_size=options.body_size)
         roles = [Role("publish", 1)] + [
@@ -256,7 +272,7 @@ async def _throughput(
         outcome = await run_roles(url, routed, roles, options.duration, options.drain, options.procs)
     finally:
         await cleanup(url, names, [exchange] if fanout else [])
-    result = _account(outcome, m)
+    result = account(outcome, m)
     _rates(m, result, outcome, options.duration, confirms=bool(workload.confirm_window))
     if workload.keep_latencies:
         samples = sorted(ns / 1e6 for r in outcome.receivers for ns in r.latencies_ns)
@@ -297,7 +313,7 @@ async def mirrored(url: str, options: Options) -> Measurement:
         return Measurement(skipped="needs a 3-node cluster (--cluster-urls URL1,URL2,URL3)")
     first, second = options.cluster_urls[0], options.cluster_urls[1]
     m = Measurement()
-    name = _name("mirrored")
+    name = name_for("mirrored")
     await _declare(first, [name], durable=True)
     try:
         workload = Workload(routing_key=name, body_size=options.body_size, persistent=True, confirm_window=256,
@@ -306,7 +322,7 @@ async def mirrored(url: str, options: Options) -> Measurement:
         outcome = await run_roles(first, workload, roles, options.duration, options.drain, options.procs)
     finally:
         await cleanup(first, [name], [])
-    _rates(m, _account(outcome, m), outcome, options.duration, confirms=True)
+    _rates(m, account(outcome, m), outcome, options.duration, confirms=True)
     return m
 
 
@@ -333,7 +349,7 @@ async def connections(url: str, options: Options, rss: RssSampler) -> Measuremen
     limit = raise_file_limit(n + 256)
     if limit < n + 64:
         m.problems.append(f"open-file limit {limit} is too low for {n} connections")
-    queue = _name("connections")
+    queue = name_for("connections")
     await _declare(url, [queue], durable=False)
     before = await _steady_rss(rss)
     opened: list[Connection | None] = [None] * n
@@ -448,7 +464,7 @@ async def _light_load(url: str, queue: str, live: list[Connection], m: Measureme
 async def backlog(url: str, options: Options) -> Measurement:
     m = Measurement()
     total = options.backlog_messages
-    queue = _name("backlog")
+    queue = name_for("backlog")
     await _declare(url, [queue], durable=True)
     try:
         publish = Workload(routing_key=queue, body_size=options.body_size, persistent=True, confirm_window=1024,
@@ -460,7 +476,7 @@ async def backlog(url: str, options: Options) -> Measurement:
     finally:
         await cleanup(url, [queue], [])
     outcome = RolesOutcome(filled.publishers, drained.receivers, filled.errors + drained.errors)
-    result = _account(outcome, m)
+    result = account(outcome, m)
     if pub.sent < total:
         m.problems.append(f"published only {pub.sent} of {total} messages within {options.phase_limit:.0f}s")
     publish_seconds = ((pub.settled_ns or pub.last_ns) - pub.first_ns) / 1e9

@@ -95,14 +95,21 @@ def _window(duration: float, drain: float) -> Window:
 
 
 async def run_roles(
-    url: str, workload: Workload, roles: list[Role], duration: float, drain: float, procs: int = 1
+    url: str, workload: Workload, roles: list[Role], duration: float, drain: float, procs: int = 1,
+    windows: list[Window] | None = None,
 ) -> RolesOutcome:
-    """Run `roles` for `duration` seconds of publishing plus at most `drain` seconds of draining."""
+    """Run `roles` for `duration` seconds of publishing plus at most `drain` seconds of draining.
+
+    The time window is appended to `windows` (if given) once every role is set up, so a task
+    beside the run (the failover scenario's kill) can act at a point inside it."""
     procs = max(1, min(procs, len(roles)))
     if procs == 1:
         made = await _setup(url, workload, roles)
-        return await _run_made(made, _window(duration, drain))
-    return await _run_spread(url, workload, roles, duration, drain, procs)
+        window = _window(duration, drain)
+        if windows is not None:
+            windows.append(window)
+        return await _run_made(made, window)
+    return await _run_spread(url, workload, roles, duration, drain, procs, windows)
 
 
 # --- several processes ----------------------------------------------------------------------
@@ -134,7 +141,8 @@ async def _receive(pipe: Pipe, timeout: float) -> Any:
 
 
 async def _run_spread(
-    url: str, workload: Workload, roles: list[Role], duration: float, drain: float, procs: int
+    url: str, workload: Workload, roles: list[Role], duration: float, drain: float, procs: int,
+    windows: list[Window] | None = None,
 ) -> RolesOutcome:
     ctx = multiprocessing.get_context("spawn")
     ordered = [r for r in roles if r.kind == "publish"] + [r for r in roles if r.kind == "consume"]
@@ -152,6 +160,8 @@ async def _run_spread(
             if message[0] != "ready":
                 raise RuntimeError(f"load-generator process failed to set up: {message[1]}")
         window = _window(duration, drain)
+        if windows is not None:
+            windows.append(window)
         for _, pipe in workers:
             pipe.send(window)
         outcome = RolesOutcome(window=window)

@@ -29,7 +29,7 @@ import trio
 from broker.amqp import spec
 from broker.amqp.codec import BodyFrame, HeaderFrame, MethodFrame, encode_basic_ack, encode_content, encode_method, encode_properties
 
-from .accounting import STAMP_SIZE, ConfirmTracker, PublishTally, ReceiveTally, stamp_prefix
+from .accounting import STAMP_SIZE, ConfirmClock, ConfirmTracker, PublishTally, ReceiveTally, stamp_prefix
 from .client import BrokerClosed, Connection
 
 __all__ = [
@@ -68,6 +68,10 @@ class Workload:
     stop_after: int = 0
     # Consumers stop after this long without a delivery once publishing is over.
     idle: float = 1.0
+    # Publishers time every confirm (PublishTally.confirm_latencies_ns / confirm_times_ns).
+    confirm_latencies: bool = False
+    # Consumers keep the arrival time of every delivery (ReceiveTally.arrivals_ns).
+    keep_arrivals: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,7 @@ class Publisher:
         self.role = role
         self.tally = PublishTally(role.index)
         self.confirms = ConfirmTracker()
+        self.clock = ConfirmClock() if workload.confirm_latencies else None
         self.conn: Connection | None = None
         self._space = trio.Event()
         self.error: str | None = None
@@ -113,19 +118,24 @@ class Publisher:
         conn = self.conn
         assert conn is not None
         confirms = self.confirms
+        clock = self.clock
         while True:
             frames = await conn.receive()
-            settled = 0
+            settled = acked = 0
             for frame in frames:
                 if type(frame) is MethodFrame:
                     method = frame.method
                     if type(method) is spec.BasicAck:
-                        settled += confirms.settle(method.delivery_tag, method.multiple, True)
+                        n = confirms.settle(method.delivery_tag, method.multiple, True)
+                        settled += n
+                        acked += n
                     elif type(method) is spec.BasicNack:
                         settled += confirms.settle(method.delivery_tag, method.multiple, False)
                     else:
                         conn.check(frame)
             if settled:
+                if clock is not None:
+                    clock.settled(confirms.settled_through, _monotonic_ns(), acked > 0)
                 self._space.set()
                 self._space = trio.Event()
 
@@ -172,6 +182,8 @@ class Publisher:
                     if confirm_window:
                         for _ in range(n):
                             confirms.publish()
+                        if self.clock is not None:
+                            self.clock.sent(seq + 1, seq + n, now)
                     seq += n
                     await send_all(data)
                     tally.sent = seq
@@ -191,6 +203,10 @@ class Publisher:
             tally.acked = confirms.acked
             tally.nacked = confirms.nacked
             tally.bogus_confirms = confirms.bogus
+            if self.clock is not None:
+                tally.confirm_latencies_ns = self.clock.latencies_ns
+                tally.confirm_times_ns = self.clock.times_ns
+                tally.confirm_acks_ns = self.clock.acks_ns
             # The close handshake completes only once the broker has taken in every
             # publish before it, so wait for it as long as the drain allows.
             with trio.CancelScope(shield=True):
@@ -203,7 +219,7 @@ class Consumer:
         self.url = role.url or url
         self.workload = workload
         self.role = role
-        self.tally = ReceiveTally(role.queue, 0, workload.keep_latencies)
+        self.tally = ReceiveTally(role.queue, 0, workload.keep_latencies, workload.keep_arrivals)
         self.conn: Connection | None = None
         self.error: str | None = None
         # Set by an in-process runner: the total the publishers sent once all are

@@ -7,10 +7,13 @@ Raft requires:
 
 1. write `ready.batch` through the store — one write and one fsync for every
    group of the node (pass a `storage.writer.GroupCommitWriter.write` as
-   `write` to merge it with other writers' batches);
-2. only then send `ready.messages`, one `PeerBatch` per peer node, through the
-   `Transport` (votes and acknowledgements must never leave before the state
-   they promise is durable);
+   `write` to merge it with other writers' batches); a leader's appends of a
+   term already durable here leave before the write, so the followers write
+   while the leader does (Raft thesis §10.2.1: the leader counts its own log
+   towards a commit only once `advance` says it is durable, so this is safe);
+2. only then send the rest of `ready.messages`, one `PeerBatch` per peer node,
+   through the `Transport` (votes and acknowledgements must never leave before
+   the state they promise is durable);
 3. restore snapshots and apply committed entries to each group's
    `StateMachine`, resolving the proposals and reads waiting on them;
 4. `advance`.
@@ -32,7 +35,7 @@ from storage.interface import Store, WriteBatch
 
 from .group import ConfChange, NotLeader, Proposed, Refused
 from .log import entry_payload
-from .messages import PeerBatch
+from .messages import Append, PeerBatch
 from .node import GroupStatus, RaftNode
 
 
@@ -321,8 +324,13 @@ class RaftDriver:
             return
         self.cycles += 1
         if rd.batch.ops:
+            early, late = self._split_early(rd.messages)
+            for b in early:
+                self.transport.send(b)
             await self._write(rd.batch)
-        for b in rd.messages:
+        else:
+            late = rd.messages
+        for b in late:
             self.transport.send(b)
         for group, snap in rd.snapshots.items():
             self.machines[group].restore(snap.data)
@@ -391,6 +399,33 @@ class RaftDriver:
         changed, self._changed = list(self._changed), {}
         self._changes = trio.Event()
         return changed
+
+    def _split_early(self, batches: list[PeerBatch]) -> tuple[list[PeerBatch], list[PeerBatch]]:
+        """(what may leave before this cycle's write, what must wait for it). Early: a
+        leader's `Append` of a term this node's store already holds as its group's term.
+        An append of a term not yet durable waits: after a crash the node could lead that
+        term again with a different log (a single-voter group elects itself in one cycle)."""
+        groups = self.node.groups
+        early: list[PeerBatch] = []
+        late: list[PeerBatch] = []
+        for b in batches:
+            now: list[Any] = []
+            later: list[Any] = []
+            for m in b.messages:
+                if type(m) is Append:
+                    g = groups.get(m.group)
+                    if g is not None and g.persisted_hs.term == m.term:
+                        now.append(m)
+                        continue
+                later.append(m)
+            if not now:
+                late.append(b)
+            elif not later:
+                early.append(b)
+            else:
+                early.append(PeerBatch(b.src, b.dst, b.incarnation, tuple(now)))
+                late.append(PeerBatch(b.src, b.dst, b.incarnation, tuple(later)))
+        return early, late
 
     def _serve_reads(self, group: str) -> None:
         pending = self._reads_ready.get(group)

@@ -7,7 +7,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cli.perf.accounting import ConfirmTracker, PublishTally, ReceiveTally, make_body, read_stamp, verdict
+from cli.perf.accounting import ConfirmClock, ConfirmTracker, PublishTally, ReceiveTally, make_body, read_stamp, verdict
 from cli.perf.stats import percentile, ratio, spread
 
 
@@ -152,3 +152,23 @@ def test_stats() -> None:
     r = ratio([10.0, 20.0, 30.0], [10.0, 10.0, 10.0])
     assert (r.min, r.median, r.max) == (1.0, 2.0, 3.0)
     assert ratio([1.0], [0.0]).n == 0
+
+
+def test_confirm_clock_times_each_message_once_the_settled_frontier_passes_it() -> None:
+    tracker, clock = ConfirmTracker(), ConfirmClock()
+    for _ in range(5):
+        tracker.publish()
+    clock.sent(1, 3, 1_000)  # one batch of three, then one of two
+    clock.sent(4, 5, 2_000)
+    tracker.settle(2, True, True)  # acks 1-2 (multiple)
+    clock.settled(tracker.settled_through, 5_000)
+    assert clock.latencies_ns == [4_000, 4_000]
+    tracker.settle(5, False, True)  # 5 singly, ahead of the frontier: not timed yet
+    clock.settled(tracker.settled_through, 6_000)
+    assert clock.latencies_ns == [4_000, 4_000]
+    tracker.settle(4, True, False)  # a nack of 3-4 moves the frontier past 5: all timed now
+    clock.settled(tracker.settled_through, 9_000, acked=False)
+    assert clock.latencies_ns == [4_000, 4_000, 8_000, 7_000, 7_000]
+    # Times of confirms holding an ack only (the failover figures' "first ack after").
+    assert clock.times_ns == [5_000, 6_000]
+    assert clock.acks_ns == [(1_000, 5_000)]  # the nack-only settling of 3-5 is not an ack

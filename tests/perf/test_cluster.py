@@ -8,6 +8,8 @@ that the code path works and the accounting holds.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import psutil
 import trio
 
@@ -66,5 +68,28 @@ def test_launcher_cross_node_scenarios_and_every_process_stopped() -> None:
         assert idle.problems == []
         assert idle.totals["peer_links"] >= 3  # one or more between each pair of nodes
         assert set(idle.metrics) >= {"idle_cpu_pct_node1", "idle_cpu_pct_total", "idle_peer_bytes_per_s"}
+
+        mirrored = trio.run(run_cluster_scenario, "mirrored", cluster, OPTIONS)
+        assert mirrored.problems == []
+        for kind in ("ha", "quorum"):
+            assert mirrored.totals[f"{kind}_delivered"] == mirrored.totals[f"{kind}_sent"] == \
+                mirrored.totals[f"{kind}_acked"] > 0
+            assert 0 < mirrored.metrics[f"{kind}_confirm_p50_ms"] <= mirrored.metrics[f"{kind}_confirm_p99_ms"]
     assert not any(psutil.pid_exists(pid) for pid in pids)
     assert not root.exists()
+
+
+def test_failover_kills_the_leaders_node_and_accounts_for_every_message() -> None:
+    options = replace(OPTIONS, failover_rate=200.0, failover_kill_after=2.0)
+    with LeveretCluster() as cluster:
+        pids = [n.pid for n in cluster.nodes]
+        m = trio.run(run_cluster_scenario, "failover", cluster, options)
+        killed = m.totals["killed_node"]
+        assert m.totals["leader_listed"] == 1
+        assert not psutil.pid_exists(pids[killed - 1])
+        # Publishing and consuming went on through the surviving nodes after the kill.
+        assert m.metrics["failover_first_new_confirm_ms"] < 10_000 and m.metrics["failover_first_delivery_ms"] < 10_000
+        assert m.metrics["failover_first_confirm_ms"] <= m.metrics["failover_first_new_confirm_ms"]
+        assert m.metrics["failover_first_delivery_ms"] <= m.metrics["failover_first_new_delivery_ms"] < 10_000
+        assert m.metrics["failover_lost"] == 0
+        assert m.totals["delivered"] + m.totals["missing"] == m.totals["sent"] > 0

@@ -117,3 +117,49 @@ async def test_restart_restores_from_the_store(autojump_clock: trio.testing.Mock
         r = await leader.propose("q", b"1")
         assert isinstance(r, Applied) and r.result == 31
         nursery.cancel_scope.cancel()
+
+
+async def test_a_leader_sends_appends_while_its_own_write_is_under_way(
+        autojump_clock: trio.testing.MockClock) -> None:
+    """The followers write an entry while the leader's write of it has not finished; it is
+    applied once the leader's write is done too."""
+    net = MemoryNetwork()
+    stores = {n: MemoryStore() for n in NODES}
+    gates: dict[str, trio.Event] = {}
+    drivers = {}
+    async with trio.open_nursery() as nursery:
+        for i, nid in enumerate(NODES):
+            node = RaftNode(nid, RaftConfig(), rng=random.Random(i))
+
+            async def write(batch: WriteBatch, store: MemoryStore = stores[nid], nid: str = nid) -> None:
+                gate = gates.get(nid)
+                if gate is not None and any(isinstance(op, AppendEntries) for op in batch.ops):
+                    await gate.wait()
+                store.write(batch, sync=True)
+
+            d = RaftDriver(node, stores[nid], net.transport(nid), tick_interval=0.01, write=write)
+            d.add_group("q", Counter(), voters=NODES)
+            drivers[nid] = d
+            await nursery.start(d.run)
+        leader = await leader_of(drivers, "q")
+        assert (await leader.propose("q", b"1")) == Applied("q", 2, 1)  # the term's own entry is 1
+        gate = gates[leader.node.id] = trio.Event()
+        last = stores[leader.node.id].last_index("q")
+        results: list[object] = []
+
+        async def propose() -> None:
+            results.append(await leader.propose("q", b"5"))
+
+        nursery.start_soon(propose)
+        followers = [n for n in NODES if n != leader.node.id]
+        with trio.fail_after(5):
+            while not all(stores[n].last_index("q") > last for n in followers):
+                await trio.sleep(0.001)
+        # Both followers hold it durably; the leader's write has not happened, nothing applied.
+        assert stores[leader.node.id].last_index("q") == last and results == []
+        gate.set()
+        with trio.fail_after(5):
+            while not results:
+                await trio.sleep(0.001)
+        assert results == [Applied("q", last + 1, 6)]
+        nursery.cancel_scope.cancel()
