@@ -74,6 +74,11 @@ log = logging.getLogger("leveret.remote_queue")
 
 OPS: Final = "queue.ops"
 SETTLEMENT_OPS: Final = frozenset({"settle", "requeue", "reject"})
+# How long a publish to a replicated queue whose leader was lost waits for the new one
+# (seconds), how often it looks, and how many wait per queue at most (beyond: nacked).
+FAILOVER_HOLD: Final = 5.0
+UNPARK_POLL: Final = 0.02
+PARKED_MAX: Final = 50_000
 # Settlements kept per unreachable node at most (the oldest go first: a redelivery).
 UNSENT_MAX: Final = 100_000
 REPLIES: Final = "queue.replies"
@@ -412,6 +417,10 @@ class QueuePeers:
         self._confirmed = trio.Event()
         # Nodes whose link went down and has not come up since.
         self._lost: set[str] = set()
+        # Forwarded publishes to replicated queues, by confirm id, until answered.
+        self._resend: dict[int, tuple[str, str, Message]] = {}
+        # Publishes to replicated queues failing over, waiting for the new leader, in order.
+        self._parked: dict[tuple[str, str], list[tuple[Message, Confirm | None]]] = {}
         # Settlements for a node that could not be sent, kept until its link is back.
         self._unsent: dict[str, list[Any]] = defaultdict(list)
         # Sessions of other nodes consuming from queues here: (node, session id) -> proxy.
@@ -495,19 +504,66 @@ class QueuePeers:
     def forward_publish(self, home: str, vhost: str, name: str, message: Message, confirm: Confirm | None) -> None:
         # Every forwarded publish is answered, also one its publisher wants no confirm for:
         # the publishes waiting on a node are what publisher flow towards it counts.
-        if home in self._lost:
-            # Its link went down and has not come back: nacked now, not after CONFIRM_TIMEOUT
-            # (a replicated queue's publishers retry while it fails over).
-            if confirm is not None:
+        if home in self._lost or home == self.node.name:
+            # Its link went down and has not come back (or this node is named as the leader
+            # of a queue it does not serve yet). A replicated queue is failing over:
+            # the publish waits for its new leader (FAILOVER_HOLD at most); any other is
+            # nacked now, not after CONFIRM_TIMEOUT.
+            if not self._park(vhost, name, message, confirm) and confirm is not None:
                 confirm(False)
             return
         self._confirm_ids += 1
         confirm_id = self._confirm_ids
         self._confirms[confirm_id] = (home, confirm or _unconfirmed, trio.current_time() + CONFIRM_TIMEOUT)
+        q = self.node.metadata.queue(vhost, name)
+        if q is not None and q.replicated:
+            # Kept to be published again through the new leader if this one's node is lost
+            # before it answers (at least once: it may have committed the first).
+            self._resend[confirm_id] = (vhost, name, message)
         self._waiting_per_home[home] += 1
         self.send(home, ["publish", vhost, name, message_to_wire(message), confirm_id])
 
+    def _park(self, vhost: str, name: str, message: Message, confirm: Confirm | None) -> bool:
+        q = self.node.metadata.queue(vhost, name)
+        key = (vhost, name)
+        parked = self._parked.get(key)
+        if q is None or not q.replicated or (parked is not None and len(parked) >= PARKED_MAX):
+            return False
+        if parked is None:
+            parked = self._parked[key] = []
+            if not self.node.start_soon(self._unpark, vhost, name):
+                del self._parked[key]
+                return False
+        parked.append((message, confirm))
+        return True
+
+    async def _unpark(self, vhost: str, name: str) -> None:
+        """Publishes held while a replicated queue fails over: handed, in order, to its new
+        leader once one is reachable; nacked if none is within FAILOVER_HOLD."""
+        key = (vhost, name)
+        node = self.node
+        try:
+            with trio.move_on_after(FAILOVER_HOLD):
+                while True:
+                    await node.mirroring.until_served(vhost, name, timeout=FAILOVER_HOLD)
+                    client = node.queue(vhost, name)
+                    if client is None:
+                        return  # deleted: nacked below
+                    home = getattr(client, "home", None)  # (None: served here)
+                    if home not in self._lost and home != node.name:
+                        parked = self._parked.pop(key, [])
+                        now = node.now_ms()
+                        for message, confirm in parked:
+                            client.publish(message, now, confirm)
+                        return
+                    await trio.sleep(UNPARK_POLL)
+        finally:
+            for _, confirm in self._parked.pop(key, []):
+                if confirm is not None:
+                    confirm(False)
+
     def _resolve(self, confirm_id: int, accepted: bool) -> None:
+        self._resend.pop(confirm_id, None)
         waiting = self._confirms.pop(confirm_id, None)
         if waiting is None:
             return  # already nacked (timeout, link down)
@@ -527,10 +583,19 @@ class QueuePeers:
                 await self._confirmed.wait()
 
     def _nack_waiting(self, home: str | None) -> None:
-        """Nack the publishes waiting on `home` (None: those past their deadline)."""
+        """Nack the publishes waiting on `home` (None: those past their deadline). Those of
+        a replicated queue whose node was lost wait for the queue's new leader instead."""
         now = trio.current_time()
-        for confirm_id, (node, _, deadline) in list(self._confirms.items()):
-            if node == home or (home is None and deadline <= now):
+        for confirm_id, (node, confirm, deadline) in list(self._confirms.items()):
+            if node == home and confirm_id in self._resend:
+                vhost, name, message = self._resend.pop(confirm_id)
+                del self._confirms[confirm_id]
+                self._waiting_per_home[node] -= 1
+                if not self._park(vhost, name, message, None if confirm is _unconfirmed else confirm):
+                    confirm(False)
+                self._confirmed.set()
+                self._confirmed = trio.Event()
+            elif node == home or (home is None and deadline <= now):
                 self._resolve(confirm_id, False)
 
     # ------------------------------------------------------------------ links

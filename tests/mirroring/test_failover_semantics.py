@@ -78,6 +78,34 @@ def test_consumers_keep_consuming_through_a_failover_unless_they_asked_to_be_can
     wait_replicas(cluster, queue, {A, B, C}, timeout=60)
 
 
+def test_publishes_through_a_leaders_kill_wait_for_the_new_leader_instead_of_being_nacked(
+        cluster: list[NodeProcess]) -> None:
+    a, _, _ = cluster
+    queue = "failover.held"
+    declare(a, queue, **{"x-queue-type": "quorum"})
+    leader = wait_replicas(cluster, queue, {A, B, C})["leader"]
+    publisher = next(n for n in cluster if n.name != leader)
+    conn = connect(publisher)
+    bodies = [b"held-%d" % i for i in range(40)]
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        for body in bodies[:20]:
+            ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2), mandatory=True)
+        node_named(cluster, leader).kill()
+        # No nack: publishes forwarded to the lost leader, and those made before a new one is
+        # known, wait for it (5 s at most) and are confirmed by it.
+        for body in bodies[20:]:
+            ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2), mandatory=True)
+    finally:
+        if conn.is_open:
+            conn.close()
+    got = drain(publisher, queue, len(bodies))
+    assert set(bodies) <= {body for body, _ in got}
+    node_named(cluster, leader).start()
+    wait_replicas(cluster, queue, {A, B, C}, timeout=60)
+
+
 @pytest.mark.parametrize("first, second, text", [
     ({}, {"x-queue-type": "quorum"},
      "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue '{q}' in vhost '/': "
