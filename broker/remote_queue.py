@@ -187,13 +187,26 @@ class RemoteQueue:
         self.durable = durable
         # The incarnations of the queue this node has handles for (from gets and deliveries).
         self._refs: dict[int, QueueRef] = {}
+        # incarnation -> the node that handed out its deliveries
+        self._origins: dict[int, str] = {}
         self.consumers: dict[tuple[str, int, str], _RemoteConsumer] = {}
 
-    def ref(self, incarnation: int) -> QueueRef:
+    def ref(self, incarnation: int, origin: str | None = None) -> QueueRef:
+        """The incarnation's ref; `origin` is the node that handed out its deliveries (their
+        settlements go there, wherever the queue is led later)."""
         ref = self._refs.get(incarnation)
         if ref is None:
             ref = self._refs[incarnation] = QueueRef(self.vhost, self.name, incarnation)
+        self._origins.setdefault(incarnation, origin or self.home)
         return ref
+
+    def carry_over(self, previous: "RemoteQueue") -> None:
+        """The queue's leader moved (`QueuePeers.client`): deliveries made by the previous
+        one stay this client's to settle, towards the node that made them."""
+        for incarnation, ref in previous._refs.items():
+            self._refs.setdefault(incarnation, ref)
+        for incarnation, origin in previous._origins.items():
+            self._origins.setdefault(incarnation, origin)
 
     def holds(self, ref: QueueRef) -> bool:
         # The home node drops settlements of an incarnation it no longer has.
@@ -229,7 +242,8 @@ class RemoteQueue:
         self._settlement("reject", ref, seqs)
 
     def _settlement(self, op: str, ref: QueueRef, seqs: tuple[int, ...]) -> None:
-        self.peers.send(self.home, [op, self.vhost, self.name, ref.incarnation, list(seqs)])
+        origin = self._origins.get(ref.incarnation, self.home)
+        self.peers.send(origin, [op, self.vhost, self.name, ref.incarnation, list(seqs)])
         self.dispatch(0)  # the channel's prefetch has room again
 
     # ------------------------------------------------------------------ consumers
@@ -439,7 +453,10 @@ class QueuePeers:
         key = (vhost, name)
         client = self._clients.get(key)
         if client is None or client.home != home:
+            previous = client
             client = self._clients[key] = RemoteQueue(self, vhost, name, home, durable)
+            if previous is not None:
+                client.carry_over(previous)
         return client
 
     def queue_removed(self, vhost: str, name: str) -> None:
@@ -778,7 +795,7 @@ class QueuePeers:
         tag_given = None
         if client is not None and session is not None:
             client.delivered(session_id, channel, tag)
-            handle = None if seq is None else (client.ref(incarnation), seq)
+            handle = None if seq is None else (client.ref(incarnation, src), seq)
             message = message_from_wire(wire, self.node.next_message_id())
             tag_given = session.deliver(channel, tag, handle, message, redelivered)
         if tag_given is None and seq is not None:
