@@ -76,7 +76,10 @@ OPS: Final = "queue.ops"
 SETTLEMENT_OPS: Final = frozenset({"settle", "requeue", "reject"})
 # How long a publish to a replicated queue whose leader was lost waits for the new one
 # (seconds), how often it looks, and how many wait per queue at most (beyond: nacked).
-FAILOVER_HOLD: Final = 5.0
+# Long enough for an election after a node's loss is noticed (a kill: well under 1 s),
+# short enough that a publisher blocked on a queue with no majority (a 2-replica group cut
+# in half) is nacked and moves on within the failover bound (5 s).
+FAILOVER_HOLD: Final = 2.0
 UNPARK_POLL: Final = 0.02
 PARKED_MAX: Final = 50_000
 # Settlements kept per unreachable node at most (the oldest go first: a redelivery).

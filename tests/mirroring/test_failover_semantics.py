@@ -94,7 +94,7 @@ def test_publishes_through_a_leaders_kill_wait_for_the_new_leader_instead_of_bei
             ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2), mandatory=True)
         node_named(cluster, leader).kill()
         # No nack: publishes forwarded to the lost leader, and those made before a new one is
-        # known, wait for it (5 s at most) and are confirmed by it.
+        # known, wait for it (2 s at most) and are confirmed by it.
         for body in bodies[20:]:
             ch.basic_publish("", queue, body, pika.BasicProperties(delivery_mode=2), mandatory=True)
     finally:
