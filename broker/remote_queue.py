@@ -547,7 +547,8 @@ class QueuePeers:
         q = self.node.metadata.queue(vhost, name)
         key = (vhost, name)
         parked = self._parked.get(key)
-        if q is None or not q.replicated or (parked is not None and len(parked) >= PARKED_MAX):
+        if q is None or not q.replicated or (parked is not None and len(parked) >= PARKED_MAX) \
+                or not self._majority_reachable(q.replicas):
             return False
         if parked is None:
             parked = self._parked[key] = []
@@ -556,6 +557,11 @@ class QueuePeers:
                 return False
         parked.append((message, confirm))
         return True
+
+    def _majority_reachable(self, replicas: tuple[str, ...]) -> bool:
+        """Could the queue's replicas this node reaches (itself included) elect a leader?"""
+        up = self.transport.reachable() | {self.node.name}
+        return sum(1 for r in replicas if r in up) * 2 > len(replicas)
 
     async def _unpark(self, vhost: str, name: str) -> None:
         """Publishes held while a replicated queue fails over: handed, in order, to its new
@@ -569,6 +575,9 @@ class QueuePeers:
                     client = node.queue(vhost, name)
                     if client is None:
                         return  # deleted: nacked below
+                    q = node.metadata.queue(vhost, name)
+                    if q is None or not self._majority_reachable(q.replicas):
+                        return  # no leader can be elected there now: nacked below
                     home = getattr(client, "home", None)  # (None: served here)
                     if home not in self._lost and home != node.name:
                         parked = self._parked.pop(key, [])
