@@ -38,6 +38,7 @@ from broker.queue_machine import QueueMachine
 from broker.queue_snapshot import state_from_bytes, state_to_bytes
 from broker.replicated_queue import CONVERTED_TERM, ReplicatedQueue, replica_proposer
 from cluster import metadata as md
+from cluster.logtext import peer_text
 from cluster.membership import METADATA_GROUP, add_member, remove_member
 from cluster.mirrors import is_replicated, plan_replicas, queue_type_of, sync_mode_of
 from cluster.raft.driver import Applied
@@ -260,7 +261,7 @@ class Mirroring:
                     plain.pages.drop_all()
             else:
                 log.error("queue '%s' in vhost '%s' could not start its replicated log; its rows are kept",
-                          q.name, q.vhost)
+                          peer_text(q.name), peer_text(q.vhost))
 
         shell.convert_from(state_bytes, loaded)
 
@@ -357,7 +358,12 @@ class Mirroring:
                     q = node.metadata.queue(shell.vhost, shell.name)
                     shell.lead(status.term, node.settings_for(q) if q is not None else shell.settings)
                     node.serve_local(shell)
+                    log.info("queue '%s' in vhost '%s' led here from term %d: %d ready, %d delivered "
+                             "and unsettled (returned to ready)", peer_text(shell.name), peer_text(shell.vhost), status.term,
+                             shell.state.messages_ready, shell.state.messages_unacknowledged)
             elif not leads and shell.active and shell.term != CONVERTED_TERM:
+                log.info("queue '%s' in vhost '%s' no longer led here (term %d, leader %s)",
+                         peer_text(shell.name), peer_text(shell.vhost), status.term, status.leader)
                 node.retire_local(shell)
             if leads:
                 self._record_leader(shell, status.term, nursery)

@@ -692,6 +692,8 @@ class QueuePeers:
         for ref, seqs in proxy.unacked.items():
             local = self.node.local_queues.get((ref.vhost, ref.name))
             if local is not None and local.holds(ref) and seqs:
+                log.info("queue '%s' in vhost '%s': %d deliveries to consumers on node '%s' returned to ready",
+                         peer_text(ref.name), peer_text(ref.vhost), len(seqs), peer_text(proxy.node))
                 local.leader.requeue(tuple(sorted(seqs)), now)
         for local in touched:
             local.consumers_gone(now)
@@ -732,7 +734,11 @@ class QueuePeers:
                         proxy.settled(ref, seqs)
                         if proxy.idle():
                             del self.proxies[key]
-                seqs = tuple(seq for seq in seqs if seq in held)
+                kept = tuple(seq for seq in seqs if seq in held)
+                if len(kept) != len(seqs):
+                    log.debug("%s from node '%s' for queue '%s': %d of %d deliveries not held there",
+                              kind, peer_text(src), peer_text(str(name)), len(seqs) - len(kept), len(seqs))
+                seqs = kept
                 if seqs:
                     getattr(local, kind)(ref, seqs, now)
             elif kind == "credit":
