@@ -359,8 +359,9 @@ class Mirroring:
                     shell.lead(status.term, node.settings_for(q) if q is not None else shell.settings)
                     node.serve_local(shell)
                     log.info("queue '%s' in vhost '%s' led here from term %d: %d ready, %d delivered "
-                             "and unsettled (returned to ready)", peer_text(shell.name), peer_text(shell.vhost), status.term,
-                             shell.state.messages_ready, shell.state.messages_unacknowledged)
+                             "and unsettled (returned to ready)", peer_text(shell.name),
+                             peer_text(shell.vhost), status.term, shell.state.messages_ready,
+                             shell.state.messages_unacknowledged)
             elif not leads and shell.active and shell.term != CONVERTED_TERM:
                 log.info("queue '%s' in vhost '%s' no longer led here (term %d, leader %s)",
                          peer_text(shell.name), peer_text(shell.vhost), status.term, status.leader)
