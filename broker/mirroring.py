@@ -93,19 +93,22 @@ class Mirroring:
 
     # ------------------------------------------------------------------ placement of new queues
 
-    def plan_new(self, vhost: str, name: str, arguments: Any, home: str, exclusive: bool) -> tuple[str, tuple[str, ...]]:
-        """(group, replicas) for a queue about to be declared: ("", ()) for a plain queue."""
+    def plan_new(self, vhost: str, name: str, arguments: Any, home: str,
+                 exclusive: bool) -> tuple[str, tuple[str, ...]]:
+        """(group, replicas) for a queue about to be declared: ("", ()) for a plain queue
+        (decided first: a plain declare costs no plan)."""
         if exclusive:
             return "", ()
         node = self.node
         policy = node.metadata.effective_policy(vhost, name, "queue")
+        definition = policy.definition if policy is not None else None
+        queue_type = queue_type_of(arguments)
+        if not is_replicated(queue_type, definition):
+            return "", ()
         plan = plan_replicas(
-            queue_type=queue_type_of(arguments), arguments=arguments,
-            policy=policy.definition if policy is not None else None,
+            queue_type=queue_type, arguments=arguments, policy=definition,
             members=self._members(), running=self._running(), current=(), leader=None, home=home,
             replica_counts=self._replica_counts())
-        if not is_replicated(queue_type_of(arguments), policy.definition if policy is not None else None):
-            return "", ()
         return new_group_id(), plan.members
 
     def _members(self) -> tuple[str, ...]:
