@@ -90,6 +90,9 @@ class Settings:
     cluster_nodes: tuple[str, ...] = ()
     # The host's port mapper (node name -> peer port), as epmd's 4369 for RabbitMQ.
     port_mapper_port: int = 4370
+    # Start a detached mapper when none answers on that port (as a RabbitMQ node starts
+    # epmd); off, the node only retries (tests run a mapper of their own and stop it).
+    port_mapper_autostart: bool = True
     # Where a new queue is homed unless x-queue-master-locator or a policy says otherwise.
     queue_master_locator: str = "client-local"
     # How long a node holding a replica of an ha-mode exactly queue may be down before the
@@ -134,6 +137,14 @@ def _int_in(low: int, high: int, note: str = "") -> Callable[[Any, str], int]:
         return number
 
     return parse
+
+
+def _flag(value: Any, hostname: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise _Invalid(f"must be true or false, {_got(value)}")
 
 
 def _text(value: Any, hostname: str) -> str:
@@ -308,6 +319,7 @@ _KEYS: dict[str, tuple[Callable[[Any, str], Any], str | None]] = {
     "disk_free_limit": (_disk_limit, None),
     "cluster_nodes": (_node_names, "LEVERET_CLUSTER_NODES"),
     "port_mapper_port": (_int_in(1, 65535), "LEVERET_PORT_MAPPER_PORT"),
+    "port_mapper_autostart": (_flag, "LEVERET_PORT_MAPPER_AUTOSTART"),
     "queue_master_locator": (_locator, "LEVERET_QUEUE_MASTER_LOCATOR"),
     "mirror_replacement_delay": (_seconds(0.0, 86_400.0), "LEVERET_MIRROR_REPLACEMENT_DELAY"),
     "queue_memory_window": (_int_in(0, 2**31 - 1, " (0 turns paging off)"), "LEVERET_QUEUE_MEMORY_WINDOW"),

@@ -201,7 +201,8 @@ class Node:
                 host = settings.node_ip_address
                 dist_port = await nursery.start(self._serve_control, host, cookie)
                 self.listeners.append(("clustering", host or "::", dist_port))
-                await nursery.start(Registration(self.name, dist_port, mapper_port=settings.port_mapper_port).run)
+                await nursery.start(Registration(self.name, dist_port, mapper_port=settings.port_mapper_port,
+                                                 start_mapper=settings.port_mapper_autostart).run)
                 nursery.start_soon(self.clustering.follow_members_forever)
                 await nursery.start(self._run_core, None)
                 nursery.start_soon(self.queue_rates.run, self)

@@ -132,6 +132,9 @@ class NodeProcess:
             "LEVERET_COOKIE": self.cookie,
             "LEVERET_LOG_LEVEL": "info",
             "LEVERET_PORT_MAPPER_PORT": str(self.port_mapper or port_mapper_port()),
+            # The test's own mapper is stopped by its pid; a node must not start a detached
+            # one that outlives the run when it does not answer.
+            "LEVERET_PORT_MAPPER_AUTOSTART": "false",
         })
         env.update(self.extra_env)
         return env
