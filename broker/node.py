@@ -701,15 +701,15 @@ class Node:
         home = q.node
         if q.replicated:
             # The group's leader as this replica knows it may be newer than the metadata's.
-            status = self.driver.status(q.group) if self.driver is not None else None
-            if status is not None and status.leader == self.name:
+            leader = self.driver.leader(q.group) if self.driver is not None else None
+            if leader == self.name:
                 # Elected here a moment ago: serve it now rather than at the next watch.
-                self.mirroring.watch_now()
+                self.mirroring.watch_now(q.group)
                 local = self.local_queues.get((vhost, name))
                 if local is not None:
                     return local
-            elif status is not None and status.leader is not None:
-                home = status.leader
+            elif leader is not None:
+                home = leader
         elif home == self.name:
             return None
         return self.queue_peers.client(vhost, name, home, q.durable)

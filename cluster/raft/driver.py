@@ -252,6 +252,12 @@ class RaftDriver:
         A read between cycles: the core is never mid-change when another task runs."""
         return self.node.status(group) if group in self.node.groups else None
 
+    def leader(self, group: str) -> str | None:
+        """The leader of `group` as this node knows it (None: unknown, or not hosted here).
+        Cheap, for per-message routing, where `status` would build a whole snapshot."""
+        g = self.node.groups.get(group)
+        return g.leader if g is not None else None
+
     async def campaign(self, group: str) -> None:
         """Start an election for `group` now (a single-voter group elects itself at once)."""
         await self._request(lambda: self.node.campaign(group))
